@@ -1,0 +1,131 @@
+"""The experiment config as plain frozen dataclasses, built once from Hydra's composed config.
+
+Hydra lives at the entry point (`cli.py`); everything else takes these dataclasses, so notebooks and
+tests can build them directly. Unknown keys and bad values fail here with the key named.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from fedrec.data.split import SplitConfig
+from fedrec.errors import ConfigError
+from fedrec.federation.settings import RunSettings
+from fedrec.models.base import ModelSpec
+from fedrec.training import TrainConfig
+
+BOUNDS = ("centralized", "local_only")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Which dataset and its loader's parameters (validated by the loader)."""
+
+    name: str = "synthetic"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """How the federation runs: rounds, local budget, aggregation weights, participation."""
+
+    rounds: int = 20
+    local_epochs: int = 1
+    weighting: str = "uniform"
+    fraction_train: float = 1.0
+    cpus_per_client: float = 1.0
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Server-side aggregation and optimizer."""
+
+    name: str = "fedavg"
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Privacy setting; only `none` exists until user-level DP lands."""
+
+    name: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.name != "none":
+            raise ConfigError(f"privacy={self.name!r} is not available yet; use privacy=none")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: data, split, model, training, federation, strategy, privacy, bounds."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    bounds: tuple[str, ...] = BOUNDS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [b for b in self.bounds if b not in BOUNDS]
+        if bad:
+            raise ConfigError(f"bounds {bad} are unknown; choose from {BOUNDS}")
+
+    def run_settings(self, *, data_dir: str, output_dir: str, n_regions: int) -> RunSettings:
+        """The Flower app's run config for this experiment."""
+        t, f, s = self.train, self.federation, self.strategy
+        return RunSettings(
+            data_dir=data_dir, output_dir=output_dir, num_rounds=f.rounds, model=self.model.name,
+            dim=self.model.dim, model_kwargs=json.dumps(self.model.kwargs), loss=t.loss, batch_size=t.batch_size,
+            lr=t.lr, weight_decay=t.weight_decay, n_negatives=t.n_negatives, local_epochs=f.local_epochs,
+            strategy=s.name, server_lr=s.server_lr, server_momentum=s.server_momentum, adam_beta1=s.beta1,
+            adam_beta2=s.beta2, adam_tau=s.tau, weighting=f.weighting, fraction_train=f.fraction_train,
+            min_nodes=n_regions, seed=self.seed,
+        )
+
+    @property
+    def total_epochs(self) -> int:
+        """Passes over the data each method gets (rounds × local epochs)."""
+        return self.federation.rounds * self.federation.local_epochs
+
+
+def _build(cls: type, group: str, values: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in config group '{group}'; known: {sorted(known)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config group '{group}': {exc}") from exc
+
+
+def experiment_from_dict(cfg: dict[str, Any]) -> ExperimentConfig:
+    """Build the typed config from a plain dict (Hydra's composed config after `to_container`)."""
+    cfg = dict(cfg)
+    ds = dict(cfg.get("dataset") or {})
+    name = ds.pop("name", "synthetic")
+    model = dict(cfg.get("model") or {})
+    train = dict(cfg.get("train") or {})
+    fed = dict(cfg.get("federation") or {})
+    train["epochs"] = int(fed.get("local_epochs", 1))
+    return ExperimentConfig(
+        dataset=DatasetConfig(name=name, params=ds),
+        split=_build(SplitConfig, "split", dict(cfg.get("split") or {})),
+        model=_build(ModelSpec, "model", {**model, "kwargs": dict(model.get("kwargs") or {})}),
+        train=_build(TrainConfig, "train", train),
+        federation=_build(FederationConfig, "federation", fed),
+        strategy=_build(StrategyConfig, "strategy", dict(cfg.get("strategy") or {})),
+        privacy=_build(PrivacyConfig, "privacy", dict(cfg.get("privacy") or {})),
+        bounds=tuple(cfg.get("bounds", BOUNDS)),
+        seed=int(cfg.get("seed", 0)),
+    )

@@ -1,0 +1,110 @@
+"""The coordinator's round loop over a Flower `Grid`: train, aggregate, evaluate per region, record.
+
+It sees only what silos reply (global parameters, public metadata, metric sums) and never a user id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+
+from fedrec.federation.settings import RunSettings, read_manifest
+from fedrec.federation.silo import initial_global_arrays
+from fedrec.federation.strategies import build_strategy
+from fedrec.metrics import METRICS
+from fedrec.model_io import save_global_model
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class FederationHistory:
+    """Per-round, per-region evaluation of the global model, and the final global parameters."""
+
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    final_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form (without the arrays)."""
+        return {"rounds": self.rounds, "wall_time_s": self.wall_time_s}
+
+
+def _region(msg: Message) -> str:
+    return str(msg.content["meta"]["region"])
+
+
+def pool_evaluations(replies: list[Message]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Per-region means and the user-weighted overall mean from evaluation replies' metric sums."""
+    per_region: dict[str, dict[str, float]] = {}
+    totals = dict.fromkeys(METRICS, 0.0)
+    n_total, sq, n_r = 0, 0.0, 0
+    for msg in replies:
+        m = msg.content["metrics"]
+        n = int(m["n-users"])
+        region_metrics = {k: float(m[f"sum-{k}"]) / n if n else float("nan") for k in METRICS}
+        if "n-ratings" in m:
+            region_metrics["rmse"] = float(np.sqrt(float(m["sq-error"]) / max(1, int(m["n-ratings"]))))
+            sq += float(m["sq-error"])
+            n_r += int(m["n-ratings"])
+        per_region[_region(msg)] = region_metrics
+        for k in METRICS:
+            totals[k] += float(m[f"sum-{k}"])
+        n_total += n
+    overall = {k: totals[k] / n_total if n_total else float("nan") for k in METRICS}
+    if n_r:
+        overall["rmse"] = float(np.sqrt(sq / n_r))
+    return dict(sorted(per_region.items())), overall
+
+
+def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = None,
+                   timeout: float = 3600.0) -> FederationHistory:
+    """Run `s.num_rounds` rounds of train → aggregate → evaluate; write outputs when `s.output_dir` is set."""
+    start = time.perf_counter()
+    manifest = read_manifest(s.data_dir)
+    init = initial_global_arrays(s.model_spec, n_items=int(manifest["n_items"]), seed=s.seed)
+    arrays = ArrayRecord({k: Array(v) for k, v in init.items()})
+    strategy = build_strategy(s)
+    history = FederationHistory()
+    for rnd in range(1, s.num_rounds + 1):
+        t0 = time.perf_counter()
+        config = ConfigRecord({"server-round": rnd})
+        replies = grid.send_and_receive(strategy.configure_train(rnd, arrays, config, grid), timeout=timeout)
+        ok = sorted((r for r in replies if not r.has_error()), key=_region)
+        failed = [r for r in replies if r.has_error()]
+        aggregated, _ = strategy.aggregate_train(rnd, ok)
+        if aggregated is not None:
+            arrays = aggregated
+        eval_replies = grid.send_and_receive(
+            strategy.configure_evaluate(rnd, arrays, ConfigRecord({"server-round": rnd}), grid), timeout=timeout)
+        eval_ok = sorted((r for r in eval_replies if not r.has_error()), key=_region)
+        per_region, overall = pool_evaluations(eval_ok)
+        entry = {
+            "round": rnd,
+            "per_region": per_region,
+            "overall": overall,
+            "participants": [_region(r) for r in ok],
+            "failures": [str(r.error.reason)[:500] for r in failed]
+            + [str(r.error.reason)[:500] for r in eval_replies if r.has_error()],
+            "round_time_s": time.perf_counter() - t0,
+        }
+        history.rounds.append(entry)
+        if on_round is not None:
+            on_round(entry)
+    history.final_arrays = {k: v.numpy() for k, v in arrays.items()}
+    history.wall_time_s = time.perf_counter() - start
+    if s.output_dir:
+        out = Path(s.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "federated_history.json").write_text(json.dumps(history.to_json(), indent=1))
+        save_global_model(out / "global_model.safetensors", history.final_arrays, spec=s.model_spec,
+                          metadata={"rounds": s.num_rounds, "strategy": s.strategy})
+    return history

@@ -1,0 +1,27 @@
+"""Flower ServerApp (the coordinator). Thin: read settings once, hand the Grid to `run_federation`."""
+
+from __future__ import annotations
+
+import random
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedrec.federation.coordinator import RoundCallback, run_federation
+from fedrec.federation.settings import RunSettings
+
+
+def make_server_app(settings: RunSettings | None = None, *, on_round: RoundCallback | None = None) -> ServerApp:
+    """A ServerApp; with `settings` it ignores `context.run_config` (in-process runs from Python)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        s = settings or RunSettings.from_run_config(dict(context.run_config))
+        random.seed(s.seed)  # Flower's node sampling uses `random`; seed it for reproducible runs
+        run_federation(grid, s, on_round=on_round)
+
+    return app
+
+
+app = make_server_app()

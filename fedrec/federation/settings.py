@@ -1,0 +1,145 @@
+"""The one config contract of the Flower app: `context.run_config` read and cast once into a frozen dataclass.
+
+Flower's three channels stay apart: the run config (this file: the whole run, same for every party),
+the node config (which jurisdiction a SuperNode is and where its data lives: `SiloIdentity`), and the
+per-round `ConfigRecord` the coordinator sends (round number and model version only).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fedrec.errors import ConfigError
+from fedrec.models.base import ModelSpec
+from fedrec.training import TrainConfig
+
+STRATEGIES = ("fedavg", "fedavgm", "fedadam")
+WEIGHTINGS = ("uniform", "examples")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything both sides of the Flower app need to agree on for one run."""
+
+    data_dir: str = ""
+    output_dir: str = ""
+    num_rounds: int = 20
+    model: str = "mf"
+    dim: int = 32
+    model_kwargs: str = "{}"
+    loss: str = "softmax"
+    batch_size: int = 1024
+    lr: float = 0.01
+    weight_decay: float = 1e-5
+    n_negatives: int = 64
+    local_epochs: int = 1
+    strategy: str = "fedavg"
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    adam_tau: float = 1e-3
+    weighting: str = "uniform"
+    fraction_train: float = 1.0
+    min_nodes: int = 2
+    seed: int = 0
+    client_threads: int = 1
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy={self.strategy!r} is unknown; choose one of {STRATEGIES}")
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"federation.weighting={self.weighting!r} is unknown; choose one of {WEIGHTINGS}")
+        if self.num_rounds < 1:
+            raise ConfigError(f"federation.rounds={self.num_rounds} must be >= 1")
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise ConfigError(f"federation.fraction_train={self.fraction_train} must lie in (0, 1]")
+        try:
+            kwargs = json.loads(self.model_kwargs)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"model-kwargs is not valid JSON: {self.model_kwargs!r}") from exc
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"model-kwargs must be a JSON object, got {self.model_kwargs!r}")
+        self.train_config()  # validates the training fields
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The model to build on every party."""
+        return ModelSpec(name=self.model, dim=self.dim, kwargs=json.loads(self.model_kwargs))
+
+    def train_config(self) -> TrainConfig:
+        """Local training settings of one round."""
+        return TrainConfig(loss=self.loss, batch_size=self.batch_size, lr=self.lr,
+                           weight_decay=self.weight_decay, n_negatives=self.n_negatives,
+                           epochs=self.local_epochs)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Flat, hyphenated keys as Flower's `[tool.flwr.app.config]` and `--run-config` use them."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
+        """Read and cast a Flower run config; unknown keys are an error (a typo must not pass silently)."""
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(run_config) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown run-config keys {unknown}; known keys: {sorted(known)}")
+        values: dict[str, Any] = {}
+        for key, value in run_config.items():
+            f = known[key]
+            typ = {"int": int, "float": float, "bool": bool, "str": str}[str(f.type)]
+            try:
+                values[f.name] = typ(value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"run-config {key}={value!r} is not a valid {f.type}") from exc
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SiloIdentity:
+    """Which jurisdiction this node is and where its data lives (from the node config).
+
+    Deployment: node config `region="eu" data-path="/srv/eu/silo.npz"`. Simulation: `partition-id`
+    indexes the regions listed in `<data-dir>/manifest.json`.
+    """
+
+    region: str
+    data_path: Path
+
+    @classmethod
+    def from_node_config(cls, node_config: dict[str, Any], settings: RunSettings) -> SiloIdentity:
+        """Resolve the silo from the node config, with errors that say which key to set."""
+        if "region" in node_config:
+            region = str(node_config["region"])
+            path = Path(str(node_config.get("data-path", Path(settings.data_dir) / f"silo_{region}.npz")))
+        elif "partition-id" in node_config:
+            manifest = read_manifest(settings.data_dir)
+            pid = int(node_config["partition-id"])
+            regions = manifest["regions"]
+            if pid >= len(regions):
+                raise ConfigError(
+                    f"partition-id {pid} but the world has {len(regions)} regions: run the simulation with "
+                    f"exactly {len(regions)} supernodes (options.num-supernodes)"
+                )
+            region = regions[pid]
+            path = Path(settings.data_dir) / f"silo_{region}.npz"
+        else:
+            raise ConfigError("node config has neither 'region' nor 'partition-id': set region=\"NAME\"")
+        if not path.exists():
+            raise ConfigError(f"silo data for region {region!r} not found at {path}: set node config data-path")
+        return cls(region=region, data_path=path)
+
+
+def read_manifest(data_dir: str) -> dict[str, Any]:
+    """The prepared world's public description (regions, catalog size)."""
+    if not data_dir:
+        raise ConfigError("run-config data-dir is empty: prepare a world first (`fedrec` does it for you)")
+    path = Path(data_dir) / "manifest.json"
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read world manifest {path}: {exc}") from exc

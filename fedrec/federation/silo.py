@@ -1,0 +1,103 @@
+"""What one silo does in a round, as plain functions Flower knows nothing of (the unit tests call these).
+
+A silo keeps its users' parameters (`local`) between rounds; it receives global parameters, trains both on
+its own interactions, and hands back only the new global parameters (via `egress`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedrec.data.split import SiloData
+from fedrec.metrics import METRICS, evaluate_full_ranking, rmse
+from fedrec.models import ModelSpec, RecModel, build_model, global_state, load_global_state, local_state
+from fedrec.training import TrainConfig, train_epochs
+
+Arrays = dict[str, np.ndarray]
+Tensors = dict[str, torch.Tensor]
+
+
+def silo_seed(seed: int, region: str, round_: int) -> int:
+    """A per-(run, silo, round) seed, stable across processes (no Python `hash`)."""
+    return (seed * 1_000_003 + zlib.crc32(region.encode()) + 7919 * round_) % (2**31)
+
+
+def initial_global_arrays(spec: ModelSpec, *, n_items: int, seed: int) -> Arrays:
+    """The coordinator's first global model: global parameters of a freshly seeded model."""
+    torch.manual_seed(seed)
+    return {k: v.numpy() for k, v in global_state(build_model(spec, n_users=1, n_items=n_items)).items()}
+
+
+def assemble_model(spec: ModelSpec, silo: SiloData, global_arrays: Arrays, local: Tensors | None,
+                   *, seed: int) -> RecModel:
+    """A silo's working model: received global parameters + its own per-user state (fresh on first use)."""
+    torch.manual_seed(seed)
+    model = build_model(spec, n_users=silo.n_users, n_items=silo.n_items)
+    load_global_state(model, {k: torch.as_tensor(np.asarray(v)) for k, v in global_arrays.items()})
+    if local is not None:
+        model.load_state_dict(local, strict=False)
+    return model
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """Result of local training: new global parameters (may leave) and new local state (stays)."""
+
+    global_after: Arrays
+    local_after: Tensors
+    n_examples: int
+    loss: float
+
+
+def train_round(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: Tensors | None,
+                cfg: TrainConfig, *, seed: int) -> RoundOutcome:
+    """Train global and local parameters for `cfg.epochs` passes over the silo's training interactions."""
+    model = assemble_model(spec, silo, global_arrays, local, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    loss = train_epochs(model, silo.train, n_items=silo.n_items, cfg=cfg, generator=gen)
+    return RoundOutcome(
+        global_after={k: v.numpy() for k, v in global_state(model).items()},
+        local_after=local_state(model),
+        n_examples=len(silo.train[0]),
+        loss=loss,
+    )
+
+
+@dataclass(frozen=True)
+class SiloEvaluation:
+    """Metric sums over a silo's evaluated users, so regions pool exactly into a user-weighted mean."""
+
+    sums: dict[str, float]
+    n_users: int
+    sq_error: float = 0.0
+    n_ratings: int = 0
+
+    def means(self) -> dict[str, float]:
+        """Per-user means of each metric (and RMSE when ratings are explicit)."""
+        out = {m: self.sums[m] / self.n_users if self.n_users else float("nan") for m in METRICS}
+        if self.n_ratings:
+            out["rmse"] = float(np.sqrt(self.sq_error / self.n_ratings))
+        return out
+
+
+def evaluate_model(model: RecModel, silo: SiloData, *, split: str = "test") -> SiloEvaluation:
+    """Full-ranking metrics on `split` (test excludes train+valid items; valid excludes train items)."""
+    model.eval()
+    target = silo.test if split == "test" else silo.valid
+    exclude = [silo.train[:2]] + ([silo.valid[:2]] if split == "test" else [])
+    if len(target[0]) == 0:
+        return SiloEvaluation(sums=dict.fromkeys(METRICS, 0.0), n_users=0)
+    per_user = evaluate_full_ranking(model.score_all, n_items=silo.n_items, targets=target[:2], exclude=exclude)
+    sums = {m: float(per_user[m].sum()) for m in METRICS}
+    sq, n = rmse(model.score_pairs, target) if silo.explicit else (0.0, 0)
+    return SiloEvaluation(sums=sums, n_users=len(per_user["users"]), sq_error=sq, n_ratings=n)
+
+
+def evaluate_round(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: Tensors | None,
+                   *, seed: int, split: str = "test") -> SiloEvaluation:
+    """Evaluate the received global parameters with this silo's own per-user state."""
+    return evaluate_model(assemble_model(spec, silo, global_arrays, local, seed=seed), silo, split=split)

@@ -1,0 +1,48 @@
+"""Run the ClientApp/ServerApp on Flower's simulation engine (Ray) from Python, one virtual node per silo.
+
+`flwr run .` is the CLI path (it reads `[tool.flwr.app.config]`); this is the in-process path the Hydra
+CLI, notebooks and tests use. It passes settings to the apps directly because the Python entry point
+gives apps an empty run config.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from fedrec.federation.client_app import make_client_app
+from fedrec.federation.coordinator import RoundCallback
+from fedrec.federation.server_app import make_server_app
+from fedrec.federation.settings import RunSettings, read_manifest
+
+QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_DEDUP_LOGS": "0",
+             "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+
+
+def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = None,
+                   cpus_per_client: float = 1.0, flwr_logs: bool = False) -> Path:
+    """Run the federation and return the output dir holding `federated_history.json` and the global model."""
+    from flwr.simulation import run_simulation as flwr_run_simulation
+
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    n_regions = len(read_manifest(settings.data_dir)["regions"])
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if not flwr_logs:
+        flwr_logger.setLevel(logging.WARNING)
+    try:
+        flwr_run_simulation(
+            server_app=make_server_app(settings, on_round=on_round),
+            client_app=make_client_app(settings),
+            num_supernodes=n_regions,
+            backend_config={
+                "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+                "init_args": {"logging_level": "ERROR", "log_to_driver": flwr_logs,
+                              "include_dashboard": False},
+            },
+        )
+    finally:
+        flwr_logger.setLevel(level)
+    return Path(settings.output_dir)

@@ -1,0 +1,31 @@
+"""Server-side aggregation: Flower's own strategies (FedAvg, FedAvgM, FedAdam), configured for fedrec.
+
+We use Flower's strategy objects for node sampling and aggregation, but drive the round loop ourselves
+(`coordinator.py`) so replies are ordered by region (reproducible sums), evaluation is reported per
+region, and later layers (privacy budgets, adoption) hook in between steps.
+"""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
+
+from fedrec.federation.egress import WEIGHT_KEY
+from fedrec.federation.settings import RunSettings
+
+
+def build_strategy(s: RunSettings) -> FedAvg:
+    """The configured strategy; all of them weight replies by the `weight` each silo reports."""
+    common = dict(
+        fraction_train=s.fraction_train,
+        fraction_evaluate=1.0,
+        min_train_nodes=max(1, int(s.min_nodes * s.fraction_train)),
+        min_evaluate_nodes=s.min_nodes,
+        min_available_nodes=s.min_nodes,
+        weighted_by_key=WEIGHT_KEY,
+    )
+    if s.strategy == "fedavgm":
+        return FedAvgM(server_learning_rate=s.server_lr, server_momentum=s.server_momentum, **common)
+    if s.strategy == "fedadam":
+        return FedAdam(eta=s.server_lr, eta_l=s.lr, beta_1=s.adam_beta1, beta_2=s.adam_beta2, tau=s.adam_tau,
+                       **common)
+    return FedAvg(**common)

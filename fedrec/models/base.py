@@ -1,0 +1,98 @@
+"""The global/local parameter split every fedrec model follows.
+
+Every parameter under the model's `user` submodule is **local**: per-user state that stays in the silo
+across rounds and is never put in a message. Everything else (item embeddings, shared towers) is
+**global**: the only parameters a silo may release. Keeping the rule structural (one submodule, one name
+prefix) means one function decides what may leave, and a new model cannot leak by forgetting a list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+LOCAL_PREFIX = "user."
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What it takes to rebuild a model: its registered name and constructor arguments."""
+
+    name: str = "mf"
+    dim: int = 32
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form, stored next to weights so checkpoints describe themselves."""
+        return asdict(self)
+
+
+class UserState(nn.Module):
+    """Per-user parameters of a silo: an embedding per user and optionally a bias. Always local."""
+
+    def __init__(self, n_users: int, dim: int, *, bias: bool) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(n_users, dim)
+        nn.init.normal_(self.emb.weight, std=0.1)
+        self.bias = nn.Embedding(n_users, 1) if bias else None
+        if self.bias is not None:
+            nn.init.zeros_(self.bias.weight)
+
+
+class RecModel(nn.Module):
+    """Base class: subclasses define `user` (a `UserState`), `score_pairs` and `score_all`."""
+
+    user: UserState
+
+    def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores of (user, item) pairs, shape [N]; `items` may be [N] or [N, K] (then [N, K])."""
+        raise NotImplementedError
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores of the given users against every catalog item, shape [B, n_items]."""
+        raise NotImplementedError
+
+    def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores of every user against every item of a shared item set, shape [B, K] (one matmul)."""
+        raise NotImplementedError
+
+    def regularizer(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """L2 penalty on the embedding rows a batch touched (untouched rows stay untouched)."""
+        reg = self.user.emb(users).pow(2).sum()
+        return reg + self.item_rows(items).pow(2).sum()
+
+    def item_rows(self, items: torch.Tensor) -> torch.Tensor:
+        """Raw item embedding rows (for the regularizer)."""
+        raise NotImplementedError
+
+
+def is_local(name: str) -> bool:
+    """True for parameter names that must never leave the silo."""
+    return name.startswith(LOCAL_PREFIX)
+
+
+def global_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters a silo may release: everything outside the `user` submodule (detached copies)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if not is_local(k)}
+
+
+def local_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Per-user parameters: kept in the silo's state, never sent."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if is_local(k)}
+
+
+def load_global_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Overwrite the global parameters; refuses local names or missing/mis-shaped tensors."""
+    own = {k: v for k, v in model.state_dict().items() if not is_local(k)}
+    bad = [k for k in state if is_local(k)]
+    if bad:
+        raise ValueError(f"refusing to load local (per-user) parameters from a global state: {bad}")
+    if set(state) != set(own):
+        raise ValueError(f"global state keys {sorted(state)} do not match the model's {sorted(own)}")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise ValueError(f"global parameter {k!r} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+    model.load_state_dict(state, strict=False)
