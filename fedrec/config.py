@@ -12,11 +12,16 @@ from typing import Any
 
 from fedrec.data.split import SplitConfig
 from fedrec.errors import ConfigError
-from fedrec.federation.settings import RunSettings
-from fedrec.models.base import ModelSpec
+from fedrec.federation.settings import STRATEGIES, WEIGHTINGS, RunSettings
+from fedrec.models import ModelSpec, available_models
 from fedrec.training import TrainConfig
 
 BOUNDS = ("centralized", "local_only")
+
+
+def _require(ok: bool, key: str, value: Any, need: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: must be {need}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,13 @@ class FederationConfig:
     fraction_train: float = 1.0
     cpus_per_client: float = 1.0
 
+    def __post_init__(self) -> None:
+        _require(self.rounds >= 1, "federation.rounds", self.rounds, ">= 1")
+        _require(self.local_epochs >= 1, "federation.local_epochs", self.local_epochs, ">= 1")
+        _require(self.weighting in WEIGHTINGS, "federation.weighting", self.weighting, f"one of {WEIGHTINGS}")
+        _require(0 < self.fraction_train <= 1, "federation.fraction_train", self.fraction_train, "in (0, 1]")
+        _require(self.cpus_per_client > 0, "federation.cpus_per_client", self.cpus_per_client, "> 0")
+
 
 @dataclass(frozen=True)
 class StrategyConfig:
@@ -48,6 +60,14 @@ class StrategyConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _require(self.name in STRATEGIES, "strategy.name", self.name, f"one of {STRATEGIES}")
+        _require(self.server_lr > 0, "strategy.server_lr", self.server_lr, "> 0")
+        _require(0 <= self.server_momentum < 1, "strategy.server_momentum", self.server_momentum, "in [0, 1)")
+        _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "strategy.beta1/beta2", (self.beta1, self.beta2),
+                 "in [0, 1)")
+        _require(self.tau > 0, "strategy.tau", self.tau, "> 0")
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,9 @@ class ExperimentConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _require(self.model.name in available_models(), "model.name", self.model.name,
+                 f"one of {available_models()}")
+        _require(self.model.dim >= 1, "model.dim", self.model.dim, ">= 1")
         bad = [b for b in self.bounds if b not in BOUNDS]
         if bad:
             raise ConfigError(f"bounds {bad} are unknown; choose from {BOUNDS}")

@@ -37,6 +37,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
         for line in data.report.lines():
             log(line)
     world = prepare_world(data, cfg.split, out_dir / "world")
+    for r, s in world.silos.items():
+        if s.n_train_only_users or s.n_repeats_removed:
+            log(f"  {r}: {s.n_train_only_users} users with < {cfg.split.min_user_interactions} interactions are "
+                f"train-only (not evaluated); {s.n_repeats_removed} repeated interactions left out of valid/test")
     timings["prepare_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

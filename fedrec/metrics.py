@@ -71,8 +71,9 @@ def evaluate_full_ranking(
             relevant = torch.zeros(stop - start, n_items, dtype=torch.bool)
             tsel = (t_row >= start) & (t_row < stop)
             relevant[torch.as_tensor(t_row[tsel] - start), torch.as_tensor(t_items[tsel])] = True
-            top = torch.topk(scores, k, dim=1).indices
-            hits = torch.gather(relevant, 1, top)
+            top_scores, top = torch.topk(scores, k, dim=1)
+            # With fewer than k candidates, topk also returns excluded (-inf) items: never count those.
+            hits = torch.gather(relevant, 1, top) & torch.isfinite(top_scores)
             if k < 20:
                 hits = torch.cat([hits, torch.zeros(hits.shape[0], 20 - k, dtype=torch.bool)], 1)
             per_user = topk_metrics(hits, relevant.sum(1))

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from fedrec.errors import ConfigError
-from fedrec.models.base import RecModel
+from fedrec.models.base import RecModel, is_local
 
 LOSSES = ("bpr", "softmax", "mse")
+PARAM_GROUPS = ("all", "local", "global")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class TrainConfig:
     batch_size: int = 1024
     lr: float = 0.01
     weight_decay: float = 1e-5
-    n_negatives: int = 64
+    n_negatives: int = 256
     epochs: int = 1
 
     def __post_init__(self) -> None:
@@ -83,15 +84,24 @@ def train_epochs(
     cfg: TrainConfig,
     generator: torch.Generator,
     epochs: int | None = None,
+    params: str = "all",
 ) -> float:
-    """Train `model` in place for `epochs` (default `cfg.epochs`) passes; returns the last epoch's mean loss."""
+    """Train `model` in place for `epochs` (default `cfg.epochs`) passes; returns the last epoch's mean loss.
+
+    `params` picks what moves: "all", "local" (per-user parameters only: fit a silo's users to received
+    global parameters) or "global" (users held fixed, so the shared coordinate system cannot rotate away).
+    """
     users = torch.as_tensor(train[0], dtype=torch.long)
     items = torch.as_tensor(train[1], dtype=torch.long)
     ratings = torch.as_tensor(train[2], dtype=torch.float32)
     n = users.shape[0]
     if n == 0:
         return float("nan")
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if params not in PARAM_GROUPS:
+        raise ValueError(f"params={params!r}; choose one of {PARAM_GROUPS}")
+    chosen = [p for n, p in model.named_parameters()
+              if params == "all" or (params == "local") == is_local(n)]
+    opt = torch.optim.Adam(chosen, lr=cfg.lr)
     model.train()
     last = float("nan")
     for _ in range(cfg.epochs if epochs is None else epochs):

@@ -34,7 +34,7 @@ class RunSettings:
     batch_size: int = 1024
     lr: float = 0.01
     weight_decay: float = 1e-5
-    n_negatives: int = 64
+    n_negatives: int = 256
     local_epochs: int = 1
     strategy: str = "fedavg"
     server_lr: float = 1.0
@@ -54,6 +54,10 @@ class RunSettings:
             raise ConfigError(f"strategy={self.strategy!r} is unknown; choose one of {STRATEGIES}")
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"federation.weighting={self.weighting!r} is unknown; choose one of {WEIGHTINGS}")
+        from fedrec.models import available_models
+
+        if self.model not in available_models():
+            raise ConfigError(f"model={self.model!r} is unknown; available: {available_models()}")
         if self.num_rounds < 1:
             raise ConfigError(f"federation.rounds={self.num_rounds} must be >= 1")
         if not 0.0 < self.fraction_train <= 1.0:
@@ -88,15 +92,28 @@ class RunSettings:
         unknown = sorted(set(run_config) - set(known))
         if unknown:
             raise ConfigError(f"unknown run-config keys {unknown}; known keys: {sorted(known)}")
-        values: dict[str, Any] = {}
-        for key, value in run_config.items():
-            f = known[key]
-            typ = {"int": int, "float": float, "bool": bool, "str": str}[str(f.type)]
-            try:
-                values[f.name] = typ(value)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"run-config {key}={value!r} is not a valid {f.type}") from exc
+        values = {known[key].name: _cast(key, value, str(known[key].type)) for key, value in run_config.items()}
         return cls(**values)
+
+
+def _cast(key: str, value: Any, typ: str) -> Any:
+    """Strict cast of one run-config value: no silent truncation, no truthy strings."""
+    if typ == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif typ == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ == "float":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(value, str):
+        return value
+    raise ConfigError(f"run-config {key}={value!r} is not a valid {typ}")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = No
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
     if not flwr_logs:
-        flwr_logger.setLevel(logging.WARNING)
+        flwr_logger.setLevel(logging.ERROR)  # also hides run_simulation's deprecation notice
     try:
         flwr_run_simulation(
             server_app=make_server_app(settings, on_round=on_round),

@@ -1,0 +1,129 @@
+"""Figures of one experiment's `results.json`: where federation helps (per region) and how it got there (rounds).
+
+Built on `matplotlib.figure.Figure` directly, never pyplot's global state, so they are safe in headless runs,
+threads and notebooks alike, and nothing leaks between calls. Every function takes the plain results dict that
+`run_experiment` returns (or `json.load` of results.json), so old runs can be re-plotted without re-running.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+# Bars, left to right: the lower bound, what we train, the upper bound. Popularity is a reference marker.
+BAR_METHODS = ("local_only", "federated", "centralized")
+METHOD_STYLE: dict[str, dict[str, Any]] = {
+    "local_only": {"color": "#9e9e9e", "label": "local-only"},
+    "federated": {"color": "#1f77b4", "label": "federated"},
+    "centralized": {"color": "#2ca02c", "label": "centralized"},
+    "popularity": {"color": "#d62728", "label": "popularity"},
+}
+# Region lines avoid the method colours above, so a region is never mistaken for a reference line.
+REGION_COLORS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79", "#ad494a")
+
+
+def _regions(results: dict[str, Any]) -> list[str]:
+    """Regions in a stable order: the federated block's, sorted (as in `report.results_table`)."""
+    return sorted(results["final"]["federated"]["per_region"])
+
+
+def _value(block: dict[str, Any], region: str, metric: str) -> float:
+    """A method's metric for a region or `overall`; NaN when absent so one missing cell does not fail a plot."""
+    cell = block["overall"] if region == "overall" else block["per_region"].get(region, {})
+    return float(cell.get(metric, math.nan))
+
+
+def _tick_label(results: dict[str, Any], region: str) -> str:
+    """Region name plus its test-user count, so a reader sees which bars rest on few users."""
+    regions = results.get("dataset", {}).get("regions", {})
+    if region == "overall":
+        n = sum(int(d.get("test_users", 0)) for d in regions.values())
+    else:
+        n = int(regions.get(region, {}).get("test_users", 0))
+    return f"{region}\n(n={n})" if n else region
+
+
+def plot_region_comparison(results: dict[str, Any], metric: str = "ndcg@20") -> Figure:
+    """Grouped bars per region (and overall): local-only vs federated vs centralized, popularity as a marker.
+
+    The question the federation answers is per region: does a small silo gain over training alone, and how
+    close does it get to pooling everything? One group per region shows exactly that.
+    """
+    final = results["final"]
+    groups = [*_regions(results), "overall"]
+    methods = [m for m in BAR_METHODS if m in final]
+    x = np.arange(len(groups), dtype=float)
+    width = 0.8 / max(len(methods), 1)
+
+    fig = Figure(figsize=(max(6.0, 1.4 * len(groups) + 2.0), 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, m in enumerate(methods):
+        values = [_value(final[m], g, metric) for g in groups]
+        offset = (i - (len(methods) - 1) / 2) * width
+        bars = ax.bar(x + offset, values, width, **METHOD_STYLE[m])
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
+    if "popularity" in final:
+        pop = [_value(final["popularity"], g, metric) for g in groups]
+        ax.hlines(pop, x - 0.42, x + 0.42, colors=METHOD_STYLE["popularity"]["color"], linestyles="--",
+                  linewidth=1.5, label=METHOD_STYLE["popularity"]["label"], zorder=3)
+    if len(groups) > 1:
+        ax.axvline(x[-1] - 0.5, color="0.8", linewidth=0.8)  # separates regions from the pooled row
+    ax.set_xticks(x, [_tick_label(results, g) for g in groups])
+    ax.set_xlabel("region (test users)")
+    ax.set_ylabel(metric)
+    ax.set_ylim(bottom=0)
+    ax.margins(y=0.12)
+    ax.set_title(f"{metric} per region: federated vs. training alone and pooling all data")
+    fig.legend(loc="outside lower center", fontsize=8, ncols=len(methods) + 1, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    return fig
+
+
+def plot_rounds(results: dict[str, Any], metric: str = "ndcg@20") -> Figure:
+    """Federated metric per region over rounds, with the final centralized and local-only overall as references.
+
+    Shows whether the federation has converged or would profit from more rounds, and which regions lag.
+    The solid black line is the federated overall, the one directly comparable with the dashed references.
+    """
+    rounds = results.get("rounds", [])
+    xs = [int(r["round"]) for r in rounds]
+    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, region in enumerate(_regions(results)):
+        ys = [float(r["per_region"].get(region, {}).get(metric, math.nan)) for r in rounds]
+        ax.plot(xs, ys, color=REGION_COLORS[i % len(REGION_COLORS)], marker="o", markersize=3, linewidth=1.2,
+                label=f"{region} (federated)")
+    ax.plot(xs, [float(r["overall"].get(metric, math.nan)) for r in rounds], color="black", linewidth=2.2,
+            marker="o", markersize=4, label="overall (federated)")
+    final = results["final"]
+    for m in ("centralized", "local_only"):
+        if m in final:
+            ax.axhline(_value(final[m], "overall", metric), color=METHOD_STYLE[m]["color"], linestyle="--",
+                       linewidth=1.5, label=f"{METHOD_STYLE[m]['label']} (overall, final)")
+    if xs:
+        ax.set_xticks(xs if len(xs) <= 20 else np.linspace(xs[0], xs[-1], 11).round().astype(int))
+    ax.set_xlabel("federated round")
+    ax.set_ylabel(metric)
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{metric} over federated rounds")
+    fig.legend(loc="outside right center", fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def save_figures(results: dict[str, Any], out_dir: Path | str, metric: str = "ndcg@20") -> list[Path]:
+    """Write both figures as PNG next to results.json, so a run's outcome can be seen without Python."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = metric.replace("@", "_at_")
+    paths = []
+    for name, fig in (("regions", plot_region_comparison(results, metric)), ("rounds", plot_rounds(results, metric))):
+        path = out / f"{name}_{tag}.png"
+        fig.savefig(path, dpi=120)
+        paths.append(path)
+    return paths

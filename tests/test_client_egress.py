@@ -1,0 +1,265 @@
+"""The egress contract, checked on what the real Flower ClientApp replies to real Messages.
+
+Each test drives the ClientApp in-process: `app(message, context)` with a `flwr.app.Context` whose node config
+names the silo (partition-id, as in simulation) and a train/evaluate `Message` as the SuperNode delivers it
+(its metadata, including the message id the SuperLink assigns, given explicitly: a Message built with only
+`dst_node_id` needs Flower's process-wide TaskIdentity, which only a running ServerApp sets).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+
+from fedrec.data.split import SplitConfig
+from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
+from fedrec.errors import ConfigError
+from fedrec.federation import client_app as client_app_module
+from fedrec.federation.client_app import LOCAL_STATE_KEY, make_client_app
+from fedrec.federation.egress import EgressViolation, train_reply
+from fedrec.federation.settings import RunSettings
+from fedrec.federation.silo import initial_global_arrays
+from fedrec.metrics import METRICS
+from fedrec.models import build_model, global_state, local_state
+from fedrec.world import PreparedWorld, prepare_world
+
+# 150 users in shares 3:2:1 -> silos of 75, 50 and 25 users; catalog 40 + 3 x 2 = 46 items; dim 8; towers of
+# 64 hidden units. No silo size equals a parameter dimension, so a dimension equal to n_users means user data.
+WORLD = SyntheticWorldConfig(n_users=150, n_items=40, region_only_items=2, region_sizes=(3.0, 2.0, 1.0),
+                             mean_interactions=12.0, min_interactions=5)
+DIM = 8
+SERVER_NODE = 0
+SILO_NODE = 1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: intra-op threads only contend on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> PreparedWorld:
+    return prepare_world(generate_world(WORLD), SplitConfig(), tmp_path_factory.mktemp("world"))
+
+
+def test_silo_sizes_differ_from_every_parameter_dimension(world: PreparedWorld) -> None:
+    # The premise of the dimension checks below
+    assert [s.n_users for s in world.silos.values()] == [75, 50, 25]
+    assert world.n_items == 46
+    assert not {75, 50, 25} & {world.n_items, DIM, 64, 1}
+
+
+def settings(world: PreparedWorld, *, model: str = "mf", weighting: str = "uniform") -> RunSettings:
+    return RunSettings(data_dir=str(world.data_dir), num_rounds=1, min_nodes=3, model=model, dim=DIM,
+                       weighting=weighting, batch_size=64)
+
+
+def node_context(partition: int = 0, run_config: dict | None = None) -> Context:
+    return Context(run_id=1, node_id=SILO_NODE, node_config={"partition-id": partition, "num-partitions": 3},
+                   state=RecordDict(), run_config=run_config or {})
+
+
+def instruction(message_type: str, arrays: dict[str, np.ndarray], server_round: int) -> Message:
+    """A train/evaluate message from the coordinator to the silo's node, as delivered."""
+    content = RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
+                          "config": ConfigRecord({"server-round": server_round})})
+    metadata = Metadata(run_id=1, message_id=f"{message_type}-{server_round}", src_node_id=SERVER_NODE,
+                        dst_node_id=SILO_NODE, reply_to_message_id="", group_id=str(server_round),
+                        created_at=time.time(), ttl=3600.0, message_type=message_type)
+    return Message(content=content, metadata=metadata)
+
+
+def initial_arrays(s: RunSettings, world: PreparedWorld) -> dict[str, np.ndarray]:
+    return initial_global_arrays(s.model_spec, n_items=world.n_items, seed=s.seed)
+
+
+def reply_arrays(reply: Message) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in reply.content["arrays"].items()}
+
+
+def stored_state(context: Context) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in context.state.array_records[LOCAL_STATE_KEY].items()}
+
+
+# --- train replies --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("partition", [0, 1, 2])
+@pytest.mark.parametrize("model", ["mf", "twotower"])
+def test_train_reply_holds_only_global_parameters_and_public_metadata(world: PreparedWorld, model: str,
+                                                                      partition: int) -> None:
+    # Prepare
+    s = settings(world, model=model)
+    region = world.regions[partition]
+    n_users = world.silos[region].n_users
+    sent = initial_arrays(s, world)
+    global_keys = set(global_state(build_model(s.model_spec, n_users=n_users, n_items=world.n_items)))
+
+    # Execute
+    reply = make_client_app(s)(instruction(MessageType.TRAIN, sent, 1), node_context(partition))
+
+    # Assert: addressed back to the coordinator, as a reply to the instruction
+    assert reply.metadata.reply_to_message_id == "train-1"
+    assert reply.metadata.dst_node_id == SERVER_NODE
+    assert not reply.has_error()
+    # Parameters: exactly the model's global ones, same shapes as sent, none sized by the silo's users
+    got = reply_arrays(reply)
+    assert set(reply.content.array_records) == {"arrays"}
+    assert set(got) == global_keys == set(sent)
+    assert not any(k.startswith("user.") for k in got)
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in sent.items()}
+    assert not any(n_users in v.shape for v in got.values())
+    assert any(not np.array_equal(got[k], sent[k]) for k in got)  # trained, not an echo
+    # Records: round metadata and the aggregation weight, nothing else (no user ids, no silo size)
+    assert {k: dict(v) for k, v in reply.content.config_records.items()} == {
+        "meta": {"region": region, "server-round": 1}}
+    assert {k: dict(v) for k, v in reply.content.metric_records.items()} == {"metrics": {"weight": 1.0}}
+
+
+def test_examples_weighting_sends_the_number_of_training_interactions(world: PreparedWorld) -> None:
+    # Prepare
+    s = settings(world, weighting="examples")
+
+    # Execute
+    reply = make_client_app(s)(instruction(MessageType.TRAIN, initial_arrays(s, world), 1), node_context(1))
+
+    # Assert: na's training interactions (FedAvg's n_k; this setting deliberately reveals the silo's size)
+    assert reply.content["metrics"]["weight"] == float(len(world.silos["na"].train[0]))
+    assert reply.content["meta"]["region"] == "na"
+
+
+def test_per_user_parameters_stay_in_the_node_state(world: PreparedWorld) -> None:
+    # Prepare
+    s = settings(world)
+    context = node_context(0)
+    local_keys = set(local_state(build_model(s.model_spec, n_users=75, n_items=world.n_items)))
+
+    # Execute
+    reply = make_client_app(s)(instruction(MessageType.TRAIN, initial_arrays(s, world), 1), context)
+
+    # Assert: the node state holds one record with the per-user rows of eu's 75 users; the reply holds none
+    assert set(context.state.array_records) == {LOCAL_STATE_KEY}
+    state = stored_state(context)
+    assert set(state) == local_keys
+    assert all(v.shape[0] == 75 for v in state.values())
+    assert set(state).isdisjoint(reply_arrays(reply))
+
+
+def test_round_two_continues_from_the_stored_user_state(world: PreparedWorld) -> None:
+    # Prepare: node A trains round 1 then round 2; node B (same silo) sees only round 2 (no stored state)
+    s = settings(world)
+    app = make_client_app(s)
+    node_a, node_b = node_context(0), node_context(0)
+    round1 = app(instruction(MessageType.TRAIN, initial_arrays(s, world), 1), node_a)
+    after_round1 = stored_state(node_a)
+    round2_msg = instruction(MessageType.TRAIN, reply_arrays(round1), 2)
+
+    # Execute
+    reply_a = app(round2_msg, node_a)
+    reply_b = app(round2_msg, node_b)
+
+    # Assert: A's state was trained further under the same key; B, starting without it, ends elsewhere
+    assert set(node_a.state.array_records) == {LOCAL_STATE_KEY}
+    after_round2 = stored_state(node_a)
+    assert set(after_round2) == set(after_round1)
+    assert all(after_round2[k].shape == after_round1[k].shape for k in after_round1)
+    assert not np.array_equal(after_round2["user.emb.weight"], after_round1["user.emb.weight"])
+    assert not np.array_equal(after_round2["user.emb.weight"], stored_state(node_b)["user.emb.weight"])
+    assert not np.array_equal(reply_arrays(reply_a)["item_emb.weight"], reply_arrays(reply_b)["item_emb.weight"])
+
+
+# --- evaluate replies -----------------------------------------------------------------------------------------
+
+
+def test_evaluate_reply_holds_only_metric_sums_user_count_and_metadata(world: PreparedWorld) -> None:
+    # Prepare: one training round so the node has its users' state
+    s = settings(world)
+    app = make_client_app(s)
+    context = node_context(2)
+    trained = reply_arrays(app(instruction(MessageType.TRAIN, initial_arrays(s, world), 1), context))
+
+    # Execute
+    reply = app(instruction(MessageType.EVALUATE, trained, 1), context)
+
+    # Assert
+    assert reply.metadata.reply_to_message_id == "evaluate-1"
+    assert not reply.content.array_records
+    metrics = dict(reply.content["metrics"])
+    assert set(reply.content.metric_records) == {"metrics"}
+    assert set(metrics) == {f"sum-{m}" for m in METRICS} | {"n-users"}
+    n_test_users = len(np.unique(world.silos["apac"].test[0]))
+    assert metrics["n-users"] == n_test_users
+    assert all(0.0 <= metrics[f"sum-{m}"] <= n_test_users for m in METRICS)
+    assert {k: dict(v) for k, v in reply.content.config_records.items()} == {
+        "meta": {"region": "apac", "server-round": 1}}
+
+
+def test_evaluation_uses_the_stored_user_state(world: PreparedWorld) -> None:
+    # Prepare: node A trained a round, node B never did
+    s = settings(world)
+    app = make_client_app(s)
+    node_a, node_b = node_context(0), node_context(0)
+    trained = reply_arrays(app(instruction(MessageType.TRAIN, initial_arrays(s, world), 1), node_a))
+
+    # Execute
+    eval_a = dict(app(instruction(MessageType.EVALUATE, trained, 1), node_a).content["metrics"])
+    eval_b = dict(app(instruction(MessageType.EVALUATE, trained, 1), node_b).content["metrics"])
+
+    # Assert: same global parameters, different user state -> different rankings
+    assert eval_a["n-users"] == eval_b["n-users"]
+    assert eval_a["sum-ndcg@20"] != eval_b["sum-ndcg@20"]
+
+
+# --- the deployed app and the egress function -----------------------------------------------------------------
+
+
+def test_module_app_reads_the_run_config(world: PreparedWorld) -> None:
+    # Prepare: `flwr run` gives the module-level app its settings through context.run_config
+    s = settings(world, weighting="examples")
+    context = node_context(1, run_config=s.to_run_config())
+
+    # Execute
+    reply = client_app_module.app(instruction(MessageType.TRAIN, initial_arrays(s, world), 1), context)
+
+    # Assert
+    assert set(reply_arrays(reply)) == set(initial_arrays(s, world))
+    assert reply.content["metrics"]["weight"] == float(len(world.silos["na"].train[0]))
+
+
+def test_train_reply_refuses_per_user_parameters() -> None:
+    # Prepare
+    arrays = {"item_emb.weight": np.zeros((4, 2), np.float32), "user.emb.weight": np.zeros((3, 2), np.float32)}
+
+    # Execute / Assert
+    with pytest.raises(EgressViolation, match=r"user\.emb\.weight"):
+        train_reply(arrays, region="eu", server_round=1, weight=1.0)
+
+
+def test_train_reply_builds_the_allowed_content() -> None:
+    # Execute
+    content = train_reply({"item_emb.weight": np.ones((4, 2), np.float32)}, region="eu", server_round=3, weight=2.0)
+
+    # Assert
+    assert list(content["arrays"]) == ["item_emb.weight"]
+    np.testing.assert_array_equal(content["arrays"]["item_emb.weight"].numpy(), np.ones((4, 2)))
+    assert dict(content["meta"]) == {"region": "eu", "server-round": 3}
+    assert dict(content["metrics"]) == {"weight": 2.0}
+
+
+def test_a_node_without_its_silo_file_gets_a_config_error(tmp_path: Path, world: PreparedWorld) -> None:
+    # Prepare: a region-named node pointed at a directory without its data
+    s = RunSettings(data_dir=str(tmp_path), min_nodes=3, dim=DIM)
+    context = Context(run_id=1, node_id=SILO_NODE, node_config={"region": "eu"}, state=RecordDict(), run_config={})
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=r"region 'eu' not found.*data-path"):
+        make_client_app(s)(instruction(MessageType.TRAIN, initial_arrays(s, world), 1), context)

@@ -1,0 +1,253 @@
+"""Hydra composition of every experiment and group option into the typed config, and the Flower run config."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from fedrec.config import ExperimentConfig, experiment_from_dict
+from fedrec.data.registry import load_dataset
+from fedrec.data.synthetic import SyntheticWorldConfig
+from fedrec.errors import ConfigError
+from fedrec.federation.settings import RunSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def composed(overrides: list[str]) -> dict[str, Any]:
+    """Hydra's composed config as a plain dict, without the keys the CLI drops before typing it."""
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("config", overrides=overrides)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    return {k: v for k, v in resolved.items() if k not in ("progress", "experiment", "hydra")}
+
+
+def typed(overrides: list[str]) -> ExperimentConfig:
+    return experiment_from_dict(composed(overrides))
+
+
+# --- experiments ----------------------------------------------------------------------------------------------
+
+EXPERIMENT_FILES = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def check_quick(exp: ExperimentConfig) -> None:
+    assert exp.federation.rounds == 2
+    assert exp.dataset.name == "synthetic"
+    assert exp.dataset.params["region_sizes"] == [5.0, 2.0, 1.0]
+    assert (exp.dataset.params["n_users"], exp.dataset.params["n_items"]) == (600, 300)
+    assert exp.model.dim == 16
+    assert exp.total_epochs == 2
+
+
+def check_ml100k(exp: ExperimentConfig) -> None:
+    assert exp.dataset.name == "movielens"
+    assert exp.dataset.params["variant"] == "100k"
+    assert exp.federation.rounds == 30
+
+
+def check_compare_strategies(exp: ExperimentConfig) -> None:
+    assert exp.strategy.name == "fedavgm"
+    assert exp.strategy.server_momentum == 0.9
+    assert exp.federation.rounds == 20
+
+
+def check_synthetic_large(exp: ExperimentConfig) -> None:
+    assert exp.dataset.name == "synthetic"
+    assert exp.dataset.params["n_users"] == 40000
+    assert exp.dataset.params["n_items"] == 4000
+    assert exp.dataset.params["region_only_items"] == 200
+    assert len(exp.dataset.params["region_sizes"]) == 5
+
+
+EXPERIMENT_CHECKS = {"quick": check_quick, "ml100k": check_ml100k, "compare_strategies": check_compare_strategies,
+                     "synthetic_large": check_synthetic_large}
+
+
+def test_every_experiment_file_has_expectations() -> None:
+    assert sorted(EXPERIMENT_CHECKS) == EXPERIMENT_FILES
+
+
+@pytest.mark.parametrize("name", EXPERIMENT_FILES)
+def test_experiment_composes_into_the_typed_config(name: str) -> None:
+    # Execute
+    exp = typed([f"experiment={name}"])
+
+    # Assert: the experiment's own values, and everything it does not override left at the defaults
+    EXPERIMENT_CHECKS[name](exp)
+    assert exp.privacy.name == "none"
+    assert exp.train.epochs == exp.federation.local_epochs
+    assert (CONF / "experiment" / f"{name}.yaml").read_text().startswith("# @package _global_")
+    if exp.dataset.name == "synthetic":  # the world's parameters are valid (checked without generating it)
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in exp.dataset.params.items()}
+        assert len(SyntheticWorldConfig(**params).names) == len(params["region_sizes"])
+
+
+# --- every option of every group ------------------------------------------------------------------------------
+
+GROUP_OPTIONS: dict[tuple[str, str], Any] = {
+    ("dataset", "synthetic"): lambda e: (e.dataset.name, e.dataset.params["n_users"]) == ("synthetic", 6000),
+    ("dataset", "movielens100k"): lambda e: (e.dataset.name, e.dataset.params["variant"]) == ("movielens", "100k"),
+    ("dataset", "movielens1m"): lambda e: (e.dataset.name, e.dataset.params["variant"]) == ("movielens", "1m"),
+    ("dataset", "file"): lambda e: e.dataset.name == "file" and e.dataset.params["path"] is None,
+    ("model", "mf"): lambda e: (e.model.name, e.model.dim, e.model.kwargs) == ("mf", 32, {}),
+    ("model", "twotower"): lambda e: (e.model.name, e.model.kwargs) == ("twotower", {"hidden": 64}),
+    ("strategy", "fedavg"): lambda e: (e.strategy.name, e.strategy.server_momentum) == ("fedavg", 0.0),
+    ("strategy", "fedavgm"): lambda e: (e.strategy.name, e.strategy.server_momentum) == ("fedavgm", 0.9),
+    ("strategy", "fedadam"): lambda e: (e.strategy.name, e.strategy.server_lr) == ("fedadam", 0.01),
+    ("split", "temporal"): lambda e: e.split.strategy == "temporal_ratio",
+    ("split", "leave_last_out"): lambda e: e.split.strategy == "leave_last_out",
+    ("privacy", "none"): lambda e: e.privacy.name == "none",
+    ("train", "default"): lambda e: (e.train.loss, e.train.batch_size) == ("softmax", 1024),
+    ("federation", "default"): lambda e: (e.federation.rounds, e.federation.weighting) == (20, "uniform"),
+}
+
+
+def test_every_group_option_on_disk_is_covered() -> None:
+    on_disk = {(p.parent.name, p.stem) for p in CONF.glob("*/*.yaml") if p.parent.name != "experiment"}
+    assert on_disk == set(GROUP_OPTIONS)
+
+
+@pytest.mark.parametrize(("group", "option"), sorted(GROUP_OPTIONS))
+def test_group_option_composes_into_the_typed_config(group: str, option: str) -> None:
+    # Execute
+    exp = typed([f"{group}={option}"])
+
+    # Assert
+    assert GROUP_OPTIONS[(group, option)](exp)
+
+
+def test_run_settings_carry_the_experiment() -> None:
+    # Prepare
+    exp = typed(["experiment=compare_strategies", "model=twotower", "federation.local_epochs=3"])
+
+    # Execute
+    s = exp.run_settings(data_dir="/d", output_dir="/o", n_regions=5)
+
+    # Assert
+    assert (s.data_dir, s.output_dir, s.min_nodes) == ("/d", "/o", 5)
+    assert (s.strategy, s.server_momentum, s.model) == ("fedavgm", 0.9, "twotower")
+    assert json.loads(s.model_kwargs) == {"hidden": 64}
+    assert s.local_epochs == exp.train.epochs == 3
+    assert s.model_spec == exp.model
+
+
+# --- mistakes -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group", ["split", "model", "train", "federation", "strategy", "privacy"])
+def test_unknown_key_in_a_group_is_a_config_error_naming_both(group: str) -> None:
+    # Prepare
+    cfg = composed([f"+{group}.bogus_key=1"])
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=rf"'bogus_key'.*group '{group}'"):
+        experiment_from_dict(cfg)
+
+
+def test_unknown_synthetic_dataset_key_is_a_config_error_naming_it() -> None:
+    # Prepare
+    exp = typed(["+dataset.bogus_key=1"])
+
+    # Execute / Assert: rejected by the loader before any world is generated
+    with pytest.raises(ConfigError, match=r"dataset=synthetic.*bogus_key"):
+        load_dataset(exp.dataset.name, exp.dataset.params)
+
+
+@pytest.mark.parametrize(("option", "extra"), [
+    ("movielens100k", ["dataset.path=/nonexistent", "+dataset.pathh=/data/ml-100k"]),
+    ("file", ["dataset.path=/nonexistent.csv", "+dataset.item_public=true"]),
+])
+def test_unknown_dataset_key_is_a_config_error_for_every_loader(option: str, extra: list[str]) -> None:
+    # Prepare (paths that do not exist, so nothing is downloaded or read)
+    exp = typed([f"dataset={option}", *extra])
+    key = extra[1].split("=")[0].removeprefix("+dataset.")
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=key):
+        load_dataset(exp.dataset.name, exp.dataset.params)
+
+
+@pytest.mark.parametrize("override", ["federation.rounds=0", "federation.weighting=nope", "strategy.name=nope",
+                                      "model.name=nope"])
+def test_bad_values_fail_when_the_config_is_typed(override: str) -> None:
+    # Prepare
+    cfg = composed([override])
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[-1]):
+        experiment_from_dict(cfg)
+
+
+def test_bad_split_value_fails_when_the_config_is_typed() -> None:
+    with pytest.raises(ConfigError, match=r"split\.test_fraction=2"):
+        typed(["split.test_fraction=2"])
+
+
+# --- the Flower run config ------------------------------------------------------------------------------------
+
+
+def test_run_settings_roundtrip_through_the_run_config() -> None:
+    # Prepare
+    default = RunSettings()
+    custom = RunSettings(data_dir="/w", num_rounds=3, model="twotower", model_kwargs='{"hidden": 8}', lr=0.5,
+                         weighting="examples", strategy="fedadam", quiet=True, seed=7)
+
+    # Execute / Assert
+    assert RunSettings.from_run_config(default.to_run_config()) == default
+    assert RunSettings.from_run_config(custom.to_run_config()) == custom
+    assert set(default.to_run_config()) == {f.name.replace("_", "-") for f in fields(RunSettings)}
+
+
+def test_pyproject_run_config_is_accepted_and_complete() -> None:
+    # Prepare
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+    # Execute
+    s = RunSettings.from_run_config(table)
+
+    # Assert: exactly the dataclass' keys, and every value read as given
+    assert set(table) == set(RunSettings().to_run_config())
+    assert s.to_run_config() == table
+
+
+@pytest.mark.parametrize(("run_config", "key"), [
+    ({"num-round": 3}, "num-round"),
+    ({"num-rounds": "abc"}, "num-rounds"),
+    ({"lr": "fast"}, "lr"),
+    ({"dim": None}, "dim"),
+    ({"strategy": "fedsgd"}, "strategy"),
+    ({"weighting": "by-size"}, "weighting"),
+    ({"fraction-train": 0.0}, "fraction_train"),
+    ({"model-kwargs": "[1, 2]"}, "model-kwargs"),
+    ({"model-kwargs": "{"}, "model-kwargs"),
+    ({"loss": "hinge"}, "loss"),
+])
+def test_bad_run_config_is_a_config_error_naming_the_key(run_config: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        RunSettings.from_run_config(run_config)
+
+
+@pytest.mark.parametrize(("run_config", "key"), [
+    ({"quiet": "maybe"}, "quiet"),
+    ({"num-rounds": 2.5}, "num-rounds"),
+    ({"model": "nope"}, "model"),
+])
+def test_run_config_values_of_the_wrong_type_are_rejected(run_config: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        RunSettings.from_run_config(run_config)
+
+
+def test_run_config_boolean_strings_mean_what_they_say() -> None:
+    # A TOML string "false" (e.g. from --run-config 'quiet="false"') must not become True.
+    assert RunSettings.from_run_config({"quiet": "false"}).quiet is False
+    assert RunSettings.from_run_config({"quiet": "true"}).quiet is True

@@ -1,0 +1,124 @@
+"""Tests of fedrec.plots on a hand-built, schema-correct results dict (no training, no Flower)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from matplotlib.collections import LineCollection
+from matplotlib.container import BarContainer
+from matplotlib.figure import Figure
+
+from fedrec.plots import plot_region_comparison, plot_rounds, save_figures
+
+METRICS = ("ndcg@20", "recall@20", "hr@10", "ndcg@10")
+REGIONS = ("north", "south")
+N_ROUNDS = 3
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _metrics(base: float) -> dict[str, float]:
+    return {m: base + 0.01 * i for i, m in enumerate(METRICS)}
+
+
+def _block(base: float) -> dict[str, Any]:
+    return {"overall": _metrics(base), "per_region": {r: _metrics(base + 0.05 * i) for i, r in enumerate(REGIONS)}}
+
+
+def fake_results(methods: tuple[str, ...] = ("federated", "centralized", "local_only", "popularity")) -> dict[str, Any]:
+    """The layout `run_experiment` returns, with made-up numbers: 2 regions, 3 rounds."""
+    base = {"federated": 0.3, "centralized": 0.4, "local_only": 0.2, "popularity": 0.1}
+    rounds = [{"round": k, "per_region": {r: _metrics(0.1 * k + 0.02 * i) for i, r in enumerate(REGIONS)},
+               "overall": _metrics(0.1 * k), "participants": list(REGIONS), "failures": [], "round_time_s": 0.1}
+              for k in range(1, N_ROUNDS + 1)]
+    return {
+        "dataset": {"name": "synthetic", "n_items": 50,
+                    "regions": {"north": {"users": 30, "test_users": 28, "train_interactions": 300},
+                                "south": {"users": 10, "test_users": 9, "train_interactions": 90}}},
+        "rounds": rounds,
+        "final": {m: _block(base[m]) for m in methods},
+    }
+
+
+def _bars(fig: Figure) -> dict[str, BarContainer]:
+    (ax,) = fig.axes
+    return {c.get_label(): c for c in ax.containers if isinstance(c, BarContainer)}
+
+
+def test_region_comparison_has_one_bar_per_method_and_group() -> None:
+    results = fake_results()
+    fig = plot_region_comparison(results)
+    bars = _bars(fig)
+    assert list(bars) == ["local-only", "federated", "centralized"]
+    groups = len(REGIONS) + 1  # regions + overall
+    for label, container in bars.items():
+        assert len(container.patches) == groups, label
+    # heights are the values, in sorted-region order then overall
+    fed = [p.get_height() for p in bars["federated"].patches]
+    expected = [results["final"]["federated"]["per_region"][r]["ndcg@20"] for r in sorted(REGIONS)]
+    assert fed == pytest.approx([*expected, results["final"]["federated"]["overall"]["ndcg@20"]])
+    # popularity is a marker per group, not a bar
+    (ax,) = fig.axes
+    pop = [c for c in ax.collections if isinstance(c, LineCollection) and c.get_label() == "popularity"]
+    assert len(pop) == 1 and len(pop[0].get_segments()) == groups
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["north\n(n=28)", "south\n(n=9)", "overall\n(n=37)"]
+    assert ax.get_ylabel() == "ndcg@20" and ax.get_xlabel() and ax.get_title()
+    assert fig.legends, "figure has a legend"
+
+
+def test_region_comparison_other_metric_and_missing_bounds() -> None:
+    results = fake_results(methods=("federated", "popularity"))
+    fig = plot_region_comparison(results, metric="hr@10")
+    bars = _bars(fig)
+    assert list(bars) == ["federated"]
+    overall = results["final"]["federated"]["overall"]["hr@10"]
+    assert bars["federated"].patches[-1].get_height() == pytest.approx(overall)
+    assert fig.axes[0].get_ylabel() == "hr@10"
+
+
+def test_rounds_has_region_lines_and_dashed_references() -> None:
+    results = fake_results()
+    fig = plot_rounds(results)
+    (ax,) = fig.axes
+    solid = [ln for ln in ax.lines if ln.get_linestyle() == "-"]
+    dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert [ln.get_label() for ln in solid] == ["north (federated)", "south (federated)", "overall (federated)"]
+    for ln in solid:
+        assert list(ln.get_xdata()) == [1, 2, 3]
+    north = [r["per_region"]["north"]["ndcg@20"] for r in results["rounds"]]
+    assert list(solid[0].get_ydata()) == pytest.approx(north)
+    assert len(dashed) == 2
+    refs = {ln.get_label(): ln.get_ydata()[0] for ln in dashed}
+    assert refs == pytest.approx({
+        "centralized (overall, final)": results["final"]["centralized"]["overall"]["ndcg@20"],
+        "local-only (overall, final)": results["final"]["local_only"]["overall"]["ndcg@20"],
+    })
+    assert ax.get_xlabel() == "federated round" and ax.get_ylabel() == "ndcg@20"
+
+
+def test_rounds_without_bounds_has_no_reference_lines() -> None:
+    fig = plot_rounds(fake_results(methods=("federated",)))
+    assert not [ln for ln in fig.axes[0].lines if ln.get_linestyle() == "--"]
+
+
+def test_rounds_tolerates_a_region_missing_from_a_round() -> None:
+    results = fake_results()
+    del results["rounds"][0]["per_region"]["south"]
+    fig = plot_rounds(results)
+    south = next(ln for ln in fig.axes[0].lines if ln.get_label() == "south (federated)")
+    assert math.isnan(south.get_ydata()[0])
+
+
+def test_save_figures_writes_non_empty_pngs(tmp_path: Path) -> None:
+    results = json.loads(json.dumps(fake_results()))  # as read back from results.json
+    out = tmp_path / "figs"
+    paths = save_figures(results, out)
+    assert len(paths) == 2 and len(set(paths)) == 2
+    for p in paths:
+        assert p.parent == out and p.suffix == ".png"
+        data = p.read_bytes()
+        assert len(data) > 1000 and data.startswith(PNG_MAGIC)
