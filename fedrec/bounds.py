@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from fedrec.data.split import SiloData
-from fedrec.federation.silo import SiloEvaluation, assemble_model, evaluate_model, initial_global_arrays
+from fedrec.federation.silo import SiloEvaluation, assemble_model, evaluate_model, initial_global_arrays, refit_users
 from fedrec.metrics import METRICS, evaluate_full_ranking
 from fedrec.models import ModelSpec, build_model, global_state, local_state
+from fedrec.models.base import PER_USER_KEYS
 from fedrec.training import TrainConfig, train_epochs
 
 
@@ -35,8 +36,9 @@ def train_centralized(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainCon
     out = {}
     for r in regions:
         lo, hi = int(offsets[r]), int(offsets[r]) + silos[r].n_users
-        view = assemble_model(spec, silos[r], glob, {k: v[lo:hi] for k, v in users.items()}, seed=seed)
-        out[r] = evaluate_model(view, silos[r])
+        view = assemble_model(spec, silos[r], glob, {k: v[lo:hi] if k in PER_USER_KEYS else v
+                                                     for k, v in users.items()}, seed=seed)
+        out[r] = evaluate_model(refit_users(view, silos[r], cfg, seed=seed), silos[r])
     return out
 
 
@@ -47,7 +49,7 @@ def train_local_only(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, epoch
     model = assemble_model(spec, silo, init, None, seed=seed)
     train_epochs(model, silo.train, n_items=silo.n_items, cfg=cfg, generator=torch.Generator().manual_seed(seed),
                  epochs=epochs)
-    return evaluate_model(model, silo)
+    return evaluate_model(refit_users(model, silo, cfg, seed=seed), silo)
 
 
 def popularity(silo: SiloData) -> SiloEvaluation:

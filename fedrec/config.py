@@ -55,8 +55,8 @@ class StrategyConfig:
     """Server-side aggregation and optimizer."""
 
     name: str = "fedavg"
-    server_lr: float = 1.0
-    server_momentum: float = 0.9
+    server_lr: float = 2.0
+    server_momentum: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
@@ -110,6 +110,7 @@ class ExperimentConfig:
             data_dir=data_dir, output_dir=output_dir, num_rounds=f.rounds, model=self.model.name,
             dim=self.model.dim, model_kwargs=json.dumps(self.model.kwargs), loss=t.loss, batch_size=t.batch_size,
             lr=t.lr, weight_decay=t.weight_decay, n_negatives=t.n_negatives, local_epochs=f.local_epochs,
+            refit_epochs=t.refit_epochs,
             strategy=s.name, server_lr=s.server_lr, server_momentum=s.server_momentum, adam_beta1=s.beta1,
             adam_beta2=s.beta2, adam_tau=s.tau, weighting=f.weighting, fraction_train=f.fraction_train,
             min_nodes=n_regions, seed=self.seed,

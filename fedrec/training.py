@@ -26,7 +26,11 @@ PARAM_GROUPS = ("all", "local", "global")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings for one call of `train_epochs`."""
+    """Optimisation settings for one call of `train_epochs`.
+
+    `refit_epochs`: before evaluation, user-side parameters are re-fitted for this many passes with the
+    global (item-side) parameters frozen, so users match the item side being evaluated (all methods).
+    """
 
     loss: str = "softmax"
     batch_size: int = 1024
@@ -34,6 +38,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     n_negatives: int = 256
     epochs: int = 1
+    refit_epochs: int = 1
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -43,6 +48,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"train.lr={self.lr} must be > 0")
+        if self.refit_epochs < 0:
+            raise ConfigError(f"train.refit_epochs={self.refit_epochs} must be >= 0")
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay={self.weight_decay} must be >= 0")
 
@@ -76,6 +83,18 @@ def batch_loss(
     return loss + cfg.weight_decay * model.regularizer(users, reg_items) / b
 
 
+def make_optimizer(model: RecModel, cfg: TrainConfig, *, params: str = "all") -> torch.optim.Adam:
+    """Adam over the chosen parameter group, in `named_parameters` order (so its state can be restored).
+
+    `params` picks what moves: "all", "local" (per-user parameters only: fit a silo's users to received
+    global parameters) or "global" (users held fixed).
+    """
+    if params not in PARAM_GROUPS:
+        raise ValueError(f"params={params!r}; choose one of {PARAM_GROUPS}")
+    chosen = [p for n, p in model.named_parameters() if params == "all" or (params == "local") == is_local(n)]
+    return torch.optim.Adam(chosen, lr=cfg.lr)
+
+
 def train_epochs(
     model: RecModel,
     train: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -85,11 +104,12 @@ def train_epochs(
     generator: torch.Generator,
     epochs: int | None = None,
     params: str = "all",
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> float:
     """Train `model` in place for `epochs` (default `cfg.epochs`) passes; returns the last epoch's mean loss.
 
-    `params` picks what moves: "all", "local" (per-user parameters only: fit a silo's users to received
-    global parameters) or "global" (users held fixed, so the shared coordinate system cannot rotate away).
+    Pass `optimizer` to continue from its state (a silo keeps its Adam moments across rounds); otherwise a
+    fresh Adam over `params` (see `make_optimizer`) is used.
     """
     users = torch.as_tensor(train[0], dtype=torch.long)
     items = torch.as_tensor(train[1], dtype=torch.long)
@@ -97,11 +117,7 @@ def train_epochs(
     n = users.shape[0]
     if n == 0:
         return float("nan")
-    if params not in PARAM_GROUPS:
-        raise ValueError(f"params={params!r}; choose one of {PARAM_GROUPS}")
-    chosen = [p for n, p in model.named_parameters()
-              if params == "all" or (params == "local") == is_local(n)]
-    opt = torch.optim.Adam(chosen, lr=cfg.lr)
+    opt = optimizer if optimizer is not None else make_optimizer(model, cfg, params=params)
     model.train()
     last = float("nan")
     for _ in range(cfg.epochs if epochs is None else epochs):

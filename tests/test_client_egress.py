@@ -20,12 +20,13 @@ from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError
 from fedrec.federation import client_app as client_app_module
-from fedrec.federation.client_app import LOCAL_STATE_KEY, make_client_app
+from fedrec.federation.client_app import LOCAL_STATE_KEY, OPTIMIZER_STATE_KEY, make_client_app
 from fedrec.federation.egress import EgressViolation, train_reply
 from fedrec.federation.settings import RunSettings
 from fedrec.federation.silo import initial_global_arrays
 from fedrec.metrics import METRICS
 from fedrec.models import build_model, global_state, local_state
+from fedrec.models.base import PER_USER_KEYS
 from fedrec.world import PreparedWorld, prepare_world
 
 # 150 users in shares 3:2:1 -> silos of 75, 50 and 25 users; catalog 40 + 3 x 2 = 46 items; dim 8; towers of
@@ -146,11 +147,13 @@ def test_per_user_parameters_stay_in_the_node_state(world: PreparedWorld) -> Non
     # Execute
     reply = make_client_app(s)(instruction(MessageType.TRAIN, initial_arrays(s, world), 1), context)
 
-    # Assert: the node state holds one record with the per-user rows of eu's 75 users; the reply holds none
-    assert set(context.state.array_records) == {LOCAL_STATE_KEY}
+    # Assert: the node state holds the local parameters (per-user rows of eu's 75 users, plus the silo's
+    # private item bias) and the silo's optimizer moments; the reply holds none of them
+    assert set(context.state.array_records) == {LOCAL_STATE_KEY, OPTIMIZER_STATE_KEY}
     state = stored_state(context)
     assert set(state) == local_keys
-    assert all(v.shape[0] == 75 for v in state.values())
+    assert all(state[k].shape[0] == 75 for k in PER_USER_KEYS)
+    assert state["user.item_bias.weight"].shape[0] == world.n_items
     assert set(state).isdisjoint(reply_arrays(reply))
 
 
@@ -168,7 +171,7 @@ def test_round_two_continues_from_the_stored_user_state(world: PreparedWorld) ->
     reply_b = app(round2_msg, node_b)
 
     # Assert: A's state was trained further under the same key; B, starting without it, ends elsewhere
-    assert set(node_a.state.array_records) == {LOCAL_STATE_KEY}
+    assert set(node_a.state.array_records) == {LOCAL_STATE_KEY, OPTIMIZER_STATE_KEY}
     after_round2 = stored_state(node_a)
     assert set(after_round2) == set(after_round1)
     assert all(after_round2[k].shape == after_round1[k].shape for k in after_round1)

@@ -20,6 +20,7 @@ from fedrec.models import (
     register_model,
 )
 from fedrec.models import registry as model_registry
+from fedrec.models.base import PER_USER_KEYS
 from fedrec.models.mf import BiasedMF
 from fedrec.training import TrainConfig, batch_loss, train_epochs
 
@@ -52,11 +53,13 @@ def test_global_and_local_state_split_the_state_dict(name: str) -> None:
     # Execute
     glob, loc = global_state(model), local_state(model)
 
-    # Assert: disjoint, together everything; local = exactly the per-user rows
+    # Assert: disjoint, together everything; local = the per-user rows (+ an optional private item bias)
     assert not any(k.startswith(LOCAL_PREFIX) for k in glob)
     assert loc and all(k.startswith(LOCAL_PREFIX) for k in loc)
     assert set(glob) | set(loc) == set(model.state_dict())
-    assert all(v.shape[0] == 11 for v in loc.values())
+    assert all(loc[k].shape[0] == 11 for k in PER_USER_KEYS if k in loc)
+    assert all(v.shape[0] == N_ITEMS for k, v in loc.items() if k not in PER_USER_KEYS)
+    assert "user.emb.weight" in loc
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -6,6 +6,7 @@ put in a reply; the reply content is built by `egress` only.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
@@ -16,6 +17,7 @@ from fedrec.federation.settings import RunSettings, SiloIdentity
 from fedrec.federation.silo import Tensors, evaluate_round, silo_seed, train_round
 
 LOCAL_STATE_KEY = "fedrec-user-state"
+OPTIMIZER_STATE_KEY = "fedrec-optimizer-state"
 
 
 def read_local_state(context: Context) -> Tensors | None:
@@ -28,6 +30,13 @@ def read_local_state(context: Context) -> Tensors | None:
 def write_local_state(context: Context, local: Tensors) -> None:
     """Keep per-user parameters in the node's own state (never in a message)."""
     context.state[LOCAL_STATE_KEY] = ArrayRecord({k: Array(v.numpy()) for k, v in local.items()})
+
+
+def read_optimizer_state(context: Context) -> dict[str, np.ndarray] | None:
+    """The silo's optimizer moments from its node state (None before its first round)."""
+    if OPTIMIZER_STATE_KEY not in context.state.array_records:
+        return None
+    return {k: v.numpy() for k, v in context.state.array_records[OPTIMIZER_STATE_KEY].items()}
 
 
 def make_client_app(settings: RunSettings | None = None) -> ClientApp:
@@ -46,8 +55,9 @@ def make_client_app(settings: RunSettings | None = None) -> ClientApp:
         rnd = int(msg.content["config"]["server-round"])
         arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
         out = train_round(silo, s.model_spec, arrays, read_local_state(context), s.train_config(),
-                          seed=silo_seed(s.seed, ident.region, rnd))
+                          seed=silo_seed(s.seed, ident.region, rnd), optimizer_state=read_optimizer_state(context))
         write_local_state(context, out.local_after)
+        context.state[OPTIMIZER_STATE_KEY] = ArrayRecord({k: Array(v) for k, v in out.optimizer_after.items()})
         weight = float(out.n_examples) if s.weighting == "examples" else 1.0
         return Message(train_reply(out.global_after, region=ident.region, server_round=rnd, weight=weight),
                        reply_to=msg)
@@ -57,7 +67,7 @@ def make_client_app(settings: RunSettings | None = None) -> ClientApp:
         s, ident, silo = resolve(context)
         rnd = int(msg.content["config"]["server-round"])
         arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
-        ev = evaluate_round(silo, s.model_spec, arrays, read_local_state(context),
+        ev = evaluate_round(silo, s.model_spec, arrays, read_local_state(context), s.train_config(),
                             seed=silo_seed(s.seed, ident.region, rnd))
         return Message(evaluate_reply(ev, region=ident.region, server_round=rnd), reply_to=msg)
 

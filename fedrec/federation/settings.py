@@ -36,9 +36,10 @@ class RunSettings:
     weight_decay: float = 1e-5
     n_negatives: int = 256
     local_epochs: int = 1
+    refit_epochs: int = 1
     strategy: str = "fedavg"
-    server_lr: float = 1.0
-    server_momentum: float = 0.9
+    server_lr: float = 2.0
+    server_momentum: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     adam_tau: float = 1e-3
@@ -79,7 +80,7 @@ class RunSettings:
         """Local training settings of one round."""
         return TrainConfig(loss=self.loss, batch_size=self.batch_size, lr=self.lr,
                            weight_decay=self.weight_decay, n_negatives=self.n_negatives,
-                           epochs=self.local_epochs)
+                           epochs=self.local_epochs, refit_epochs=self.refit_epochs)
 
     def to_run_config(self) -> dict[str, Any]:
         """Flat, hyphenated keys as Flower's `[tool.flwr.app.config]` and `--run-config` use them."""

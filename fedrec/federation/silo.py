@@ -6,6 +6,7 @@ its own interactions, and hands back only the new global parameters (via `egress
 
 from __future__ import annotations
 
+import copy
 import zlib
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import torch
 from fedrec.data.split import SiloData
 from fedrec.metrics import METRICS, evaluate_full_ranking, rmse
 from fedrec.models import ModelSpec, RecModel, build_model, global_state, load_global_state, local_state
-from fedrec.training import TrainConfig, train_epochs
+from fedrec.training import TrainConfig, make_optimizer, train_epochs
 
 Arrays = dict[str, np.ndarray]
 Tensors = dict[str, torch.Tensor]
@@ -43,28 +44,68 @@ def assemble_model(spec: ModelSpec, silo: SiloData, global_arrays: Arrays, local
     return model
 
 
+def optimizer_to_arrays(opt: torch.optim.Optimizer) -> Arrays:
+    """Flatten an optimizer's per-parameter state into named arrays (for the silo's node state)."""
+    out: Arrays = {}
+    for idx, st in opt.state_dict()["state"].items():
+        for name, value in st.items():
+            out[f"{idx}.{name}"] = torch.as_tensor(value).detach().numpy().copy()
+    return out
+
+
+def optimizer_from_arrays(opt: torch.optim.Optimizer, arrays: Arrays | None) -> None:
+    """Restore state written by `optimizer_to_arrays` into an optimizer over the same parameters."""
+    if not arrays:
+        return
+    template = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in arrays.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = torch.as_tensor(np.asarray(value))
+    opt.load_state_dict({"state": state, "param_groups": template["param_groups"]})
+
+
 @dataclass(frozen=True)
 class RoundOutcome:
-    """Result of local training: new global parameters (may leave) and new local state (stays)."""
+    """Result of local training: new global parameters (may leave); local state and optimizer state (stay)."""
 
     global_after: Arrays
     local_after: Tensors
+    optimizer_after: Arrays
     n_examples: int
     loss: float
 
 
 def train_round(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: Tensors | None,
-                cfg: TrainConfig, *, seed: int) -> RoundOutcome:
-    """Train global and local parameters for `cfg.epochs` passes over the silo's training interactions."""
+                cfg: TrainConfig, *, seed: int, optimizer_state: Arrays | None = None) -> RoundOutcome:
+    """Train global and local parameters for `cfg.epochs` passes over the silo's training interactions.
+
+    The silo's Adam moments (for global parameters too) continue across rounds from `optimizer_state`:
+    they are computed from private data and never leave, and keeping them is what lets a silo's updates
+    compound like centralized training instead of restarting every round.
+    """
     model = assemble_model(spec, silo, global_arrays, local, seed=seed)
+    opt = make_optimizer(model, cfg)
+    optimizer_from_arrays(opt, optimizer_state)
     gen = torch.Generator().manual_seed(seed)
-    loss = train_epochs(model, silo.train, n_items=silo.n_items, cfg=cfg, generator=gen)
+    loss = train_epochs(model, silo.train, n_items=silo.n_items, cfg=cfg, generator=gen, optimizer=opt)
     return RoundOutcome(
         global_after={k: v.numpy() for k, v in global_state(model).items()},
         local_after=local_state(model),
+        optimizer_after=optimizer_to_arrays(opt),
         n_examples=len(silo.train[0]),
         loss=loss,
     )
+
+
+def refit_users(model: RecModel, silo: SiloData, cfg: TrainConfig, *, seed: int) -> RecModel:
+    """A copy of `model` whose user-side parameters were re-fitted to its (frozen) global parameters."""
+    if cfg.refit_epochs == 0:
+        return model
+    fitted = copy.deepcopy(model)
+    train_epochs(fitted, silo.train, n_items=silo.n_items, cfg=cfg, generator=torch.Generator().manual_seed(seed),
+                 epochs=cfg.refit_epochs, params="local")
+    return fitted
 
 
 @dataclass(frozen=True)
@@ -98,6 +139,7 @@ def evaluate_model(model: RecModel, silo: SiloData, *, split: str = "test") -> S
 
 
 def evaluate_round(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: Tensors | None,
-                   *, seed: int, split: str = "test") -> SiloEvaluation:
-    """Evaluate the received global parameters with this silo's own per-user state."""
-    return evaluate_model(assemble_model(spec, silo, global_arrays, local, seed=seed), silo, split=split)
+                   cfg: TrainConfig, *, seed: int, split: str = "test") -> SiloEvaluation:
+    """Evaluate the received global parameters with this silo's own (re-fitted) per-user state."""
+    model = assemble_model(spec, silo, global_arrays, local, seed=seed)
+    return evaluate_model(refit_users(model, silo, cfg, seed=seed), silo, split=split)

@@ -25,6 +25,8 @@ def build_strategy(s: RunSettings) -> FedAvg:
     )
     if s.strategy == "fedavgm":
         return FedAvgM(server_learning_rate=s.server_lr, server_momentum=s.server_momentum, **common)
+    if s.server_lr != 1.0:  # FedAvg with a server learning rate (Reddi et al. 2021) = FedAvgM without momentum
+        return FedAvgM(server_learning_rate=s.server_lr, server_momentum=0.0, **common)
     if s.strategy == "fedadam":
         return FedAdam(eta=s.server_lr, eta_l=s.lr, beta_1=s.adam_beta1, beta_2=s.adam_beta2, tau=s.adam_tau,
                        **common)

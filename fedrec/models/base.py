@@ -31,15 +31,26 @@ class ModelSpec:
 
 
 class UserState(nn.Module):
-    """Per-user parameters of a silo: an embedding per user and optionally a bias. Always local."""
+    """A silo's private parameters: an embedding (and optionally a bias) per user. Always local.
 
-    def __init__(self, n_users: int, dim: int, *, bias: bool) -> None:
+    `private_item_bias_items > 0` adds a per-silo item bias: the silo's own correction of item popularity,
+    learnt from its users and kept at home like the user parameters (one row per catalog item).
+    """
+
+    def __init__(self, n_users: int, dim: int, *, bias: bool, private_item_bias_items: int = 0) -> None:
         super().__init__()
         self.emb = nn.Embedding(n_users, dim)
         nn.init.normal_(self.emb.weight, std=0.1)
         self.bias = nn.Embedding(n_users, 1) if bias else None
         if self.bias is not None:
             nn.init.zeros_(self.bias.weight)
+        self.item_bias = nn.Embedding(private_item_bias_items, 1) if private_item_bias_items else None
+        if self.item_bias is not None:
+            nn.init.zeros_(self.item_bias.weight)
+
+
+PER_USER_KEYS = ("user.emb.weight", "user.bias.weight")
+"""Local tensors with one row per user (the others, like a private item bias, have one row per item)."""
 
 
 class RecModel(nn.Module):
