@@ -55,7 +55,7 @@ class StrategyConfig:
     """Server-side aggregation and optimizer."""
 
     name: str = "fedavg"
-    server_lr: float = 2.0
+    server_lr: float = 1.5
     server_momentum: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.99

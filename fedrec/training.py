@@ -33,7 +33,7 @@ class TrainConfig:
     """
 
     loss: str = "softmax"
-    batch_size: int = 1024
+    batch_size: int = 512
     lr: float = 0.01
     weight_decay: float = 1e-5
     n_negatives: int = 256

@@ -107,7 +107,7 @@ GROUP_OPTIONS: dict[tuple[str, str], Any] = {
     ("split", "temporal"): lambda e: e.split.strategy == "temporal_ratio",
     ("split", "leave_last_out"): lambda e: e.split.strategy == "leave_last_out",
     ("privacy", "none"): lambda e: e.privacy.name == "none",
-    ("train", "default"): lambda e: (e.train.loss, e.train.batch_size) == ("softmax", 1024),
+    ("train", "default"): lambda e: (e.train.loss, e.train.batch_size) == ("softmax", 512),
     ("federation", "default"): lambda e: (e.federation.rounds, e.federation.weighting) == (20, "uniform"),
 }
 

@@ -31,14 +31,14 @@ class RunSettings:
     dim: int = 32
     model_kwargs: str = "{}"
     loss: str = "softmax"
-    batch_size: int = 1024
+    batch_size: int = 512
     lr: float = 0.01
     weight_decay: float = 1e-5
     n_negatives: int = 256
     local_epochs: int = 1
     refit_epochs: int = 1
     strategy: str = "fedavg"
-    server_lr: float = 2.0
+    server_lr: float = 1.5
     server_momentum: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
