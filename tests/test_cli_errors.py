@@ -130,7 +130,8 @@ def test_unknown_model_exits_2_listing_the_available_models(unknown_model_run: R
     # Assert
     assert run.returncode == 2, run.output
     assert "Traceback" not in run.output
-    assert "unknown model 'nope'; available: mf, twotower" in run.flat
+    assert "model.name='nope'" in run.flat
+    assert "mf" in run.flat and "twotower" in run.flat
 
 
 @pytest.mark.slow
