@@ -38,12 +38,14 @@ class FederationConfig:
 
     rounds: int = 20
     local_epochs: int = 1
+    eval_every: int = 1
     weighting: str = "uniform"
     fraction_train: float = 1.0
     cpus_per_client: float = 1.0
 
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "federation.rounds", self.rounds, ">= 1")
+        _require(self.eval_every >= 1, "federation.eval_every", self.eval_every, ">= 1")
         _require(self.local_epochs >= 1, "federation.local_epochs", self.local_epochs, ">= 1")
         _require(self.weighting in WEIGHTINGS, "federation.weighting", self.weighting, f"one of {WEIGHTINGS}")
         _require(0 < self.fraction_train <= 1, "federation.fraction_train", self.fraction_train, "in (0, 1]")
@@ -107,7 +109,8 @@ class ExperimentConfig:
         """The Flower app's run config for this experiment."""
         t, f, s = self.train, self.federation, self.strategy
         return RunSettings(
-            data_dir=data_dir, output_dir=output_dir, num_rounds=f.rounds, model=self.model.name,
+            data_dir=data_dir, output_dir=output_dir, num_rounds=f.rounds, eval_every=f.eval_every,
+            model=self.model.name,
             dim=self.model.dim, model_kwargs=json.dumps(self.model.kwargs), loss=t.loss, batch_size=t.batch_size,
             lr=t.lr, weight_decay=t.weight_decay, n_negatives=t.n_negatives, local_epochs=f.local_epochs,
             refit_epochs=t.refit_epochs,

@@ -27,8 +27,10 @@ def round_progress(total: int, *, enabled: bool, console: Console | None = None)
         task = bar.add_task("", total=total)
 
         def on_round(entry: dict[str, Any]) -> None:
-            ndcg = entry["overall"].get("ndcg@20", float("nan"))
-            bar.update(task, advance=1, description=f"NDCG@20 {ndcg:.4f}")
+            if entry.get("evaluated", True):
+                bar.update(task, advance=1, description=f"NDCG@20 {entry['overall'].get('ndcg@20', float('nan')):.4f}")
+            else:
+                bar.update(task, advance=1)
 
         yield on_round
 

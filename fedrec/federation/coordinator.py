@@ -27,7 +27,10 @@ RoundCallback = Callable[[dict[str, Any]], None]
 
 @dataclass
 class FederationHistory:
-    """Per-round, per-region evaluation of the global model, and the final global parameters."""
+    """Per-region evaluation of the global model after each evaluated round, and the final parameters.
+
+    Rounds are evaluated at round 1, every `eval_every` rounds and at the last round.
+    """
 
     rounds: list[dict[str, Any]] = field(default_factory=list)
     final_arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -83,12 +86,17 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
         aggregated, _ = strategy.aggregate_train(rnd, ok)
         if aggregated is not None:
             arrays = aggregated
-        eval_replies = grid.send_and_receive(
-            strategy.configure_evaluate(rnd, arrays, ConfigRecord({"server-round": rnd}), grid), timeout=timeout)
-        eval_ok = sorted((r for r in eval_replies if not r.has_error()), key=_region)
-        per_region, overall = pool_evaluations(eval_ok)
+        evaluate = rnd == 1 or rnd == s.num_rounds or rnd % s.eval_every == 0
+        eval_replies: list[Message] = []
+        per_region: dict[str, dict[str, float]] = {}
+        overall: dict[str, float] = {}
+        if evaluate:
+            eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(
+                rnd, arrays, ConfigRecord({"server-round": rnd}), grid), timeout=timeout))
+            per_region, overall = pool_evaluations(sorted((r for r in eval_replies if not r.has_error()), key=_region))
         entry = {
             "round": rnd,
+            "evaluated": evaluate,
             "per_region": per_region,
             "overall": overall,
             "participants": [_region(r) for r in ok],
@@ -96,7 +104,8 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
             + [str(r.error.reason)[:500] for r in eval_replies if r.has_error()],
             "round_time_s": time.perf_counter() - t0,
         }
-        history.rounds.append(entry)
+        if evaluate:
+            history.rounds.append(entry)
         if on_round is not None:
             on_round(entry)
     history.final_arrays = {k: v.numpy() for k, v in arrays.items()}

@@ -27,6 +27,7 @@ class RunSettings:
     data_dir: str = ""
     output_dir: str = ""
     num_rounds: int = 20
+    eval_every: int = 1
     model: str = "mf"
     dim: int = 32
     model_kwargs: str = "{}"
@@ -59,6 +60,8 @@ class RunSettings:
 
         if self.model not in available_models():
             raise ConfigError(f"model={self.model!r} is unknown; available: {available_models()}")
+        if self.eval_every < 1:
+            raise ConfigError(f"federation.eval_every={self.eval_every} must be >= 1")
         if self.num_rounds < 1:
             raise ConfigError(f"federation.rounds={self.num_rounds} must be >= 1")
         if not 0.0 < self.fraction_train <= 1.0:

@@ -1,0 +1,66 @@
+"""Dataset names → loaders, so `dataset=NAME` in config picks one and unknown names list what exists."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fedrec.data.schema import Interactions
+from fedrec.errors import ConfigError
+
+Loader = Callable[[dict[str, Any]], Interactions]
+
+
+def _synthetic(p: dict[str, Any]) -> Interactions:
+    from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
+
+    params = dict(p)
+    for key in ("region_sizes", "region_names"):
+        if key in params and params[key] is not None:
+            params[key] = tuple(params[key])
+    try:
+        cfg = SyntheticWorldConfig(**params)
+    except TypeError as exc:
+        raise ConfigError(f"dataset=synthetic: {exc}") from exc
+    return generate_world(cfg)
+
+
+def _check_keys(dataset: str, params: dict[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} for dataset={dataset}; known: {sorted(known)}")
+
+
+def _movielens(p: dict[str, Any]) -> Interactions:
+    from fedrec.data.movielens import load_movielens, resolve_movielens
+
+    _check_keys("movielens", p, {"variant", "path", "cache_dir", "unknown_zip"})
+    variant = str(p.get("variant", "100k"))
+    path = resolve_movielens(p.get("path"), variant, p.get("cache_dir") or "~/.cache/fedrec")
+    return load_movielens(path, variant=variant, unknown_zip=str(p.get("unknown_zip", "own_silo")))
+
+
+def _file(p: dict[str, Any]) -> Interactions:
+    from fedrec.data.files import load_interactions_file
+
+    _check_keys("file", p, {"path", "columns", "catalog_path", "items_public", "implicit", "region_default"})
+    if not p.get("path"):
+        raise ConfigError("dataset=file needs dataset.path=FILE (a CSV, TSV or Parquet file of interactions)")
+    return load_interactions_file(
+        p["path"],
+        columns=dict(p.get("columns") or {}),
+        catalog_path=p.get("catalog_path"),
+        items_public=bool(p.get("items_public", False)),
+        implicit=bool(p.get("implicit", False)),
+        region_column_default=p.get("region_default"),
+    )
+
+
+_LOADERS: dict[str, Loader] = {"synthetic": _synthetic, "movielens": _movielens, "file": _file}
+
+
+def load_dataset(name: str, params: dict[str, Any]) -> Interactions:
+    """Load dataset `name` with its group's parameters (everything but `name`)."""
+    if name not in _LOADERS:
+        raise ConfigError(f"unknown dataset {name!r}; available: {', '.join(sorted(_LOADERS))}")
+    return _LOADERS[name](params)
