@@ -2,7 +2,9 @@
 
 ML-100K-sized synthetic world (943 users, 1,682 items, ~100k interactions) split over 10 silos. Reports
 the ratio federated / centralized and where the federated time goes: Flower/Ray start-up (first round's
-extra time), per-round overhead (messaging, serialization, evaluation) and local training.
+extra time), local training, per-round evaluation (user refit + full ranking in every silo) and what is
+left per round for Flower (messaging, serialization, scheduling). Per-round costs measured sequentially are
+halved for comparison, as the simulation runs two silos at a time on 2 cores.
 
 Usage: python benchmarks/federation_speed.py [--rounds 10] [--out /tmp/bench-speed]
 """
@@ -23,7 +25,7 @@ from fedrec.bounds import train_centralized
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo import initial_global_arrays, silo_seed, train_round
+from fedrec.federation.silo import evaluate_round, initial_global_arrays, silo_seed, train_round
 from fedrec.federation.simulation import run_simulation
 from fedrec.models import ModelSpec
 from fedrec.training import TrainConfig
@@ -50,20 +52,28 @@ def main() -> None:
     train_centralized(world.silos, spec, cfg, epochs=args.rounds, seed=0)
     central_s = time.perf_counter() - t
 
-    # Pure local training cost of the federated schedule, sequential, no Flower.
+    # Pure local cost of one federated round, sequential over silos, no Flower: training and evaluation.
     g = initial_global_arrays(spec, n_items=world.n_items, seed=0)
     t = time.perf_counter()
-    for r, s in world.silos.items():
-        train_round(s, spec, g, None, cfg, seed=silo_seed(0, r, 1))
+    outs = {r: train_round(s, spec, g, None, cfg, seed=silo_seed(0, r, 1)) for r, s in world.silos.items()}
     one_round_training_s = time.perf_counter() - t
-
-    # Federated: real Flower simulation, 2 Ray workers on this 2-core machine.
-    settings = RunSettings(data_dir=str(world.data_dir), output_dir=str(out), num_rounds=args.rounds,
-                           min_nodes=len(world.regions))
-    round_times: list[float] = []
     t = time.perf_counter()
-    run_simulation(settings, on_round=lambda e: round_times.append(e["round_time_s"]))
-    fed_s = time.perf_counter() - t
+    for r, s in world.silos.items():
+        evaluate_round(s, spec, outs[r].global_after, outs[r].local_after, cfg, seed=0)
+    one_round_eval_s = time.perf_counter() - t
+
+    # Federated: real Flower simulation, 2 Ray workers on this 2-core machine; evaluated every round
+    # (the default, per-round curves) and only at the first and last round.
+    def federate(eval_every: int) -> tuple[float, list[float]]:
+        settings = RunSettings(data_dir=str(world.data_dir), output_dir=str(out), num_rounds=args.rounds,
+                               min_nodes=len(world.regions), eval_every=eval_every)
+        times: list[float] = []
+        t0 = time.perf_counter()
+        run_simulation(settings, on_round=lambda e: times.append(e["round_time_s"]))
+        return time.perf_counter() - t0, times
+
+    fed_s, round_times = federate(1)
+    fed_sparse_s, sparse_times = federate(args.rounds)
 
     steady = sorted(round_times[1:])[len(round_times[1:]) // 2] if len(round_times) > 1 else round_times[0]
     report = {
@@ -77,8 +87,15 @@ def main() -> None:
         "median_round_s": steady,
         "startup_overhead_s": fed_s - sum(round_times) + (round_times[0] - steady),
         "training_per_round_sequential_s": one_round_training_s,
-        "overhead_per_round_s": steady - one_round_training_s / 2,
+        "evaluation_per_round_sequential_s": one_round_eval_s,
+        "flower_overhead_per_round_s": steady - (one_round_training_s + one_round_eval_s) / 2,
+        "federated_eval_first_last_s": fed_sparse_s,
+        "ratio_eval_first_last_over_centralized": fed_sparse_s / central_s,
+        "median_round_without_eval_s": sorted(sparse_times[1:-1])[len(sparse_times[1:-1]) // 2]
+        if len(sparse_times) > 2 else float("nan"),
     }
+    report["steady_ratio_round_over_centralized_epoch"] = report["median_round_without_eval_s"] / (
+        central_s / args.rounds)
     for k, v in report.items():
         print(f"{k:36s} {v:.3f}" if isinstance(v, float) else f"{k:36s} {v}")
     (out / "speed.json").write_text(json.dumps(report, indent=1))
