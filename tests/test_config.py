@@ -41,12 +41,12 @@ EXPERIMENT_FILES = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
 def check_quick(exp: ExperimentConfig) -> None:
-    assert exp.federation.rounds == 2
+    assert exp.federation.rounds == 8
     assert exp.dataset.name == "synthetic"
     assert exp.dataset.params["region_sizes"] == [5.0, 2.0, 1.0]
-    assert (exp.dataset.params["n_users"], exp.dataset.params["n_items"]) == (600, 300)
+    assert (exp.dataset.params["n_users"], exp.dataset.params["n_items"]) == (1200, 300)
     assert exp.model.dim == 16
-    assert exp.total_epochs == 2
+    assert exp.total_epochs == 8
 
 
 def check_ml100k(exp: ExperimentConfig) -> None:
