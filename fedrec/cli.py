@@ -43,8 +43,9 @@ def run(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
     from fedrec.experiment import run_experiment
     from fedrec.report import print_summary, round_progress
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(resolved, dict)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    resolved: dict[str, Any] = {str(k): v for k, v in container.items()}
     exp = experiment_from_dict({k: v for k, v in resolved.items() if k not in ("progress", "experiment")})
     (out_dir).mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

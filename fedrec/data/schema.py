@@ -127,7 +127,7 @@ def make_interactions(
         if missing:
             raise DataError(f"regions {sorted(missing)} are not in the declared region order")
         order = [r for r in region_order if r in set(names)]
-        remap = np.array([order.index(n) for n in names], dtype=np.int16)
+        remap = np.array([order.index(n) for n in names], dtype=np.int64)
         codes = remap[codes]
         names = np.array(order)
     return Interactions(

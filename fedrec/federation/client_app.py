@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedrec.data.split import SiloData
-from fedrec.federation.egress import evaluate_reply, train_reply
+from fedrec.federation.egress import evaluate_reply, read_arrays, read_int, train_reply
 from fedrec.federation.settings import RunSettings, SiloIdentity
 from fedrec.federation.silo import Tensors, evaluate_round, silo_seed, train_round
 
@@ -52,8 +52,8 @@ def make_client_app(settings: RunSettings | None = None) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         s, ident, silo = resolve(context)
-        rnd = int(msg.content["config"]["server-round"])
-        arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        rnd = read_int(msg.content, "config", "server-round")
+        arrays = read_arrays(msg.content)
         out = train_round(silo, s.model_spec, arrays, read_local_state(context), s.train_config(),
                           seed=silo_seed(s.seed, ident.region, rnd), optimizer_state=read_optimizer_state(context))
         write_local_state(context, out.local_after)
@@ -65,8 +65,8 @@ def make_client_app(settings: RunSettings | None = None) -> ClientApp:
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         s, ident, silo = resolve(context)
-        rnd = int(msg.content["config"]["server-round"])
-        arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        rnd = read_int(msg.content, "config", "server-round")
+        arrays = read_arrays(msg.content)
         ev = evaluate_round(silo, s.model_spec, arrays, read_local_state(context), s.train_config(),
                             seed=silo_seed(s.seed, ident.region, rnd))
         return Message(evaluate_reply(ev, region=ident.region, server_round=rnd), reply_to=msg)

@@ -16,6 +16,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
+from fedrec.federation.egress import read_float, read_int, read_region
 from fedrec.federation.settings import RunSettings, read_manifest
 from fedrec.federation.silo import initial_global_arrays
 from fedrec.federation.strategies import build_strategy
@@ -42,7 +43,7 @@ class FederationHistory:
 
 
 def _region(msg: Message) -> str:
-    return str(msg.content["meta"]["region"])
+    return read_region(msg.content)
 
 
 def pool_evaluations(replies: list[Message]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
@@ -51,16 +52,18 @@ def pool_evaluations(replies: list[Message]) -> tuple[dict[str, dict[str, float]
     totals = dict.fromkeys(METRICS, 0.0)
     n_total, sq, n_r = 0, 0.0, 0
     for msg in replies:
-        m = msg.content["metrics"]
-        n = int(m["n-users"])
-        region_metrics = {k: float(m[f"sum-{k}"]) / n if n else float("nan") for k in METRICS}
-        if "n-ratings" in m:
-            region_metrics["rmse"] = float(np.sqrt(float(m["sq-error"]) / max(1, int(m["n-ratings"]))))
-            sq += float(m["sq-error"])
-            n_r += int(m["n-ratings"])
+        c = msg.content
+        n = read_int(c, "metrics", "n-users")
+        sums = {k: read_float(c, "metrics", f"sum-{k}") for k in METRICS}
+        region_metrics = {k: sums[k] / n if n else float("nan") for k in METRICS}
+        if "n-ratings" in c.metric_records["metrics"]:
+            sq_r, n_ratings = read_float(c, "metrics", "sq-error"), read_int(c, "metrics", "n-ratings")
+            region_metrics["rmse"] = float(np.sqrt(sq_r / max(1, n_ratings)))
+            sq += sq_r
+            n_r += n_ratings
         per_region[_region(msg)] = region_metrics
         for k in METRICS:
-            totals[k] += float(m[f"sum-{k}"])
+            totals[k] += sums[k]
         n_total += n
     overall = {k: totals[k] / n_total if n_total else float("nan") for k in METRICS}
     if n_r:

@@ -38,7 +38,7 @@ def train_reply(global_after: dict[str, np.ndarray], *, region: str, server_roun
 
 def evaluate_reply(ev: SiloEvaluation, *, region: str, server_round: int) -> RecordDict:
     """Reply content of an evaluation round: metric sums over the silo's evaluated users and their count."""
-    metrics = {f"sum-{m}": float(ev.sums[m]) for m in METRICS}
+    metrics: dict[str, int | float | list[int] | list[float]] = {f"sum-{m}": float(ev.sums[m]) for m in METRICS}
     metrics["n-users"] = int(ev.n_users)
     if ev.n_ratings:
         metrics["sq-error"] = float(ev.sq_error)
@@ -47,3 +47,33 @@ def evaluate_reply(ev: SiloEvaluation, *, region: str, server_round: int) -> Rec
         "metrics": MetricRecord(metrics),
         "meta": ConfigRecord({"region": region, "server-round": server_round}),
     })
+
+
+# ---- reading the records back (typed; Flower's records hold a union of value types) ----
+
+def read_arrays(content: RecordDict, key: str = "arrays") -> dict[str, np.ndarray]:
+    """The named arrays of a message's ArrayRecord."""
+    return {k: v.numpy() for k, v in content.array_records[key].items()}
+
+
+def read_int(content: RecordDict, record: str, key: str) -> int:
+    """An integer from a ConfigRecord or MetricRecord (e.g. the server round, a user count)."""
+    rec = content.config_records.get(record) or content.metric_records[record]
+    value = rec[key]
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{record}.{key} should be a number, got {value!r}")
+    return int(value)
+
+
+def read_float(content: RecordDict, record: str, key: str) -> float:
+    """A float from a MetricRecord or ConfigRecord."""
+    rec = content.metric_records.get(record) or content.config_records[record]
+    value = rec[key]
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{record}.{key} should be a number, got {value!r}")
+    return float(value)
+
+
+def read_region(content: RecordDict) -> str:
+    """The public region name a silo put in its reply's metadata."""
+    return str(content.config_records["meta"]["region"])

@@ -15,19 +15,14 @@ from fedrec.federation.settings import RunSettings
 
 def build_strategy(s: RunSettings) -> FedAvg:
     """The configured strategy; all of them weight replies by the `weight` each silo reports."""
-    common = dict(
-        fraction_train=s.fraction_train,
-        fraction_evaluate=1.0,
-        min_train_nodes=max(1, int(s.min_nodes * s.fraction_train)),
-        min_evaluate_nodes=s.min_nodes,
-        min_available_nodes=s.min_nodes,
-        weighted_by_key=WEIGHT_KEY,
-    )
-    if s.strategy == "fedavgm":
-        return FedAvgM(server_learning_rate=s.server_lr, server_momentum=s.server_momentum, **common)
-    if s.server_lr != 1.0:  # FedAvg with a server learning rate (Reddi et al. 2021) = FedAvgM without momentum
-        return FedAvgM(server_learning_rate=s.server_lr, server_momentum=0.0, **common)
+    kw = {"fraction_train": s.fraction_train, "fraction_evaluate": 1.0,
+          "min_train_nodes": max(1, int(s.min_nodes * s.fraction_train)), "min_evaluate_nodes": s.min_nodes,
+          "min_available_nodes": s.min_nodes, "weighted_by_key": WEIGHT_KEY}
     if s.strategy == "fedadam":
         return FedAdam(eta=s.server_lr, eta_l=s.lr, beta_1=s.adam_beta1, beta_2=s.adam_beta2, tau=s.adam_tau,
-                       **common)
-    return FedAvg(**common)
+                       **kw)  # type: ignore[arg-type]
+    momentum = s.server_momentum if s.strategy == "fedavgm" else 0.0
+    if s.strategy == "fedavgm" or s.server_lr != 1.0:
+        # FedAvg with a server learning rate (Reddi et al. 2021) is FedAvgM without momentum.
+        return FedAvgM(server_learning_rate=s.server_lr, server_momentum=momentum, **kw)  # type: ignore[arg-type]
+    return FedAvg(**kw)  # type: ignore[arg-type]
