@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrec.data.schema import Interactions
+from fedrec.data.schema import Catalog, Interactions
 from fedrec.data.split import SiloData, SplitConfig, split_one_silo, split_silos
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError, DataError
@@ -301,3 +301,15 @@ def test_loading_a_corrupt_silo_file_is_a_data_error(corrupt, silos: dict[str, S
     # Execute / Assert: the message names the file and how to fix it
     with pytest.raises(DataError, match=r"silo_na\.npz.*Re-create it"):
         SiloData.load(path)
+
+
+def test_a_declared_region_without_interactions_is_an_empty_silo_error() -> None:
+    # Prepare: two declared regions, every interaction in the first one
+    n = 40
+    data = Interactions(user=np.repeat(np.arange(8), 5), item=np.tile(np.arange(5), 8),
+                        rating=np.ones(n, np.float32), timestamp=np.arange(n), region=np.zeros(n, np.int16),
+                        regions=("eu", "mena"), catalog=Catalog(n_items=5))
+
+    # Execute / Assert
+    with pytest.raises(DataError, match=r"'mena' has no interactions \(an empty silo\)"):
+        split_silos(data, SplitConfig(min_users_per_silo=1))
