@@ -58,8 +58,10 @@ def test_global_and_local_state_split_the_state_dict(name: str) -> None:
     assert loc and all(k.startswith(LOCAL_PREFIX) for k in loc)
     assert set(glob) | set(loc) == set(model.state_dict())
     assert all(loc[k].shape[0] == 11 for k in PER_USER_KEYS if k in loc)
-    assert all(v.shape[0] == N_ITEMS for k, v in loc.items() if k not in PER_USER_KEYS)
     assert "user.emb.weight" in loc
+    # every other local tensor (private item bias, private user tower) does not grow with the users
+    bigger = local_state(build_model(spec(name), n_users=50, n_items=N_ITEMS))
+    assert all(bigger[k].shape == v.shape for k, v in loc.items() if k not in PER_USER_KEYS)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -34,11 +34,15 @@ class UserState(nn.Module):
     """A silo's private parameters: an embedding (and optionally a bias) per user. Always local.
 
     `private_item_bias_items > 0` adds a per-silo item bias: the silo's own correction of item popularity,
-    learnt from its users and kept at home like the user parameters (one row per catalog item).
+    learnt from its users and kept at home like the user parameters (one row per catalog item). `tower` is
+    a network that only ever sees this silo's user embeddings (e.g. a two-tower model's user tower): those
+    embeddings live in a coordinate frame of their own, so the network stays with them.
     """
 
-    def __init__(self, n_users: int, dim: int, *, bias: bool, private_item_bias_items: int = 0) -> None:
+    def __init__(self, n_users: int, dim: int, *, bias: bool, private_item_bias_items: int = 0,
+                 tower: nn.Module | None = None) -> None:
         super().__init__()
+        self.tower = tower
         self.emb = nn.Embedding(n_users, dim)
         nn.init.normal_(self.emb.weight, std=0.1)
         self.bias = nn.Embedding(n_users, 1) if bias else None
