@@ -39,6 +39,11 @@ def read_optimizer_state(context: Context) -> dict[str, np.ndarray] | None:
     return {k: v.numpy() for k, v in context.state.array_records[OPTIMIZER_STATE_KEY].items()}
 
 
+def write_optimizer_state(context: Context, state: dict[str, np.ndarray]) -> None:
+    """Keep the silo's optimizer moments (derived from private data) in the node's own state."""
+    context.state[OPTIMIZER_STATE_KEY] = ArrayRecord({k: Array(v) for k, v in state.items()})
+
+
 def make_client_app(settings: RunSettings | None = None) -> ClientApp:
     """A ClientApp; with `settings` it ignores `context.run_config` (in-process runs from Python)."""
     app = ClientApp()
@@ -57,7 +62,7 @@ def make_client_app(settings: RunSettings | None = None) -> ClientApp:
         out = train_round(silo, s.model_spec, arrays, read_local_state(context), s.train_config(),
                           seed=silo_seed(s.seed, ident.region, rnd), optimizer_state=read_optimizer_state(context))
         write_local_state(context, out.local_after)
-        context.state[OPTIMIZER_STATE_KEY] = ArrayRecord({k: Array(v) for k, v in out.optimizer_after.items()})
+        write_optimizer_state(context, out.optimizer_after)
         weight = float(out.n_examples) if s.weighting == "examples" else 1.0
         return Message(train_reply(out.global_after, region=ident.region, server_round=rnd, weight=weight),
                        reply_to=msg)
