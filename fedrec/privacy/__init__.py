@@ -1,0 +1,1 @@
+"""Differential privacy for silos: accounting (dp-accounting) and each silo's persisted budget ledger."""
