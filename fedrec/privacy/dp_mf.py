@@ -1,0 +1,113 @@
+"""User-level DP-SGD for biased MF with sampled softmax, using the per-user gradient's closed form.
+
+Why a closed form: per-example gradients of embedding tables are where generic DP libraries are slow
+(Opacus' hooks materialise a dense per-user copy of every table). For MF under sampled softmax, the
+gradient of one interaction t with respect to item row j is `coef[t, j] * p_u` (and `coef[t, j]` for the
+item bias), where coef is softmax(logits) minus one on the positive. Summed over a user's interactions,
+the user's whole contribution to the global item parameters is the rank-one matrix `a_u ⊗ [p_u, 1]`, whose
+norm is `‖a_u‖ · sqrt(‖p_u‖² + 1)`. Clipping every user and summing is then one [n_items × B] @ [B × d]
+product. The global bias gets no gradient: softmax is shift-invariant.
+
+What is private here: the global item side (embeddings and shared bias). Per-user parameters and the silo's
+private item bias are local and trained as usual: they never leave the silo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fedrec.models.mf import BiasedMF
+
+
+@dataclass(frozen=True)
+class UserBatch:
+    """The interactions of the users sampled for one step, user-major.
+
+    `users` [B]: the sampled users (silo-local ids); `owner` [T]: for each interaction, the row of its user
+    in `users`; `items` [T]: the positive item of each interaction.
+    """
+
+    users: torch.Tensor
+    owner: torch.Tensor
+    items: torch.Tensor
+
+
+def interaction_coefficients(model: BiasedMF, batch: UserBatch, negatives: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-interaction softmax pieces: (loss per interaction [T], d loss/d logit [T, 1+K], user vectors [B, d]).
+
+    Logits are [positive, K shared negatives]; a negative equal to the interaction's positive is masked.
+    """
+    p = model.user.emb(batch.users)
+    pos = model.score_pairs(batch.users[batch.owner], batch.items)
+    neg = model.score_matrix(batch.users[batch.owner], negatives)
+    neg = neg.masked_fill(negatives.unsqueeze(0) == batch.items.unsqueeze(1), -torch.inf)
+    logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
+    loss = F.cross_entropy(logits, torch.zeros(len(batch.items), dtype=torch.long), reduction="none")
+    coef = torch.softmax(logits.detach(), dim=1)
+    coef[:, 0] -= 1.0
+    return loss, coef, p
+
+
+def per_user_item_coefficients(coef: torch.Tensor, batch: UserBatch, negatives: torch.Tensor,
+                               n_items: int) -> torch.Tensor:
+    """`a_u` for every sampled user: [B, n_items], the user's summed d loss / d (item logit term)."""
+    b = len(batch.users)
+    a = torch.zeros(b, n_items, dtype=coef.dtype)
+    a.index_put_((batch.owner, batch.items), coef[:, 0], accumulate=True)
+    neg_sum = torch.zeros(b, len(negatives), dtype=coef.dtype).index_add_(0, batch.owner, coef[:, 1:])
+    rows = torch.arange(b).unsqueeze(1).expand(-1, len(negatives))
+    a.index_put_((rows, negatives.unsqueeze(0).expand(b, -1)), neg_sum, accumulate=True)
+    return a
+
+
+def clipped_item_gradient_sum(a: torch.Tensor, p: torch.Tensor, clip_norm: float
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sum over users of their clipped gradients: (item_emb grad [n, d], item_bias grad [n], norms [B])."""
+    norms = a.norm(dim=1) * torch.sqrt(p.pow(2).sum(1) + 1.0)
+    scale = torch.clamp(clip_norm / (norms + 1e-12), max=1.0)
+    weighted = a * scale.unsqueeze(1)
+    return weighted.T @ p, weighted.sum(0), norms
+
+
+def dp_mf_step(
+    model: BiasedMF,
+    batch: UserBatch,
+    negatives: torch.Tensor,
+    *,
+    clip_norm: float,
+    noise_multiplier: float,
+    expected_users: float,
+    global_optimizer: torch.optim.Optimizer,
+    local_optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    weight_decay: float = 0.0,
+) -> dict[str, float]:
+    """One user-level DP step: local parameters by plain SGD on the batch, global ones by clipped + noised sum.
+
+    The noisy global gradient is (Σ_u clip_C(g_u) + N(0, σ²C²)) / expected_users; `weight_decay` is applied
+    to the whole global tables (data-independent), never through per-user gradients.
+    """
+    n_items = model.item_emb.num_embeddings
+    loss, coef, p = interaction_coefficients(model, batch, negatives)
+
+    # Local side (per-user parameters, private item bias): ordinary gradients, never released.
+    local_optimizer.zero_grad(set_to_none=True)
+    loss.sum().div(max(1, len(batch.users))).backward()  # global .grad values are overwritten below
+    local_optimizer.step()
+
+    # Global side: closed-form per-user gradients, clipped, summed, noised.
+    with torch.no_grad():
+        a = per_user_item_coefficients(coef, batch, negatives, n_items)
+        g_emb, g_bias, norms = clipped_item_gradient_sum(a, p.detach(), clip_norm)
+        std = noise_multiplier * clip_norm
+        g_emb += std * torch.randn(g_emb.shape, generator=generator)
+        g_bias += std * torch.randn(g_bias.shape, generator=generator)
+        model.item_emb.weight.grad = g_emb / expected_users + weight_decay * model.item_emb.weight
+        model.item_bias.weight.grad = (g_bias / expected_users).unsqueeze(1) + weight_decay * model.item_bias.weight
+        model.global_bias.grad = torch.zeros_like(model.global_bias)
+    global_optimizer.step()
+    return {"loss": float(loss.detach().mean()), "clipped_fraction": float((norms > clip_norm).float().mean())}
