@@ -28,14 +28,6 @@ MODELS = ["mf", "twotower"]
 N_ITEMS = 37
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: intra-op threads only contend (on a loaded 2-core machine, 70x slower with 2 threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def spec(name: str) -> ModelSpec:
     return ModelSpec(name=name, dim=8)

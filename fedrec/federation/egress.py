@@ -56,22 +56,22 @@ def read_arrays(content: RecordDict, key: str = "arrays") -> dict[str, np.ndarra
     return {k: v.numpy() for k, v in content.array_records[key].items()}
 
 
-def read_int(content: RecordDict, record: str, key: str) -> int:
-    """An integer from a ConfigRecord or MetricRecord (e.g. the server round, a user count)."""
-    rec = content.config_records.get(record) or content.metric_records[record]
-    value = rec[key]
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"{record}.{key} should be a number, got {value!r}")
-    return int(value)
-
-
-def read_float(content: RecordDict, record: str, key: str) -> float:
-    """A float from a MetricRecord or ConfigRecord."""
+def _read_number(content: RecordDict, record: str, key: str) -> int | float:
     rec = content.metric_records.get(record) or content.config_records[record]
     value = rec[key]
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{record}.{key} should be a number, got {value!r}")
-    return float(value)
+    return value
+
+
+def read_int(content: RecordDict, record: str, key: str) -> int:
+    """An integer from a ConfigRecord or MetricRecord (e.g. the server round, a user count)."""
+    return int(_read_number(content, record, key))
+
+
+def read_float(content: RecordDict, record: str, key: str) -> float:
+    """A float from a MetricRecord or ConfigRecord (e.g. a metric sum)."""
+    return float(_read_number(content, record, key))
 
 
 def read_region(content: RecordDict) -> str:
