@@ -90,3 +90,24 @@ def test_without_noise_or_clipping_the_step_is_plain_sgd_on_the_user_sum() -> No
     assert torch.equal(model.global_bias, reference.global_bias)
     # and the local side moved (users were trained)
     assert not torch.equal(model.user.emb.weight, reference.user.emb.weight)
+
+
+def test_an_empty_poisson_batch_still_releases_noise() -> None:
+    # Prepare: nobody sampled this step
+    from fedrec.privacy.dp_mf import dp_mf_step
+
+    model, _, negatives = setup()
+    empty = torch.zeros(0, dtype=torch.long)
+    before = model.item_emb.weight.detach().clone()
+    glob = [model.item_emb.weight, model.item_bias.weight, model.global_bias]
+    local = [p for n, p in model.named_parameters() if n.startswith("user.")]
+
+    # Execute
+    stats = dp_mf_step(model, UserBatch(empty, empty, empty), negatives, clip_norm=1.0, noise_multiplier=1.0,
+                       expected_users=2.0, global_optimizer=torch.optim.SGD(glob, lr=0.1),
+                       local_optimizer=torch.optim.SGD(local, lr=0.1), generator=torch.Generator().manual_seed(0))
+
+    # Assert: the item side moved (by noise / expected users only), and the stats are well defined
+    moved = (model.item_emb.weight.detach() - before) / -0.1 * 2.0  # recovers the raw noise, std sigma*C = 1
+    assert 0.7 < float(moved.std()) < 1.3
+    assert stats["clipped_fraction"] == 0.0

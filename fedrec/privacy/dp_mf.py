@@ -110,4 +110,6 @@ def dp_mf_step(
         model.item_bias.weight.grad = (g_bias / expected_users).unsqueeze(1) + weight_decay * model.item_bias.weight
         model.global_bias.grad = torch.zeros_like(model.global_bias)
     global_optimizer.step()
+    if len(norms) == 0:  # nobody sampled: the release is noise only, as the accounting assumes
+        return {"loss": float("nan"), "clipped_fraction": 0.0}
     return {"loss": float(loss.detach().mean()), "clipped_fraction": float((norms > clip_norm).float().mean())}

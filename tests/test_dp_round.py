@@ -1,0 +1,55 @@
+"""A silo's DP round (groundwork): what it returns, what it costs, and that it is reproducible by seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedrec.data.split import SplitConfig, split_silos
+from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
+from fedrec.errors import ConfigError
+from fedrec.federation.silo import initial_global_arrays
+from fedrec.models import ModelSpec
+from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
+from fedrec.training import TrainConfig
+
+SPEC = ModelSpec("mf", 8)
+DP = DpTrainConfig(clip_norm=1.0, noise_multiplier=1.0, sample_rate=0.1, steps_per_round=5, max_per_user=10)
+
+
+@pytest.fixture(scope="module")
+def silo():
+    world = generate_world(SyntheticWorldConfig(n_users=200, n_items=60, region_only_items=0, region_sizes=(1.0,)))
+    return split_silos(world, SplitConfig())["eu"]
+
+
+def test_a_dp_round_releases_only_global_parameters_and_reports_its_cost(silo) -> None:
+    g = initial_global_arrays(SPEC, n_items=silo.n_items, seed=0)
+    out = train_round_dp(silo, SPEC, g, None, TrainConfig(), DP, seed=1)
+    assert set(out.global_after) == set(g)
+    assert not any(k.startswith("user.") for k in out.global_after)
+    assert out.event == DP.event()
+    assert out.interactions_over_cap > 0  # users with more than 10 training interactions were capped
+    assert not np.array_equal(out.global_after["item_emb.weight"], g["item_emb.weight"])
+    np.testing.assert_array_equal(out.global_after["global_bias"], g["global_bias"])  # no gradient, no noise
+
+
+def test_same_seed_same_release_and_state_continues(silo) -> None:
+    g = initial_global_arrays(SPEC, n_items=silo.n_items, seed=0)
+    a = train_round_dp(silo, SPEC, g, None, TrainConfig(), DP, seed=3)
+    b = train_round_dp(silo, SPEC, g, None, TrainConfig(), DP, seed=3)
+    np.testing.assert_array_equal(a.global_after["item_emb.weight"], b.global_after["item_emb.weight"])
+    nxt = train_round_dp(silo, SPEC, a.global_after, a.local_after, TrainConfig(), DP, seed=4,
+                         optimizer_state=a.optimizer_after)
+    assert {k[:2] for k in nxt.optimizer_after} == {"l.", "g."}
+
+
+def test_dp_for_other_models_and_bad_parameters_are_clear_errors(silo) -> None:
+    spec = ModelSpec("twotower", 8)
+    with pytest.raises(ConfigError, match="model=mf"):
+        train_round_dp(silo, spec, initial_global_arrays(spec, n_items=silo.n_items, seed=0), None,
+                       TrainConfig(), DP, seed=0)
+    with pytest.raises(ConfigError, match="clip_norm=0"):
+        DpTrainConfig(clip_norm=0, noise_multiplier=1.0, sample_rate=0.1, steps_per_round=1)
+    with pytest.raises(ConfigError, match="privacy=none"):
+        DpTrainConfig(clip_norm=1.0, noise_multiplier=0.0, sample_rate=0.1, steps_per_round=1)
