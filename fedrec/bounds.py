@@ -25,11 +25,12 @@ def train_centralized(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainCon
     regions = sorted(silos)
     offsets = dict(zip(regions, np.cumsum([0] + [silos[r].n_users for r in regions[:-1]]), strict=True))
     n_items = silos[regions[0]].n_items
-    train = tuple(np.concatenate([silos[r].train[c] + (offsets[r] if c == 0 else 0) for r in regions])
-                  for c in range(3))
+    train = (np.concatenate([silos[r].train[0] + offsets[r] for r in regions]),
+             np.concatenate([silos[r].train[1] for r in regions]),
+             np.concatenate([silos[r].train[2] for r in regions]))
     torch.manual_seed(seed)
     model = build_model(spec, n_users=sum(s.n_users for s in silos.values()), n_items=n_items)
-    train_epochs(model, train, n_items=n_items, cfg=cfg, generator=torch.Generator().manual_seed(seed),  # type: ignore[arg-type]
+    train_epochs(model, train, n_items=n_items, cfg=cfg, generator=torch.Generator().manual_seed(seed),
                  epochs=epochs)
     glob = {k: v.numpy() for k, v in global_state(model).items()}
     users = local_state(model)

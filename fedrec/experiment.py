@@ -12,6 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedrec.bounds import pool, popularity, train_centralized, train_local_only
 from fedrec.config import ExperimentConfig
 from fedrec.data.registry import load_dataset
@@ -72,7 +74,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
             "n_items": world.n_items,
             "catalog": data.catalog.source,
             "load_report": data.report.lines() if data.report else [],
-            "regions": {r: {"users": s.n_users, "test_users": len(set(s.test[0].tolist())),
+            "regions": {r: {"users": s.n_users, "test_users": int(np.unique(s.test[0]).size),
                             "train_interactions": len(s.train[0]), "train_only_users": s.n_train_only_users}
                         for r, s in world.silos.items()},
         },

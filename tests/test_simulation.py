@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from fedrec.bounds import pool, popularity
@@ -85,3 +86,14 @@ def test_same_seed_same_federation(results: tuple[dict, Path], tmp_path: Path) -
 
     # Assert: identical per-round, per-region metrics (replies are aggregated in region order)
     assert [r["per_region"] for r in again["rounds"]] == [r["per_region"] for r in first["rounds"]]
+
+
+def test_the_saved_global_model_loads_without_the_run(results: tuple[dict, Path]) -> None:
+    from fedrec.model_io import load_global_model
+    from fedrec.models import build_model, load_global_state
+
+    _, out = results
+    arrays, spec, meta = load_global_model(out / "global_model.safetensors")
+    model = build_model(spec, n_users=1, n_items=arrays["item_emb.weight"].shape[0])
+    load_global_state(model, {k: torch.as_tensor(v) for k, v in arrays.items()})
+    assert (spec.name, spec.dim, meta["rounds"]) == ("mf", 16, 2)

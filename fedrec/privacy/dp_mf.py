@@ -92,12 +92,20 @@ def dp_mf_step(
     to the whole global tables (data-independent), never through per-user gradients.
     """
     n_items = model.item_emb.num_embeddings
-    loss, coef, p = interaction_coefficients(model, batch, negatives)
-
-    # Local side (per-user parameters, private item bias): ordinary gradients, never released.
-    local_optimizer.zero_grad(set_to_none=True)
-    loss.sum().div(max(1, len(batch.users))).backward()  # global .grad values are overwritten below
-    local_optimizer.step()
+    global_params = [model.item_emb.weight, model.item_bias.weight, model.global_bias]
+    # Autograd only for the local side: the global side's per-user gradients come from the closed form.
+    for g in global_params:
+        g.requires_grad_(False)
+    try:
+        loss, coef, p = interaction_coefficients(model, batch, negatives)
+        # Local side (per-user parameters, private item bias): ordinary gradients, never released.
+        local_optimizer.zero_grad(set_to_none=True)
+        if len(batch.items):
+            loss.sum().div(len(batch.users)).backward()
+        local_optimizer.step()
+    finally:
+        for g in global_params:
+            g.requires_grad_(True)
 
     # Global side: closed-form per-user gradients, clipped, summed, noised.
     with torch.no_grad():
