@@ -14,6 +14,7 @@ from fedrec.data.split import SplitConfig
 from fedrec.errors import ConfigError
 from fedrec.federation.settings import STRATEGIES, WEIGHTINGS, RunSettings
 from fedrec.models import ModelSpec, available_models
+from fedrec.privacy.plan import PrivacySettings
 from fedrec.training import TrainConfig
 
 BOUNDS = ("centralized", "local_only")
@@ -74,13 +75,34 @@ class StrategyConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """Privacy setting; only `none` exists until user-level DP lands."""
+    """`privacy=none` (the non-private reference) or `privacy=user_dp` (user-level DP in every silo).
+
+    Fields mirror `fedrec.privacy.plan.PrivacySettings` (which validates them); `state_dir` is where the
+    silos of a simulation keep their privacy ledgers (default: `<output dir>/silo-state`); point it at a
+    fixed path to make budgets persist across experiments.
+    """
 
     name: str = "none"
+    epsilon: float = 8.0
+    region_epsilon: dict[str, float] = field(default_factory=dict)
+    delta: float | None = None
+    clip_norm: float = 1.0
+    sample_rate: float = 0.02
+    steps_per_round: int | None = None
+    max_per_user: int = 64
+    accountant: str = "pld"
+    noise: str = "seeded"
+    state_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.name != "none":
-            raise ConfigError(f"privacy={self.name!r} is not available yet; use privacy=none")
+        self.settings()
+
+    def settings(self) -> PrivacySettings:
+        """The validated run-wide settings."""
+        return PrivacySettings(mode=self.name, epsilon=self.epsilon, region_epsilon=dict(self.region_epsilon),
+                               delta=self.delta or 0.0, clip_norm=self.clip_norm, sample_rate=self.sample_rate,
+                               steps_per_round=self.steps_per_round or 0, max_per_user=self.max_per_user,
+                               accountant=self.accountant, noise=self.noise)
 
 
 @dataclass(frozen=True)
@@ -116,8 +138,17 @@ class ExperimentConfig:
             refit_epochs=t.refit_epochs,
             strategy=s.name, server_lr=s.server_lr, server_momentum=s.server_momentum, adam_beta1=s.beta1,
             adam_beta2=s.beta2, adam_tau=s.tau, weighting=f.weighting, fraction_train=f.fraction_train,
-            min_nodes=n_regions, seed=self.seed,
+            min_nodes=n_regions, seed=self.seed, **self.privacy_run_config(),
         )
+
+    def privacy_run_config(self) -> dict[str, Any]:
+        """The privacy fields of `RunSettings`."""
+        p = self.privacy.settings()
+        return {"privacy": p.mode, "privacy_epsilon": p.epsilon, "privacy_region_epsilon": p.to_json_regions(),
+                "privacy_delta": p.delta, "privacy_clip_norm": p.clip_norm, "privacy_sample_rate": p.sample_rate,
+                "privacy_steps_per_round": p.steps_per_round, "privacy_max_per_user": p.max_per_user,
+                "privacy_accountant": p.accountant, "privacy_noise": p.noise,
+                "state_dir": self.privacy.state_dir or ""}
 
     @property
     def total_epochs(self) -> int:
@@ -152,7 +183,8 @@ def experiment_from_dict(cfg: dict[str, Any]) -> ExperimentConfig:
         train=_build(TrainConfig, "train", train),
         federation=_build(FederationConfig, "federation", fed),
         strategy=_build(StrategyConfig, "strategy", dict(cfg.get("strategy") or {})),
-        privacy=_build(PrivacyConfig, "privacy", dict(cfg.get("privacy") or {})),
+        privacy=_build(PrivacyConfig, "privacy", {**(p := dict(cfg.get("privacy") or {})),
+                                                  "region_epsilon": dict(p.get("region_epsilon") or {})}),
         bounds=tuple(cfg.get("bounds", BOUNDS)),
         seed=int(cfg.get("seed", 0)),
     )

@@ -17,13 +17,42 @@ import numpy as np
 from fedrec.bounds import pool, popularity, train_centralized, train_local_only
 from fedrec.config import ExperimentConfig
 from fedrec.data.registry import load_dataset
-from fedrec.federation.coordinator import RoundCallback
+from fedrec.federation.coordinator import RoundCallback, pool_silo_evaluations
+from fedrec.federation.private_silo import read_evaluations
+from fedrec.federation.settings import RunSettings
+from fedrec.federation.silo import SiloEvaluation
 from fedrec.federation.simulation import run_simulation
 from fedrec.world import prepare_world
 
 
 def _block(per_region: dict[str, dict[str, float]], overall: dict[str, float]) -> dict[str, Any]:
     return {"overall": overall, "per_region": per_region}
+
+
+def gather_silo_evaluations(history: dict[str, Any], settings: RunSettings, regions: tuple[str, ...]
+                            ) -> list[dict[str, Any]]:
+    """Fill the rounds' metrics from the silos' own evaluation logs (private runs keep them in the silo).
+
+    Only the researcher who owns every silo of a simulation can do this; a coordinator cannot.
+    """
+    root = Path(settings.state_dir or Path(settings.output_dir) / "silo-state")
+    logs = {r: {e["round"]: e for e in read_evaluations(root / r, history["run_id"])} for r in regions}
+    rounds = []
+    for entry in history["rounds"]:
+        evals = {r: SiloEvaluation(sums=e["sums"], n_users=e["n_users"], sq_error=e["sq_error"],
+                                   n_ratings=e["n_ratings"])
+                 for r in regions if (e := logs[r].get(entry["round"])) is not None}
+        per_region, overall = pool_silo_evaluations(evals)
+        rounds.append({**entry, "per_region": per_region, "overall": overall, "metrics_source": "silo logs"})
+    return rounds
+
+
+def final_privacy(privacy_rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each region's last reported DP state: ε spent (at its δ), σ, q, steps, C, budget."""
+    final: dict[str, dict[str, float]] = {}
+    for entry in privacy_rounds:
+        final.update(entry["per_region"])
+    return dict(sorted(final.items()))
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallback | None = None,
@@ -50,6 +79,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
     run_simulation(settings, on_round=on_round, cpus_per_client=cfg.federation.cpus_per_client)
     history = json.loads((out_dir / "federated_history.json").read_text())
     timings["federated_s"] = time.perf_counter() - t
+    privacy: dict[str, Any] = {}
+    if settings.privacy_settings().enabled:
+        history["rounds"] = gather_silo_evaluations(history, settings, world.regions)
+        privacy = final_privacy(history["privacy_rounds"])
+    if not history["rounds"]:
+        raise RuntimeError(f"the federation evaluated no round ({history.get('stopped_early') or 'no replies'})")
     last = history["rounds"][-1]
     final: dict[str, Any] = {"federated": _block(last["per_region"], last["overall"])}
 
@@ -80,6 +115,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
         },
         "rounds": history["rounds"],
         "final": final,
+        "privacy": privacy,
+        "privacy_rounds": history.get("privacy_rounds", []),
+        "stopped_early": history.get("stopped_early", ""),
         "artifacts": {"global_model": "global_model.safetensors", "world": "world/"},
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))

@@ -107,6 +107,7 @@ GROUP_OPTIONS: dict[tuple[str, str], Any] = {
     ("split", "temporal"): lambda e: e.split.strategy == "temporal_ratio",
     ("split", "leave_last_out"): lambda e: e.split.strategy == "leave_last_out",
     ("privacy", "none"): lambda e: e.privacy.name == "none",
+    ("privacy", "user_dp"): lambda e: (e.privacy.name, e.privacy.epsilon, e.privacy.delta) == ("user_dp", 8.0, None),
     ("train", "default"): lambda e: (e.train.loss, e.train.batch_size) == ("softmax", 512),
     ("federation", "default"): lambda e: (e.federation.rounds, e.federation.weighting) == (20, "uniform"),
 }
@@ -186,6 +187,45 @@ def test_bad_values_fail_when_the_config_is_typed(override: str) -> None:
     # Execute / Assert
     with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[-1]):
         experiment_from_dict(cfg)
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["privacy.epsilon=0"], r"privacy\.epsilon=0"),
+    (["privacy.sample_rate=2"], r"privacy\.sample_rate=2"),
+    (["privacy.accountant=moments"], r"privacy\.accountant='moments'"),
+    (["privacy.noise=urandom"], r"privacy\.noise='urandom'"),
+    (["+privacy.region_epsilon.eu=-1"], r"region_epsilon\.eu"),
+])
+def test_bad_privacy_values_fail_naming_the_key(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        typed(["privacy=user_dp", *overrides])
+
+
+def test_dp_runs_refuse_side_channels_in_the_run_settings() -> None:
+    # Example-count weights would send each silo's size un-noised
+    exp = typed(["privacy=user_dp", "federation.weighting=examples"])
+    with pytest.raises(ConfigError, match="weighting='examples'"):
+        exp.run_settings(data_dir="/d", output_dir="/o", n_regions=5)
+    # A silo-wide private item bias trained without noise would leak into later releases
+    exp = typed(["privacy=user_dp", "+model.kwargs.private_item_bias=true"])
+    with pytest.raises(ConfigError, match="private_item_bias"):
+        exp.run_settings(data_dir="/d", output_dir="/o", n_regions=5)
+
+
+def test_dp_settings_reach_the_flower_run_config() -> None:
+    # Prepare
+    exp = typed(["privacy=user_dp", "privacy.epsilon=4", "+privacy.region_epsilon.eu=2", "privacy.clip_norm=0.5"])
+
+    # Execute
+    s = exp.run_settings(data_dir="/d", output_dir="/o", n_regions=5)
+    back = RunSettings.from_run_config(s.to_run_config())
+
+    # Assert: per-region budgets, the private item bias off on every party, everything survives Flower's config
+    p = back.privacy_settings()
+    assert (p.enabled, p.budget_for("eu"), p.budget_for("na"), p.clip_norm) == (True, 2.0, 4.0, 0.5)
+    assert p.budget_for("na", node_budget=1.0) == 1.0  # a jurisdiction can only lower its budget
+    assert back.model_spec.kwargs["private_item_bias"] is False
+    assert back == s
 
 
 def test_bad_split_value_fails_when_the_config_is_typed() -> None:

@@ -12,16 +12,16 @@ from fedrec.privacy.dp_mf import (
     interaction_coefficients,
     per_user_item_coefficients,
 )
+from fedrec.privacy.noise import NoiseSource
 
 N_USERS, N_ITEMS, DIM = 6, 15, 4
 
 
 def setup() -> tuple[BiasedMF, UserBatch, torch.Tensor]:
     torch.manual_seed(0)
-    model = BiasedMF(N_USERS, N_ITEMS, DIM)
+    model = BiasedMF(N_USERS, N_ITEMS, DIM, private_item_bias=False)
     with torch.no_grad():  # non-trivial biases, so the bias gradients are exercised too
         model.item_bias.weight.normal_()
-        model.user.item_bias.weight.normal_()
     # users 1, 3, 4 sampled; user 3 has an item that is also a shared negative (item 7)
     batch = UserBatch(users=torch.tensor([1, 3, 4]), owner=torch.tensor([0, 0, 1, 1, 1, 2]),
                       items=torch.tensor([2, 5, 7, 9, 2, 11]))
@@ -78,7 +78,7 @@ def test_without_noise_or_clipping_the_step_is_plain_sgd_on_the_user_sum() -> No
 
     # Execute
     dp_mf_step(model, batch, negatives, clip_norm=1e6, noise_multiplier=0.0, expected_users=3.0,
-               global_optimizer=opt_g, local_optimizer=opt_l, generator=torch.Generator().manual_seed(0))
+               global_optimizer=opt_g, local_optimizer=opt_l, noise=NoiseSource("seeded", seed=0))
     loss, _, _ = interaction_coefficients(reference, batch, negatives)
     (loss.sum() / 3.0).backward()
 
@@ -105,7 +105,7 @@ def test_an_empty_poisson_batch_still_releases_noise() -> None:
     # Execute
     stats = dp_mf_step(model, UserBatch(empty, empty, empty), negatives, clip_norm=1.0, noise_multiplier=1.0,
                        expected_users=2.0, global_optimizer=torch.optim.SGD(glob, lr=0.1),
-                       local_optimizer=torch.optim.SGD(local, lr=0.1), generator=torch.Generator().manual_seed(0))
+                       local_optimizer=torch.optim.SGD(local, lr=0.1), noise=NoiseSource("seeded", seed=0))
 
     # Assert: the item side moved (by noise / expected users only), and the stats are well defined
     moved = (model.item_emb.weight.detach() - before) / -0.1 * 2.0  # recovers the raw noise, std sigma*C = 1

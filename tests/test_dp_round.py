@@ -13,7 +13,7 @@ from fedrec.models import ModelSpec
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
 from fedrec.training import TrainConfig
 
-SPEC = ModelSpec("mf", 8)
+SPEC = ModelSpec("mf", 8, {"private_item_bias": False})
 DP = DpTrainConfig(clip_norm=1.0, noise_multiplier=1.0, sample_rate=0.1, steps_per_round=5, max_per_user=10)
 
 
@@ -48,6 +48,10 @@ def test_dp_for_other_models_and_bad_parameters_are_clear_errors(silo) -> None:
     spec = ModelSpec("twotower", 8)
     with pytest.raises(ConfigError, match="model=mf"):
         train_round_dp(silo, spec, initial_global_arrays(spec, n_items=silo.n_items, seed=0), None,
+                       TrainConfig(), DP, seed=0)
+    with_bias = ModelSpec("mf", 8)
+    with pytest.raises(ConfigError, match="private_item_bias=false"):
+        train_round_dp(silo, with_bias, initial_global_arrays(with_bias, n_items=silo.n_items, seed=0), None,
                        TrainConfig(), DP, seed=0)
     with pytest.raises(ConfigError, match="clip_norm=0"):
         DpTrainConfig(clip_norm=0, noise_multiplier=1.0, sample_rate=0.1, steps_per_round=1)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedrec.privacy.noise import NoiseSource
+
 from fedrec.privacy.sampling import CappedHistories, poisson_user_batch
 
 
 def histories(items: np.ndarray, cap: int = 3) -> CappedHistories:
     users = np.array([0, 0, 0, 0, 0, 1, 2, 2, 3, 3, 3, 3])
-    return CappedHistories.build(users, items, n_users=5, max_per_user=cap, rng=np.random.default_rng(7))
+    return CappedHistories.build(users, items, n_users=5, max_per_user=cap, keys=np.random.default_rng(7).random(len(users)))
 
 
 ITEMS = np.array([10, 11, 12, 13, 14, 20, 30, 31, 40, 41, 42, 43])
@@ -36,7 +38,7 @@ def test_which_interactions_are_kept_does_not_depend_on_the_data() -> None:
 
 def test_a_batch_holds_exactly_the_kept_interactions_of_the_sampled_users() -> None:
     h = histories(ITEMS)
-    batch = poisson_user_batch(h, sample_rate=1.0, generator=torch.Generator().manual_seed(0))
+    batch = poisson_user_batch(h, sample_rate=1.0, noise=NoiseSource("seeded", seed=0))
     assert batch.users.tolist() == [0, 1, 2, 3, 4]
     for row, u in enumerate(batch.users.tolist()):
         got = batch.items[batch.owner == row].tolist()
@@ -45,9 +47,9 @@ def test_a_batch_holds_exactly_the_kept_interactions_of_the_sampled_users() -> N
 
 def test_users_are_sampled_at_the_poisson_rate() -> None:
     users = np.arange(2000)
-    h = CappedHistories.build(users, users, n_users=2000, max_per_user=1, rng=np.random.default_rng(0))
-    gen = torch.Generator().manual_seed(1)
-    sizes = [len(poisson_user_batch(h, sample_rate=0.05, generator=gen).users) for _ in range(200)]
+    h = CappedHistories.build(users, users, n_users=2000, max_per_user=1, keys=np.random.default_rng(0).random(2000))
+    gen = NoiseSource("seeded", seed=1)
+    sizes = [len(poisson_user_batch(h, sample_rate=0.05, noise=gen).users) for _ in range(200)]
     # mean 100, sd of the mean over 200 draws ~ sqrt(2000*0.05*0.95/200) = 0.69
     assert abs(np.mean(sizes) - 100) < 3
     assert np.std(sizes) > 5  # the batch size varies (Poisson, not fixed-size)

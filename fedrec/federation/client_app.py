@@ -1,18 +1,20 @@
 """Flower ClientApp: one per silo. Thin: translate Message/Context into `silo` function calls.
 
 Per-user parameters live in `context.state` (the node's persistent state) between rounds and are never
-put in a reply; the reply content is built by `egress` only.
+put in a reply; the reply content is built by `egress` only. Under `privacy=user_dp` a round goes through
+`private_silo` (ledger first, then release) and evaluation results stay in the silo's own log.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrec.data.split import SiloData
-from fedrec.federation.egress import evaluate_reply, read_arrays, read_int, train_reply
+from fedrec.federation.egress import decline_reply, evaluate_reply, read_arrays, read_int, train_reply
+from fedrec.federation.private_silo import log_evaluation, private_train_round
 from fedrec.federation.settings import RunSettings, SiloIdentity
 from fedrec.federation.silo import Tensors, evaluate_round, silo_seed, train_round
 
@@ -59,6 +61,12 @@ def make_client_app(settings: RunSettings | None = None) -> ClientApp:
         s, ident, silo = resolve(context)
         rnd = read_int(msg.content, "config", "server-round")
         arrays = read_arrays(msg.content)
+        if s.privacy_settings().enabled:
+            return Message(private_train(s, ident, silo, context, rnd, arrays), reply_to=msg)
+        if ident.epsilon_budget is not None:
+            reason = ("this jurisdiction requires user-level DP (node config epsilon-budget) but the run has "
+                      "privacy=none: nothing released")
+            return Message(decline_reply(region=ident.region, server_round=rnd, reason=reason), reply_to=msg)
         out = train_round(silo, s.model_spec, arrays, read_local_state(context), s.train_config(),
                           seed=silo_seed(s.seed, ident.region, rnd), optimizer_state=read_optimizer_state(context))
         write_local_state(context, out.local_after)
@@ -74,9 +82,25 @@ def make_client_app(settings: RunSettings | None = None) -> ClientApp:
         arrays = read_arrays(msg.content)
         ev = evaluate_round(silo, s.model_spec, arrays, read_local_state(context), s.train_config(),
                             seed=silo_seed(s.seed, ident.region, rnd))
+        if s.privacy_settings().enabled or ident.epsilon_budget is not None:
+            log_evaluation(ident, run_id=str(context.run_id), server_round=rnd, ev=ev)
+            return Message(evaluate_reply(None, region=ident.region, server_round=rnd), reply_to=msg)
         return Message(evaluate_reply(ev, region=ident.region, server_round=rnd), reply_to=msg)
 
     return app
+
+
+def private_train(s: RunSettings, ident: SiloIdentity, silo: SiloData, context: Context, rnd: int,
+                  arrays: dict[str, np.ndarray]) -> RecordDict:
+    """A user-level DP round: recorded in the silo's ledger before its noised update is put in the reply."""
+    out = private_train_round(silo, s, ident, run_id=str(context.run_id), server_round=rnd, global_arrays=arrays,
+                              local=read_local_state(context), optimizer_state=read_optimizer_state(context))
+    if out.declined is not None:
+        return decline_reply(region=ident.region, server_round=rnd, reason=out.declined, privacy=out.report)
+    assert out.global_after is not None and out.local_after is not None and out.optimizer_after is not None
+    write_local_state(context, out.local_after)
+    write_optimizer_state(context, out.optimizer_after)
+    return train_reply(out.global_after, region=ident.region, server_round=rnd, weight=1.0, privacy=out.report)
 
 
 app = make_client_app()

@@ -1,6 +1,7 @@
 """The coordinator's round loop over a Flower `Grid`: train, aggregate, evaluate per region, record.
 
-It sees only what silos reply (global parameters, public metadata, metric sums) and never a user id.
+It sees only what silos reply (global parameters, public metadata, and metric sums when the run is not
+private) and never a user id.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from fedrec.federation.egress import read_float, read_int, read_region
+from fedrec.federation.egress import read_decline, read_float, read_int, read_privacy, read_region
 from fedrec.federation.settings import RunSettings, read_manifest
-from fedrec.federation.silo import initial_global_arrays
+from fedrec.federation.silo import SiloEvaluation, initial_global_arrays
 from fedrec.federation.strategies import build_strategy
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
@@ -34,12 +35,16 @@ class FederationHistory:
     """
 
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    privacy_rounds: list[dict[str, Any]] = field(default_factory=list)
     final_arrays: dict[str, np.ndarray] = field(default_factory=dict)
     wall_time_s: float = 0.0
+    run_id: str = ""
+    stopped_early: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (without the arrays)."""
-        return {"rounds": self.rounds, "wall_time_s": self.wall_time_s}
+        return {"run_id": self.run_id, "rounds": self.rounds, "privacy_rounds": self.privacy_rounds,
+                "stopped_early": self.stopped_early, "wall_time_s": self.wall_time_s}
 
 
 def _region(msg: Message) -> str:
@@ -48,69 +53,95 @@ def _region(msg: Message) -> str:
 
 def pool_evaluations(replies: list[Message]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Per-region means and the user-weighted overall mean from evaluation replies' metric sums."""
-    per_region: dict[str, dict[str, float]] = {}
-    totals = dict.fromkeys(METRICS, 0.0)
-    n_total, sq, n_r = 0, 0.0, 0
+    evals: dict[str, SiloEvaluation] = {}
     for msg in replies:
         c = msg.content
-        n = read_int(c, "metrics", "n-users")
-        sums = {k: read_float(c, "metrics", f"sum-{k}") for k in METRICS}
-        region_metrics = {k: sums[k] / n if n else float("nan") for k in METRICS}
-        if "n-ratings" in c.metric_records["metrics"]:
-            sq_r, n_ratings = read_float(c, "metrics", "sq-error"), read_int(c, "metrics", "n-ratings")
-            region_metrics["rmse"] = float(np.sqrt(sq_r / max(1, n_ratings)))
-            sq += sq_r
-            n_r += n_ratings
-        per_region[_region(msg)] = region_metrics
-        for k in METRICS:
-            totals[k] += sums[k]
-        n_total += n
-    overall = {k: totals[k] / n_total if n_total else float("nan") for k in METRICS}
+        if "metrics" not in c.metric_records:  # kept in the silo (private run): nothing to pool
+            continue
+        explicit = "n-ratings" in c.metric_records["metrics"]
+        evals[_region(msg)] = SiloEvaluation(
+            sums={k: read_float(c, "metrics", f"sum-{k}") for k in METRICS}, n_users=read_int(c, "metrics", "n-users"),
+            sq_error=read_float(c, "metrics", "sq-error") if explicit else 0.0,
+            n_ratings=read_int(c, "metrics", "n-ratings") if explicit else 0)
+    return pool_silo_evaluations(evals)
+
+
+def pool_silo_evaluations(evals: dict[str, SiloEvaluation]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Per-region means and the user-weighted overall mean of silos' metric sums (exact pooling)."""
+    per_region = {r: ev.means() for r, ev in sorted(evals.items())}
+    n_total = sum(ev.n_users for ev in evals.values())
+    overall = {k: sum(ev.sums[k] for ev in evals.values()) / n_total if n_total else float("nan") for k in METRICS}
+    n_r = sum(ev.n_ratings for ev in evals.values())
     if n_r:
-        overall["rmse"] = float(np.sqrt(sq / n_r))
-    return dict(sorted(per_region.items())), overall
+        overall["rmse"] = float(np.sqrt(sum(ev.sq_error for ev in evals.values()) / n_r))
+    return per_region, overall
+
+
+def evaluate_global(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord, timeout: float
+                    ) -> tuple[dict[str, dict[str, float]], dict[str, float], list[str]]:
+    """Ask every silo to evaluate `arrays`: (per-region metrics, overall, failure reasons)."""
+    replies = list(grid.send_and_receive(strategy.configure_evaluate(
+        rnd, arrays, ConfigRecord({"server-round": rnd}), grid), timeout=timeout))
+    per_region, overall = pool_evaluations(sorted((r for r in replies if not r.has_error()), key=_region))
+    return per_region, overall, [str(r.error.reason)[:500] for r in replies if r.has_error()]
 
 
 def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = None,
-                   timeout: float = 3600.0) -> FederationHistory:
-    """Run `s.num_rounds` rounds of train → aggregate → evaluate; write outputs when `s.output_dir` is set."""
+                   timeout: float = 3600.0, run_id: str = "") -> FederationHistory:
+    """Run `s.num_rounds` rounds of train → aggregate → evaluate; write outputs when `s.output_dir` is set.
+
+    Silos that decline a round (a spent privacy budget, a repeated round) are left out of its aggregate
+    and reported; when every silo declines, the run stops there and says why.
+    """
     start = time.perf_counter()
     manifest = read_manifest(s.data_dir)
     init = initial_global_arrays(s.model_spec, n_items=int(manifest["n_items"]), seed=s.seed)
     arrays = ArrayRecord({k: Array(v) for k, v in init.items()})
     strategy = build_strategy(s)
-    history = FederationHistory()
+    history = FederationHistory(run_id=run_id)
+    last_aggregated = 0
     for rnd in range(1, s.num_rounds + 1):
         t0 = time.perf_counter()
         config = ConfigRecord({"server-round": rnd})
         replies = grid.send_and_receive(strategy.configure_train(rnd, arrays, config, grid), timeout=timeout)
-        ok = sorted((r for r in replies if not r.has_error()), key=_region)
+        answered = sorted((r for r in replies if not r.has_error()), key=_region)
         failed = [r for r in replies if r.has_error()]
-        aggregated, _ = strategy.aggregate_train(rnd, ok)
-        if aggregated is not None:
-            arrays = aggregated
-        evaluate = rnd == 1 or rnd == s.num_rounds or rnd % s.eval_every == 0
-        eval_replies: list[Message] = []
-        per_region: dict[str, dict[str, float]] = {}
-        overall: dict[str, float] = {}
-        if evaluate:
-            eval_replies = list(grid.send_and_receive(strategy.configure_evaluate(
-                rnd, arrays, ConfigRecord({"server-round": rnd}), grid), timeout=timeout))
-            per_region, overall = pool_evaluations(sorted((r for r in eval_replies if not r.has_error()), key=_region))
+        declined = {_region(r): str(read_decline(r.content)) for r in answered if read_decline(r.content)}
+        ok = [r for r in answered if _region(r) not in declined]
+        privacy = {_region(r): p for r in answered if (p := read_privacy(r.content)) is not None}
+        if ok:
+            aggregated, _ = strategy.aggregate_train(rnd, ok)
+            if aggregated is not None:
+                arrays = aggregated
+        evaluate = bool(ok) and (rnd == 1 or rnd == s.num_rounds or rnd % s.eval_every == 0)
+        if ok:
+            last_aggregated = rnd
+        per_region, overall, eval_failures = evaluate_global(grid, strategy, rnd, arrays, timeout) if evaluate \
+            else ({}, {}, [])
         entry = {
             "round": rnd,
             "evaluated": evaluate,
             "per_region": per_region,
             "overall": overall,
             "participants": [_region(r) for r in ok],
-            "failures": [str(r.error.reason)[:500] for r in failed]
-            + [str(r.error.reason)[:500] for r in eval_replies if r.has_error()],
+            "declined": declined,
+            "privacy": privacy,
+            "failures": [str(r.error.reason)[:500] for r in failed] + eval_failures,
             "round_time_s": time.perf_counter() - t0,
         }
         if evaluate:
             history.rounds.append(entry)
+        if privacy or declined:
+            history.privacy_rounds.append({"round": rnd, "per_region": privacy, "declined": declined})
         if on_round is not None:
             on_round(entry)
+        if answered and not ok:
+            history.stopped_early = f"round {rnd}: every silo declined ({'; '.join(sorted(set(declined.values())))})"
+            if last_aggregated and (not history.rounds or history.rounds[-1]["round"] < last_aggregated):
+                per_region, overall, eval_failures = evaluate_global(grid, strategy, last_aggregated, arrays, timeout)
+                history.rounds.append({"round": last_aggregated, "evaluated": True, "per_region": per_region,
+                                       "overall": overall, "failures": eval_failures})
+            break
     history.final_arrays = {k: v.numpy() for k, v in arrays.items()}
     history.wall_time_s = time.perf_counter() - start
     if s.output_dir:
@@ -118,5 +149,5 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
         out.mkdir(parents=True, exist_ok=True)
         (out / "federated_history.json").write_text(json.dumps(history.to_json(), indent=1))
         save_global_model(out / "global_model.safetensors", history.final_arrays, spec=s.model_spec,
-                          metadata={"rounds": s.num_rounds, "strategy": s.strategy})
+                          metadata={"rounds": s.num_rounds, "strategy": s.strategy, "privacy": s.privacy})
     return history

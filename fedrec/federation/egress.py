@@ -1,12 +1,21 @@
 """The egress contract: the one place that decides what a silo may put in a reply.
 
-Allowed out of a silo: global (non-user) parameters, public metadata (region name, round, model version)
-and the metrics/weights the run's privacy setting permits. Never: user ids, per-user parameters, raw
-interactions. `train_reply` refuses any parameter name of the local (per-user) side, so a model that
-put user state outside its `user` submodule would still be caught by the tests that inspect replies.
+Allowed out of a silo (`../shared/design/trust-model.md`):
+- global (non-user) parameters — under `privacy=user_dp` only the clipped, noised ones a DP round produced,
+  after the silo's ledger recorded the release;
+- public metadata: region, round, the DP plan (σ, q, C, δ, budget) and ε spent so far, a decline reason;
+- the aggregation weight: under DP always 1 (uniform: a silo's example count is private);
+- evaluation metric sums and user counts only when the run is not private. Under DP they are a release too,
+  so they stay in the silo (its own evaluation log) and the reply says only that evaluation happened.
+Never: user ids, per-user parameters, raw interactions, un-noised updates or counts.
+
+Every reply is built here and passes `check_reply` last, an allow-list of record names and keys; anything
+else raises `EgressViolation` instead of leaving.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -16,37 +25,100 @@ from fedrec.metrics import METRICS
 from fedrec.models.base import is_local
 
 WEIGHT_KEY = "weight"
+DP_KEYS = ("dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "dp-clip-norm",
+           "dp-budget-epsilon")
+"""Public DP metadata a silo attaches to every training reply (and to a decline)."""
+META_KEYS = frozenset({"region", "server-round", "declined", "kept-in-silo", *DP_KEYS})
+EVAL_KEYS = frozenset({*(f"sum-{m}" for m in METRICS), "n-users", "sq-error", "n-ratings"})
 
 
 class EgressViolation(RuntimeError):
     """Something that must not leave a silo was about to be sent."""
 
 
+def check_reply(content: RecordDict, *, private: bool) -> RecordDict:
+    """Return `content` if every record and key in it may leave a silo under this privacy mode, else raise."""
+    allowed_records = {"arrays", "metrics", "meta"}
+    extra = set(content) - allowed_records
+    if extra:
+        raise EgressViolation(f"records {sorted(extra)} are not part of the egress contract")
+    if "arrays" in content:
+        leaking = [k for k in content.array_records["arrays"] if is_local(k)]
+        if leaking:
+            raise EgressViolation(f"per-user parameters must never leave a silo: {leaking}")
+    if "metrics" in content:
+        metrics = content.metric_records["metrics"]
+        allowed = {WEIGHT_KEY} if private else {WEIGHT_KEY, *EVAL_KEYS}
+        bad = sorted(set(metrics) - allowed)
+        if bad:
+            raise EgressViolation(f"metrics {bad} may not leave a silo" + (" under privacy=user_dp" if private else ""))
+        if private and WEIGHT_KEY in metrics and metrics[WEIGHT_KEY] != 1.0:
+            raise EgressViolation("under privacy=user_dp the aggregation weight is uniform (1.0); a silo's "
+                                  "example count is private")
+    meta = content.config_records.get("meta")
+    if meta is None:
+        raise EgressViolation("every reply carries its public metadata record 'meta'")
+    bad = sorted(set(meta) - META_KEYS)
+    if bad:
+        raise EgressViolation(f"metadata keys {bad} are not public metadata")
+    return content
+
+
+def _meta(region: str, server_round: int, **extra: Any) -> ConfigRecord:
+    return ConfigRecord({"region": region, "server-round": server_round, **extra})
+
+
+def dp_metadata(privacy: dict[str, float] | None) -> dict[str, float | int]:
+    """The public DP fields of a reply, from a silo's privacy report (None when the run is not private)."""
+    if privacy is None:
+        return {}
+    out: dict[str, float | int] = {}
+    for key in DP_KEYS:
+        name = key.removeprefix("dp-").replace("-", "_")
+        out[key] = int(privacy[name]) if name == "steps" else float(privacy[name])
+    return out
+
+
 def train_reply(global_after: dict[str, np.ndarray], *, region: str, server_round: int,
-                weight: float) -> RecordDict:
-    """Reply content of a training round: the new global parameters, the aggregation weight, metadata."""
+                weight: float, privacy: dict[str, float] | None = None) -> RecordDict:
+    """Reply content of a training round: the new global parameters, the aggregation weight, metadata.
+
+    `privacy` (the silo's report after the ledger recorded the release) marks the update as a DP release.
+    """
     leaking = [k for k in global_after if is_local(k)]
-    if leaking:
+    if leaking:  # before any tensor is copied into a record
         raise EgressViolation(f"per-user parameters must never leave a silo: {leaking}")
     arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in global_after.items()})
-    return RecordDict({
+    content = RecordDict({
         "arrays": arrays,
         "metrics": MetricRecord({WEIGHT_KEY: float(weight)}),
-        "meta": ConfigRecord({"region": region, "server-round": server_round}),
+        "meta": _meta(region, server_round, **dp_metadata(privacy)),
     })
+    return check_reply(content, private=privacy is not None)
 
 
-def evaluate_reply(ev: SiloEvaluation, *, region: str, server_round: int) -> RecordDict:
-    """Reply content of an evaluation round: metric sums over the silo's evaluated users and their count."""
+def decline_reply(*, region: str, server_round: int, reason: str,
+                  privacy: dict[str, float] | None = None) -> RecordDict:
+    """A silo that will not release this round says why (no parameters, no metrics)."""
+    content = RecordDict({"meta": _meta(region, server_round, declined=reason, **dp_metadata(privacy))})
+    return check_reply(content, private=True)
+
+
+def evaluate_reply(ev: SiloEvaluation | None, *, region: str, server_round: int) -> RecordDict:
+    """Reply content of an evaluation round.
+
+    Not private: metric sums over the silo's evaluated users and their count (pooled exactly by the
+    coordinator). Private (`ev=None`): only that the silo evaluated and kept the result in its own log.
+    """
+    if ev is None:
+        return check_reply(RecordDict({"meta": _meta(region, server_round, **{"kept-in-silo": True})}), private=True)
     metrics: dict[str, int | float | list[int] | list[float]] = {f"sum-{m}": float(ev.sums[m]) for m in METRICS}
     metrics["n-users"] = int(ev.n_users)
     if ev.n_ratings:
         metrics["sq-error"] = float(ev.sq_error)
         metrics["n-ratings"] = int(ev.n_ratings)
-    return RecordDict({
-        "metrics": MetricRecord(metrics),
-        "meta": ConfigRecord({"region": region, "server-round": server_round}),
-    })
+    content = RecordDict({"metrics": MetricRecord(metrics), "meta": _meta(region, server_round)})
+    return check_reply(content, private=False)
 
 
 # ---- reading the records back (typed; Flower's records hold a union of value types) ----
@@ -77,3 +149,17 @@ def read_float(content: RecordDict, record: str, key: str) -> float:
 def read_region(content: RecordDict) -> str:
     """The public region name a silo put in its reply's metadata."""
     return str(content.config_records["meta"]["region"])
+
+
+def read_privacy(content: RecordDict) -> dict[str, float] | None:
+    """The DP metadata of a reply as a plain dict (None when the silo did not attach any)."""
+    meta = content.config_records["meta"]
+    if "dp-epsilon" not in meta:
+        return None
+    return {key.removeprefix("dp-").replace("-", "_"): read_float(content, "meta", key) for key in DP_KEYS}
+
+
+def read_decline(content: RecordDict) -> str | None:
+    """The reason a silo declined to release this round (None when it did not)."""
+    meta = content.config_records.get("meta")
+    return str(meta["declined"]) if meta is not None and "declined" in meta else None

@@ -14,6 +14,7 @@ from typing import Any
 
 from fedrec.errors import ConfigError
 from fedrec.models.base import ModelSpec
+from fedrec.privacy.plan import PrivacySettings
 from fedrec.training import TrainConfig
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam")
@@ -50,6 +51,17 @@ class RunSettings:
     seed: int = 0
     client_threads: int = 1
     quiet: bool = False
+    privacy: str = "none"
+    privacy_epsilon: float = 8.0
+    privacy_region_epsilon: str = "{}"
+    privacy_delta: float = 0.0
+    privacy_clip_norm: float = 1.0
+    privacy_sample_rate: float = 0.02
+    privacy_steps_per_round: int = 0
+    privacy_max_per_user: int = 64
+    privacy_accountant: str = "pld"
+    privacy_noise: str = "seeded"
+    state_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -73,11 +85,36 @@ class RunSettings:
         if not isinstance(kwargs, dict):
             raise ConfigError(f"model-kwargs must be a JSON object, got {self.model_kwargs!r}")
         self.train_config()  # validates the training fields
+        p = self.privacy_settings()
+        if p.enabled:
+            if self.weighting != "uniform":
+                raise ConfigError(f"federation.weighting={self.weighting!r} would send each silo's example count "
+                                  "un-noised; under privacy=user_dp aggregation weights are uniform")
+            if kwargs.get("private_item_bias", False):
+                raise ConfigError("model.kwargs.private_item_bias=true cannot be trained with user-level DP (a "
+                                  "silo-wide bias learnt without noise leaks into later releases); drop it")
 
     @property
     def model_spec(self) -> ModelSpec:
-        """The model to build on every party."""
-        return ModelSpec(name=self.model, dim=self.dim, kwargs=json.loads(self.model_kwargs))
+        """The model to build on every party (under DP without the silo-private item bias, see `__post_init__`)."""
+        kwargs = json.loads(self.model_kwargs)
+        if self.privacy_settings().enabled:
+            kwargs["private_item_bias"] = False
+        return ModelSpec(name=self.model, dim=self.dim, kwargs=kwargs)
+
+    def privacy_settings(self) -> PrivacySettings:
+        """The run's public DP settings."""
+        try:
+            regions = json.loads(self.privacy_region_epsilon)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"privacy-region-epsilon is not valid JSON: {self.privacy_region_epsilon!r}") from exc
+        if not isinstance(regions, dict):
+            raise ConfigError(f"privacy-region-epsilon must be a JSON object, got {self.privacy_region_epsilon!r}")
+        return PrivacySettings(
+            mode=self.privacy, epsilon=self.privacy_epsilon, region_epsilon=regions, delta=self.privacy_delta,
+            clip_norm=self.privacy_clip_norm, sample_rate=self.privacy_sample_rate,
+            steps_per_round=self.privacy_steps_per_round, max_per_user=self.privacy_max_per_user,
+            accountant=self.privacy_accountant, noise=self.privacy_noise)
 
     def train_config(self) -> TrainConfig:
         """Local training settings of one round."""
@@ -122,14 +159,18 @@ def _cast(key: str, value: Any, typ: str) -> Any:
 
 @dataclass(frozen=True)
 class SiloIdentity:
-    """Which jurisdiction this node is and where its data lives (from the node config).
+    """Which jurisdiction this node is, where its data and its state live (from the node config).
 
-    Deployment: node config `region="eu" data-path="/srv/eu/silo.npz"`. Simulation: `partition-id`
-    indexes the regions listed in `<data-dir>/manifest.json`.
+    Deployment: node config `region="eu" data-path="/srv/eu/silo.npz" state-dir="/srv/eu/state"` and
+    optionally `epsilon-budget=4`: the jurisdiction's own cap, which the run config can only lower and which
+    makes the silo refuse to train without user-level DP. Simulation: `partition-id` indexes the regions
+    listed in `<data-dir>/manifest.json`; state goes to `<state-dir or output-dir/silo-state>/<region>`.
     """
 
     region: str
     data_path: Path
+    state_dir: Path | None = None
+    epsilon_budget: float | None = None
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any], settings: RunSettings) -> SiloIdentity:
@@ -152,7 +193,24 @@ class SiloIdentity:
             raise ConfigError("node config has neither 'region' nor 'partition-id': set region=\"NAME\"")
         if not path.exists():
             raise ConfigError(f"silo data for region {region!r} not found at {path}: set node config data-path")
-        return cls(region=region, data_path=path)
+        if "state-dir" in node_config:
+            state_dir: Path | None = Path(str(node_config["state-dir"]))
+        elif settings.state_dir or settings.output_dir:
+            state_dir = Path(settings.state_dir or Path(settings.output_dir) / "silo-state") / region
+        else:
+            state_dir = None
+        budget = node_config.get("epsilon-budget")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0):
+            raise ConfigError(f"node config epsilon-budget={budget!r} must be a number > 0")
+        return cls(region=region, data_path=path, state_dir=state_dir,
+                   epsilon_budget=float(budget) if budget is not None else None)
+
+    def require_state_dir(self) -> Path:
+        """The silo's state dir (ledgers, logs), or a clear error naming the setting."""
+        if self.state_dir is None:
+            raise ConfigError(f"silo {self.region!r} has no state dir for its privacy ledger: set node config "
+                              "state-dir (or run-config state-dir / output-dir)")
+        return self.state_dir
 
 
 def read_manifest(data_dir: str) -> dict[str, Any]:

@@ -54,11 +54,26 @@ def _new_accountant(kind: str) -> dp_accounting.PrivacyAccountant:
     raise ValueError(f"accountant={kind!r} is unknown; choose one of {ACCOUNTANTS}")
 
 
+def merge_events(events: list[GaussianSteps]) -> list[GaussianSteps]:
+    """Events with equal (q, σ) merged into one (composition is commutative), in first-seen order.
+
+    Twenty rounds of 50 steps and one run of 1,000 steps are the same mechanism; merging makes the
+    accountant see the same event however it was recorded (so a plan calibrated for the whole run and the
+    ledger that authorizes it round by round agree exactly), and composes once instead of per round.
+    """
+    merged: dict[tuple[float, float], int] = {}
+    for e in events:
+        if e.steps > 0:
+            key = (e.sample_rate, e.noise_multiplier)
+            merged[key] = merged.get(key, 0) + e.steps
+    return [GaussianSteps(q, sigma, steps) for (q, sigma), steps in merged.items()]
+
+
 def epsilon_of(events: list[GaussianSteps], *, delta: float, kind: str = "pld") -> float:
     """ε at `delta` of the composition of `events` (0 for no events)."""
     if not 0.0 < delta < 1.0:
         raise ValueError(f"delta={delta} must lie in (0, 1)")
-    events = [e for e in events if e.steps > 0]
+    events = merge_events(events)
     if not events:
         return 0.0
     acc = _new_accountant(kind)
@@ -102,17 +117,28 @@ class SiloAccountant:
 
 
 def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
-                               kind: str = "pld") -> float:
-    """The smallest σ (to ~1e-3 relative) whose `steps` subsampled Gaussian steps stay within target ε."""
+                               kind: str = "pld", prior: list[GaussianSteps] | None = None) -> float:
+    """The smallest σ (to ~1e-3 relative) whose `steps` subsampled Gaussian steps stay within target ε.
+
+    With `prior` (what the silo already released), the target is the total: ε(prior + new steps) ≤ target.
+    The answer is checked with `epsilon_of`, the function the ledger authorizes with, so a plan that fits
+    the budget is never declined in its last round by a rounding difference.
+    """
     if target_epsilon <= 0:
         raise ValueError(f"target_epsilon={target_epsilon} must be > 0")
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
+    prior = list(prior or [])
+    if prior and epsilon_of(prior, delta=delta, kind=kind) >= target_epsilon:
+        raise ValueError(f"the budget ε={target_epsilon} is already spent by earlier releases")
 
     def event(sigma: float) -> dp_accounting.DpEvent:
-        return GaussianSteps(sample_rate, sigma, steps).dp_event()
+        return dp_accounting.ComposedDpEvent(
+            [e.dp_event() for e in merge_events([*prior, GaussianSteps(sample_rate, sigma, steps)])])
 
-    sigma = dp_accounting.calibrate_dp_mechanism(
+    sigma = float(dp_accounting.calibrate_dp_mechanism(
         lambda: _new_accountant(kind), event, target_epsilon, delta,
-        bracket_interval=dp_accounting.LowerEndpointAndGuess(0.2, 1.0), tol=1e-3)
-    return float(sigma)
+        bracket_interval=dp_accounting.LowerEndpointAndGuess(0.2, 1.0), tol=1e-3))
+    while epsilon_of([*prior, GaussianSteps(sample_rate, sigma, steps)], delta=delta, kind=kind) > target_epsilon:
+        sigma *= 1.001
+    return sigma

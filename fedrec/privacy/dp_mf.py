@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fedrec.models.mf import BiasedMF
+from fedrec.privacy.noise import NoiseSource
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def dp_mf_step(
     expected_users: float,
     global_optimizer: torch.optim.Optimizer,
     local_optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
+    noise: NoiseSource,
     weight_decay: float = 0.0,
 ) -> dict[str, float]:
     """One user-level DP step: local parameters by plain SGD on the batch, global ones by clipped + noised sum.
@@ -91,6 +92,9 @@ def dp_mf_step(
     The noisy global gradient is (Σ_u clip_C(g_u) + N(0, σ²C²)) / expected_users; `weight_decay` is applied
     to the whole global tables (data-independent), never through per-user gradients.
     """
+    if model.user.item_bias is not None:
+        raise ValueError("user-level DP needs model.kwargs.private_item_bias=false: a silo-wide item bias trained "
+                         "without noise would carry every user's data into later releases")
     n_items = model.item_emb.num_embeddings
     global_params = [model.item_emb.weight, model.item_bias.weight, model.global_bias]
     # Autograd only for the local side: the global side's per-user gradients come from the closed form.
@@ -112,8 +116,8 @@ def dp_mf_step(
         a = per_user_item_coefficients(coef, batch, negatives, n_items)
         g_emb, g_bias, norms = clipped_item_gradient_sum(a, p.detach(), clip_norm)
         std = noise_multiplier * clip_norm
-        g_emb += std * torch.randn(g_emb.shape, generator=generator)
-        g_bias += std * torch.randn(g_bias.shape, generator=generator)
+        g_emb += noise.normal(g_emb.shape, std)
+        g_bias += noise.normal(g_bias.shape, std)
         model.item_emb.weight.grad = g_emb / expected_users + weight_decay * model.item_emb.weight
         model.item_bias.weight.grad = (g_bias / expected_users).unsqueeze(1) + weight_decay * model.item_bias.weight
         model.global_bias.grad = torch.zeros_like(model.global_bias)

@@ -1,7 +1,11 @@
-"""One silo's user-level DP training round for MF: Poisson-sampled users, clipped and noised item-side steps.
+"""One silo's user-level DP training round: Poisson-sampled users, per-user clipped and noised shared steps.
 
-Groundwork for the DP issue (not yet called by the ClientApp): it returns the released global parameters
-together with the privacy event the silo's ledger must authorize *before* they are sent.
+Parameters fall in two classes. Per-user rows (`PER_USER_KEYS`: user embeddings and biases) depend on their
+own user's data only and train with ordinary gradients; they never leave. Every other parameter is shared
+by the silo's users — the global ones that are released, and any silo-wide local one such as a two-tower's
+user tower — and trains only through clipped, noised user sums, because whatever a silo-wide parameter
+learns flows into later releases. The round returns the released global parameters together with the
+privacy event the silo's ledger must authorize *before* they are sent.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from fedrec.data.split import SiloData
 from fedrec.errors import ConfigError
 from fedrec.federation.silo import Arrays, Tensors, assemble_model, optimizer_from_arrays, optimizer_to_arrays
 from fedrec.models import ModelSpec, global_state, local_state
-from fedrec.models.base import is_local
+from fedrec.models.base import PER_USER_KEYS
 from fedrec.models.mf import BiasedMF
 from fedrec.privacy.accountant import GaussianSteps
 from fedrec.privacy.dp_mf import dp_mf_step
+from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.sampling import CappedHistories, poisson_user_batch
 from fedrec.training import TrainConfig
 
@@ -62,29 +67,37 @@ class DpRoundOutcome:
 
 
 def train_round_dp(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: Tensors | None,
-                   cfg: TrainConfig, dp: DpTrainConfig, *, seed: int,
+                   cfg: TrainConfig, dp: DpTrainConfig, *, seed: int, noise: NoiseSource | None = None,
                    optimizer_state: Arrays | None = None) -> DpRoundOutcome:
-    """`dp.steps_per_round` DP steps on the silo's training data; local parameters train without noise."""
+    """`dp.steps_per_round` DP steps on the silo's training data; per-user rows train without noise.
+
+    `noise` draws the sampling, the per-user caps and the Gaussian noise (default: seeded from `seed`);
+    shared negatives are data-independent and come from a seeded generator either way.
+    """
+    noise = noise or NoiseSource("seeded", seed=seed)
     model = assemble_model(spec, silo, global_arrays, local, seed=seed)
     if not isinstance(model, BiasedMF):
         raise ConfigError(f"user-level DP training is implemented for model=mf, not {spec.name!r} (yet)")
+    if model.user.item_bias is not None:
+        raise ConfigError("user-level DP needs model.kwargs.private_item_bias=false: a silo-wide item bias "
+                          "trained without noise would carry every user's data into later releases")
     names = dict(model.named_parameters())
-    opt_l = torch.optim.Adam([p for n, p in names.items() if is_local(n)], lr=cfg.lr)
-    opt_g = torch.optim.Adam([p for n, p in names.items() if not is_local(n)], lr=cfg.lr)
+    opt_l = torch.optim.Adam([p for n, p in names.items() if n in PER_USER_KEYS], lr=cfg.lr)
+    opt_g = torch.optim.Adam([p for n, p in names.items() if n not in PER_USER_KEYS], lr=cfg.lr)
     state = optimizer_state or {}
     optimizer_from_arrays(opt_l, {k[2:]: v for k, v in state.items() if k.startswith("l.")})
     optimizer_from_arrays(opt_g, {k[2:]: v for k, v in state.items() if k.startswith("g.")})
     histories = CappedHistories.build(silo.train[0], silo.train[1], n_users=silo.n_users,
-                                      max_per_user=dp.max_per_user, rng=np.random.default_rng(seed))
+                                      max_per_user=dp.max_per_user, keys=noise.uniform(len(silo.train[0])).numpy())
     gen = torch.Generator().manual_seed(seed)
     expected_users = dp.sample_rate * silo.n_users
     clipped = []
     for _ in range(dp.steps_per_round):
-        batch = poisson_user_batch(histories, sample_rate=dp.sample_rate, generator=gen)
+        batch = poisson_user_batch(histories, sample_rate=dp.sample_rate, noise=noise)
         negatives = torch.randint(0, silo.n_items, (cfg.n_negatives,), generator=gen)
         stats = dp_mf_step(model, batch, negatives, clip_norm=dp.clip_norm, noise_multiplier=dp.noise_multiplier,
                            expected_users=expected_users, global_optimizer=opt_g, local_optimizer=opt_l,
-                           generator=gen, weight_decay=cfg.weight_decay)
+                           noise=noise, weight_decay=cfg.weight_decay)
         clipped.append(stats["clipped_fraction"])
     optimizer_after = {f"l.{k}": v for k, v in optimizer_to_arrays(opt_l).items()}
     optimizer_after |= {f"g.{k}": v for k, v in optimizer_to_arrays(opt_g).items()}

@@ -1,0 +1,120 @@
+"""A silo under `privacy=user_dp`: its ledger, its plan, a DP round that is recorded before it is released.
+
+Order of a private training round, all inside the silo:
+1. open the silo's ledger (its state dir) and the run's plan (σ calibrated once, stored in the ledger);
+2. check the round fits the budget and was not released before — else decline without training;
+3. train with user-level DP (`privacy.dp_round`);
+4. record the release in the ledger on disk (atomic) — only then
+5. hand the noised global parameters and the public DP report to `egress`.
+Evaluation results under DP stay in the silo: appended to its own log, never put in a reply.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedrec.data.split import SiloData
+from fedrec.federation.settings import RunSettings, SiloIdentity
+from fedrec.federation.silo import Arrays, SiloEvaluation, Tensors, silo_seed
+from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
+from fedrec.privacy.ledger import BudgetLedger, Decline, Release
+from fedrec.privacy.noise import NoiseSource
+from fedrec.privacy.plan import BudgetSpent, PrivacyPlan, make_plan
+
+LEDGER_FILE = "privacy_ledger.json"
+EVALUATIONS_DIR = "evaluations"
+
+
+def open_ledger(s: RunSettings, ident: SiloIdentity, n_users: int) -> BudgetLedger:
+    """The silo's ledger at `<state-dir>/privacy_ledger.json`, at the silo's δ and budget."""
+    p = s.privacy_settings()
+    return BudgetLedger(ident.require_state_dir() / LEDGER_FILE,
+                        budget_epsilon=p.budget_for(ident.region, ident.epsilon_budget),
+                        delta=p.delta_for(n_users), accountant=p.accountant)
+
+
+def run_plan(ledger: BudgetLedger, s: RunSettings, run_id: str) -> PrivacyPlan | Decline:
+    """The plan this silo fixed for `run_id` (calibrated and stored on first use), or why it cannot train."""
+    stored = ledger.plan_for(run_id)
+    if stored is not None:
+        return PrivacyPlan(**stored)
+    try:
+        plan = make_plan(s.privacy_settings(), budget=ledger.budget_epsilon, delta=ledger.accountant.delta,
+                         rounds=s.num_rounds, prior=list(ledger.accountant.events))
+    except BudgetSpent as exc:
+        return Decline(str(exc), ledger.epsilon_spent())
+    ledger.save_plan(run_id, plan.to_dict())
+    return plan
+
+
+def privacy_report(ledger: BudgetLedger, plan: PrivacyPlan | None, epsilon: float | None = None
+                   ) -> dict[str, float]:
+    """Where the silo stands (public): ε spent at its δ, σ, q, total steps, C and its budget."""
+    return {
+        "epsilon": ledger.epsilon_spent() if epsilon is None else epsilon,
+        "delta": ledger.accountant.delta,
+        "noise_multiplier": plan.noise_multiplier if plan else 0.0,
+        "sample_rate": plan.sample_rate if plan else 0.0,
+        "steps": float(ledger.total_steps()),
+        "clip_norm": plan.clip_norm if plan else 0.0,
+        "budget_epsilon": ledger.budget_epsilon,
+    }
+
+
+@dataclass(frozen=True)
+class PrivateRound:
+    """Outcome of a private round: either a recorded release (arrays + report + state to keep) or a decline."""
+
+    report: dict[str, float]
+    global_after: Arrays | None = None
+    local_after: Tensors | None = None
+    optimizer_after: Arrays | None = None
+    declined: str | None = None
+
+
+def private_train_round(silo: SiloData, s: RunSettings, ident: SiloIdentity, *, run_id: str, server_round: int,
+                        global_arrays: Arrays, local: Tensors | None, optimizer_state: Arrays | None
+                        ) -> PrivateRound:
+    """Steps 1-4 of the module docstring; the caller passes the result to `egress`."""
+    ledger = open_ledger(s, ident, silo.n_users)
+    plan = run_plan(ledger, s, run_id)
+    if isinstance(plan, Decline):
+        return PrivateRound(report=privacy_report(ledger, None), declined=plan.reason)
+    event = plan.event()
+    ok = ledger.check(run_id=run_id, server_round=server_round, event=event)
+    if isinstance(ok, Decline):
+        return PrivateRound(report=privacy_report(ledger, plan), declined=ok.reason)
+    seed = silo_seed(s.seed, ident.region, server_round)
+    noise = NoiseSource(s.privacy_noise, seed=seed)
+    dp = DpTrainConfig(clip_norm=plan.clip_norm, noise_multiplier=plan.noise_multiplier,
+                       sample_rate=plan.sample_rate, steps_per_round=plan.steps_per_round,
+                       max_per_user=plan.max_per_user)
+    out = train_round_dp(silo, s.model_spec, global_arrays, local, s.train_config(), dp, seed=seed, noise=noise,
+                         optimizer_state=optimizer_state)
+    release = ledger.authorize(run_id=run_id, server_round=server_round, event=out.event)
+    if not isinstance(release, Release):
+        return PrivateRound(report=privacy_report(ledger, plan), declined=release.reason)
+    return PrivateRound(report=privacy_report(ledger, plan, release.epsilon_after), global_after=out.global_after,
+                        local_after=out.local_after, optimizer_after=out.optimizer_after)
+
+
+def log_evaluation(ident: SiloIdentity, *, run_id: str, server_round: int, ev: SiloEvaluation) -> Path:
+    """Append a private evaluation to the silo's own log (`<state-dir>/evaluations/run-<id>.jsonl`)."""
+    path = ident.require_state_dir() / EVALUATIONS_DIR / f"run-{run_id}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = {"round": server_round, "region": ident.region, "sums": ev.sums, "n_users": ev.n_users,
+            "sq_error": ev.sq_error, "n_ratings": ev.n_ratings}
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    return path
+
+
+def read_evaluations(state_dir: Path, run_id: str) -> list[dict[str, Any]]:
+    """A silo's evaluation log for one run (the researcher's view in simulation, where they own every silo)."""
+    path = Path(state_dir) / EVALUATIONS_DIR / f"run-{run_id}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,60 @@
+"""Where a silo's DP randomness comes from: a seeded torch generator (research) or the OS CSPRNG (production).
+
+Both the Gaussian noise and the Poisson sampling of users must be secret for the guarantee to hold: an
+observer who can predict the noise subtracts it, one who can predict the sample knows who was in a step.
+`seeded` makes research runs reproducible (same seed, same release) and is therefore predictable by anyone
+who knows the seed. `secure` draws every bit from `os.urandom` (the kernel CSPRNG) and turns it into
+normals with Box-Muller; each output is the mean of two such normals scaled by √2, the mitigation Opacus'
+secure mode uses against floating-point attacks on naive Gaussian samplers (Mironov, CCS 2012). It is
+measurably slower (benchmarks/README.md) and not reproducible, by design.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+NOISE_SOURCES = ("seeded", "secure")
+
+
+class NoiseSource:
+    """Gaussian noise and uniform draws for DP steps; `kind` is `seeded` or `secure`."""
+
+    def __init__(self, kind: str, *, seed: int = 0) -> None:
+        if kind not in NOISE_SOURCES:
+            raise ValueError(f"privacy noise source {kind!r} is unknown; choose one of {NOISE_SOURCES}")
+        self.kind = kind
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def uniform(self, n: int) -> torch.Tensor:
+        """`n` floats uniform in [0, 1) (float64 from the CSPRNG when secure)."""
+        if self.kind == "seeded":
+            return torch.rand(n, generator=self.generator)
+        return torch.from_numpy(_urandom_uniform(n))
+
+    def normal(self, shape: tuple[int, ...] | torch.Size, std: float) -> torch.Tensor:
+        """Gaussian noise N(0, std²) of `shape`, float32."""
+        if self.kind == "seeded":
+            return std * torch.randn(shape, generator=self.generator)
+        n = math.prod(shape)
+        z = (_urandom_normal(n) + _urandom_normal(n)) / math.sqrt(2.0)
+        return torch.from_numpy((std * z).astype(np.float32)).reshape(shape)
+
+
+def _urandom_uniform(n: int) -> np.ndarray:
+    """53-bit uniforms in [0, 1) from the kernel CSPRNG."""
+    bits = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) >> np.uint64(11)
+    return bits.astype(np.float64) * (1.0 / (1 << 53))
+
+
+def _urandom_normal(n: int) -> np.ndarray:
+    """Standard normals by Box-Muller over CSPRNG uniforms (1 - u keeps the log finite)."""
+    m = (n + 1) // 2
+    u1 = 1.0 - _urandom_uniform(m)
+    u2 = _urandom_uniform(m)
+    r = np.sqrt(-2.0 * np.log(u1))
+    z = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)])
+    return z[:n]

@@ -1,0 +1,132 @@
+"""A silo's privacy plan for one run: its budget, δ, and the noise σ calibrated before the first release.
+
+The run config says what every silo agrees on in public (mechanism, clip norm C, sample rate q, steps per
+round, accountant). Each silo then fixes, on its own side and before it releases anything, its budget
+(the jurisdiction's node config may only lower the run's), its δ and the σ that makes the run's planned
+releases, composed with everything its ledger has already spent, fit the budget. The plan is stored in the
+ledger, so a restarted silo keeps the σ it started the run with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fedrec.errors import ConfigError
+from fedrec.privacy.accountant import ACCOUNTANTS, GaussianSteps, calibrate_noise_multiplier, epsilon_of
+from fedrec.privacy.noise import NOISE_SOURCES
+
+PRIVACY_MODES = ("none", "user_dp")
+
+
+def auto_delta(n_users: int) -> float:
+    """The largest power of ten ≤ 1/(10·users).
+
+    That is the usual default, coarsened so that δ (which is published) reveals the silo's size only to an
+    order of magnitude.
+    """
+    if n_users < 1:
+        raise ConfigError("a silo with no users cannot be trained with DP")
+    return float(10.0 ** math.floor(math.log10(1.0 / (10.0 * n_users))))
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """The public, run-wide DP settings (`privacy=user_dp`); every field is validated with its fix."""
+
+    mode: str = "none"
+    epsilon: float = 8.0
+    region_epsilon: dict[str, float] = field(default_factory=dict)
+    delta: float = 0.0
+    clip_norm: float = 1.0
+    sample_rate: float = 0.02
+    steps_per_round: int = 0
+    max_per_user: int = 64
+    accountant: str = "pld"
+    noise: str = "seeded"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, key: str, value: Any, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"privacy.{key}={value!r} is invalid: must be {what}")
+
+        need(self.mode in PRIVACY_MODES, "name", self.mode, f"one of {PRIVACY_MODES}")
+        need(self.epsilon > 0, "epsilon", self.epsilon, "> 0 (use privacy=none for no DP)")
+        for region, eps in self.region_epsilon.items():
+            need(isinstance(eps, int | float) and eps > 0, f"region_epsilon.{region}", eps, "a number > 0")
+        need(0 <= self.delta < 1, "delta", self.delta, "in [0, 1) (0 = 1/(10·users) per silo)")
+        need(self.clip_norm > 0, "clip_norm", self.clip_norm, "> 0")
+        need(0 < self.sample_rate <= 1, "sample_rate", self.sample_rate, "in (0, 1]")
+        need(self.steps_per_round >= 0, "steps_per_round", self.steps_per_round, ">= 0 (0 = 1/sample_rate)")
+        need(self.max_per_user >= 1, "max_per_user", self.max_per_user, ">= 1")
+        need(self.accountant in ACCOUNTANTS, "accountant", self.accountant, f"one of {ACCOUNTANTS}")
+        need(self.noise in NOISE_SOURCES, "noise", self.noise, f"one of {NOISE_SOURCES}")
+
+    @property
+    def enabled(self) -> bool:
+        """True when releases must be user-level DP."""
+        return self.mode == "user_dp"
+
+    @property
+    def steps(self) -> int:
+        """DP steps per round: as configured, else one expected pass over the users (⌈1/q⌉)."""
+        return self.steps_per_round or math.ceil(1.0 / self.sample_rate)
+
+    def budget_for(self, region: str, node_budget: float | None = None) -> float:
+        """The region's ε budget: its entry in `region_epsilon`, else `epsilon`.
+
+        A jurisdiction's own node config (`epsilon-budget`) can only lower it: the coordinator's run config
+        cannot raise a silo's budget.
+        """
+        budget = float(self.region_epsilon.get(region, self.epsilon))
+        return min(budget, node_budget) if node_budget is not None else budget
+
+    def delta_for(self, n_users: int) -> float:
+        """δ for a silo: as configured, else `auto_delta`."""
+        return self.delta or auto_delta(n_users)
+
+    def to_json_regions(self) -> str:
+        """`region_epsilon` as the JSON string Flower's flat run config carries."""
+        return json.dumps(self.region_epsilon, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """What a silo committed to for one run (public: it goes out with every release)."""
+
+    budget_epsilon: float
+    delta: float
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    clip_norm: float
+    max_per_user: int
+    rounds: int
+    accountant: str
+
+    def event(self) -> GaussianSteps:
+        """The cost of one round's release."""
+        return GaussianSteps(self.sample_rate, self.noise_multiplier, self.steps_per_round)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (stored in the ledger)."""
+        return asdict(self)
+
+
+class BudgetSpent(Exception):
+    """The silo's budget leaves no room for this run."""
+
+
+def make_plan(p: PrivacySettings, *, budget: float, delta: float, rounds: int,
+              prior: list[GaussianSteps]) -> PrivacyPlan:
+    """Calibrate σ so that `prior` + `rounds` rounds of `p.steps` steps spend at most `budget` at `delta`."""
+    spent = epsilon_of(prior, delta=delta, kind=p.accountant)
+    if spent >= budget:
+        raise BudgetSpent(f"budget exhausted before this run: spent ε={spent:.3f} of ε={budget:g} (δ={delta:g})")
+    sigma = calibrate_noise_multiplier(target_epsilon=budget, delta=delta, sample_rate=p.sample_rate,
+                                       steps=p.steps * rounds, kind=p.accountant, prior=prior)
+    return PrivacyPlan(budget_epsilon=budget, delta=delta, noise_multiplier=sigma, sample_rate=p.sample_rate,
+                       steps_per_round=p.steps, clip_norm=p.clip_norm, max_per_user=p.max_per_user,
+                       rounds=rounds, accountant=p.accountant)
