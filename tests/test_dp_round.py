@@ -44,11 +44,16 @@ def test_same_seed_same_release_and_state_continues(silo) -> None:
     assert {k[:2] for k in nxt.optimizer_after} == {"l.", "g."}
 
 
+def test_a_two_tower_dp_round_keeps_its_user_tower_and_releases_the_item_side(silo) -> None:
+    spec = ModelSpec("twotower", 8, {"private_item_bias": False})
+    g = initial_global_arrays(spec, n_items=silo.n_items, seed=0)
+    out = train_round_dp(silo, spec, g, None, TrainConfig(), DP, seed=1)
+    assert set(out.global_after) == set(g) and not any(k.startswith("user.") for k in out.global_after)
+    assert any(k.startswith("user.tower.") for k in out.local_after)  # silo-wide but never released
+    assert not np.array_equal(out.global_after["item_tower.0.weight"], g["item_tower.0.weight"])
+
+
 def test_dp_for_other_models_and_bad_parameters_are_clear_errors(silo) -> None:
-    spec = ModelSpec("twotower", 8)
-    with pytest.raises(ConfigError, match="model=mf"):
-        train_round_dp(silo, spec, initial_global_arrays(spec, n_items=silo.n_items, seed=0), None,
-                       TrainConfig(), DP, seed=0)
     with_bias = ModelSpec("mf", 8)
     with pytest.raises(ConfigError, match="private_item_bias=false"):
         train_round_dp(silo, with_bias, initial_global_arrays(with_bias, n_items=silo.n_items, seed=0), None,

@@ -6,13 +6,13 @@ import numpy as np
 import torch
 
 from fedrec.privacy.noise import NoiseSource
-
 from fedrec.privacy.sampling import CappedHistories, poisson_user_batch
 
 
 def histories(items: np.ndarray, cap: int = 3) -> CappedHistories:
     users = np.array([0, 0, 0, 0, 0, 1, 2, 2, 3, 3, 3, 3])
-    return CappedHistories.build(users, items, n_users=5, max_per_user=cap, keys=np.random.default_rng(7).random(len(users)))
+    keys = np.random.default_rng(7).random(len(users))
+    return CappedHistories.build(users, items, n_users=5, max_per_user=cap, keys=keys)
 
 
 ITEMS = np.array([10, 11, 12, 13, 14, 20, 30, 31, 40, 41, 42, 43])

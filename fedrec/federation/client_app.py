@@ -14,6 +14,7 @@ from flwr.clientapp import ClientApp
 
 from fedrec.data.split import SiloData
 from fedrec.federation.egress import decline_reply, evaluate_reply, read_arrays, read_int, train_reply
+from fedrec.federation.egress_recorder import Mod
 from fedrec.federation.private_silo import log_evaluation, private_train_round
 from fedrec.federation.settings import RunSettings, SiloIdentity
 from fedrec.federation.silo import Tensors, evaluate_round, silo_seed, train_round
@@ -46,9 +47,12 @@ def write_optimizer_state(context: Context, state: dict[str, np.ndarray]) -> Non
     context.state[OPTIMIZER_STATE_KEY] = ArrayRecord({k: Array(v) for k, v in state.items()})
 
 
-def make_client_app(settings: RunSettings | None = None) -> ClientApp:
-    """A ClientApp; with `settings` it ignores `context.run_config` (in-process runs from Python)."""
-    app = ClientApp()
+def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | None = None) -> ClientApp:
+    """A ClientApp; with `settings` it ignores `context.run_config` (in-process runs from Python).
+
+    `mods` wrap every handler (e.g. `egress_recorder`, to keep a copy of everything the silo sends).
+    """
+    app = ClientApp(mods=mods)
 
     def resolve(context: Context) -> tuple[RunSettings, SiloIdentity, SiloData]:
         s = settings or RunSettings.from_run_config(dict(context.run_config))

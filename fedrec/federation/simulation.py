@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fedrec.federation.client_app import make_client_app
 from fedrec.federation.coordinator import RoundCallback
+from fedrec.federation.egress_recorder import Mod
 from fedrec.federation.server_app import make_server_app
 from fedrec.federation.settings import RunSettings, read_manifest
 
@@ -21,8 +22,12 @@ QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "R
 
 
 def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = None,
-                   cpus_per_client: float = 1.0, flwr_logs: bool = False) -> Path:
-    """Run the federation and return the output dir holding `federated_history.json` and the global model."""
+                   cpus_per_client: float = 1.0, flwr_logs: bool = False, client_mods: list[Mod] | None = None
+                   ) -> Path:
+    """Run the federation and return the output dir holding `federated_history.json` and the global model.
+
+    `client_mods` are Flower mods wrapped around every silo's ClientApp (e.g. `egress_recorder`).
+    """
     from flwr.simulation import run_simulation as flwr_run_simulation
 
     for k, v in QUIET_ENV.items():
@@ -35,7 +40,7 @@ def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = No
     try:
         flwr_run_simulation(
             server_app=make_server_app(settings, on_round=on_round),
-            client_app=make_client_app(settings),
+            client_app=make_client_app(settings, mods=client_mods),
             num_supernodes=n_regions,
             backend_config={
                 "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},

@@ -21,8 +21,10 @@ from fedrec.federation.silo import Arrays, Tensors, assemble_model, optimizer_fr
 from fedrec.models import ModelSpec, global_state, local_state
 from fedrec.models.base import PER_USER_KEYS
 from fedrec.models.mf import BiasedMF
+from fedrec.models.twotower import TwoTower
 from fedrec.privacy.accountant import GaussianSteps
 from fedrec.privacy.dp_mf import dp_mf_step
+from fedrec.privacy.dp_twotower import dp_twotower_step
 from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.sampling import CappedHistories, poisson_user_batch
 from fedrec.training import TrainConfig
@@ -76,8 +78,8 @@ def train_round_dp(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local
     """
     noise = noise or NoiseSource("seeded", seed=seed)
     model = assemble_model(spec, silo, global_arrays, local, seed=seed)
-    if not isinstance(model, BiasedMF):
-        raise ConfigError(f"user-level DP training is implemented for model=mf, not {spec.name!r} (yet)")
+    if not isinstance(model, BiasedMF | TwoTower):
+        raise ConfigError(f"user-level DP training is implemented for model=mf and model=twotower, not {spec.name!r}")
     if model.user.item_bias is not None:
         raise ConfigError("user-level DP needs model.kwargs.private_item_bias=false: a silo-wide item bias "
                           "trained without noise would carry every user's data into later releases")
@@ -95,9 +97,15 @@ def train_round_dp(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local
     for _ in range(dp.steps_per_round):
         batch = poisson_user_batch(histories, sample_rate=dp.sample_rate, noise=noise)
         negatives = torch.randint(0, silo.n_items, (cfg.n_negatives,), generator=gen)
-        stats = dp_mf_step(model, batch, negatives, clip_norm=dp.clip_norm, noise_multiplier=dp.noise_multiplier,
-                           expected_users=expected_users, global_optimizer=opt_g, local_optimizer=opt_l,
-                           noise=noise, weight_decay=cfg.weight_decay)
+        if isinstance(model, BiasedMF):
+            stats = dp_mf_step(model, batch, negatives, clip_norm=dp.clip_norm, noise_multiplier=dp.noise_multiplier,
+                               expected_users=expected_users, global_optimizer=opt_g, local_optimizer=opt_l,
+                               noise=noise, weight_decay=cfg.weight_decay)
+        else:
+            stats = dp_twotower_step(model, batch, negatives, clip_norm=dp.clip_norm,
+                                     noise_multiplier=dp.noise_multiplier, expected_users=expected_users,
+                                     shared_optimizer=opt_g, per_user_optimizer=opt_l, noise=noise,
+                                     weight_decay=cfg.weight_decay)
         clipped.append(stats["clipped_fraction"])
     optimizer_after = {f"l.{k}": v for k, v in optimizer_to_arrays(opt_l).items()}
     optimizer_after |= {f"g.{k}": v for k, v in optimizer_to_arrays(opt_g).items()}
