@@ -7,6 +7,8 @@ clip, sum, Gaussian noise on every shared coordinate). Reports the ratio DP / pl
 (calls interleaved; target <= 1.5x) and each step's peak RSS growth, measured alone in a fresh process (Linux
 /proc): in one process, pages freed by an earlier phase are reused and hide a later phase's peak.
 
+"MF secure" is the MF step with `privacy.noise=secure` (noise from os.urandom via Box-Muller).
+
 Usage: python benchmarks/dp_step.py
 """
 
@@ -102,14 +104,14 @@ def plain_step(model: BiasedMF | TwoTower, batch: UserBatch, b: int, gen: torch.
     return plain
 
 
-def measure_mf(b: int, gen: torch.Generator) -> tuple[Step, Step]:
+def measure_mf(b: int, gen: torch.Generator, noise_kind: str = "seeded") -> tuple[Step, Step]:
     batch = make_batch(b, gen)
     negatives = torch.randint(0, N_ITEMS, (K,), generator=gen)
     model = BiasedMF(N_USERS, N_ITEMS, DIM, private_item_bias=False)
     local = [p for n, p in model.named_parameters() if n.startswith("user.")]
     glob = [model.item_emb.weight, model.item_bias.weight, model.global_bias]
     opt_l, opt_g = torch.optim.Adam(local, lr=0.01), torch.optim.Adam(glob, lr=0.01)
-    noise = NoiseSource("seeded", seed=0)
+    noise = NoiseSource(noise_kind, seed=0)
 
     def dp() -> None:
         dp_mf_step(model, batch, negatives, clip_norm=1.0, noise_multiplier=1.0, expected_users=b,
@@ -124,17 +126,22 @@ def measure_twotower(b: int, gen: torch.Generator) -> tuple[Step, Step]:
     model = TwoTower(N_USERS, N_ITEMS, DIM, private_item_bias=False)
     opt_s = torch.optim.Adam(shared_parameters(model).values(), lr=0.01)
     opt_u = torch.optim.Adam([model.user.emb.weight], lr=0.01)
+    noise = NoiseSource("seeded", seed=0)
 
     def dp() -> None:
         dp_twotower_step(model, batch, negatives, clip_norm=1.0, noise_multiplier=1.0, expected_users=b,
-                         shared_optimizer=opt_s, per_user_optimizer=opt_u,
-                         noise=NoiseSource("seeded", seed=0))
+                         shared_optimizer=opt_s, per_user_optimizer=opt_u, noise=noise)
 
     return plain_step(model, batch, b, gen), dp
 
 
+def measure_mf_secure(b: int, gen: torch.Generator) -> tuple[Step, Step]:
+    """MF with `privacy.noise=secure`: every noise coordinate from the OS CSPRNG."""
+    return measure_mf(b, gen, "secure")
+
+
 MEASURES: dict[str, Callable[[int, torch.Generator], tuple[Step, Step]]] = {
-    "MF": measure_mf, "two-tower": measure_twotower}
+    "MF": measure_mf, "MF secure": measure_mf_secure, "two-tower": measure_twotower}
 
 if __name__ == "__main__":
     main()

@@ -27,12 +27,35 @@ def round_progress(total: int, *, enabled: bool, console: Console | None = None)
         task = bar.add_task("", total=total)
 
         def on_round(entry: dict[str, Any]) -> None:
-            if entry.get("evaluated", True):
-                bar.update(task, advance=1, description=f"NDCG@20 {entry['overall'].get('ndcg@20', float('nan')):.4f}")
-            else:
-                bar.update(task, advance=1)
+            bar.update(task, advance=1, description=round_description(entry) or None)
 
         yield on_round
+
+
+def round_description(entry: dict[str, Any]) -> str:
+    """One line for the progress display: NDCG@20 when the coordinator has it, ε spent per silo under DP."""
+    parts = []
+    ndcg = entry.get("overall", {}).get("ndcg@20")
+    if entry.get("evaluated") and ndcg is not None and ndcg == ndcg:  # NaN when metrics stay in the silos
+        parts.append(f"NDCG@20 {ndcg:.4f}")
+    privacy = entry.get("privacy") or {}
+    if privacy:
+        parts.append("ε " + " ".join(f"{r} {p['epsilon']:.2f}/{p['budget_epsilon']:g}" for r, p in privacy.items()))
+    if entry.get("declined"):
+        parts.append(f"declined: {', '.join(sorted(entry['declined']))}")
+    return "  ".join(parts)
+
+
+def privacy_table(results: dict[str, Any]) -> Table:
+    """Each silo's final DP state: ε spent (accountant, at its δ) next to its budget, and the mechanism."""
+    table = Table(title="user-level DP per silo (accountant ε at the silo's δ, for the whole run)")
+    for col in ("region", "ε spent", "ε budget", "δ", "σ", "q", "steps", "C"):
+        table.add_column(col, justify="left" if col == "region" else "right")
+    for r, p in results.get("privacy", {}).items():
+        table.add_row(r, f"{p['epsilon']:.3f}", f"{p['budget_epsilon']:g}", f"{p['delta']:g}",
+                      f"{p['noise_multiplier']:.3f}", f"{p['sample_rate']:g}", str(int(p["steps"])),
+                      f"{p['clip_norm']:g}")
+    return table
 
 
 def results_table(results: dict[str, Any], metric: str = "ndcg@20") -> Table:
@@ -57,6 +80,16 @@ def print_summary(results: dict[str, Any], console: Console | None = None) -> No
     """The end-of-run table plus one line of timings."""
     console = console or Console()
     console.print(results_table(results))
+    if results.get("privacy"):
+        console.print(privacy_table(results))
+        console.print("federated metrics under DP come from each silo's own evaluation log (simulation only: "
+                      "the coordinator never receives them)")
+    declined = {r for e in results.get("privacy_rounds", []) for r in e.get("declined", {})}
+    if declined:
+        console.print(f"[yellow]silos that declined some rounds: {', '.join(sorted(declined))} "
+                      "(see privacy_rounds in results.json)")
+    if results.get("stopped_early"):
+        console.print(f"[yellow]stopped early: {results['stopped_early']}")
     t = results.get("timings", {})
     console.print(f"wall time {results['wall_time_s']:.1f} s (" + ", ".join(
         f"{k.removesuffix('_s')} {v:.1f} s" for k, v in t.items()) + ")")

@@ -69,8 +69,13 @@ def check_synthetic_large(exp: ExperimentConfig) -> None:
     assert len(exp.dataset.params["region_sizes"]) == 5
 
 
+def check_synthetic_dp(exp: ExperimentConfig) -> None:
+    assert (exp.dataset.params["n_users"], tuple(exp.dataset.params["region_sizes"])) == (30000, (1.0, 1.0, 1.0))
+    assert (exp.federation.rounds, exp.train.weight_decay) == (10, 0.001)
+
+
 EXPERIMENT_CHECKS = {"quick": check_quick, "ml100k": check_ml100k, "compare_strategies": check_compare_strategies,
-                     "synthetic_large": check_synthetic_large}
+                     "synthetic_large": check_synthetic_large, "synthetic_dp": check_synthetic_dp}
 
 
 def test_every_experiment_file_has_expectations() -> None:
@@ -206,8 +211,8 @@ def test_dp_runs_refuse_side_channels_in_the_run_settings() -> None:
     exp = typed(["privacy=user_dp", "federation.weighting=examples"])
     with pytest.raises(ConfigError, match="weighting='examples'"):
         exp.run_settings(data_dir="/d", output_dir="/o", n_regions=5)
-    # A silo-wide private item bias trained without noise would leak into later releases
-    exp = typed(["privacy=user_dp", "+model.kwargs.private_item_bias=true"])
+    # A two-tower's silo-wide private item bias has no DP training path: refused rather than leaked
+    exp = typed(["privacy=user_dp", "model=twotower", "+model.kwargs.private_item_bias=true"])
     with pytest.raises(ConfigError, match="private_item_bias"):
         exp.run_settings(data_dir="/d", output_dir="/o", n_regions=5)
 
@@ -224,8 +229,10 @@ def test_dp_settings_reach_the_flower_run_config() -> None:
     p = back.privacy_settings()
     assert (p.enabled, p.budget_for("eu"), p.budget_for("na"), p.clip_norm) == (True, 2.0, 4.0, 0.5)
     assert p.budget_for("na", node_budget=1.0) == 1.0  # a jurisdiction can only lower its budget
-    assert back.model_spec.kwargs["private_item_bias"] is False
+    assert "private_item_bias" not in back.model_spec.kwargs  # MF keeps it, trained under DP
     assert back == s
+    tower = typed(["privacy=user_dp", "model=twotower"]).run_settings(data_dir="/d", output_dir="/o", n_regions=5)
+    assert tower.model_spec.kwargs["private_item_bias"] is False
 
 
 def test_bad_split_value_fails_when_the_config_is_typed() -> None:

@@ -66,6 +66,40 @@ def test_removing_one_user_moves_the_clipped_sum_by_at_most_c() -> None:
     assert float(diff) >= clip * (1 - 1e-5)  # and it is exactly C when the user was clipped
 
 
+def test_a_silo_private_item_bias_counts_in_the_norm_and_gets_its_own_noise() -> None:
+    # Prepare: MF with the silo-private item bias (silo-wide, so it is trained under DP like the global side)
+    torch.manual_seed(0)
+    model = BiasedMF(N_USERS, N_ITEMS, DIM, private_item_bias=True)
+    _, batch, negatives = setup()
+    _, coef, p = interaction_coefficients(model, batch, negatives)
+    a = per_user_item_coefficients(coef, batch, negatives, N_ITEMS)
+
+    # Execute: the user's squared norm over (item_emb, global bias, private bias) = ‖a‖²(‖p‖² + 2)
+    _, _, norms = clipped_item_gradient_sum(a, p.detach(), 1.0, bias_tables=2)
+    full = []
+    for row in range(len(batch.users)):
+        g = torch.cat([torch.outer(a[row], p[row].detach()).flatten(), a[row], a[row]])
+        full.append(float(g.norm()))
+
+    # Assert
+    torch.testing.assert_close(norms, torch.tensor(full), rtol=1e-5, atol=1e-6)
+
+    # ... and an empty batch moves the private bias by noise independent of the global bias's
+    from fedrec.privacy.dp_mf import dp_mf_step
+
+    empty = torch.zeros(0, dtype=torch.long)
+    shared = [model.item_emb.weight, model.item_bias.weight, model.global_bias, model.user.item_bias.weight]
+    per_user = [model.user.emb.weight, model.user.bias.weight]
+    before_g, before_p = model.item_bias.weight.detach().clone(), model.user.item_bias.weight.detach().clone()
+    dp_mf_step(model, UserBatch(empty, empty, empty), negatives, clip_norm=1.0, noise_multiplier=1.0,
+               expected_users=1.0, global_optimizer=torch.optim.SGD(shared, lr=1.0),
+               local_optimizer=torch.optim.SGD(per_user, lr=1.0), noise=NoiseSource("seeded", seed=0))
+    moved_g = (model.item_bias.weight.detach() - before_g).flatten()
+    moved_p = (model.user.item_bias.weight.detach() - before_p).flatten()
+    assert 0.5 < float(moved_p.std()) < 1.5
+    assert abs(float(torch.corrcoef(torch.stack([moved_g, moved_p]))[0, 1])) < 0.6
+
+
 def test_without_noise_or_clipping_the_step_is_plain_sgd_on_the_user_sum() -> None:
     # Prepare: two identical models; DP step with σ=0 and a clip norm that never binds
     from fedrec.privacy.dp_mf import dp_mf_step

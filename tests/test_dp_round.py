@@ -44,6 +44,14 @@ def test_same_seed_same_release_and_state_continues(silo) -> None:
     assert {k[:2] for k in nxt.optimizer_after} == {"l.", "g."}
 
 
+def test_an_mf_silo_keeps_a_dp_trained_private_item_bias(silo) -> None:
+    spec = ModelSpec("mf", 8)  # private_item_bias defaults to True
+    g = initial_global_arrays(spec, n_items=silo.n_items, seed=0)
+    out = train_round_dp(silo, spec, g, None, TrainConfig(), DP, seed=1)
+    assert "user.item_bias.weight" in out.local_after and "user.item_bias.weight" not in out.global_after
+    assert float(out.local_after["user.item_bias.weight"].abs().sum()) > 0  # it trained (from zeros)
+
+
 def test_a_two_tower_dp_round_keeps_its_user_tower_and_releases_the_item_side(silo) -> None:
     spec = ModelSpec("twotower", 8, {"private_item_bias": False})
     g = initial_global_arrays(spec, n_items=silo.n_items, seed=0)
@@ -54,7 +62,7 @@ def test_a_two_tower_dp_round_keeps_its_user_tower_and_releases_the_item_side(si
 
 
 def test_dp_for_other_models_and_bad_parameters_are_clear_errors(silo) -> None:
-    with_bias = ModelSpec("mf", 8)
+    with_bias = ModelSpec("twotower", 8, {"private_item_bias": True})
     with pytest.raises(ConfigError, match="private_item_bias=false"):
         train_round_dp(silo, with_bias, initial_global_arrays(with_bias, n_items=silo.n_items, seed=0), None,
                        TrainConfig(), DP, seed=0)

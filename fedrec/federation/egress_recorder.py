@@ -51,7 +51,8 @@ def egress_recorder(directory: Path) -> Mod:
         meta = {"node_id": context.node_id, "message_type": msg.metadata.message_type,
                 "has_error": reply.has_error(), "records": records}
         path = directory / f"{context.node_id}-{uuid.uuid4().hex}.npz"
-        np.savez(path, __meta__=np.array(json.dumps(meta)), **arrays)
+        payload: dict[str, Any] = {"__meta__": np.array(json.dumps(meta)), **arrays}
+        np.savez(path, **payload)
         return reply
 
     return mod

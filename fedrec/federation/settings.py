@@ -90,15 +90,20 @@ class RunSettings:
             if self.weighting != "uniform":
                 raise ConfigError(f"federation.weighting={self.weighting!r} would send each silo's example count "
                                   "un-noised; under privacy=user_dp aggregation weights are uniform")
-            if kwargs.get("private_item_bias", False):
-                raise ConfigError("model.kwargs.private_item_bias=true cannot be trained with user-level DP (a "
-                                  "silo-wide bias learnt without noise leaks into later releases); drop it")
+            if self.model == "twotower" and kwargs.get("private_item_bias", False):
+                raise ConfigError("model.kwargs.private_item_bias=true is not implemented under user-level DP for "
+                                  "model=twotower (a silo-wide bias learnt without noise would leak into later "
+                                  "releases); drop it")
 
     @property
     def model_spec(self) -> ModelSpec:
-        """The model to build on every party (under DP without the silo-private item bias, see `__post_init__`)."""
+        """The model to build on every party.
+
+        Under DP the two-tower drops its silo-private item bias; MF keeps it, trained through the clipped,
+        noised sums like every silo-wide parameter (`privacy.dp_mf`).
+        """
         kwargs = json.loads(self.model_kwargs)
-        if self.privacy_settings().enabled:
+        if self.privacy_settings().enabled and self.model == "twotower":
             kwargs["private_item_bias"] = False
         return ModelSpec(name=self.model, dim=self.dim, kwargs=kwargs)
 

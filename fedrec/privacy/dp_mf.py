@@ -65,10 +65,14 @@ def per_user_item_coefficients(coef: torch.Tensor, batch: UserBatch, negatives: 
     return a
 
 
-def clipped_item_gradient_sum(a: torch.Tensor, p: torch.Tensor, clip_norm: float
+def clipped_item_gradient_sum(a: torch.Tensor, p: torch.Tensor, clip_norm: float, *, bias_tables: int = 1
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sum over users of their clipped gradients: (item_emb grad [n, d], item_bias grad [n], norms [B])."""
-    norms = a.norm(dim=1) * torch.sqrt(p.pow(2).sum(1) + 1.0)
+    """Sum over users of their clipped gradients: (item_emb grad [n, d], item_bias grad [n], norms [B]).
+
+    `bias_tables` item-bias tables share the gradient `a_u` (the global one, and the silo-private one when
+    the model has it): each adds ‖a_u‖² to the user's squared norm.
+    """
+    norms = a.norm(dim=1) * torch.sqrt(p.pow(2).sum(1) + float(bias_tables))
     scale = torch.clamp(clip_norm / (norms + 1e-12), max=1.0)
     weighted = a * scale.unsqueeze(1)
     return weighted.T @ p, weighted.sum(0), norms
@@ -92,11 +96,11 @@ def dp_mf_step(
     The noisy global gradient is (Σ_u clip_C(g_u) + N(0, σ²C²)) / expected_users; `weight_decay` is applied
     to the whole global tables (data-independent), never through per-user gradients.
     """
-    if model.user.item_bias is not None:
-        raise ValueError("user-level DP needs model.kwargs.private_item_bias=false: a silo-wide item bias trained "
-                         "without noise would carry every user's data into later releases")
     n_items = model.item_emb.num_embeddings
+    private_bias = model.user.item_bias
     global_params = [model.item_emb.weight, model.item_bias.weight, model.global_bias]
+    if private_bias is not None:  # silo-wide: trained through the clipped, noised sum like the global side
+        global_params.append(private_bias.weight)
     # Autograd only for the local side: the global side's per-user gradients come from the closed form.
     for g in global_params:
         g.requires_grad_(False)
@@ -114,8 +118,12 @@ def dp_mf_step(
     # Global side: closed-form per-user gradients, clipped, summed, noised.
     with torch.no_grad():
         a = per_user_item_coefficients(coef, batch, negatives, n_items)
-        g_emb, g_bias, norms = clipped_item_gradient_sum(a, p.detach(), clip_norm)
+        g_emb, g_bias, norms = clipped_item_gradient_sum(a, p.detach(), clip_norm,
+                                                         bias_tables=1 if private_bias is None else 2)
         std = noise_multiplier * clip_norm
+        if private_bias is not None:  # same clipped sum, its own noise; never released
+            g_private = g_bias + noise.normal(g_bias.shape, std)
+            private_bias.weight.grad = (g_private / expected_users).unsqueeze(1) + weight_decay * private_bias.weight
         g_emb += noise.normal(g_emb.shape, std)
         g_bias += noise.normal(g_bias.shape, std)
         model.item_emb.weight.grad = g_emb / expected_users + weight_decay * model.item_emb.weight

@@ -80,7 +80,7 @@ def train_round_dp(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local
     model = assemble_model(spec, silo, global_arrays, local, seed=seed)
     if not isinstance(model, BiasedMF | TwoTower):
         raise ConfigError(f"user-level DP training is implemented for model=mf and model=twotower, not {spec.name!r}")
-    if model.user.item_bias is not None:
+    if isinstance(model, TwoTower) and model.user.item_bias is not None:
         raise ConfigError("user-level DP needs model.kwargs.private_item_bias=false: a silo-wide item bias "
                           "trained without noise would carry every user's data into later releases")
     names = dict(model.named_parameters())
