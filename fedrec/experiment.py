@@ -17,6 +17,7 @@ import numpy as np
 from fedrec.bounds import pool, popularity, train_centralized, train_local_only
 from fedrec.config import ExperimentConfig
 from fedrec.data.registry import load_dataset
+from fedrec.errors import FedrecError
 from fedrec.federation.coordinator import RoundCallback, pool_silo_evaluations
 from fedrec.federation.private_silo import read_evaluations
 from fedrec.federation.settings import RunSettings
@@ -84,7 +85,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
         history["rounds"] = gather_silo_evaluations(history, settings, world.regions)
         privacy = final_privacy(history["privacy_rounds"])
     if not history["rounds"]:
-        raise RuntimeError(f"the federation evaluated no round ({history.get('stopped_early') or 'no replies'})")
+        raise FedrecError(f"the federation trained no round ({history.get('stopped_early') or 'no silo replied'}); "
+                          "a silo whose privacy budget is spent needs a larger privacy.epsilon or a fresh "
+                          "privacy.state_dir (budgets are meant to persist: never reset a real silo's ledger)")
     last = history["rounds"][-1]
     final: dict[str, Any] = {"federated": _block(last["per_region"], last["overall"])}
 

@@ -155,3 +155,26 @@ def test_budgets_hold_and_the_coordinator_reports_what_silos_spent(run) -> None:
         assert "budget exhausted" in entry["declined"][SPENT_REGION]
     assert all(e["participants"] == ["eu", "na"] for e in history["rounds"])
     assert history["stopped_early"] == ""
+
+
+def test_when_every_silo_has_spent_its_budget_the_run_stops_and_says_why(tmp_path: Path) -> None:
+    # Prepare: every silo's ledger already holds more than this run's budget
+    world = prepare_world(generate_world(WORLD), SplitConfig(), tmp_path / "world")
+    s = RunSettings(data_dir=str(world.data_dir), output_dir=str(tmp_path / "out"), num_rounds=3, min_nodes=3, dim=6,
+                    privacy="user_dp", privacy_epsilon=1.0, state_dir=str(tmp_path / "state"), quiet=True)
+    for region, silo in world.silos.items():
+        BudgetLedger(tmp_path / "state" / region / LEDGER_FILE, budget_epsilon=100.0,
+                     delta=auto_delta(silo.n_users)).authorize(run_id="earlier", server_round=1,
+                                                              event=GaussianSteps(0.5, 0.8, 100))
+
+    # Execute
+    run_simulation(s, client_mods=[egress_recorder(tmp_path / "egress")])
+    history = json.loads((tmp_path / "out" / "federated_history.json").read_text())
+
+    # Assert: one round of declines, nothing aggregated or evaluated, the reason recorded; nothing but
+    # declines left the silos
+    assert history["stopped_early"].startswith("round 1: every silo declined (budget exhausted")
+    assert history["rounds"] == []
+    assert [e["round"] for e in history["privacy_rounds"]] == [1]
+    sent = read_recorded(tmp_path / "egress")
+    assert len(sent) == 3 and all(r.arrays == {} and "declined" in r.records["meta"] for r in sent)
