@@ -71,8 +71,38 @@ def _hydra_main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def audit_main(argv: list[str], console: Console | None = None) -> int:
+    """`fedrec audit verify PATH`: check a silo's egress ledger (file or state dir); 0 ok, 1 tampered, 2 misuse."""
+    import argparse
+
+    from fedrec.federation.egress_ledger import LEDGER_FILE, verify
+
+    console = console or Console()
+    parser = argparse.ArgumentParser(prog="fedrec audit", description="Verify a silo's egress ledger.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("verify", help="check the hash chain and the ε totals of an egress ledger")
+    v.add_argument("path", type=Path, help=f"the ledger ({LEDGER_FILE}) or the silo's state dir holding it")
+    v.add_argument("--accountant", default="pld", choices=("pld", "rdp"), help="the silo's privacy.accountant")
+    args = parser.parse_args(argv)
+    path = args.path / LEDGER_FILE if args.path.is_dir() else args.path
+    if not path.is_file():
+        console.print(f"[bold red]fedrec audit: error:[/] no egress ledger at {path}", highlight=False)
+        return 2
+    report = verify(path, accountant=args.accountant)
+    if report.ok:
+        console.print(f"OK {path}: {report.entries} entries chained; {report.releases} DP releases adding up to "
+                      f"ε={report.epsilon_recomputed:.4f} (reported {report.epsilon_reported:.4f})", highlight=False)
+        return 0
+    console.print(f"[bold red]TAMPERED or inconsistent[/] {path}:", highlight=False)
+    for problem in report.problems:
+        console.print(f"  - {problem}", highlight=False)
+    return 1
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: `fedrec audit ...`, else the Hydra experiment app."""
+    if len(sys.argv) > 1 and sys.argv[1] == "audit":
+        sys.exit(audit_main(sys.argv[2:]))
     _hydra_main()
 
 

@@ -18,6 +18,8 @@ import pytest
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.federation.egress import DP_KEYS, META_KEYS
+from fedrec.federation.egress_ledger import LEDGER_FILE as EGRESS_LEDGER
+from fedrec.federation.egress_ledger import EgressLedger, verify
 from fedrec.federation.egress_recorder import RecordedReply, egress_recorder, read_recorded
 from fedrec.federation.private_silo import LEDGER_FILE, read_evaluations
 from fedrec.federation.settings import RunSettings
@@ -178,3 +180,14 @@ def test_when_every_silo_has_spent_its_budget_the_run_stops_and_says_why(tmp_pat
     assert [e["round"] for e in history["privacy_rounds"]] == [1]
     sent = read_recorded(tmp_path / "egress")
     assert len(sent) == 3 and all(r.arrays == {} and "declined" in r.records["meta"] for r in sent)
+
+
+def test_each_silo_egress_ledger_holds_every_reply_and_verifies(run) -> None:
+    world, _, root, _ = run
+    for region in world.regions:
+        entries = EgressLedger(root / "state" / region / EGRESS_LEDGER).entries()
+        assert sorted((e.kind, e.server_round) for e in entries) == sorted(
+            (kind, rnd) for kind in ("train", "evaluate") for rnd in range(1, ROUNDS + 1))
+        report = verify(root / "state" / region / EGRESS_LEDGER)
+        assert report.ok, (region, report.problems)
+        assert report.releases == (0 if region == SPENT_REGION else ROUNDS)

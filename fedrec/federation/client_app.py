@@ -7,6 +7,8 @@ put in a reply; the reply content is built by `egress` only. Under `privacy=user
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
@@ -14,6 +16,7 @@ from flwr.clientapp import ClientApp
 
 from fedrec.data.split import SiloData
 from fedrec.federation.egress import decline_reply, evaluate_reply, read_arrays, read_int, train_reply
+from fedrec.federation.egress_ledger import egress_ledger_mod
 from fedrec.federation.egress_recorder import Mod
 from fedrec.federation.private_silo import log_evaluation, private_train_round
 from fedrec.federation.settings import RunSettings, SiloIdentity
@@ -50,9 +53,15 @@ def write_optimizer_state(context: Context, state: dict[str, np.ndarray]) -> Non
 def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | None = None) -> ClientApp:
     """A ClientApp; with `settings` it ignores `context.run_config` (in-process runs from Python).
 
-    `mods` wrap every handler (e.g. `egress_recorder`, to keep a copy of everything the silo sends).
+    `mods` wrap every handler (e.g. `egress_recorder`, to keep a copy of everything the silo sends). The
+    silo's egress ledger (`egress_ledger`) is always the outermost mod when the silo has a state dir.
     """
-    app = ClientApp(mods=mods)
+
+    def state_dir_of(context: Context) -> Path | None:
+        s = settings or RunSettings.from_run_config(dict(context.run_config))
+        return SiloIdentity.from_node_config(dict(context.node_config), s).state_dir
+
+    app = ClientApp(mods=[egress_ledger_mod(state_dir_of), *(mods or [])])
 
     def resolve(context: Context) -> tuple[RunSettings, SiloIdentity, SiloData]:
         s = settings or RunSettings.from_run_config(dict(context.run_config))
