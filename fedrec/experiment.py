@@ -120,8 +120,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
         "final": final,
         "privacy": privacy,
         "privacy_rounds": history.get("privacy_rounds", []),
+        "model_versions": history.get("model_versions", []),
         "stopped_early": history.get("stopped_early", ""),
-        "artifacts": {"global_model": "global_model.safetensors", "world": "world/"},
+        "artifacts": {"global_model": "global_model.safetensors", "world": "world/",
+                      "registry": settings.registry_dir or "registry/"},
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     return results

@@ -97,3 +97,21 @@ def test_the_saved_global_model_loads_without_the_run(results: tuple[dict, Path]
     model = build_model(spec, n_users=1, n_items=arrays["item_emb.weight"].shape[0])
     load_global_state(model, {k: torch.as_tensor(v) for k, v in arrays.items()})
     assert (spec.name, spec.dim, meta["rounds"]) == ("mf", 16, 2)
+
+
+def test_every_aggregated_round_is_a_registered_version_with_lineage(results: tuple[dict, Path]) -> None:
+    from fedrec.model_io import load_global_model
+    from fedrec.model_registry import ModelRegistry
+
+    res, out = results
+    registry = ModelRegistry(out / "registry", create=False)
+    ids = [v["id"] for v in res["model_versions"]]
+    assert [v["round"] for v in res["model_versions"]] == [1, 2]
+    # the last version's lineage reaches the first; each names its contributors and the run's strategy
+    assert [v.id for v in registry.lineage(ids[-1])] == [ids[1], ids[0]]
+    assert all(v.contributors == ("apac", "eu", "na") and v.strategy == "fedavg" for v in registry.list())
+    # the final version is exactly the run's final global model, and carries its evaluated metrics
+    arrays, version = registry.load(ids[-1])
+    final, _, _ = load_global_model(out / "global_model.safetensors")
+    assert set(arrays) == set(final) and all((arrays[k] == final[k]).all() for k in final)
+    assert version.metrics["ndcg@20"] == pytest.approx(res["rounds"][-1]["overall"]["ndcg@20"])

@@ -6,6 +6,7 @@ private) and never a user id.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from fedrec.federation.silo import SiloEvaluation, initial_global_arrays
 from fedrec.federation.strategies import build_strategy
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
+from fedrec.model_registry import ModelRegistry
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -40,10 +42,12 @@ class FederationHistory:
     wall_time_s: float = 0.0
     run_id: str = ""
     stopped_early: str = ""
+    versions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (without the arrays)."""
         return {"run_id": self.run_id, "rounds": self.rounds, "privacy_rounds": self.privacy_rounds,
+                "model_versions": self.versions,
                 "stopped_early": self.stopped_early, "wall_time_s": self.wall_time_s}
 
 
@@ -100,6 +104,10 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
     strategy = build_strategy(s)
     history = FederationHistory(run_id=run_id)
     last_aggregated = 0
+    registry = ModelRegistry(s.registry_dir or Path(s.output_dir) / "registry") if (s.registry_dir or s.output_dir) \
+        else None
+    config_hash = hashlib.sha256(json.dumps(s.to_run_config(), sort_keys=True, default=str).encode()).hexdigest()
+    parent: str | None = None
     for rnd in range(1, s.num_rounds + 1):
         t0 = time.perf_counter()
         config = ConfigRecord({"server-round": rnd})
@@ -118,8 +126,18 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
             last_aggregated = rnd
         per_region, overall, eval_failures = evaluate_global(grid, strategy, rnd, arrays, timeout) if evaluate \
             else ({}, {}, [])
+        version = None
+        if ok and registry is not None:
+            version = registry.add(
+                {k: v.numpy() for k, v in arrays.items()}, spec=s.model_spec, parent=parent, round=rnd,
+                contributors=[_region(r) for r in ok], strategy=s.strategy, config_hash=config_hash,
+                epsilon={r: p["epsilon"] for r, p in privacy.items() if r not in declined},
+                metrics={k: v for k, v in overall.items() if v == v})  # NaN: metrics kept in silos
+            parent = version.id
+            history.versions.append({"round": rnd, "id": version.id})
         entry = {
             "round": rnd,
+            "model_version": version.id if version else None,
             "evaluated": evaluate,
             "per_region": per_region,
             "overall": overall,

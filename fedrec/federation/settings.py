@@ -62,6 +62,7 @@ class RunSettings:
     privacy_accountant: str = "pld"
     privacy_noise: str = "seeded"
     state_dir: str = ""
+    registry_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
