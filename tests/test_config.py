@@ -211,10 +211,6 @@ def test_dp_runs_refuse_side_channels_in_the_run_settings() -> None:
     exp = typed(["privacy=user_dp", "federation.weighting=examples"])
     with pytest.raises(ConfigError, match="weighting='examples'"):
         exp.run_settings(data_dir="/d", output_dir="/o", n_regions=5)
-    # A two-tower's silo-wide private item bias has no DP training path: refused rather than leaked
-    exp = typed(["privacy=user_dp", "model=twotower", "+model.kwargs.private_item_bias=true"])
-    with pytest.raises(ConfigError, match="private_item_bias"):
-        exp.run_settings(data_dir="/d", output_dir="/o", n_regions=5)
 
 
 def test_dp_settings_reach_the_flower_run_config() -> None:
@@ -225,14 +221,12 @@ def test_dp_settings_reach_the_flower_run_config() -> None:
     s = exp.run_settings(data_dir="/d", output_dir="/o", n_regions=5)
     back = RunSettings.from_run_config(s.to_run_config())
 
-    # Assert: per-region budgets, the private item bias off on every party, everything survives Flower's config
+    # Assert: per-region budgets, the model unchanged on every party, everything survives Flower's config
     p = back.privacy_settings()
     assert (p.enabled, p.budget_for("eu"), p.budget_for("na"), p.clip_norm) == (True, 2.0, 4.0, 0.5)
     assert p.budget_for("na", node_budget=1.0) == 1.0  # a jurisdiction can only lower its budget
-    assert "private_item_bias" not in back.model_spec.kwargs  # MF keeps it, trained under DP
+    assert back.model_spec == exp.model  # silo-wide parameters (private item bias) stay, trained under DP
     assert back == s
-    tower = typed(["privacy=user_dp", "model=twotower"]).run_settings(data_dir="/d", output_dir="/o", n_regions=5)
-    assert tower.model_spec.kwargs["private_item_bias"] is False
 
 
 def test_bad_split_value_fails_when_the_config_is_typed() -> None:

@@ -15,13 +15,15 @@ from fedrec.privacy.noise import NoiseSource
 N_USERS, N_ITEMS, DIM, HIDDEN = 30, 50, 8, 16
 
 
-def setup(tower: str = "relu") -> tuple[TwoTower, UserBatch, torch.Tensor]:
+def setup(tower: str = "relu", private_bias: bool = False) -> tuple[TwoTower, UserBatch, torch.Tensor]:
     torch.manual_seed(0)
-    model = TwoTower(N_USERS, N_ITEMS, DIM, HIDDEN, private_item_bias=False)
+    model = TwoTower(N_USERS, N_ITEMS, DIM, HIDDEN, private_item_bias=private_bias)
     if tower == "tanh":  # not TwoTower's own tower: exercises the generic torch.func path
         model.item_tower = nn.Sequential(nn.Linear(DIM, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, DIM))
     with torch.no_grad():  # non-trivial item biases, so their gradients are exercised too
         model.item_bias.weight.normal_()
+        if model.user.item_bias is not None:
+            model.user.item_bias.weight.normal_()
     # user 7 (row 1) has item 11 twice and 11 is also a negative; user 20 (row 3) has negative 30 as a positive;
     # user 25 (row 4) has a repeated item that is not a negative; negative 13 is drawn twice
     batch = UserBatch(users=torch.tensor([3, 7, 12, 20, 25]), owner=torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 4, 4, 4]),
@@ -51,10 +53,10 @@ def optimizers(model: TwoTower, lr: float = 0.1) -> dict[str, torch.optim.Optimi
             "per_user_optimizer": torch.optim.SGD([model.user.emb.weight], lr=lr)}
 
 
-@pytest.mark.parametrize("tower", ["relu", "tanh"])
-def test_per_user_gradients_and_norms_equal_brute_force(tower: str) -> None:
-    # Prepare
-    model, batch, negatives = setup(tower)
+@pytest.mark.parametrize(("tower", "private_bias"), [("relu", False), ("tanh", False), ("relu", True)])
+def test_per_user_gradients_and_norms_equal_brute_force(tower: str, private_bias: bool) -> None:
+    # Prepare (with a silo-private item bias, it is one more shared parameter in each user's gradient)
+    model, batch, negatives = setup(tower, private_bias)
     expected = brute_force_user_gradients(model, batch, negatives)
 
     # Execute: all users at once (no clipping), and each user alone
@@ -127,7 +129,7 @@ def test_an_empty_batch_releases_noise_of_std_sigma_c_over_expected_users_on_eve
     assert stats["clipped_fraction"] == 0.0 and stats["loss"] != stats["loss"]  # nan
 
 
-def test_user_rows_of_unsampled_users_stay_and_private_item_bias_is_refused() -> None:
+def test_user_rows_of_unsampled_users_stay_and_a_private_item_bias_gets_its_own_noise() -> None:
     # Prepare
     model, batch, negatives = setup()
     before = model.user.emb.weight.detach().clone()
@@ -141,10 +143,14 @@ def test_user_rows_of_unsampled_users_stay_and_private_item_bias_is_refused() ->
     # Assert: only sampled users' rows moved
     moved = (model.user.emb.weight.detach() != before).any(1)
     assert torch.equal(moved, sampled)
-    with pytest.raises(ValueError, match="private_item_bias"):
-        private = TwoTower(N_USERS, N_ITEMS, DIM, HIDDEN)
-        dp_twotower_step(private, batch, negatives, clip_norm=1.0, noise_multiplier=1.0, expected_users=5.0,
-                         **optimizers(private), noise=NoiseSource("seeded", seed=0))
+    private = TwoTower(N_USERS, N_ITEMS, DIM, HIDDEN)
+    empty = torch.zeros(0, dtype=torch.long)
+    g_before, p_before = private.item_bias.weight.detach().clone(), private.user.item_bias.weight.detach().clone()
+    dp_twotower_step(private, UserBatch(empty, empty, empty), negatives, clip_norm=1.0, noise_multiplier=1.0,
+                     expected_users=1.0, **optimizers(private, lr=1.0), noise=NoiseSource("seeded", seed=0))
+    moved_g = (private.item_bias.weight.detach() - g_before).flatten()
+    moved_p = (private.user.item_bias.weight.detach() - p_before).flatten()
+    assert 0.5 < float(moved_p.std()) < 1.5 and not torch.allclose(moved_g, moved_p)
     with pytest.raises(ValueError, match="per_user_optimizer"):  # a shared parameter stepped without noise
         dp_twotower_step(model, batch, negatives, clip_norm=1.0, noise_multiplier=1.0, expected_users=5.0,
                          shared_optimizer=torch.optim.SGD(shared_parameters(model).values(), lr=0.1),

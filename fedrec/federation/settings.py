@@ -86,27 +86,13 @@ class RunSettings:
         if not isinstance(kwargs, dict):
             raise ConfigError(f"model-kwargs must be a JSON object, got {self.model_kwargs!r}")
         self.train_config()  # validates the training fields
-        p = self.privacy_settings()
-        if p.enabled:
-            if self.weighting != "uniform":
-                raise ConfigError(f"federation.weighting={self.weighting!r} would send each silo's example count "
-                                  "un-noised; under privacy=user_dp aggregation weights are uniform")
-            if self.model == "twotower" and kwargs.get("private_item_bias", False):
-                raise ConfigError("model.kwargs.private_item_bias=true is not implemented under user-level DP for "
-                                  "model=twotower (a silo-wide bias learnt without noise would leak into later "
-                                  "releases); drop it")
-
+        if self.privacy_settings().enabled and self.weighting != "uniform":
+            raise ConfigError(f"federation.weighting={self.weighting!r} would send each silo's example count "
+                              "un-noised; under privacy=user_dp aggregation weights are uniform")
     @property
     def model_spec(self) -> ModelSpec:
-        """The model to build on every party.
-
-        Under DP the two-tower drops its silo-private item bias; MF keeps it, trained through the clipped,
-        noised sums like every silo-wide parameter (`privacy.dp_mf`).
-        """
-        kwargs = json.loads(self.model_kwargs)
-        if self.privacy_settings().enabled and self.model == "twotower":
-            kwargs["private_item_bias"] = False
-        return ModelSpec(name=self.model, dim=self.dim, kwargs=kwargs)
+        """The model to build on every party (under DP, silo-wide parameters train through noised sums)."""
+        return ModelSpec(name=self.model, dim=self.dim, kwargs=json.loads(self.model_kwargs))
 
     def privacy_settings(self) -> PrivacySettings:
         """The run's public DP settings."""

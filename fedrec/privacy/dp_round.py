@@ -80,9 +80,6 @@ def train_round_dp(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local
     model = assemble_model(spec, silo, global_arrays, local, seed=seed)
     if not isinstance(model, BiasedMF | TwoTower):
         raise ConfigError(f"user-level DP training is implemented for model=mf and model=twotower, not {spec.name!r}")
-    if isinstance(model, TwoTower) and model.user.item_bias is not None:
-        raise ConfigError("user-level DP needs model.kwargs.private_item_bias=false: a silo-wide item bias "
-                          "trained without noise would carry every user's data into later releases")
     names = dict(model.named_parameters())
     opt_l = torch.optim.Adam([p for n, p in names.items() if n in PER_USER_KEYS], lr=cfg.lr)
     opt_g = torch.optim.Adam([p for n, p in names.items() if n not in PER_USER_KEYS], lr=cfg.lr)

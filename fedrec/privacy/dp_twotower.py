@@ -1,8 +1,9 @@
 """User-level DP-SGD for the two-tower model: exact per-user gradients over gathered rows, clipped, noised.
 
 What must be private: every silo-wide parameter. The item side (`item_emb`, `item_tower`, `item_bias`) is
-released; the user tower (`user.tower`) never leaves, but every later release is trained against it, so an
-un-noised user tower would carry users' data out. Only `user.emb` rows are trained plainly: each row depends
+released; the user tower (`user.tower`) and the silo-private item bias (`user.item_bias`, when the model has
+one) never leave, but every later release is trained against them, so un-noised they would carry users'
+data out: they are clipped and noised like the item side. Only `user.emb` rows are trained plainly: each row depends
 on its own user's data alone and never leaves the silo.
 
 Why not a generic per-example library: a user's gradient on the item tables is sparse (their positives and
@@ -212,6 +213,9 @@ def _parts(model: TwoTower, batch: UserBatch, negatives: torch.Tensor, clip_norm
     th_i = {n: p.detach() for n, p in model.item_tower.named_parameters()}
     th_u = {n: p.detach() for n, p in model.user.tower.named_parameters()}
     emb, bias = model.item_emb.weight.detach(), model.item_bias.weight.detach().squeeze(1)
+    private = model.user.item_bias  # silo-wide: same coefficients as the global bias, its own clip share and noise
+    if private is not None:
+        bias = bias + private.weight.detach().squeeze(1)
 
     with torch.no_grad():
         # Forward once: user vectors [B, d], item vectors of the unique negatives [K', d] and positives [B, P, d].
@@ -227,7 +231,8 @@ def _parts(model: TwoTower, batch: UserBatch, negatives: torch.Tensor, clip_norm
         gu_th, gu_e = vmap(lambda e, g: vjp(user_f, th_u, e)[1](g))(e_user, g_u)
         sq_items, item_sums = items.per_user(a_neg, a_pos, u)
         sq = sum(g.pow(2).flatten(1).sum(1) for g in gu_th.values()) + sq_items
-        norms = (sq + a_neg.pow(2).sum(1) + a_pos.pow(2).sum(1)).sqrt()
+        bias_tables = 1 if private is None else 2
+        norms = (sq + bias_tables * (a_neg.pow(2).sum(1) + a_pos.pow(2).sum(1))).sqrt()
         scale = torch.clamp(clip_norm / (norms + 1e-12), max=1.0)
 
         sums: Params = {f"user.tower.{n}": torch.einsum("b,b...->...", scale, g) for n, g in gu_th.items()}
@@ -238,6 +243,8 @@ def _parts(model: TwoTower, batch: UserBatch, negatives: torch.Tensor, clip_norm
         g_bias = torch.zeros_like(bias).index_add_(0, rows.neg, scale @ a_neg)
         g_bias.index_add_(0, rows.pos.flatten(), (scale[:, None] * a_pos).flatten())
         sums["item_bias.weight"] = g_bias.unsqueeze(1)
+        if private is not None:
+            sums["user.item_bias.weight"] = g_bias.unsqueeze(1).clone()
         user_grad = torch.zeros_like(model.user.emb.weight).index_add_(0, batch.users, gu_e / b)
     return _StepParts({n: sums[n] for n in shared}, norms, loss, user_grad)
 
@@ -296,9 +303,6 @@ def dp_twotower_step(
     (the decay is data independent, so it needs no noise). The per-user loss is dp_mf's: sampled softmax over
     [positive, K shared negatives], a negative equal to the positive masked.
     """
-    if model.user.item_bias is not None:
-        raise ValueError("user-level DP needs model.kwargs.private_item_bias=false: a silo-wide item bias trained "
-                         "without noise would carry every user's data into later releases")
     shared = shared_parameters(model)
     user_emb = model.user.emb.weight
     _check_optimizers(shared_optimizer, per_user_optimizer, shared, user_emb)
