@@ -20,7 +20,7 @@ from fedrec.data.registry import load_dataset
 from fedrec.errors import FedrecError
 from fedrec.federation.coordinator import RoundCallback, pool_silo_evaluations
 from fedrec.federation.private_silo import read_evaluations
-from fedrec.federation.settings import RunSettings
+from fedrec.federation.settings import RunSettings, silo_state_root
 from fedrec.federation.silo import SiloEvaluation
 from fedrec.federation.simulation import run_simulation
 from fedrec.world import prepare_world
@@ -36,7 +36,8 @@ def gather_silo_evaluations(history: dict[str, Any], settings: RunSettings, regi
 
     Only the researcher who owns every silo of a simulation can do this; a coordinator cannot.
     """
-    root = Path(settings.state_dir or Path(settings.output_dir) / "silo-state")
+    root = silo_state_root(settings)
+    assert root is not None  # run_experiment always sets output_dir
     logs = {r: {e["round"]: e for e in read_evaluations(root / r, history["run_id"])} for r in regions}
     rounds = []
     for entry in history["rounds"]:

@@ -187,10 +187,9 @@ class SiloIdentity:
             raise ConfigError(f"silo data for region {region!r} not found at {path}: set node config data-path")
         if "state-dir" in node_config:
             state_dir: Path | None = Path(str(node_config["state-dir"]))
-        elif settings.state_dir or settings.output_dir:
-            state_dir = Path(settings.state_dir or Path(settings.output_dir) / "silo-state") / region
         else:
-            state_dir = None
+            root = silo_state_root(settings)
+            state_dir = root / region if root is not None else None
         budget = node_config.get("epsilon-budget")
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0):
             raise ConfigError(f"node config epsilon-budget={budget!r} must be a number > 0")
@@ -203,6 +202,17 @@ class SiloIdentity:
             raise ConfigError(f"silo {self.region!r} has no state dir for its privacy ledger: set node config "
                               "state-dir (or run-config state-dir / output-dir)")
         return self.state_dir
+
+
+def silo_state_root(settings: RunSettings) -> Path | None:
+    """Where simulated silos keep their state, `<root>/<region>`.
+
+    Run-config state-dir, else `<output-dir>/silo-state`; None when neither is set (deployment nodes set
+    node config state-dir).
+    """
+    if settings.state_dir:
+        return Path(settings.state_dir)
+    return Path(settings.output_dir) / "silo-state" if settings.output_dir else None
 
 
 def read_manifest(data_dir: str) -> dict[str, Any]:

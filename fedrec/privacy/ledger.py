@@ -93,12 +93,12 @@ class BudgetLedger:
 
     def check(self, *, run_id: str, server_round: int, event: GaussianSteps) -> Decline | float:
         """Whether `authorize` would approve (without recording): a `Decline`, or the ε after the release."""
-        spent = self.epsilon_spent()
         if any(r.run_id == run_id and r.server_round == server_round for r in self.releases):
             return Decline(f"already released an update for run {run_id} round {server_round}; a silo "
-                           "releases at most once per round", spent)
+                           "releases at most once per round", self.epsilon_spent())
         after = self.accountant.epsilon_if(event)
         if after > self.budget_epsilon:
+            spent = self.epsilon_spent()  # only a decline reports it: each ε is a PLD composition
             return Decline(f"budget exhausted: spent ε={spent:.3f}, this release would make it ε={after:.3f} "
                            f"> budget ε={self.budget_epsilon:g} (δ={self.accountant.delta:g})", spent)
         return after
