@@ -4,8 +4,7 @@ A region may follow the federation (`always`), follow it only when a new version
 its own validation users (`if_better`), stay on a version (`pin`), or go its own way (`fork`: serve a line
 continued by local training only, optionally still contributing DP updates). The decision and its
 evidence are appended to the silo's own log and never sent: a jurisdiction's choice of model is its
-business. Groundwork for the adopt/fork issue: the policy logic and the silo-side record; wiring into the
-ClientApp's evaluation comes next.
+business. `fedrec.federation.serving` applies a policy inside the ClientApp and keeps the served model.
 """
 
 from __future__ import annotations
@@ -82,6 +81,7 @@ class Decision:
     adopted: bool
     reason: str
     evidence: dict[str, float] = field(default_factory=dict)
+    run_id: str = ""
 
 
 def decide(policy: AdoptionPolicy, *, round: int, candidate: str, served: str | None,
@@ -99,11 +99,8 @@ def decide(policy: AdoptionPolicy, *, round: int, candidate: str, served: str | 
         if candidate == policy.version or (policy.version and candidate.startswith(policy.version)):
             return adopt(f"the pinned version {policy.version} arrived")
         return keep(f"pinned to {policy.version}")
-    if policy.kind == "fork":
-        forking = policy.from_round is not None and round <= policy.from_round and served is None
-        if forking or (policy.version is not None and candidate.startswith(policy.version) and served is None):
-            return adopt("the fork starts from this version")
-        return keep("forked: the region continues its own line")
+    if policy.kind == "fork":  # called only before the fork starts (`federation.serving` serves the fork after)
+        return adopt("follows the federation until its fork point")
     # if_better
     if served is None:
         return adopt("nothing served yet")

@@ -16,7 +16,7 @@ from fedrec.federation.silo import SiloEvaluation, assemble_model, evaluate_mode
 from fedrec.metrics import METRICS, evaluate_full_ranking
 from fedrec.models import ModelSpec, build_model, global_state, local_state
 from fedrec.models.base import PER_USER_KEYS
-from fedrec.training import TrainConfig, train_epochs
+from fedrec.training import TrainConfig, make_optimizer, train_epochs
 
 
 def train_centralized(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainConfig, *, epochs: int,
@@ -46,11 +46,26 @@ def train_centralized(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainCon
 def train_local_only(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, epochs: int,
                      seed: int) -> SiloEvaluation:
     """Train the model on one silo alone, from the same initial global parameters the federation uses."""
+    return local_only_curve(silo, spec, cfg, epochs=[epochs], seed=seed)[epochs]
+
+
+def local_only_curve(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, epochs: list[int],
+                     seed: int) -> dict[int, SiloEvaluation]:
+    """Local-only training evaluated after each number of passes in `epochs` (one training run, not one each).
+
+    The optimizer and generator carry across the checkpoints, so the last point equals `train_local_only`.
+    """
     init = initial_global_arrays(spec, n_items=silo.n_items, seed=seed)
     model = assemble_model(spec, silo, init, None, seed=seed)
-    train_epochs(model, silo.train, n_items=silo.n_items, cfg=cfg, generator=torch.Generator().manual_seed(seed),
-                 epochs=epochs)
-    return evaluate_model(refit_users(model, silo, cfg, seed=seed), silo)
+    opt = make_optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(seed)
+    out, done = {}, 0
+    for target in sorted(set(epochs)):
+        train_epochs(model, silo.train, n_items=silo.n_items, cfg=cfg, generator=gen, epochs=target - done,
+                     optimizer=opt)
+        done = target
+        out[target] = evaluate_model(refit_users(model, silo, cfg, seed=seed), silo)
+    return out
 
 
 def popularity(silo: SiloData) -> SiloEvaluation:

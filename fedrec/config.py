@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from fedrec.adoption import AdoptionPolicy
 from fedrec.data.split import SplitConfig
 from fedrec.errors import ConfigError
 from fedrec.federation.settings import STRATEGIES, WEIGHTINGS, RunSettings
@@ -118,8 +119,14 @@ class ExperimentConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     bounds: tuple[str, ...] = BOUNDS
     seed: int = 0
+    adoption: dict[str, dict[str, Any]] = field(default_factory=dict)
+    registry_dir: str | None = None
 
     def __post_init__(self) -> None:
+        for region, policy in self.adoption.items():
+            if not isinstance(policy, dict):
+                raise ConfigError(f"adoption.{region} must be a policy such as {{adopt: always}}, got {policy!r}")
+            AdoptionPolicy.from_config(region, policy)
         _require(self.model.name in available_models(), "model.name", self.model.name,
                  f"one of {available_models()}")
         _require(self.model.dim >= 1, "model.dim", self.model.dim, ">= 1")
@@ -138,8 +145,18 @@ class ExperimentConfig:
             refit_epochs=t.refit_epochs,
             strategy=s.name, server_lr=s.server_lr, server_momentum=s.server_momentum, adam_beta1=s.beta1,
             adam_beta2=s.beta2, adam_tau=s.tau, weighting=f.weighting, fraction_train=f.fraction_train,
-            min_nodes=n_regions, seed=self.seed, **self.privacy_run_config(),
+            min_nodes=n_regions, seed=self.seed, **self.privacy_run_config(), adoption=json.dumps(self.adoption),
+            registry_dir=self.registry_dir or "",
         )
+
+    def check_regions(self, regions: tuple[str, ...]) -> None:
+        """Per-region settings must name regions of the world (a typo must not silently fall back)."""
+        named = {"adoption": set(self.adoption) - {"default"},
+                 "privacy.region_epsilon": set(self.privacy.region_epsilon)}
+        for key, names in named.items():
+            unknown = sorted(names - set(regions))
+            if unknown:
+                raise ConfigError(f"{key} names unknown region(s) {unknown}; this world's regions: {list(regions)}")
 
     def privacy_run_config(self) -> dict[str, Any]:
         """The privacy fields of `RunSettings`."""
@@ -187,4 +204,6 @@ def experiment_from_dict(cfg: dict[str, Any]) -> ExperimentConfig:
                                                   "region_epsilon": dict(p.get("region_epsilon") or {})}),
         bounds=tuple(cfg.get("bounds", BOUNDS)),
         seed=int(cfg.get("seed", 0)),
+        adoption={str(k): dict(v) if isinstance(v, dict) else v for k, v in (cfg.get("adoption") or {}).items()},
+        registry_dir=cfg.get("registry_dir"),
     )

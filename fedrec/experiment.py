@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from fedrec.bounds import pool, popularity, train_centralized, train_local_only
+from fedrec.adoption import ServingRecord
+from fedrec.bounds import local_only_curve, pool, popularity, train_centralized
 from fedrec.config import ExperimentConfig
 from fedrec.data.registry import load_dataset
 from fedrec.errors import FedrecError
 from fedrec.federation.coordinator import RoundCallback, pool_silo_evaluations
 from fedrec.federation.private_silo import read_evaluations
+from fedrec.federation.serving import SERVING_DIR
 from fedrec.federation.settings import RunSettings, silo_state_root
 from fedrec.federation.silo import SiloEvaluation
 from fedrec.federation.simulation import run_simulation
@@ -41,12 +43,45 @@ def gather_silo_evaluations(history: dict[str, Any], settings: RunSettings, regi
     logs = {r: {e["round"]: e for e in read_evaluations(root / r, history["run_id"])} for r in regions}
     rounds = []
     for entry in history["rounds"]:
-        evals = {r: SiloEvaluation(sums=e["sums"], n_users=e["n_users"], sq_error=e["sq_error"],
-                                   n_ratings=e["n_ratings"])
-                 for r in regions if (e := logs[r].get(entry["round"])) is not None}
+        evals = {r: _evaluation(e) for r in regions if (e := logs[r].get(entry["round"])) is not None}
         per_region, overall = pool_silo_evaluations(evals)
         rounds.append({**entry, "per_region": per_region, "overall": overall, "metrics_source": "silo logs"})
     return rounds
+
+
+def _evaluation(e: dict[str, Any]) -> SiloEvaluation:
+    return SiloEvaluation(sums=e["sums"], n_users=e["n_users"], sq_error=e["sq_error"], n_ratings=e["n_ratings"])
+
+
+def gather_serving(history: dict[str, Any], settings: RunSettings, regions: tuple[str, ...]
+                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each region's served model per evaluated round, and its policy and decisions, from the silos' own records.
+
+    Returns (rounds with a `served` block, `adoption` per region). Like `gather_silo_evaluations`, only the
+    researcher owning every silo can read these; a coordinator never receives them.
+    """
+    root = silo_state_root(settings)
+    if root is None:
+        return history["rounds"], {}
+    logs = {r: {e["round"]: e for e in read_evaluations(root / r, history["run_id"]) if "decision" in e}
+            for r in regions}
+    rounds = []
+    for entry in history["rounds"]:
+        served: dict[str, Any] = {}
+        for r in regions:
+            e = logs[r].get(entry["round"])
+            if e is not None and e["served"] is not None:
+                served[r] = {**_evaluation(e["served"]).means(), "version": e["decision"]["served_after"],
+                             "adopted": e["decision"]["adopted"], "reason": e["decision"]["reason"]}
+        rounds.append({**entry, "served": served})
+    adoption = {}
+    for r in regions:
+        decisions = [asdict(d) for d in ServingRecord(root / r / SERVING_DIR).decisions()
+                     if d.run_id == history["run_id"]]
+        last = next(iter(logs[r].values()), None) if logs[r] else None
+        adoption[r] = {"policy": last["policy"] if last else asdict(settings.policy_for(r)),
+                       "serving": decisions[-1]["served_after"] if decisions else None, "decisions": decisions}
+    return rounds, adoption
 
 
 def final_privacy(privacy_rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -55,6 +90,14 @@ def final_privacy(privacy_rounds: list[dict[str, Any]]) -> dict[str, dict[str, f
     for entry in privacy_rounds:
         final.update(entry["per_region"])
     return dict(sorted(final.items()))
+
+
+def _last_served(settings: RunSettings, run_id: str, region: str, rnd: int) -> dict[str, Any] | None:
+    root = silo_state_root(settings)
+    if root is None:
+        return None
+    logged = [e for e in read_evaluations(root / region, run_id) if e["round"] == rnd and e.get("served")]
+    return logged[-1]["served"] if logged else None
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallback | None = None,
@@ -69,6 +112,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
     if data.report is not None:
         for line in data.report.lines():
             log(line)
+    cfg.check_regions(data.regions)
     world = prepare_world(data, cfg.split, out_dir / "world")
     for r, s in world.silos.items():
         if s.n_train_only_users or s.n_repeats_removed:
@@ -85,12 +129,17 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
     if settings.privacy_settings().enabled:
         history["rounds"] = gather_silo_evaluations(history, settings, world.regions)
         privacy = final_privacy(history["privacy_rounds"])
+    history["rounds"], adoption = gather_serving(history, settings, world.regions)
     if not history["rounds"]:
         raise FedrecError(f"the federation trained no round ({history.get('stopped_early') or 'no silo replied'}); "
                           "a silo whose privacy budget is spent needs a larger privacy.epsilon or a fresh "
                           "privacy.state_dir (budgets are meant to persist: never reset a real silo's ledger)")
     last = history["rounds"][-1]
     final: dict[str, Any] = {"federated": _block(last["per_region"], last["overall"])}
+    served_last = {r: _evaluation(e) for r in world.regions
+                   if (e := _last_served(settings, history["run_id"], r, last["round"])) is not None}
+    if served_last:
+        final["served"] = _block(*pool(served_last))
 
     if "centralized" in cfg.bounds:
         t = time.perf_counter()
@@ -99,8 +148,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
         timings["centralized_s"] = time.perf_counter() - t
     if "local_only" in cfg.bounds:
         t = time.perf_counter()
-        final["local_only"] = _block(*pool({r: train_local_only(
-            s, cfg.model, cfg.train, epochs=cfg.total_epochs, seed=cfg.seed) for r, s in world.silos.items()}))
+        le = cfg.federation.local_epochs
+        checkpoints = sorted({e["round"] * le for e in history["rounds"]} | {cfg.total_epochs})
+        curves = {r: local_only_curve(s, cfg.model, cfg.train, epochs=checkpoints, seed=cfg.seed)
+                  for r, s in world.silos.items()}
+        final["local_only"] = _block(*pool({r: c[cfg.total_epochs] for r, c in curves.items()}))
+        for entry in history["rounds"]:
+            entry["local_only"] = pool({r: c[entry["round"] * le] for r, c in curves.items()})[0]
         timings["local_only_s"] = time.perf_counter() - t
     final["popularity"] = _block(*pool({r: popularity(s) for r, s in world.silos.items()}))
 
@@ -122,6 +176,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
         "privacy": privacy,
         "privacy_rounds": history.get("privacy_rounds", []),
         "model_versions": history.get("model_versions", []),
+        "adoption": adoption,
         "stopped_early": history.get("stopped_early", ""),
         "artifacts": {"global_model": "global_model.safetensors", "world": "world/",
                       "registry": settings.registry_dir or "registry/"},

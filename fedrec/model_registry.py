@@ -181,6 +181,47 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def describe_version(arrays: Mapping[str, np.ndarray], *, spec: ModelSpec, parent: str | None, round: int,
+                     contributors: Iterable[str] = (), epsilon: Mapping[str, float] | None = None,
+                     strategy: str = "", config_hash: str = "", metrics: Mapping[str, Any] | None = None
+                     ) -> tuple[ModelVersion, dict[str, np.ndarray]]:
+    """The version (with its content id) these weights would be, and their canonical arrays; nothing stored.
+
+    The id depends on what the model is and how it was made, never on metrics or time, so a coordinator can
+    name a version to the silos before their evaluation fills its metrics.
+    """
+    from fedrec.models.base import is_local
+
+    if not arrays:
+        raise ValueError("a model version needs at least one array")
+    if not all(isinstance(name, str) and name for name in arrays):
+        raise ValueError(f"array names must be non-empty strings, got {sorted(map(repr, arrays))}")
+    local = sorted(name for name in arrays if is_local(name))
+    if local:
+        raise ValueError(f"refusing to store local (per-user) parameters in a global model version: {local}")
+    if isinstance(round, bool) or not isinstance(round, int) or round < 0:
+        raise ValueError(f"round must be a non-negative int, got {round!r}")
+    if isinstance(contributors, str):
+        raise ValueError(f"contributors must be a collection of silo names, got the string {contributors!r}")
+    eps = {str(k): float(v) for k, v in (epsilon or {}).items()}
+    bad_eps = {k: v for k, v in eps.items() if not (math.isfinite(v) and v >= 0)}
+    if bad_eps:
+        raise ValueError(f"epsilon values must be finite and >= 0, got {bad_eps}")
+    if parent is not None and not (isinstance(parent, str) and _FULL_ID.fullmatch(parent)):
+        raise ValueError(f"parent must be a full version id (64 hex digits) or None, got {parent!r}")
+    canon = canonical_arrays(arrays)
+    version = ModelVersion(
+        id="", parent=parent, round=round, contributors=tuple(sorted({str(c) for c in contributors})),
+        epsilon=dict(sorted(eps.items())), strategy=str(strategy), config_hash=str(config_hash),
+        metrics=json.loads(json.dumps(dict(metrics or {}), default=_plain)), created_at=_now(),
+        spec=json.loads(json.dumps(spec.to_dict(), default=_plain)), weights_sha256=weights_digest(canon))
+    try:
+        vid = version_id(version.identity())
+    except ValueError as exc:
+        raise ValueError(f"the model spec must be JSON-serializable without NaN/inf: {exc}") from exc
+    return dataclasses.replace(version, id=vid), canon
+
+
 class ModelRegistry:
     """A directory of model versions: add (atomic, idempotent), find by id prefix, load (verified), compare, export.
 
@@ -246,43 +287,16 @@ class ModelRegistry:
         are the first add's. `epsilon` maps a silo to the ε it has spent (empty without DP). Refuses per-user
         (`user.`) arrays, since a global model must never hold them, and a parent that is not in the registry.
         """
-        from fedrec.models.base import is_local
-
-        if not arrays:
-            raise ValueError("a model version needs at least one array")
-        if not all(isinstance(name, str) and name for name in arrays):
-            raise ValueError(f"array names must be non-empty strings, got {sorted(map(repr, arrays))}")
-        local = sorted(name for name in arrays if is_local(name))
-        if local:
-            raise ValueError(f"refusing to store local (per-user) parameters in a global model version: {local}")
-        if isinstance(round, bool) or not isinstance(round, int) or round < 0:
-            raise ValueError(f"round must be a non-negative int, got {round!r}")
-        if isinstance(contributors, str):
-            raise ValueError(f"contributors must be a collection of silo names, got the string {contributors!r}")
-        eps = {str(k): float(v) for k, v in (epsilon or {}).items()}
-        bad_eps = {k: v for k, v in eps.items() if not (math.isfinite(v) and v >= 0)}
-        if bad_eps:
-            raise ValueError(f"epsilon values must be finite and >= 0, got {bad_eps}")
-        if parent is not None:
-            if not (isinstance(parent, str) and _FULL_ID.fullmatch(parent)):
-                raise ValueError(f"parent must be a full version id (64 hex digits) or None, got {parent!r}")
-            if not (self.versions_dir / parent).is_dir():
-                raise ConfigError(f"parent version {parent[:SHORT]} is not in the registry at {self.root}")
-        canon = canonical_arrays(arrays)
-        version = ModelVersion(
-            id="", parent=parent, round=round, contributors=tuple(sorted({str(c) for c in contributors})),
-            epsilon=dict(sorted(eps.items())), strategy=str(strategy), config_hash=str(config_hash),
-            metrics=json.loads(json.dumps(dict(metrics or {}), default=_plain)), created_at=_now(),
-            spec=json.loads(json.dumps(spec.to_dict(), default=_plain)), weights_sha256=weights_digest(canon))
-        try:
-            vid = version_id(version.identity())
-        except ValueError as exc:
-            raise ValueError(f"the model spec must be JSON-serializable without NaN/inf: {exc}") from exc
-        version = dataclasses.replace(version, id=vid)
+        version, canon = describe_version(arrays, spec=spec, parent=parent, round=round, contributors=contributors,
+                                          epsilon=epsilon, strategy=strategy, config_hash=config_hash,
+                                          metrics=metrics)
+        if parent is not None and not (self.versions_dir / parent).is_dir():
+            raise ConfigError(f"parent version {parent[:SHORT]} is not in the registry at {self.root}")
         # the header `fedrec.model_io` writes, so the stored file is itself an exportable global model
         payload = save(canon, metadata={"fedrec-model": json.dumps(version.spec),
                                         "fedrec-meta": json.dumps(version.to_dict())})
         manifest = (json.dumps(version.to_dict(), indent=1) + "\n").encode()
+        vid = version.id
         final = self.versions_dir / vid
         with self._writer_lock(blocking=True):
             if final.exists():

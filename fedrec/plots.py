@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 # Bars, left to right: the lower bound, what we train, the upper bound. Popularity is a reference marker.
 BAR_METHODS = ("local_only", "federated", "centralized")
@@ -116,13 +117,93 @@ def plot_rounds(results: dict[str, Any], metric: str = "ndcg@20") -> Figure:
     return fig
 
 
+def has_adoption_choices(results: dict[str, Any]) -> bool:
+    """Whether some region's policy is not `adopt: always` (else its served model is just the global one)."""
+    return any(a.get("policy", {}).get("kind", "always") != "always" for a in results.get("adoption", {}).values())
+
+
+def _event_marks(decisions: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Rounds of each kind of adoption event (fork start / rebase, adopted, kept)."""
+    marks: dict[str, list[int]] = {"fork": [], "adopted": [], "kept": []}
+    for d in decisions:
+        if d["reason"].startswith(("the fork starts", "rebased the fork")):
+            marks["fork"].append(int(d["round"]))
+        elif str(d["reason"]).startswith("forked from"):
+            continue
+        else:
+            marks["adopted" if d["adopted"] else "kept"].append(int(d["round"]))
+    return marks
+
+
+def plot_adoption(results: dict[str, Any], metric: str = "ndcg@20") -> Figure:
+    """Per region: the global model, what the region serves, and local-only over rounds, with its decisions marked.
+
+    Markers on the served line: adopted a new version (triangle), kept what it served (cross); a vertical
+    red line where a fork started or was rebased.
+    """
+    rounds = results["rounds"]
+    regions = _regions(results)
+    fig = Figure(figsize=(4.2 * len(regions), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(regions), sharey=True, squeeze=False)[0]
+    xs = [int(r["round"]) for r in rounds]
+    for ax, region in zip(axes, regions, strict=True):
+        def series(key: str, region: str = region) -> list[float]:
+            return [float(r.get(key, {}).get(region, {}).get(metric, math.nan)) for r in rounds]
+
+        ax.plot(xs, series("per_region"), color=METHOD_STYLE["federated"]["color"], label="global model")
+        ax.plot(xs, series("served"), color="black", linewidth=2.0, label="served in the region")
+        if any("local_only" in r for r in rounds):
+            ax.plot(xs, series("local_only"), color=METHOD_STYLE["local_only"]["color"], linestyle="--",
+                    label="local-only")
+        adoption = results.get("adoption", {}).get(region, {})
+        marks = _event_marks(adoption.get("decisions", []))
+        served = dict(zip(xs, series("served"), strict=True))
+        for kind, style in (("adopted", {"marker": "^", "color": "#2ca02c"}),
+                            ("kept", {"marker": "x", "color": "#7f7f7f"})):
+            pts = [x for x in marks[kind] if x in served]
+            ax.scatter(pts, [served[x] for x in pts], zorder=3, s=36, label=kind, **style)
+        for x in marks["fork"]:
+            ax.axvline(x, color="#d62728", linewidth=1.2, linestyle=":", label="fork / rebase")
+        policy = adoption.get("policy", {})
+        ax.set_title(f"{region}: {_policy_label(policy)}", fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("federated round")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(metric)
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=len(handles), fontsize=8,
+               frameon=False)
+    return fig
+
+
+def _policy_label(policy: dict[str, Any]) -> str:
+    kind = policy.get("kind", "always")
+    if kind == "if_better":
+        return f"if_better ({policy.get('metric')}, margin {policy.get('margin', 0):g})"
+    if kind == "pin":
+        return f"pin {str(policy.get('version'))[:12]}"
+    if kind == "fork":
+        start = policy.get("version") or f"round {policy.get('from_round')}"
+        return f"fork from {str(start)[:12]}" + ("" if policy.get("contribute", True) else ", not contributing")
+    return "adopt always"
+
+
 def save_figures(results: dict[str, Any], out_dir: Path | str, metric: str = "ndcg@20") -> list[Path]:
-    """Write both figures as PNG next to results.json, so a run's outcome can be seen without Python."""
+    """Write the figures as PNG next to results.json, so a run's outcome can be seen without Python.
+
+    `adoption_*.png` is written when some region's policy is not `adopt: always`.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tag = metric.replace("@", "_at_")
     paths = []
-    for name, fig in (("regions", plot_region_comparison(results, metric)), ("rounds", plot_rounds(results, metric))):
+    figures = [("regions", plot_region_comparison(results, metric)), ("rounds", plot_rounds(results, metric))]
+    if has_adoption_choices(results):
+        figures.append(("adoption", plot_adoption(results, metric)))
+    for name, fig in figures:
         path = out / f"{name}_{tag}.png"
         fig.savefig(path, dpi=120)
         paths.append(path)

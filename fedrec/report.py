@@ -76,18 +76,46 @@ def results_table(results: dict[str, Any], metric: str = "ndcg@20") -> Table:
     return table
 
 
+def adoption_table(results: dict[str, Any], metric: str = "ndcg@20") -> Table:
+    """Per region: its policy, what it serves at the end, its decisions, and served vs global vs local-only."""
+    table = Table(title=f"what each region serves ({metric}, test split; decided in the silo, never sent)")
+    for col in ("region", "policy", "serves", "adopted", "kept", "served", "global", "local-only"):
+        table.add_column(col, justify="left" if col in ("region", "policy", "serves") else "right")
+    final = results["final"]
+    for region, a in sorted(results.get("adoption", {}).items()):
+        decisions = [d for d in a["decisions"] if not str(d["reason"]).startswith("forked from")]
+        serves = str(a.get("serving") or "-")
+        serves = "fork of " + serves.removeprefix("fork:")[:8] if serves.startswith("fork:") else serves[:8]
+
+        def cell(method: str, region: str = region) -> str:
+            value = final.get(method, {}).get("per_region", {}).get(region, {}).get(metric)
+            return f"{value:.4f}" if value is not None else "-"
+
+        p = a.get("policy", {})
+        policy = p.get("kind", "always") + (f" {p.get('version') or p.get('from_round')}"[:14]
+                                            if p.get("kind") in ("pin", "fork") else "")
+        table.add_row(region, policy, serves, str(sum(d["adopted"] for d in decisions)),
+                      str(sum(not d["adopted"] for d in decisions if "fork" not in d["reason"])),
+                      cell("served"), cell("federated"), cell("local_only"))
+    return table
+
+
 def print_summary(results: dict[str, Any], console: Console | None = None) -> None:
     """The end-of-run table plus one line of timings."""
     console = console or Console()
     console.print(results_table(results))
+    if any(a.get("policy", {}).get("kind", "always") != "always" for a in results.get("adoption", {}).values()):
+        console.print(adoption_table(results))
     if results.get("privacy"):
         console.print(privacy_table(results))
         console.print("federated metrics under DP come from each silo's own evaluation log (simulation only: "
                       "the coordinator never receives them)")
-    declined = {r for e in results.get("privacy_rounds", []) for r in e.get("declined", {})}
-    if declined:
-        console.print(f"[yellow]silos that declined some rounds: {', '.join(sorted(declined))} "
-                      "(see privacy_rounds in results.json)")
+    declined: dict[str, set[str]] = {}
+    for e in results.get("privacy_rounds", []):
+        for region, reason in e.get("declined", {}).items():
+            declined.setdefault(region, set()).add(reason)
+    for region, reasons in sorted(declined.items()):
+        console.print(f"[yellow]{region} declined some rounds: {'; '.join(sorted(reasons))}")
     if results.get("stopped_early"):
         console.print(f"[yellow]stopped early: {results['stopped_early']}")
     t = results.get("timings", {})

@@ -34,9 +34,9 @@ def test_a_pinned_region_stays_on_its_version() -> None:
     assert pinned == [None, VERSIONS[1], VERSIONS[1], VERSIONS[1]]
 
 
-def test_a_forked_region_stops_following_global_versions() -> None:
-    assert follow(AdoptionPolicy.from_config("eu", {"fork": 2})) == [VERSIONS[0]] * 4
-    assert follow(AdoptionPolicy.from_config("eu", {"fork": VERSIONS[2]})) == [None, None, VERSIONS[2], VERSIONS[2]]
+def test_before_its_fork_point_a_forking_region_follows_the_federation() -> None:
+    # after the fork point `federation.serving` serves the fork (tests/test_serving.py)
+    assert follow(AdoptionPolicy.from_config("eu", {"fork": 2})) == VERSIONS
 
 
 @pytest.mark.parametrize(("scores", "margin", "expected"), [

@@ -74,8 +74,44 @@ def check_synthetic_dp(exp: ExperimentConfig) -> None:
     assert (exp.federation.rounds, exp.train.weight_decay) == (10, 0.001)
 
 
+def check_distinct_region(exp: ExperimentConfig) -> None:
+    assert tuple(exp.dataset.params["region_shift_scale"]) == (1.0, 1.0, 1.0, 4.0)
+    assert (exp.dataset.params["n_users"], exp.federation.rounds, exp.adoption) == (8000, 10, {})
+
+
 EXPERIMENT_CHECKS = {"quick": check_quick, "ml100k": check_ml100k, "compare_strategies": check_compare_strategies,
-                     "synthetic_large": check_synthetic_large, "synthetic_dp": check_synthetic_dp}
+                     "synthetic_large": check_synthetic_large, "synthetic_dp": check_synthetic_dp,
+                     "distinct_region": check_distinct_region}
+
+
+def test_adoption_policies_compose_per_region_into_the_run_config() -> None:
+    # Execute
+    exp = typed(["+adoption.eu.fork=3", "+adoption.eu.contribute=false", "+adoption.default.adopt=if_better"])
+    s = exp.run_settings(data_dir="d", output_dir="o", n_regions=3)
+
+    # Assert: eu forks, every other region falls back to `default`
+    assert exp.adoption == {"eu": {"fork": 3, "contribute": False}, "default": {"adopt": "if_better"}}
+    assert (s.policy_for("eu").kind, s.policy_for("eu").from_round, s.policy_for("eu").contribute) == ("fork", 3, False)
+    assert s.policy_for("na").kind == "if_better"
+    assert RunSettings().policy_for("na").kind == "always"
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["+adoption.eu.adopt=sometimes"], "adoption.eu.adopt='sometimes'"),
+    (["+adoption.eu.pin=abc", "+adoption.eu.fork=2"], "exactly one"),
+    (["+adoption.eu=always"], "adoption.eu must be a policy"),
+])
+def test_bad_adoption_policies_fail_at_config_time_naming_the_region(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        typed(overrides)
+
+
+def test_per_region_settings_must_name_regions_of_the_world() -> None:
+    exp = typed(["+adoption.atlantis.fork=1"])
+    with pytest.raises(ConfigError, match=r"adoption names unknown region\(s\) \['atlantis'\]"):
+        exp.check_regions(("eu", "na"))
+    with pytest.raises(ConfigError, match=r"privacy\.region_epsilon names unknown"):
+        typed(["privacy=user_dp", "+privacy.region_epsilon.mars=2"]).check_regions(("eu", "na"))
 
 
 def test_every_experiment_file_has_expectations() -> None:
@@ -292,3 +328,19 @@ def test_run_config_boolean_strings_mean_what_they_say() -> None:
     # A TOML string "false" (e.g. from --run-config 'quiet="false"') must not become True.
     assert RunSettings.from_run_config({"quiet": "false"}).quiet is False
     assert RunSettings.from_run_config({"quiet": "true"}).quiet is True
+
+
+def test_a_jurisdictions_node_config_policy_overrides_the_run_config(tmp_path: Path) -> None:
+    from fedrec.federation.settings import SiloIdentity
+
+    # Prepare: a silo file where the node config says; the run config would have eu follow `always`
+    (tmp_path / "eu.npz").write_bytes(b"")
+    s = RunSettings(adoption=json.dumps({"default": {"adopt": "always"}}))
+    base = {"region": "eu", "data-path": str(tmp_path / "eu.npz")}
+
+    # Execute / Assert
+    own = SiloIdentity.from_node_config({**base, "fork": 2, "contribute": False}, s)
+    assert (own.policy.kind, own.policy.from_round, own.policy.contribute) == ("fork", 2, False)
+    assert SiloIdentity.from_node_config(base, s).policy.kind == "always"
+    with pytest.raises(ConfigError, match=r"node config: adoption\.eu\.contribute=.false."):
+        SiloIdentity.from_node_config({**base, "adopt": "always", "contribute": "false"}, s)

@@ -106,10 +106,12 @@ def test_every_aggregated_round_is_a_registered_version_with_lineage(results: tu
     res, out = results
     registry = ModelRegistry(out / "registry", create=False)
     ids = [v["id"] for v in res["model_versions"]]
-    assert [v["round"] for v in res["model_versions"]] == [1, 2]
-    # the last version's lineage reaches the first; each names its contributors and the run's strategy
-    assert [v.id for v in registry.lineage(ids[-1])] == [ids[1], ids[0]]
-    assert all(v.contributors == ("apac", "eu", "na") and v.strategy == "fedavg" for v in registry.list())
+    assert [v["round"] for v in res["model_versions"]] == [0, 1, 2]
+    # the last version's lineage reaches the initial model; each names its contributors and the run's strategy
+    assert [v.id for v in registry.lineage(ids[-1])] == [ids[2], ids[1], ids[0]]
+    assert registry.get(ids[0]).contributors == () and registry.get(ids[0]).parent is None
+    assert all(registry.get(i).contributors == ("apac", "eu", "na") for i in ids[1:])
+    assert all(v.strategy == "fedavg" for v in registry.list())
     # the final version is exactly the run's final global model, and carries its evaluated metrics
     arrays, version = registry.load(ids[-1])
     final, _, _ = load_global_model(out / "global_model.safetensors")

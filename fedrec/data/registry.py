@@ -15,7 +15,7 @@ def _synthetic(p: dict[str, Any]) -> Interactions:
     from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 
     params = dict(p)
-    for key in ("region_sizes", "region_names"):
+    for key in ("region_sizes", "region_names", "region_shift_scale"):
         if key in params and params[key] is not None:
             params[key] = tuple(params[key])
     try:

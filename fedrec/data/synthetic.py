@@ -23,7 +23,8 @@ class SyntheticWorldConfig:
     """Sizes and shape of a synthetic world; every field has a sensible default.
 
     `region_sizes` are relative user shares; the default (5 regions) makes the smallest 10x smaller than
-    the largest. `region_shift` scales how far each region's tastes move away from the shared ones.
+    the largest. `region_shift` scales how far each region's tastes move away from the shared ones;
+    `region_shift_scale` (one factor per region, default all 1) makes some regions differ more than others.
     """
 
     n_users: int = 6000
@@ -33,6 +34,7 @@ class SyntheticWorldConfig:
     region_names: tuple[str, ...] = ()
     dim: int = 16
     region_shift: float = 0.5
+    region_shift_scale: tuple[float, ...] = ()
     popularity_exponent: float = 0.9
     popularity_weight: float = 0.5
     taste_temperature: float = 3.0
@@ -53,6 +55,9 @@ class SyntheticWorldConfig:
             (self.mean_interactions >= self.min_interactions >= 1, "min_interactions",
              "1 <= min_interactions <= mean_interactions"),
             (self.max_interactions >= self.min_interactions, "max_interactions", ">= min_interactions"),
+            (not self.region_shift_scale or len(self.region_shift_scale) == len(self.region_sizes),
+             "region_shift_scale", "one factor per region (as many as region_sizes)"),
+            (all(f >= 0 for f in self.region_shift_scale or ()), "region_shift_scale", "factors >= 0"),
         ]
         for ok, key, need in checks:
             if not ok:
@@ -109,6 +114,8 @@ def generate_world(cfg: SyntheticWorldConfig, *, block: int = 2048) -> Interacti
     log_pop = -cfg.popularity_exponent * np.log(ranks)
     owner = np.full(n_items_total, -1, dtype=np.int64)  # -1: global item, else the owning region
     shifts = rng.standard_normal((n_regions, d)) / np.sqrt(d) * cfg.region_shift
+    if cfg.region_shift_scale:
+        shifts *= np.asarray(cfg.region_shift_scale, dtype=np.float64)[:, None]
     for r in range(n_regions):
         lo = cfg.n_items + r * cfg.region_only_items
         hi = lo + cfg.region_only_items

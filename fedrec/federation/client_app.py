@@ -15,12 +15,22 @@ from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrec.data.split import SiloData
-from fedrec.federation.egress import decline_reply, evaluate_reply, read_arrays, read_int, train_reply
+from fedrec.errors import FedrecError
+from fedrec.federation.egress import (
+    decline_reply,
+    evaluate_reply,
+    read_arrays,
+    read_int,
+    read_version,
+    train_reply,
+)
 from fedrec.federation.egress_ledger import egress_ledger_mod
 from fedrec.federation.egress_recorder import Mod
 from fedrec.federation.private_silo import log_evaluation, private_train_round
+from fedrec.federation.serving import RegionServing, advance_fork, review
 from fedrec.federation.settings import RunSettings, SiloIdentity
-from fedrec.federation.silo import Tensors, evaluate_round, silo_seed, train_round
+from fedrec.federation.silo import Arrays, Tensors, evaluate_round, silo_seed, train_round
+from fedrec.model_registry import ModelRegistry
 
 LOCAL_STATE_KEY = "fedrec-user-state"
 OPTIMIZER_STATE_KEY = "fedrec-optimizer-state"
@@ -74,6 +84,15 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
         s, ident, silo = resolve(context)
         rnd = read_int(msg.content, "config", "server-round")
         arrays = read_arrays(msg.content)
+        serving = serving_of(ident)
+        if serving is not None and ident.policy.kind == "fork":
+            fork = advance_fork(serving, silo, s.model_spec, s.train_config(), server_round=rnd,
+                                received_version=read_version(msg.content) or f"round-{rnd - 1}",
+                                received_arrays=arrays, local=read_local_state(context),
+                                seed=silo_seed(s.seed, ident.region + "/fork", rnd), run_id=str(context.run_id))
+            if fork is not None and not ident.policy.contribute:
+                reason = "this region serves its own fork and does not contribute to the federation"
+                return Message(decline_reply(region=ident.region, server_round=rnd, reason=reason), reply_to=msg)
         if s.privacy_settings().enabled:
             return Message(private_train(s, ident, silo, context, rnd, arrays), reply_to=msg)
         if ident.epsilon_budget is not None:
@@ -93,14 +112,38 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
         s, ident, silo = resolve(context)
         rnd = read_int(msg.content, "config", "server-round")
         arrays = read_arrays(msg.content)
-        ev = evaluate_round(silo, s.model_spec, arrays, read_local_state(context), s.train_config(),
-                            seed=silo_seed(s.seed, ident.region, rnd))
-        if s.privacy_settings().enabled or ident.epsilon_budget is not None:
-            log_evaluation(ident, run_id=str(context.run_id), server_round=rnd, ev=ev)
+        local, seed = read_local_state(context), silo_seed(s.seed, ident.region, rnd)
+        ev = evaluate_round(silo, s.model_spec, arrays, local, s.train_config(), seed=seed)
+        serving = serving_of(ident)
+        if serving is not None:  # the region's own choice of model, decided and evaluated in the silo
+            rv = review(serving, silo, s.model_spec, s.train_config(), server_round=rnd,
+                        candidate=read_version(msg.content) or f"round-{rnd}", candidate_arrays=arrays, local=local,
+                        candidate_test=ev, seed=seed, fetch=lambda v: fetch_version(s, v),
+                        run_id=str(context.run_id))
+            log_evaluation(ident, run_id=str(context.run_id), server_round=rnd, ev=ev, review=rv)
+        private = s.privacy_settings().enabled or ident.epsilon_budget is not None
+        if private:
             return Message(evaluate_reply(None, region=ident.region, server_round=rnd), reply_to=msg)
         return Message(evaluate_reply(ev, region=ident.region, server_round=rnd), reply_to=msg)
 
     return app
+
+
+def serving_of(ident: SiloIdentity) -> RegionServing | None:
+    """The region's serving state (None for a silo without a state dir: it serves what the federation sends)."""
+    return RegionServing(ident.state_dir, ident.policy) if ident.state_dir is not None else None
+
+
+def fetch_version(s: RunSettings, version: str) -> tuple[str, Arrays] | None:
+    """A global version from the run's registry when this silo can read it (simulation); None otherwise."""
+    root = Path(s.registry_dir) if s.registry_dir else Path(s.output_dir) / "registry" if s.output_dir else None
+    if root is None or not (root / "versions").is_dir():
+        return None
+    try:
+        arrays, found = ModelRegistry(root, create=False).load(version)
+    except (FedrecError, ValueError):
+        return None
+    return found.id, arrays
 
 
 def private_train(s: RunSettings, ident: SiloIdentity, silo: SiloData, context: Context, rnd: int,

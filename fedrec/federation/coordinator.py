@@ -24,7 +24,7 @@ from fedrec.federation.silo import SiloEvaluation, initial_global_arrays
 from fedrec.federation.strategies import build_strategy
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
-from fedrec.model_registry import ModelRegistry
+from fedrec.model_registry import ModelRegistry, ModelVersion, describe_version
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -81,11 +81,14 @@ def pool_silo_evaluations(evals: dict[str, SiloEvaluation]) -> tuple[dict[str, d
     return per_region, overall
 
 
-def evaluate_global(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord, timeout: float
+def evaluate_global(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord, timeout: float, version: str = ""
                     ) -> tuple[dict[str, dict[str, float]], dict[str, float], list[str]]:
-    """Ask every silo to evaluate `arrays`: (per-region metrics, overall, failure reasons)."""
+    """Ask every silo to evaluate `arrays` (global `version`): (per-region metrics, overall, failure reasons).
+
+    Each silo also reviews the version under its own adoption policy; that stays in the silo.
+    """
     replies = list(grid.send_and_receive(strategy.configure_evaluate(
-        rnd, arrays, ConfigRecord({"server-round": rnd}), grid), timeout=timeout))
+        rnd, arrays, ConfigRecord({"server-round": rnd, "model-version": version}), grid), timeout=timeout))
     per_region, overall = pool_evaluations(sorted((r for r in replies if not r.has_error()), key=_region))
     return per_region, overall, [str(r.error.reason)[:500] for r in replies if r.has_error()]
 
@@ -107,10 +110,28 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
     registry = ModelRegistry(s.registry_dir or Path(s.output_dir) / "registry") if (s.registry_dir or s.output_dir) \
         else None
     config_hash = hashlib.sha256(json.dumps(s.to_run_config(), sort_keys=True, default=str).encode()).hexdigest()
-    parent: str | None = None
+
+    def name_version(rnd: int, parent: str | None, contributors: list[str], epsilon: dict[str, float]
+                     ) -> ModelVersion:
+        """The content id of the current global arrays (what silos adopt, pin or fork from)."""
+        version, _ = describe_version({k: v.numpy() for k, v in arrays.items()}, spec=s.model_spec, parent=parent,
+                                      round=rnd, contributors=contributors, epsilon=epsilon, strategy=s.strategy,
+                                      config_hash=config_hash)
+        return version
+
+    def register(version: ModelVersion, metrics: dict[str, float]) -> None:
+        if registry is not None:
+            registry.add({k: v.numpy() for k, v in arrays.items()}, spec=s.model_spec, parent=version.parent,
+                         round=version.round, contributors=version.contributors, strategy=version.strategy,
+                         epsilon=version.epsilon, config_hash=config_hash,
+                         metrics={k: v for k, v in metrics.items() if v == v})  # NaN: metrics kept in silos
+        history.versions.append({"round": version.round, "id": version.id})
+
+    current = name_version(0, None, [], {})  # the initial model is version 0: forks and pins may start there
+    register(current, {})
     for rnd in range(1, s.num_rounds + 1):
         t0 = time.perf_counter()
-        config = ConfigRecord({"server-round": rnd})
+        config = ConfigRecord({"server-round": rnd, "model-version": current.id})
         replies = grid.send_and_receive(strategy.configure_train(rnd, arrays, config, grid), timeout=timeout)
         answered = sorted((r for r in replies if not r.has_error()), key=_region)
         failed = [r for r in replies if r.has_error()]
@@ -121,20 +142,15 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
             aggregated, _ = strategy.aggregate_train(rnd, ok)
             if aggregated is not None:
                 arrays = aggregated
-        evaluate = bool(ok) and (rnd == 1 or rnd == s.num_rounds or rnd % s.eval_every == 0)
-        if ok:
             last_aggregated = rnd
-        per_region, overall, eval_failures = evaluate_global(grid, strategy, rnd, arrays, timeout) if evaluate \
-            else ({}, {}, [])
-        version = None
-        if ok and registry is not None:
-            version = registry.add(
-                {k: v.numpy() for k, v in arrays.items()}, spec=s.model_spec, parent=parent, round=rnd,
-                contributors=[_region(r) for r in ok], strategy=s.strategy, config_hash=config_hash,
-                epsilon={r: p["epsilon"] for r, p in privacy.items() if r not in declined},
-                metrics={k: v for k, v in overall.items() if v == v})  # NaN: metrics kept in silos
-            parent = version.id
-            history.versions.append({"round": rnd, "id": version.id})
+            current = name_version(rnd, current.id, [_region(r) for r in ok],
+                                   {r: p["epsilon"] for r, p in privacy.items() if r not in declined})
+        evaluate = bool(ok) and (rnd == 1 or rnd == s.num_rounds or rnd % s.eval_every == 0)
+        per_region, overall, eval_failures = evaluate_global(grid, strategy, rnd, arrays, timeout, current.id) \
+            if evaluate else ({}, {}, [])
+        if ok:
+            register(current, overall)
+        version = current if ok else None
         entry = {
             "round": rnd,
             "model_version": version.id if version else None,
@@ -156,7 +172,8 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
         if answered and not ok:
             history.stopped_early = f"round {rnd}: every silo declined ({'; '.join(sorted(set(declined.values())))})"
             if last_aggregated and (not history.rounds or history.rounds[-1]["round"] < last_aggregated):
-                per_region, overall, eval_failures = evaluate_global(grid, strategy, last_aggregated, arrays, timeout)
+                per_region, overall, eval_failures = evaluate_global(grid, strategy, last_aggregated, arrays, timeout,
+                                                                     current.id)
                 history.rounds.append({"round": last_aggregated, "evaluated": True, "per_region": per_region,
                                        "overall": overall, "failures": eval_failures})
             break

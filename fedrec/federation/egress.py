@@ -146,6 +146,12 @@ def read_float(content: RecordDict, record: str, key: str) -> float:
     return float(_read_number(content, record, key))
 
 
+def read_version(content: RecordDict) -> str:
+    """The global model version a coordinator's message carries ("" when it names none)."""
+    config = content.config_records.get("config")
+    return str(config.get("model-version", "")) if config is not None else ""
+
+
 def read_region(content: RecordDict) -> str:
     """The public region name a silo put in its reply's metadata."""
     return str(content.config_records["meta"]["region"])

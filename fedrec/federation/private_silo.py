@@ -12,11 +12,12 @@ Evaluation results under DP stay in the silo: appended to its own log, never put
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from fedrec.data.split import SiloData
+from fedrec.federation.serving import Review
 from fedrec.federation.settings import RunSettings, SiloIdentity
 from fedrec.federation.silo import Arrays, SiloEvaluation, Tensors, silo_seed
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
@@ -101,12 +102,24 @@ def private_train_round(silo: SiloData, s: RunSettings, ident: SiloIdentity, *, 
                         local_after=out.local_after, optimizer_after=out.optimizer_after)
 
 
-def log_evaluation(ident: SiloIdentity, *, run_id: str, server_round: int, ev: SiloEvaluation) -> Path:
-    """Append a private evaluation to the silo's own log (`<state-dir>/evaluations/run-<id>.jsonl`)."""
+def _sums(ev: SiloEvaluation) -> dict[str, Any]:
+    return {"sums": ev.sums, "n_users": ev.n_users, "sq_error": ev.sq_error, "n_ratings": ev.n_ratings}
+
+
+def log_evaluation(ident: SiloIdentity, *, run_id: str, server_round: int, ev: SiloEvaluation,
+                   review: Review | None = None) -> Path:
+    """Append an evaluation to the silo's own log (`<state-dir>/evaluations/run-<id>.jsonl`).
+
+    With a `review`, the line also holds what the region serves, the decision, and the served model's
+    test metrics: the region's own record, never sent.
+    """
     path = ident.require_state_dir() / EVALUATIONS_DIR / f"run-{run_id}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = {"round": server_round, "region": ident.region, "sums": ev.sums, "n_users": ev.n_users,
-            "sq_error": ev.sq_error, "n_ratings": ev.n_ratings}
+    line: dict[str, Any] = {"round": server_round, "region": ident.region, **_sums(ev)}
+    if review is not None:
+        line["policy"] = asdict(ident.policy)
+        line["decision"] = asdict(review.decision)
+        line["served"] = _sums(review.served) if review.served is not None else None
     with open(path, "a") as f:
         f.write(json.dumps(line) + "\n")
     return path

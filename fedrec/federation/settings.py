@@ -8,10 +8,11 @@ per-round `ConfigRecord` the coordinator sends (round number and model version o
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from fedrec.adoption import AdoptionPolicy
 from fedrec.errors import ConfigError
 from fedrec.models.base import ModelSpec
 from fedrec.privacy.plan import PrivacySettings
@@ -63,6 +64,7 @@ class RunSettings:
     privacy_noise: str = "seeded"
     state_dir: str = ""
     registry_dir: str = ""
+    adoption: str = "{}"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -86,6 +88,7 @@ class RunSettings:
         if not isinstance(kwargs, dict):
             raise ConfigError(f"model-kwargs must be a JSON object, got {self.model_kwargs!r}")
         self.train_config()  # validates the training fields
+        self.adoption_policies()  # validates every region's policy
         if self.privacy_settings().enabled and self.weighting != "uniform":
             raise ConfigError(f"federation.weighting={self.weighting!r} would send each silo's example count "
                               "un-noised; under privacy=user_dp aggregation weights are uniform")
@@ -107,6 +110,21 @@ class RunSettings:
             clip_norm=self.privacy_clip_norm, sample_rate=self.privacy_sample_rate,
             steps_per_round=self.privacy_steps_per_round, max_per_user=self.privacy_max_per_user,
             accountant=self.privacy_accountant, noise=self.privacy_noise)
+
+    def adoption_policies(self) -> dict[str, AdoptionPolicy]:
+        """Per-region adoption policies of a simulation (`default` for regions not named); validated."""
+        try:
+            raw = json.loads(self.adoption)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"run-config adoption is not valid JSON: {self.adoption!r}") from exc
+        if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+            raise ConfigError(f"adoption must map region names (or 'default') to policies, got {self.adoption!r}")
+        return {str(r): AdoptionPolicy.from_config(str(r), cfg) for r, cfg in raw.items()}
+
+    def policy_for(self, region: str) -> AdoptionPolicy:
+        """The run's policy for `region`: its own entry, else `default`, else `adopt: always`."""
+        policies = self.adoption_policies()
+        return policies.get(region) or policies.get("default") or AdoptionPolicy()
 
     def train_config(self) -> TrainConfig:
         """Local training settings of one round."""
@@ -155,14 +173,18 @@ class SiloIdentity:
 
     Deployment: node config `region="eu" data-path="/srv/eu/silo.npz" state-dir="/srv/eu/state"` and
     optionally `epsilon-budget=4`: the jurisdiction's own cap, which the run config can only lower and which
-    makes the silo refuse to train without user-level DP. Simulation: `partition-id` indexes the regions
-    listed in `<data-dir>/manifest.json`; state goes to `<state-dir or output-dir/silo-state>/<region>`.
+    makes the silo refuse to train without user-level DP. A jurisdiction chooses its own adoption policy with
+    node config `adopt="always"|"if_better"` (+ `adopt-metric`, `adopt-margin`), `pin="VERSION"` or
+    `fork="VERSION"|ROUND` (+ `contribute=false`); it overrides the run config's `adoption` entry.
+    Simulation: `partition-id` indexes the regions listed in `<data-dir>/manifest.json`; state goes to
+    `<state-dir or output-dir/silo-state>/<region>`.
     """
 
     region: str
     data_path: Path
     state_dir: Path | None = None
     epsilon_budget: float | None = None
+    policy: AdoptionPolicy = field(default_factory=AdoptionPolicy)
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any], settings: RunSettings) -> SiloIdentity:
@@ -194,7 +216,8 @@ class SiloIdentity:
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0):
             raise ConfigError(f"node config epsilon-budget={budget!r} must be a number > 0")
         return cls(region=region, data_path=path, state_dir=state_dir,
-                   epsilon_budget=float(budget) if budget is not None else None)
+                   epsilon_budget=float(budget) if budget is not None else None,
+                   policy=node_policy(region, node_config) or settings.policy_for(region))
 
     def require_state_dir(self) -> Path:
         """The silo's state dir (ledgers, logs), or a clear error naming the setting."""
@@ -202,6 +225,21 @@ class SiloIdentity:
             raise ConfigError(f"silo {self.region!r} has no state dir for its privacy ledger: set node config "
                               "state-dir (or run-config state-dir / output-dir)")
         return self.state_dir
+
+
+NODE_POLICY_KEYS = {"adopt": "adopt", "adopt-metric": "metric", "adopt-margin": "margin", "pin": "pin",
+                    "fork": "fork", "contribute": "contribute"}
+
+
+def node_policy(region: str, node_config: dict[str, Any]) -> AdoptionPolicy | None:
+    """The jurisdiction's own adoption policy from its node config (None when it sets none)."""
+    cfg = {NODE_POLICY_KEYS[k]: v for k, v in node_config.items() if k in NODE_POLICY_KEYS}
+    if not cfg:
+        return None
+    try:
+        return AdoptionPolicy.from_config(region, cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"node config: {exc}") from exc
 
 
 def silo_state_root(settings: RunSettings) -> Path | None:

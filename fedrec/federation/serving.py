@@ -1,0 +1,227 @@
+"""A region's served model, kept inside its silo: the global version it adopted, or its own fork line.
+
+Everything lives under `<state-dir>/serving/` and nothing here is ever put in a reply:
+- `served.safetensors`: the global arrays of the version the region serves (adopt / if_better / pin), so
+  `if_better` can score it against each new candidate and the region keeps serving it across restarts;
+- `fork.safetensors`: a fork's whole model (its global-side arrays, its users' parameters, its optimizer
+  moments), with its base version and start round in the header;
+- `serving.json` + `adoption.jsonl` (`fedrec.adoption.ServingRecord`): the pointer and every decision with
+  its evidence.
+
+Two hooks, called by the ClientApp: `advance_fork` on every training message (start the fork when its base
+arrives, then train it one round on local data only) and `review` on every evaluation message (apply the
+policy to the new version and evaluate what the region serves on its test users).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from fedrec.adoption import AdoptionPolicy, Decision, ServingRecord, decide
+from fedrec.data.split import SiloData
+from fedrec.federation.silo import (
+    Arrays,
+    SiloEvaluation,
+    Tensors,
+    assemble_model,
+    evaluate_model,
+    evaluate_round,
+    refit_users,
+    train_round,
+)
+from fedrec.models import ModelSpec
+from fedrec.training import TrainConfig
+
+SERVING_DIR = "serving"
+SERVED_FILE = "served.safetensors"
+FORK_FILE = "fork.safetensors"
+FORK_PREFIX = "fork:"
+Fetch = Callable[[str], tuple[str, Arrays] | None]
+
+
+def fork_label(base: str) -> str:
+    """The serving pointer of a fork line started from global version `base`."""
+    return FORK_PREFIX + base
+
+
+def _save_atomically(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _header(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return dict(f.metadata() or {})
+
+
+@dataclass(frozen=True)
+class Fork:
+    """A region's own line: started from `base` at `since_round`, trained locally `rounds` times since."""
+
+    base: str
+    since_round: int
+    rounds: int
+    global_arrays: Arrays
+    local: Tensors
+    optimizer: Arrays
+
+
+class RegionServing:
+    """One region's serving state on disk (`<state-dir>/serving/`)."""
+
+    def __init__(self, state_dir: Path, policy: AdoptionPolicy) -> None:
+        self.dir = Path(state_dir) / SERVING_DIR
+        self.policy = policy
+        self.record = ServingRecord(self.dir)
+
+    # --- the served global version -------------------------------------------------------------------
+
+    def served_arrays(self) -> tuple[str, Arrays] | None:
+        """(version, global arrays) of the adopted version this region serves, if any."""
+        path = self.dir / SERVED_FILE
+        if not path.exists():
+            return None
+        return _header(path)["version"], load_file(str(path))
+
+    def store_served(self, version: str, arrays: Arrays) -> None:
+        """Keep the adopted version's arrays (replaced atomically)."""
+        _save_atomically(self.dir / SERVED_FILE, arrays, {"version": version})
+
+    # --- the fork line -------------------------------------------------------------------------------
+
+    def fork(self) -> Fork | None:
+        """The region's fork line, if it has started one."""
+        path = self.dir / FORK_FILE
+        if not path.exists():
+            return None
+        head, tensors = _header(path), load_file(str(path))
+        part = {p: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(p + "/")} for p in "glo"}
+        return Fork(base=head["base"], since_round=int(head["since_round"]), rounds=int(head["rounds"]),
+                    global_arrays=part["g"], local={k: torch.as_tensor(v) for k, v in part["l"].items()},
+                    optimizer=part["o"])
+
+    def save_fork(self, fork: Fork) -> None:
+        """Write the fork's whole state in one file (replaced atomically)."""
+        arrays = {**{f"g/{k}": v for k, v in fork.global_arrays.items()},
+                  **{f"l/{k}": v.detach().numpy() for k, v in fork.local.items()},
+                  **{f"o/{k}": v for k, v in fork.optimizer.items()}}
+        _save_atomically(self.dir / FORK_FILE, arrays, {"base": fork.base, "since_round": str(fork.since_round),
+                                                        "rounds": str(fork.rounds)})
+
+    def fork_due(self, *, received_round: int, received_version: str) -> bool:
+        """Whether the received global version is where this region's fork (re)starts."""
+        p = self.policy
+        if p.kind != "fork":
+            return False
+        current = self.fork()
+        if p.version is not None:  # fork (or rebase) onto a named version once it arrives
+            named = received_version.startswith(p.version)
+            return named and (current is None or not current.base.startswith(p.version))
+        return current is None and p.from_round is not None and received_round >= p.from_round
+
+
+@dataclass(frozen=True)
+class Review:
+    """What a region serves after a review, the decision that led there, and the served model's test metrics."""
+
+    decision: Decision
+    served: SiloEvaluation | None
+
+
+def advance_fork(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
+                 received_version: str, received_arrays: Arrays, local: Tensors | None, seed: int,
+                 run_id: str = "") -> Fork | None:
+    """Training-message hook: (re)start the fork when its base arrives, then train it one round locally.
+
+    The received arrays are the global version of round `server_round - 1`. A new fork copies the silo's
+    current per-user parameters; a rebase keeps the fork's own users and restarts its optimizer. Local
+    training of the fork never feeds a reply.
+    """
+    fork = serving.fork()
+    if serving.fork_due(received_round=server_round - 1, received_version=received_version):
+        before = serving.record.served()
+        users = fork.local if fork is not None else {k: v.clone() for k, v in (local or {}).items()}
+        fork = Fork(base=received_version, since_round=server_round - 1, rounds=0,
+                    global_arrays=dict(received_arrays), local=users, optimizer={})
+        reason = ("rebased the fork onto this version" if before and before.startswith(FORK_PREFIX)
+                  else "the fork starts from this version")
+        serving.record.record(Decision(round=server_round - 1, candidate=received_version, served_before=before,
+                                       served_after=fork_label(received_version), adopted=False, reason=reason,
+                                       run_id=run_id))
+    if fork is None:
+        return None
+    local_start = fork.local or None
+    out = train_round(silo, spec, fork.global_arrays, local_start, cfg, seed=seed, optimizer_state=fork.optimizer)
+    fork = Fork(base=fork.base, since_round=fork.since_round, rounds=fork.rounds + 1, global_arrays=out.global_after,
+                local=out.local_after, optimizer=out.optimizer_after)
+    serving.save_fork(fork)
+    return fork
+
+
+def evaluate_fork(fork: Fork, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, seed: int,
+                  split: str = "test") -> SiloEvaluation:
+    """The fork's own model (its global-side arrays and its users), under the same protocol as a global one."""
+    model = assemble_model(spec, silo, fork.global_arrays, fork.local, seed=seed)
+    return evaluate_model(refit_users(model, silo, cfg, seed=seed), silo, split=split)
+
+
+def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
+           candidate: str, candidate_arrays: Arrays, local: Tensors | None, candidate_test: SiloEvaluation,
+           seed: int, fetch: Fetch | None = None, run_id: str = "") -> Review:
+    """Evaluation-message hook: decide on `candidate` by the region's policy; evaluate what it now serves.
+
+    `if_better` scores the candidate and the served version on the silo's validation users (never its
+    test users), each with the silo's own users re-fitted to it, exactly as a served model would be.
+    `fetch` finds a pinned version the region has not received in this run (global versions are public
+    to the federation's members; in simulation, the run's registry).
+    """
+    policy, record = serving.policy, serving.record
+    served = record.served()
+    fork = serving.fork()
+    if policy.kind == "fork" and fork is not None:
+        decision = Decision(server_round, candidate, served, fork_label(fork.base), False,
+                            f"forked from {fork.base[:12]} at round {fork.since_round}: serves its own line",
+                            run_id=run_id)
+        record.record(decision)
+        return Review(decision, evaluate_fork(fork, silo, spec, cfg, seed=seed))
+    stored = serving.served_arrays()
+    if stored is not None and stored[0] == candidate:  # a version seen before (e.g. a re-sent round)
+        decision = Decision(server_round, candidate, served, candidate, False, "already serves this version",
+                            run_id=run_id)
+    elif policy.kind == "if_better" and stored is not None:
+        metric = policy.metric
+        cand = evaluate_round(silo, spec, candidate_arrays, local, cfg, seed=seed, split="valid").means()[metric]
+        kept = evaluate_round(silo, spec, stored[1], local, cfg, seed=seed, split="valid").means()[metric]
+        decision = decide(policy, round=server_round, candidate=candidate, served=stored[0],
+                          candidate_score=cand, served_score=kept)
+    elif (policy.kind == "pin" and policy.version and not candidate.startswith(policy.version)
+          and (stored is None or not stored[0].startswith(policy.version)) and fetch is not None
+          and (pinned := fetch(policy.version)) is not None):
+        serving.store_served(*pinned)
+        stored = pinned
+        decision = Decision(server_round, candidate, served, pinned[0], False,
+                            f"pinned to {policy.version}: loaded it from the federation's registry", run_id=run_id)
+    else:
+        decision = decide(policy, round=server_round, candidate=candidate,
+                          served=stored[0] if stored is not None else None)
+    decision = replace(decision, run_id=run_id)
+    if decision.adopted:
+        serving.store_served(candidate, candidate_arrays)
+    record.record(decision)
+    if decision.served_after == candidate:
+        return Review(decision, candidate_test)
+    if stored is not None and decision.served_after == stored[0]:
+        return Review(decision, evaluate_round(silo, spec, stored[1], local, cfg, seed=seed))
+    return Review(decision, None)
+
