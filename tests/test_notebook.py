@@ -66,4 +66,6 @@ def test_quickstart_notebook_executes(this_interpreter_kernel: str) -> None:
     assert any("<th>overall</th>" in o.data["text/html"] for o in per_method), "it has the overall row"
     assert any("overall" in o.data.get("text/plain", "") and "local-only" in o.data.get("text/plain", "")
                for o in shown), "the rich results_table was displayed"
-    assert sum("image/png" in o.data for o in shown) == 2, "both figures rendered inline"
+    assert any("what each region serves" in o.data.get("text/plain", "") and "fork of" in o.data.get("text/plain", "")
+               for o in shown), "the adoption table was displayed, with apac serving its fork"
+    assert sum("image/png" in o.data for o in shown) == 3, "both result figures and the adoption figure rendered"

@@ -29,7 +29,7 @@ from fedrec.federation.egress_recorder import Mod
 from fedrec.federation.private_silo import log_evaluation, private_train_round
 from fedrec.federation.serving import RegionServing, advance_fork, review
 from fedrec.federation.settings import RunSettings, SiloIdentity
-from fedrec.federation.silo import Arrays, Tensors, evaluate_round, silo_seed, train_round
+from fedrec.federation.silo import Arrays, Tensors, evaluate_splits, silo_seed, train_round
 from fedrec.model_registry import ModelRegistry
 
 LOCAL_STATE_KEY = "fedrec-user-state"
@@ -113,13 +113,15 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
         rnd = read_int(msg.content, "config", "server-round")
         arrays = read_arrays(msg.content)
         local, seed = read_local_state(context), silo_seed(s.seed, ident.region, rnd)
-        ev = evaluate_round(silo, s.model_spec, arrays, local, s.train_config(), seed=seed)
         serving = serving_of(ident)
+        splits = ("test", "valid") if serving is not None and ident.policy.kind == "if_better" else ("test",)
+        evals = evaluate_splits(silo, s.model_spec, arrays, local, s.train_config(), seed=seed, splits=splits)
+        ev = evals["test"]
         if serving is not None:  # the region's own choice of model, decided and evaluated in the silo
             rv = review(serving, silo, s.model_spec, s.train_config(), server_round=rnd,
                         candidate=read_version(msg.content) or f"round-{rnd}", candidate_arrays=arrays, local=local,
-                        candidate_test=ev, seed=seed, fetch=lambda v: fetch_version(s, v),
-                        run_id=str(context.run_id))
+                        candidate_test=ev, candidate_valid=evals.get("valid"), seed=seed,
+                        fetch=lambda v: fetch_version(s, v), run_id=str(context.run_id))
             log_evaluation(ident, run_id=str(context.run_id), server_round=rnd, ev=ev, review=rv)
         private = s.privacy_settings().enabled or ident.epsilon_budget is not None
         if private:

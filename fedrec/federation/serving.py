@@ -33,6 +33,7 @@ from fedrec.federation.silo import (
     assemble_model,
     evaluate_model,
     evaluate_round,
+    evaluate_splits,
     refit_users,
     train_round,
 )
@@ -178,13 +179,15 @@ def evaluate_fork(fork: Fork, silo: SiloData, spec: ModelSpec, cfg: TrainConfig,
 
 def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
            candidate: str, candidate_arrays: Arrays, local: Tensors | None, candidate_test: SiloEvaluation,
-           seed: int, fetch: Fetch | None = None, run_id: str = "") -> Review:
+           seed: int, fetch: Fetch | None = None, run_id: str = "",
+           candidate_valid: SiloEvaluation | None = None) -> Review:
     """Evaluation-message hook: decide on `candidate` by the region's policy; evaluate what it now serves.
 
     `if_better` scores the candidate and the served version on the silo's validation users (never its
     test users), each with the silo's own users re-fitted to it, exactly as a served model would be.
     `fetch` finds a pinned version the region has not received in this run (global versions are public
-    to the federation's members; in simulation, the run's registry).
+    to the federation's members; in simulation, the run's registry). `candidate_valid`, when the caller
+    has it from the same re-fit as `candidate_test`, saves one.
     """
     policy, record = serving.policy, serving.record
     served = record.served()
@@ -196,15 +199,18 @@ def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
         record.record(decision)
         return Review(decision, evaluate_fork(fork, silo, spec, cfg, seed=seed))
     stored = serving.served_arrays()
+    served_eval: dict[str, SiloEvaluation] = {}
     if stored is not None and stored[0] == candidate:  # a version seen before (e.g. a re-sent round)
         decision = Decision(server_round, candidate, served, candidate, False, "already serves this version",
                             run_id=run_id)
     elif policy.kind == "if_better" and stored is not None:
         metric = policy.metric
-        cand = evaluate_round(silo, spec, candidate_arrays, local, cfg, seed=seed, split="valid").means()[metric]
-        kept = evaluate_round(silo, spec, stored[1], local, cfg, seed=seed, split="valid").means()[metric]
+        if candidate_valid is None:
+            candidate_valid = evaluate_round(silo, spec, candidate_arrays, local, cfg, seed=seed, split="valid")
+        served_eval = evaluate_splits(silo, spec, stored[1], local, cfg, seed=seed, splits=("valid", "test"))
         decision = decide(policy, round=server_round, candidate=candidate, served=stored[0],
-                          candidate_score=cand, served_score=kept)
+                          candidate_score=candidate_valid.means()[metric],
+                          served_score=served_eval["valid"].means()[metric])
     elif (policy.kind == "pin" and policy.version and not candidate.startswith(policy.version)
           and (stored is None or not stored[0].startswith(policy.version)) and fetch is not None
           and (pinned := fetch(policy.version)) is not None):
@@ -222,6 +228,7 @@ def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
     if decision.served_after == candidate:
         return Review(decision, candidate_test)
     if stored is not None and decision.served_after == stored[0]:
-        return Review(decision, evaluate_round(silo, spec, stored[1], local, cfg, seed=seed))
+        return Review(decision, served_eval["test"] if served_eval else evaluate_round(silo, spec, stored[1], local,
+                                                                                         cfg, seed=seed))
     return Review(decision, None)
 

@@ -141,5 +141,11 @@ def evaluate_model(model: RecModel, silo: SiloData, *, split: str = "test") -> S
 def evaluate_round(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: Tensors | None,
                    cfg: TrainConfig, *, seed: int, split: str = "test") -> SiloEvaluation:
     """Evaluate the received global parameters with this silo's own (re-fitted) per-user state."""
-    model = assemble_model(spec, silo, global_arrays, local, seed=seed)
-    return evaluate_model(refit_users(model, silo, cfg, seed=seed), silo, split=split)
+    return evaluate_splits(silo, spec, global_arrays, local, cfg, seed=seed, splits=(split,))[split]
+
+
+def evaluate_splits(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: Tensors | None,
+                    cfg: TrainConfig, *, seed: int, splits: tuple[str, ...]) -> dict[str, SiloEvaluation]:
+    """`evaluate_round` on several splits from one re-fit (the re-fit costs a pass over the silo's data)."""
+    fitted = refit_users(assemble_model(spec, silo, global_arrays, local, seed=seed), silo, cfg, seed=seed)
+    return {split: evaluate_model(fitted, silo, split=split) for split in splits}
