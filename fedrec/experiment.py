@@ -176,6 +176,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
         "privacy": privacy,
         "privacy_rounds": history.get("privacy_rounds", []),
         "model_versions": history.get("model_versions", []),
+        "round_log": history.get("round_log", []),
         "adoption": adoption,
         "stopped_early": history.get("stopped_early", ""),
         "artifacts": {"global_model": "global_model.safetensors", "world": "world/",

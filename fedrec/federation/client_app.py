@@ -94,7 +94,8 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
                 reason = "this region serves its own fork and does not contribute to the federation"
                 return Message(decline_reply(region=ident.region, server_round=rnd, reason=reason), reply_to=msg)
         if s.privacy_settings().enabled:
-            return Message(private_train(s, ident, silo, context, rnd, arrays), reply_to=msg)
+            return Message(private_train(s, ident, silo, context, rnd, arrays, read_version(msg.content)),
+                           reply_to=msg)
         if ident.epsilon_budget is not None:
             reason = ("this jurisdiction requires user-level DP (node config epsilon-budget) but the run has "
                       "privacy=none: nothing released")
@@ -104,8 +105,8 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
         write_local_state(context, out.local_after)
         write_optimizer_state(context, out.optimizer_after)
         weight = float(out.n_examples) if s.weighting == "examples" else 1.0
-        return Message(train_reply(out.global_after, region=ident.region, server_round=rnd, weight=weight),
-                       reply_to=msg)
+        return Message(train_reply(out.global_after, region=ident.region, server_round=rnd, weight=weight,
+                                   model_version=read_version(msg.content)), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
@@ -149,7 +150,7 @@ def fetch_version(s: RunSettings, version: str) -> tuple[str, Arrays] | None:
 
 
 def private_train(s: RunSettings, ident: SiloIdentity, silo: SiloData, context: Context, rnd: int,
-                  arrays: dict[str, np.ndarray]) -> RecordDict:
+                  arrays: dict[str, np.ndarray], version: str = "") -> RecordDict:
     """A user-level DP round: recorded in the silo's ledger before its noised update is put in the reply."""
     out = private_train_round(silo, s, ident, run_id=str(context.run_id), server_round=rnd, global_arrays=arrays,
                               local=read_local_state(context), optimizer_state=read_optimizer_state(context))
@@ -158,7 +159,8 @@ def private_train(s: RunSettings, ident: SiloIdentity, silo: SiloData, context: 
     assert out.global_after is not None and out.local_after is not None and out.optimizer_after is not None
     write_local_state(context, out.local_after)
     write_optimizer_state(context, out.optimizer_after)
-    return train_reply(out.global_after, region=ident.region, server_round=rnd, weight=1.0, privacy=out.report)
+    return train_reply(out.global_after, region=ident.region, server_round=rnd, weight=1.0, privacy=out.report,
+                       model_version=version)
 
 
 app = make_client_app()

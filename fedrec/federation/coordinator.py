@@ -22,6 +22,7 @@ from fedrec.federation.egress import read_decline, read_float, read_int, read_pr
 from fedrec.federation.settings import RunSettings, read_manifest
 from fedrec.federation.silo import SiloEvaluation, initial_global_arrays
 from fedrec.federation.strategies import build_strategy
+from fedrec.federation.update_screen import ScreenRules, screen
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
 from fedrec.model_registry import ModelRegistry, ModelVersion, describe_version
@@ -43,11 +44,12 @@ class FederationHistory:
     run_id: str = ""
     stopped_early: str = ""
     versions: list[dict[str, Any]] = field(default_factory=list)
+    round_log: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (without the arrays)."""
         return {"run_id": self.run_id, "rounds": self.rounds, "privacy_rounds": self.privacy_rounds,
-                "model_versions": self.versions,
+                "model_versions": self.versions, "round_log": self.round_log,
                 "stopped_early": self.stopped_early, "wall_time_s": self.wall_time_s}
 
 
@@ -94,17 +96,22 @@ def evaluate_global(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord, ti
 
 
 def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = None,
-                   timeout: float = 3600.0, run_id: str = "") -> FederationHistory:
+                   timeout: float | None = None, run_id: str = "") -> FederationHistory:
     """Run `s.num_rounds` rounds of train → aggregate → evaluate; write outputs when `s.output_dir` is set.
 
     Silos that decline a round (a spent privacy budget, a repeated round) are left out of its aggregate
-    and reported; when every silo declines, the run stops there and says why.
+    and reported; when every silo declines, the run stops there and says why. Replies that fail the
+    update screen (`update_screen`) are rejected and reported; a round with fewer than `min_replies`
+    acceptable updates is not aggregated. Silos that do not answer within `round_timeout` are left out.
     """
     start = time.perf_counter()
     manifest = read_manifest(s.data_dir)
     init = initial_global_arrays(s.model_spec, n_items=int(manifest["n_items"]), seed=s.seed)
     arrays = ArrayRecord({k: Array(v) for k, v in init.items()})
     strategy = build_strategy(s)
+    timeout = s.round_timeout if timeout is None else timeout
+    rules = ScreenRules(norm_factor=s.update_norm_factor, max_norm=s.max_update_norm,
+                        uniform_weight=s.privacy_settings().enabled)
     history = FederationHistory(run_id=run_id)
     last_aggregated = 0
     registry = ModelRegistry(s.registry_dir or Path(s.output_dir) / "registry") if (s.registry_dir or s.output_dir) \
@@ -132,12 +139,18 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
     for rnd in range(1, s.num_rounds + 1):
         t0 = time.perf_counter()
         config = ConfigRecord({"server-round": rnd, "model-version": current.id})
+        sent = {k: v.numpy() for k, v in arrays.items()}
         replies = grid.send_and_receive(strategy.configure_train(rnd, arrays, config, grid), timeout=timeout)
         answered = sorted((r for r in replies if not r.has_error()), key=_region)
         failed = [r for r in replies if r.has_error()]
         declined = {_region(r): str(read_decline(r.content)) for r in answered if read_decline(r.content)}
-        ok = [r for r in answered if _region(r) not in declined]
+        ok, rejected = screen([r for r in answered if _region(r) not in declined], sent, version=current.id,
+                              rules=rules)
         privacy = {_region(r): p for r in answered if (p := read_privacy(r.content)) is not None}
+        too_few = ""
+        if ok and len(ok) < s.min_replies:
+            too_few = f"only {len(ok)} acceptable update(s), min-replies is {s.min_replies}: round not aggregated"
+            ok = []
         if ok:
             aggregated, _ = strategy.aggregate_train(rnd, ok)
             if aggregated is not None:
@@ -159,17 +172,20 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
             "overall": overall,
             "participants": [_region(r) for r in ok],
             "declined": declined,
+            "rejected": rejected,
             "privacy": privacy,
-            "failures": [str(r.error.reason)[:500] for r in failed] + eval_failures,
+            "failures": [str(r.error.reason)[:500] for r in failed] + eval_failures + ([too_few] if too_few else []),
             "round_time_s": time.perf_counter() - t0,
         }
         if evaluate:
             history.rounds.append(entry)
+        history.round_log.append({k: entry[k] for k in ("round", "model_version", "participants", "declined",
+                                                        "rejected", "failures", "round_time_s")})
         if privacy or declined:
             history.privacy_rounds.append({"round": rnd, "per_region": privacy, "declined": declined})
         if on_round is not None:
             on_round(entry)
-        if answered and not ok:
+        if answered and not ok and not rejected and not too_few:
             history.stopped_early = f"round {rnd}: every silo declined ({'; '.join(sorted(set(declined.values())))})"
             if last_aggregated and (not history.rounds or history.rounds[-1]["round"] < last_aggregated):
                 per_region, overall, eval_failures = evaluate_global(grid, strategy, last_aggregated, arrays, timeout,

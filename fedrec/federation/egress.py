@@ -28,7 +28,7 @@ WEIGHT_KEY = "weight"
 DP_KEYS = ("dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "dp-clip-norm",
            "dp-budget-epsilon")
 """Public DP metadata a silo attaches to every training reply (and to a decline)."""
-META_KEYS = frozenset({"region", "server-round", "declined", "kept-in-silo", *DP_KEYS})
+META_KEYS = frozenset({"region", "server-round", "model-version", "declined", "kept-in-silo", *DP_KEYS})
 EVAL_KEYS = frozenset({*(f"sum-{m}" for m in METRICS), "n-users", "sq-error", "n-ratings"})
 
 
@@ -80,10 +80,11 @@ def dp_metadata(privacy: dict[str, float] | None) -> dict[str, float | int]:
 
 
 def train_reply(global_after: dict[str, np.ndarray], *, region: str, server_round: int,
-                weight: float, privacy: dict[str, float] | None = None) -> RecordDict:
+                weight: float, privacy: dict[str, float] | None = None, model_version: str = "") -> RecordDict:
     """Reply content of a training round: the new global parameters, the aggregation weight, metadata.
 
-    `privacy` (the silo's report after the ledger recorded the release) marks the update as a DP release.
+    `privacy` (the silo's report after the ledger recorded the release) marks the update as a DP release;
+    `model_version` names the global version it was trained on (public: the coordinator sent it).
     """
     leaking = [k for k in global_after if is_local(k)]
     if leaking:  # before any tensor is copied into a record
@@ -92,7 +93,7 @@ def train_reply(global_after: dict[str, np.ndarray], *, region: str, server_roun
     content = RecordDict({
         "arrays": arrays,
         "metrics": MetricRecord({WEIGHT_KEY: float(weight)}),
-        "meta": _meta(region, server_round, **dp_metadata(privacy)),
+        "meta": _meta(region, server_round, **{"model-version": model_version}, **dp_metadata(privacy)),
     })
     return check_reply(content, private=privacy is not None)
 
@@ -146,9 +147,12 @@ def read_float(content: RecordDict, record: str, key: str) -> float:
     return float(_read_number(content, record, key))
 
 
-def read_version(content: RecordDict) -> str:
-    """The global model version a coordinator's message carries ("" when it names none)."""
-    config = content.config_records.get("config")
+def read_version(content: RecordDict, record: str = "config") -> str:
+    """The global model version a message names ("" when none).
+
+    `config`: the coordinator's instruction; `meta`: the version a silo's reply was trained on.
+    """
+    config = content.config_records.get(record)
     return str(config.get("model-version", "")) if config is not None else ""
 
 

@@ -65,6 +65,10 @@ class RunSettings:
     state_dir: str = ""
     registry_dir: str = ""
     adoption: str = "{}"
+    round_timeout: float = 600.0
+    min_replies: int = 1
+    update_norm_factor: float = 10.0
+    max_update_norm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -79,6 +83,13 @@ class RunSettings:
             raise ConfigError(f"federation.eval_every={self.eval_every} must be >= 1")
         if self.num_rounds < 1:
             raise ConfigError(f"federation.rounds={self.num_rounds} must be >= 1")
+        if not self.round_timeout > 0:
+            raise ConfigError(f"round-timeout={self.round_timeout} must be > 0 (seconds)")
+        if self.min_replies < 1:
+            raise ConfigError(f"min-replies={self.min_replies} must be >= 1")
+        if not self.update_norm_factor > 1 or self.max_update_norm < 0:
+            raise ConfigError(f"update-norm-factor={self.update_norm_factor} must be > 1 and max-update-norm="
+                              f"{self.max_update_norm} >= 0 (0: no absolute bound)")
         if not 0.0 < self.fraction_train <= 1.0:
             raise ConfigError(f"federation.fraction_train={self.fraction_train} must lie in (0, 1]")
         try:

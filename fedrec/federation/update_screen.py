@@ -1,0 +1,95 @@
+"""The coordinator's screen for training replies: a malformed or hostile update is rejected, never averaged.
+
+Checked per reply, against the global model the round sent: the same parameter names, shapes and dtypes;
+every value finite; a finite, positive weight (exactly 1 under DP); trained on the version this round
+sent (a stale reply from an earlier round or run is rejected); one reply per region. Then across the
+round's well-formed replies: an update (reply minus the sent global model) whose L2 norm is more than
+`norm_factor` times the round's median update norm (with at least 3 replies), or above an absolute
+`max_norm`, is rejected. This stops broken or crude attacks (NaN bombs, scaled updates, replays); it is
+not a Byzantine-robust aggregator: a hostile silo can still steer the average within those bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Message
+
+from fedrec.federation.egress import WEIGHT_KEY, read_arrays, read_region, read_version
+
+
+@dataclass(frozen=True)
+class ScreenRules:
+    """How far an update may stray (run config `update-norm-factor`, `max-update-norm`)."""
+
+    norm_factor: float = 10.0
+    max_norm: float = 0.0  # 0: no absolute bound
+    uniform_weight: bool = False  # under DP every weight must be exactly 1
+
+
+def malformed(msg: Message, sent: dict[str, np.ndarray], *, version: str, uniform_weight: bool) -> str | None:
+    """Why this reply cannot be aggregated (None when it is well-formed)."""
+    content = msg.content
+    if "arrays" not in content.array_records:
+        return "no parameters in the reply"
+    try:
+        arrays = read_arrays(content)
+    except Exception as exc:  # any undecodable payload is a rejection, not a crash
+        return f"parameters cannot be decoded ({type(exc).__name__})"
+    missing, extra = sorted(set(sent) - set(arrays)), sorted(set(arrays) - set(sent))
+    if missing or extra:
+        return f"parameter names differ from the global model (missing {missing}, unexpected {extra})"
+    for name, ref in sent.items():
+        got = arrays[name]
+        if got.shape != ref.shape or got.dtype != ref.dtype:
+            return f"{name}: {got.dtype}{list(got.shape)} where the global model has {ref.dtype}{list(ref.shape)}"
+        if got.dtype.kind == "f" and not np.isfinite(got).all():
+            return f"{name}: holds NaN or Inf"
+    metrics = content.metric_records.get("metrics")
+    weight = metrics.get(WEIGHT_KEY) if metrics is not None else None
+    if not isinstance(weight, int | float) or isinstance(weight, bool) or not math.isfinite(weight) or weight <= 0:
+        return f"aggregation weight {weight!r} is not a finite number > 0"
+    if uniform_weight and weight != 1.0:
+        return f"aggregation weight {weight!r} under privacy=user_dp (must be 1)"
+    base = read_version(content, record="meta")
+    if version and base != version:
+        return f"stale: trained on version {base[:12] or '(none)'}, this round sent {version[:12]}"
+    return None
+
+
+def update_norm(msg: Message, sent: dict[str, np.ndarray]) -> float:
+    """L2 norm of the reply's change to the global model, over every parameter."""
+    arrays = read_arrays(msg.content)
+    return math.sqrt(sum(float(np.sum((arrays[k].astype(np.float64) - v) ** 2)) for k, v in sent.items()))
+
+
+def screen(replies: list[Message], sent: dict[str, np.ndarray], *, version: str, rules: ScreenRules
+           ) -> tuple[list[Message], dict[str, str]]:
+    """(replies to aggregate, {region: reason} for the rejected ones)."""
+    rejected: dict[str, str] = {}
+    claims = Counter(read_region(m.content) for m in replies)
+    for region, n in claims.items():
+        if n > 1:
+            rejected[region] = f"{n} replies claim this region in one round"
+    well_formed = []
+    for msg in replies:
+        region = read_region(msg.content)
+        if region in rejected:
+            continue
+        why = malformed(msg, sent, version=version, uniform_weight=rules.uniform_weight)
+        if why:
+            rejected[region] = why
+        else:
+            well_formed.append(msg)
+    sent64 = {k: v.astype(np.float64) for k, v in sent.items()}
+    norms = {read_region(m.content): update_norm(m, sent64) for m in well_formed}
+    median = float(np.median(list(norms.values()))) if len(norms) >= 3 else math.inf
+    for region, norm in norms.items():
+        if rules.max_norm and norm > rules.max_norm:
+            rejected[region] = f"update norm {norm:.4g} above max-update-norm {rules.max_norm:g}"
+        elif median > 0 and norm > rules.norm_factor * median:
+            rejected[region] = f"update norm {norm:.4g} is over {rules.norm_factor:g}x the round's median {median:.4g}"
+    return [m for m in well_formed if read_region(m.content) not in rejected], rejected
