@@ -19,10 +19,11 @@ from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError
 from fedrec.federation import client_app as client_app_module
-from fedrec.federation.client_app import LOCAL_STATE_KEY, OPTIMIZER_STATE_KEY, make_client_app
+from fedrec.federation.client_app import make_client_app
 from fedrec.federation.egress import EgressViolation, train_reply
 from fedrec.federation.settings import RunSettings
 from fedrec.federation.silo import initial_global_arrays
+from fedrec.federation.silo_state import LOCAL_STATE_KEY, OPTIMIZER_STATE_KEY
 from fedrec.metrics import METRICS
 from fedrec.models import build_model, global_state, local_state
 from fedrec.models.base import PER_USER_KEYS
@@ -60,10 +61,14 @@ def node_context(partition: int = 0, run_config: dict | None = None) -> Context:
                    state=RecordDict(), run_config=run_config or {})
 
 
-def instruction(message_type: str, arrays: dict[str, np.ndarray], server_round: int) -> Message:
+INSTRUCTED_VERSION = "5e" * 32
+
+
+def instruction(message_type: str, arrays: dict[str, np.ndarray], server_round: int,
+                version: str = INSTRUCTED_VERSION) -> Message:
     """A train/evaluate message from the coordinator to the silo's node, as delivered."""
     content = RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
-                          "config": ConfigRecord({"server-round": server_round})})
+                          "config": ConfigRecord({"server-round": server_round, "model-version": version})})
     metadata = Metadata(run_id=1, message_id=f"{message_type}-{server_round}", src_node_id=SERVER_NODE,
                         dst_node_id=SILO_NODE, reply_to_message_id="", group_id=str(server_round),
                         created_at=time.time(), ttl=3600.0, message_type=message_type)
@@ -113,7 +118,7 @@ def test_train_reply_holds_only_global_parameters_and_public_metadata(world: Pre
     assert any(not np.array_equal(got[k], sent[k]) for k in got)  # trained, not an echo
     # Records: round metadata and the aggregation weight, nothing else (no user ids, no silo size)
     assert {k: dict(v) for k, v in reply.content.config_records.items()} == {
-        "meta": {"region": region, "server-round": 1}}
+        "meta": {"region": region, "server-round": 1, "model-version": INSTRUCTED_VERSION}}
     assert {k: dict(v) for k, v in reply.content.metric_records.items()} == {"metrics": {"weight": 1.0}}
 
 

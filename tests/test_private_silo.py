@@ -19,6 +19,7 @@ from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError
 from fedrec.federation.client_app import make_client_app
+from fedrec.federation.egress_ledger import wire_bytes
 from fedrec.federation.private_silo import LEDGER_FILE, read_evaluations
 from fedrec.federation.settings import RunSettings
 from fedrec.federation.silo import initial_global_arrays
@@ -60,24 +61,29 @@ def ledger(s: RunSettings, world: PreparedWorld, state: Path, region: str = "eu"
                         delta=auto_delta(world.silos[region].n_users))
 
 
-def test_a_release_is_in_the_ledger_before_the_reply_and_a_repeated_round_is_declined(world, tmp_path) -> None:
+def test_a_release_is_in_the_ledger_before_the_reply_and_a_repeated_round_is_never_a_second_release(
+        world, tmp_path) -> None:
     # Prepare
     s = settings(world, tmp_path)
     app, ctx = make_client_app(s), context()
+    arrays = initial_global_arrays(s.model_spec, n_items=world.n_items, seed=0)
 
-    # Execute: round 1, then the same round again (a restarted coordinator re-sending it)
+    # Execute: round 1; the same round again (a restarted coordinator re-sending it), on a restarted node;
+    # then round 1 once more but naming another global version (a replaying or confused coordinator)
     first = train(app, s, world, ctx, 1)
     on_disk = ledger(s, world, tmp_path)
-    again = train(app, s, world, ctx, 1)
+    again = make_client_app(s)(instruction(MessageType.TRAIN, arrays, 1), context())
+    other = app(instruction(MessageType.TRAIN, arrays, 1, version="77" * 32), ctx)
 
-    # Assert
+    # Assert: one release in the ledger; the repeat is the very same reply; another version is declined
     meta = first.content["meta"]
     assert "arrays" in first.content and meta["dp-epsilon"] == pytest.approx(on_disk.epsilon_spent())
     assert [r.server_round for r in on_disk.releases] == [1]
     assert 0 < meta["dp-epsilon"] < meta["dp-budget-epsilon"] == 3.0
-    assert "already released" in again.content["meta"]["declined"]
-    assert "arrays" not in again.content and "metrics" not in again.content
-    assert len(ledger(s, world, tmp_path).releases) == 1  # the decline spent nothing
+    assert wire_bytes(again.content) == wire_bytes(first.content)
+    assert "already released" in other.content["meta"]["declined"]
+    assert "arrays" not in other.content and "metrics" not in other.content
+    assert len(ledger(s, world, tmp_path).releases) == 1  # neither the repeat nor the decline spent anything
 
 
 def test_a_restarted_silo_keeps_its_plan_and_its_spending(world, tmp_path) -> None:

@@ -54,7 +54,7 @@ def test_a_malformed_or_hostile_update_is_rejected_with_its_reason(bad, reason: 
 
 
 def test_a_weight_other_than_one_is_rejected_under_dp_and_a_missing_weight_always() -> None:
-    ok, rejected = screen([*honest(), reply("evil", weight=250.0)], SENT, version=VERSION,
+    _, rejected = screen([*honest(), reply("evil", weight=250.0)], SENT, version=VERSION,
                           rules=ScreenRules(uniform_weight=True))
     assert "evil" in rejected and "must be 1" in rejected["evil"]
     no_weight = reply("quiet")

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrec.data.split import SiloData
 from fedrec.errors import FedrecError
 from fedrec.federation.egress import (
+    check_reply,
     decline_reply,
     evaluate_reply,
     read_arrays,
+    read_decline,
     read_int,
     read_version,
     train_reply,
@@ -29,35 +30,9 @@ from fedrec.federation.egress_recorder import Mod
 from fedrec.federation.private_silo import log_evaluation, private_train_round
 from fedrec.federation.serving import RegionServing, advance_fork, review
 from fedrec.federation.settings import RunSettings, SiloIdentity
-from fedrec.federation.silo import Arrays, Tensors, evaluate_splits, silo_seed, train_round
+from fedrec.federation.silo import Arrays, evaluate_splits, silo_seed, train_round
+from fedrec.federation.silo_state import SiloState
 from fedrec.model_registry import ModelRegistry
-
-LOCAL_STATE_KEY = "fedrec-user-state"
-OPTIMIZER_STATE_KEY = "fedrec-optimizer-state"
-
-
-def read_local_state(context: Context) -> Tensors | None:
-    """This silo's per-user parameters from its node state (None before its first round)."""
-    if LOCAL_STATE_KEY not in context.state.array_records:
-        return None
-    return {k: torch.as_tensor(v.numpy()) for k, v in context.state.array_records[LOCAL_STATE_KEY].items()}
-
-
-def write_local_state(context: Context, local: Tensors) -> None:
-    """Keep per-user parameters in the node's own state (never in a message)."""
-    context.state[LOCAL_STATE_KEY] = ArrayRecord({k: Array(v.numpy()) for k, v in local.items()})
-
-
-def read_optimizer_state(context: Context) -> dict[str, np.ndarray] | None:
-    """The silo's optimizer moments from its node state (None before its first round)."""
-    if OPTIMIZER_STATE_KEY not in context.state.array_records:
-        return None
-    return {k: v.numpy() for k, v in context.state.array_records[OPTIMIZER_STATE_KEY].items()}
-
-
-def write_optimizer_state(context: Context, state: dict[str, np.ndarray]) -> None:
-    """Keep the silo's optimizer moments (derived from private data) in the node's own state."""
-    context.state[OPTIMIZER_STATE_KEY] = ArrayRecord({k: Array(v) for k, v in state.items()})
 
 
 def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | None = None) -> ClientApp:
@@ -82,38 +57,48 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         s, ident, silo = resolve(context)
-        rnd = read_int(msg.content, "config", "server-round")
-        arrays = read_arrays(msg.content)
+        rnd, version = read_int(msg.content, "config", "server-round"), read_version(msg.content)
+        state = SiloState(context, ident.state_dir, s.run_key(context.run_id))
+        cached = state.cached_reply(rnd, version)
+        if cached is not None:  # asked again (a restarted coordinator): the same reply, not a second release
+            return Message(check_reply(cached, private=s.privacy_settings().enabled), reply_to=msg)
+        content = train_content(s, ident, silo, context, state, rnd, version, read_arrays(msg.content))
+        if read_decline(content) is None:
+            state.cache_reply(rnd, version, content)
+        return Message(content, reply_to=msg)
+
+    def train_content(s: RunSettings, ident: SiloIdentity, silo: SiloData, context: Context, state: SiloState,
+                      rnd: int, version: str, arrays: Arrays) -> RecordDict:
         serving = serving_of(ident)
         if serving is not None and ident.policy.kind == "fork":
             fork = advance_fork(serving, silo, s.model_spec, s.train_config(), server_round=rnd,
-                                received_version=read_version(msg.content) or f"round-{rnd - 1}",
-                                received_arrays=arrays, local=read_local_state(context),
-                                seed=silo_seed(s.seed, ident.region + "/fork", rnd), run_id=str(context.run_id))
+                                received_version=version or f"round-{rnd - 1}", received_arrays=arrays,
+                                local=state.local(), seed=silo_seed(s.seed, ident.region + "/fork", rnd),
+                                run_id=s.run_key(context.run_id))
             if fork is not None and not ident.policy.contribute:
                 reason = "this region serves its own fork and does not contribute to the federation"
-                return Message(decline_reply(region=ident.region, server_round=rnd, reason=reason), reply_to=msg)
+                return decline_reply(region=ident.region, server_round=rnd, reason=reason)
         if s.privacy_settings().enabled:
-            return Message(private_train(s, ident, silo, context, rnd, arrays, read_version(msg.content)),
-                           reply_to=msg)
+            return private_train(s, ident, silo, state, s.run_key(context.run_id), rnd, arrays, version)
         if ident.epsilon_budget is not None:
             reason = ("this jurisdiction requires user-level DP (node config epsilon-budget) but the run has "
                       "privacy=none: nothing released")
-            return Message(decline_reply(region=ident.region, server_round=rnd, reason=reason), reply_to=msg)
-        out = train_round(silo, s.model_spec, arrays, read_local_state(context), s.train_config(),
-                          seed=silo_seed(s.seed, ident.region, rnd), optimizer_state=read_optimizer_state(context))
-        write_local_state(context, out.local_after)
-        write_optimizer_state(context, out.optimizer_after)
+            return decline_reply(region=ident.region, server_round=rnd, reason=reason)
+        out = train_round(silo, s.model_spec, arrays, state.local(), s.train_config(),
+                          seed=silo_seed(s.seed, ident.region, rnd), optimizer_state=state.optimizer())
+        state.save_local(out.local_after)
+        state.save_optimizer(out.optimizer_after)
         weight = float(out.n_examples) if s.weighting == "examples" else 1.0
-        return Message(train_reply(out.global_after, region=ident.region, server_round=rnd, weight=weight,
-                                   model_version=read_version(msg.content)), reply_to=msg)
+        return train_reply(out.global_after, region=ident.region, server_round=rnd, weight=weight,
+                           model_version=version)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         s, ident, silo = resolve(context)
         rnd = read_int(msg.content, "config", "server-round")
         arrays = read_arrays(msg.content)
-        local, seed = read_local_state(context), silo_seed(s.seed, ident.region, rnd)
+        local = SiloState(context, ident.state_dir, s.run_key(context.run_id)).local()
+        seed = silo_seed(s.seed, ident.region, rnd)
         serving = serving_of(ident)
         splits = ("test", "valid") if serving is not None and ident.policy.kind == "if_better" else ("test",)
         evals = evaluate_splits(silo, s.model_spec, arrays, local, s.train_config(), seed=seed, splits=splits)
@@ -122,8 +107,8 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
             rv = review(serving, silo, s.model_spec, s.train_config(), server_round=rnd,
                         candidate=read_version(msg.content) or f"round-{rnd}", candidate_arrays=arrays, local=local,
                         candidate_test=ev, candidate_valid=evals.get("valid"), seed=seed,
-                        fetch=lambda v: fetch_version(s, v), run_id=str(context.run_id))
-            log_evaluation(ident, run_id=str(context.run_id), server_round=rnd, ev=ev, review=rv)
+                        fetch=lambda v: fetch_version(s, v), run_id=s.run_key(context.run_id))
+            log_evaluation(ident, run_id=s.run_key(context.run_id), server_round=rnd, ev=ev, review=rv)
         private = s.privacy_settings().enabled or ident.epsilon_budget is not None
         if private:
             return Message(evaluate_reply(None, region=ident.region, server_round=rnd), reply_to=msg)
@@ -149,16 +134,16 @@ def fetch_version(s: RunSettings, version: str) -> tuple[str, Arrays] | None:
     return found.id, arrays
 
 
-def private_train(s: RunSettings, ident: SiloIdentity, silo: SiloData, context: Context, rnd: int,
-                  arrays: dict[str, np.ndarray], version: str = "") -> RecordDict:
+def private_train(s: RunSettings, ident: SiloIdentity, silo: SiloData, state: SiloState, run_key: str, rnd: int,
+                  arrays: Arrays, version: str = "") -> RecordDict:
     """A user-level DP round: recorded in the silo's ledger before its noised update is put in the reply."""
-    out = private_train_round(silo, s, ident, run_id=str(context.run_id), server_round=rnd, global_arrays=arrays,
-                              local=read_local_state(context), optimizer_state=read_optimizer_state(context))
+    out = private_train_round(silo, s, ident, run_id=run_key, server_round=rnd, global_arrays=arrays,
+                              local=state.local(), optimizer_state=state.optimizer())
     if out.declined is not None:
         return decline_reply(region=ident.region, server_round=rnd, reason=out.declined, privacy=out.report)
     assert out.global_after is not None and out.local_after is not None and out.optimizer_after is not None
-    write_local_state(context, out.local_after)
-    write_optimizer_state(context, out.optimizer_after)
+    state.save_local(out.local_after)
+    state.save_optimizer(out.optimizer_after)
     return train_reply(out.global_after, region=ident.region, server_round=rnd, weight=1.0, privacy=out.report,
                        model_version=version)
 

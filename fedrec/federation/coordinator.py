@@ -18,10 +18,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
+from fedrec.errors import ConfigError
+from fedrec.federation.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedrec.federation.egress import read_decline, read_float, read_int, read_privacy, read_region
 from fedrec.federation.settings import RunSettings, read_manifest
 from fedrec.federation.silo import SiloEvaluation, initial_global_arrays
-from fedrec.federation.strategies import build_strategy
+from fedrec.federation.strategies import build_strategy, restore_strategy_state, strategy_state
 from fedrec.federation.update_screen import ScreenRules, screen
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
@@ -45,11 +47,12 @@ class FederationHistory:
     stopped_early: str = ""
     versions: list[dict[str, Any]] = field(default_factory=list)
     round_log: list[dict[str, Any]] = field(default_factory=list)
+    resumed_at: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (without the arrays)."""
         return {"run_id": self.run_id, "rounds": self.rounds, "privacy_rounds": self.privacy_rounds,
-                "model_versions": self.versions, "round_log": self.round_log,
+                "model_versions": self.versions, "round_log": self.round_log, "resumed_at": self.resumed_at,
                 "stopped_early": self.stopped_early, "wall_time_s": self.wall_time_s}
 
 
@@ -116,7 +119,7 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
     last_aggregated = 0
     registry = ModelRegistry(s.registry_dir or Path(s.output_dir) / "registry") if (s.registry_dir or s.output_dir) \
         else None
-    config_hash = hashlib.sha256(json.dumps(s.to_run_config(), sort_keys=True, default=str).encode()).hexdigest()
+    config_hash = hashlib.sha256(json.dumps(s.model_config(), sort_keys=True, default=str).encode()).hexdigest()
 
     def name_version(rnd: int, parent: str | None, contributors: list[str], epsilon: dict[str, float]
                      ) -> ModelVersion:
@@ -134,9 +137,23 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
                          metrics={k: v for k, v in metrics.items() if v == v})  # NaN: metrics kept in silos
         history.versions.append({"round": version.round, "id": version.id})
 
-    current = name_version(0, None, [], {})  # the initial model is version 0: forks and pins may start there
-    register(current, {})
-    for rnd in range(1, s.num_rounds + 1):
+    ckpt = load_checkpoint(Path(s.output_dir), run_id) if s.resume else None
+    if ckpt is not None:  # a restarted coordinator: continue after the last finished round
+        if registry is None:
+            raise ConfigError("resume needs the registry (output-dir or registry-dir) that holds the run's versions")
+        loaded, current = registry.load(ckpt.version.id)
+        arrays = ArrayRecord({k: Array(loaded[k]) for k in init})  # the model's order (FedAvgM's momentum is a list)
+        restore_strategy_state(strategy, ckpt.strategy_state, list(init))
+        last_aggregated, first_round = ckpt.last_aggregated, ckpt.round + 1
+        h = ckpt.history
+        history.rounds, history.privacy_rounds = h["rounds"], h["privacy_rounds"]
+        history.versions, history.round_log = h["model_versions"], h["round_log"]
+        history.resumed_at.extend([*h.get("resumed_at", []), first_round])
+    else:
+        current = name_version(0, None, [], {})  # the initial model is version 0: forks and pins may start there
+        register(current, {})
+        first_round = 1
+    for rnd in range(first_round, s.num_rounds + 1):
         t0 = time.perf_counter()
         config = ConfigRecord({"server-round": rnd, "model-version": current.id})
         sent = {k: v.numpy() for k, v in arrays.items()}
@@ -185,6 +202,10 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
             history.privacy_rounds.append({"round": rnd, "per_region": privacy, "declined": declined})
         if on_round is not None:
             on_round(entry)
+        if s.output_dir:
+            save_checkpoint(Path(s.output_dir), Checkpoint(
+                run_key=run_id, round=rnd, version=current, last_aggregated=last_aggregated,
+                history=history.to_json(), strategy_state=strategy_state(strategy, list(init))))
         if answered and not ok and not rejected and not too_few:
             history.stopped_early = f"round {rnd}: every silo declined ({'; '.join(sorted(set(declined.values())))})"
             if last_aggregated and (not history.rounds or history.rounds[-1]["round"] < last_aggregated):

@@ -93,7 +93,8 @@ def train_reply(global_after: dict[str, np.ndarray], *, region: str, server_roun
     content = RecordDict({
         "arrays": arrays,
         "metrics": MetricRecord({WEIGHT_KEY: float(weight)}),
-        "meta": _meta(region, server_round, **{"model-version": model_version}, **dp_metadata(privacy)),
+        "meta": _meta(region, server_round, **({"model-version": model_version} if model_version else {}),
+                      **dp_metadata(privacy)),
     })
     return check_reply(content, private=privacy is not None)
 

@@ -137,7 +137,11 @@ def verify(path: Path, *, accountant: str = "pld", tolerance: float = 1e-6) -> A
         if _entry_hash(e.body()) != e.hash:
             problems.append(f"entry {i}: its content does not match its hash (edited after it was written)")
         prev = e.hash
-    releases = [e for e in entries if e.dp and not e.declined and e.kind == "train"]
+    releases, seen = [], set()
+    for e in entries:  # a re-sent reply (same bytes, e.g. to a restarted coordinator) is not a new release
+        if e.dp and not e.declined and e.kind == "train" and e.sha256 not in seen:
+            releases.append(e)
+            seen.add(e.sha256)
     events: list[GaussianSteps] = []
     steps_before = 0.0
     reported = recomputed = 0.0

@@ -19,6 +19,8 @@ from fedrec.privacy.plan import PrivacySettings
 from fedrec.training import TrainConfig
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam")
+OPERATIONAL_KEYS = frozenset({"data-dir", "output-dir", "state-dir", "registry-dir", "resume", "quiet",
+                              "client-threads", "round-timeout"})
 WEIGHTINGS = ("uniform", "examples")
 
 
@@ -66,6 +68,8 @@ class RunSettings:
     registry_dir: str = ""
     adoption: str = "{}"
     round_timeout: float = 600.0
+    run_name: str = ""
+    resume: bool = False
     min_replies: int = 1
     update_norm_factor: float = 10.0
     max_update_norm: float = 0.0
@@ -85,6 +89,11 @@ class RunSettings:
             raise ConfigError(f"federation.rounds={self.num_rounds} must be >= 1")
         if not self.round_timeout > 0:
             raise ConfigError(f"round-timeout={self.round_timeout} must be > 0 (seconds)")
+        if self.resume and not self.run_name:
+            raise ConfigError("resume=true needs run-name: a restarted coordinator gets a new Flower run id, and "
+                              "silos find their state (budget plan, users, last reply) by the run's name")
+        if self.run_name and not all(c.isalnum() or c in "-_." for c in self.run_name):
+            raise ConfigError(f"run-name={self.run_name!r}: use letters, digits, '-', '_' and '.' only")
         if self.min_replies < 1:
             raise ConfigError(f"min-replies={self.min_replies} must be >= 1")
         if not self.update_norm_factor > 1 or self.max_update_norm < 0:
@@ -122,6 +131,10 @@ class RunSettings:
             steps_per_round=self.privacy_steps_per_round, max_per_user=self.privacy_max_per_user,
             accountant=self.privacy_accountant, noise=self.privacy_noise)
 
+    def run_key(self, flower_run_id: int | str) -> str:
+        """What silos and coordinator key this run's state by: `run-name` (resumable), else Flower's run id."""
+        return self.run_name or str(flower_run_id)
+
     def adoption_policies(self) -> dict[str, AdoptionPolicy]:
         """Per-region adoption policies of a simulation (`default` for regions not named); validated."""
         try:
@@ -142,6 +155,10 @@ class RunSettings:
         return TrainConfig(loss=self.loss, batch_size=self.batch_size, lr=self.lr,
                            weight_decay=self.weight_decay, n_negatives=self.n_negatives,
                            epochs=self.local_epochs, refit_epochs=self.refit_epochs)
+
+    def model_config(self) -> dict[str, Any]:
+        """The run config without where things live and how the run is operated: what makes the model."""
+        return {k: v for k, v in self.to_run_config().items() if k not in OPERATIONAL_KEYS}
 
     def to_run_config(self) -> dict[str, Any]:
         """Flat, hyphenated keys as Flower's `[tool.flwr.app.config]` and `--run-config` use them."""

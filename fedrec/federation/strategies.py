@@ -7,6 +7,7 @@ region, and later layers (privacy budgets, adoption) hook in between steps.
 
 from __future__ import annotations
 
+import numpy as np
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
 from fedrec.federation.egress import WEIGHT_KEY
@@ -26,3 +27,27 @@ def build_strategy(s: RunSettings) -> FedAvg:
         # FedAvg with a server learning rate (Reddi et al. 2021) is FedAvgM without momentum.
         return FedAvgM(server_learning_rate=s.server_lr, server_momentum=momentum, **kw)  # type: ignore[arg-type]
     return FedAvg(**kw)  # type: ignore[arg-type]
+
+
+def strategy_state(strategy: FedAvg, names: list[str]) -> dict[str, np.ndarray]:
+    """The server optimizer's state (FedAvgM momentum, FedAdam moments) as named arrays, for a checkpoint.
+
+    FedAvgM keeps its momentum as a list in the order of the global arrays, `names`.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, v in zip(names, getattr(strategy, "momentum_vector", None) or [], strict=False):
+        out[f"momentum/{name}"] = np.asarray(v)
+    for attr in ("m_t", "v_t"):
+        for k, v in (getattr(strategy, attr, None) or {}).items():
+            out[f"{attr}/{k}"] = np.asarray(v)
+    return out
+
+
+def restore_strategy_state(strategy: FedAvg, state: dict[str, np.ndarray], names: list[str]) -> None:
+    """Put a checkpoint's server optimizer state back (the inverse of `strategy_state`)."""
+    if any(k.startswith("momentum/") for k in state):
+        strategy.momentum_vector = [state[f"momentum/{n}"] for n in names]  # type: ignore[attr-defined]
+    for attr in ("m_t", "v_t"):
+        part = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(attr + "/")}
+        if part:
+            setattr(strategy, attr, part)

@@ -1,0 +1,103 @@
+"""What a silo keeps between messages of one run: its users' parameters, its optimizer, its last reply.
+
+With a state dir (every deployed SuperNode; every simulated silo of `run_experiment`) it lives on disk
+under `<state-dir>/runs/<run key>/`, so a SuperNode that dies and is restarted continues where it stopped,
+and a coordinator that restarts and asks for a round again gets the very same reply (byte for byte, no
+second privacy spend) instead of a second release. Without a state dir it lives in Flower's in-memory
+`context.state`, for the life of the node process. None of it is ever put in a reply except the cached
+reply itself, which already left once.
+
+The run key is the run config's `run-name` when set (a resumable run), else Flower's run id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+from safetensors.numpy import load_file, save_file
+
+from fedrec.federation.silo import Arrays, Tensors
+
+LOCAL_STATE_KEY = "fedrec-user-state"
+OPTIMIZER_STATE_KEY = "fedrec-optimizer-state"
+RUNS_DIR = "runs"
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class SiloState:
+    """One silo's per-run state: on disk under `<state-dir>/runs/<run key>/`, else in `context.state`."""
+
+    def __init__(self, context: Context, state_dir: Path | None, run_key: str) -> None:
+        self.context = context
+        self.dir = Path(state_dir) / RUNS_DIR / run_key if state_dir is not None else None
+
+    # --- arrays, on disk or in the node's memory -------------------------------------------------------
+
+    def _read(self, key: str) -> Arrays | None:
+        if self.dir is None:
+            if key not in self.context.state.array_records:
+                return None
+            return {k: v.numpy() for k, v in self.context.state.array_records[key].items()}
+        path = self.dir / f"{key}.safetensors"
+        return load_file(str(path)) if path.exists() else None
+
+    def _write(self, key: str, arrays: Arrays) -> None:
+        if self.dir is None:
+            self.context.state[key] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f"{key}.safetensors.tmp"
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+        os.replace(tmp, self.dir / f"{key}.safetensors")
+
+    def local(self) -> Tensors | None:
+        """The silo's per-user parameters (None before its first round)."""
+        arrays = self._read(LOCAL_STATE_KEY)
+        return {k: torch.as_tensor(v) for k, v in arrays.items()} if arrays is not None else None
+
+    def save_local(self, local: Tensors) -> None:
+        """Keep per-user parameters in the silo (never in a message)."""
+        self._write(LOCAL_STATE_KEY, {k: v.detach().numpy() for k, v in local.items()})
+
+    def optimizer(self) -> Arrays | None:
+        """The silo's optimizer moments (None before its first round)."""
+        return self._read(OPTIMIZER_STATE_KEY)
+
+    def save_optimizer(self, state: Arrays) -> None:
+        """Keep the optimizer moments (derived from private data) in the silo."""
+        self._write(OPTIMIZER_STATE_KEY, state)
+
+    # --- the last training reply -----------------------------------------------------------------------
+
+    def cached_reply(self, server_round: int, version: str) -> RecordDict | None:
+        """The reply already sent for this round and global version, if any (to re-send unchanged)."""
+        if self.dir is None:
+            return None
+        meta_path, body_path = self.dir / "last_reply.json", self.dir / "last_reply.bin"
+        if not (meta_path.exists() and body_path.exists()):
+            return None
+        meta = json.loads(meta_path.read_text())
+        if meta != {"round": server_round, "version": version}:
+            return None
+        return recorddict_from_proto(ProtoRecordDict.FromString(body_path.read_bytes()))
+
+    def cache_reply(self, server_round: int, version: str, content: RecordDict) -> None:
+        """Remember the reply about to be sent (the body first, then the key naming it)."""
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "last_reply.json").unlink(missing_ok=True)
+        _replace(self.dir / "last_reply.bin", recorddict_to_proto(content).SerializeToString())
+        _replace(self.dir / "last_reply.json", json.dumps({"round": server_round, "version": version}).encode())
