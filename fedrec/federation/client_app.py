@@ -27,6 +27,7 @@ from fedrec.federation.egress import (
 )
 from fedrec.federation.egress_ledger import egress_ledger_mod
 from fedrec.federation.egress_recorder import Mod
+from fedrec.federation.preflight import preflight_reply
 from fedrec.federation.private_silo import log_evaluation, private_train_round
 from fedrec.federation.serving import RegionServing, advance_fork, review
 from fedrec.federation.settings import RunSettings, SiloIdentity
@@ -53,6 +54,12 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
         torch.set_num_threads(s.client_threads)
         ident = SiloIdentity.from_node_config(dict(context.node_config), s)
         return s, ident, SiloData.load(ident.data_path)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """Preflight: the silo checks its own configuration before round 1 (`preflight`)."""
+        s = settings or RunSettings.from_run_config(dict(context.run_config))
+        return Message(preflight_reply(s, dict(context.node_config)), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from fedrec.errors import ConfigError
 from fedrec.federation.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedrec.federation.egress import read_decline, read_float, read_int, read_privacy, read_region
+from fedrec.federation.preflight import preflight_failure, run_preflight
 from fedrec.federation.settings import RunSettings, read_manifest
 from fedrec.federation.silo import SiloEvaluation, initial_global_arrays
 from fedrec.federation.strategies import build_strategy, restore_strategy_state, strategy_state
@@ -98,6 +99,14 @@ def evaluate_global(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord, ti
     return per_region, overall, [str(r.error.reason)[:500] for r in replies if r.has_error()]
 
 
+def write_history(s: RunSettings, history: FederationHistory) -> None:
+    """`<output-dir>/federated_history.json` (nothing without an output dir)."""
+    if s.output_dir:
+        out = Path(s.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "federated_history.json").write_text(json.dumps(history.to_json(), indent=1))
+
+
 def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = None,
                    timeout: float | None = None, run_id: str = "") -> FederationHistory:
     """Run `s.num_rounds` rounds of train → aggregate → evaluate; write outputs when `s.output_dir` is set.
@@ -137,6 +146,11 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
                          metrics={k: v for k, v in metrics.items() if v == v})  # NaN: metrics kept in silos
         history.versions.append({"round": version.round, "id": version.id})
 
+    problems = run_preflight(grid, s, list(manifest["regions"]), timeout=timeout)
+    if problems:
+        history.stopped_early = "preflight failed: " + "; ".join(problems)
+        write_history(s, history)
+        raise preflight_failure(problems, s.output_dir)
     ckpt = load_checkpoint(Path(s.output_dir), run_id) if s.resume else None
     if ckpt is not None:  # a restarted coordinator: continue after the last finished round
         if registry is None:
@@ -216,10 +230,8 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
             break
     history.final_arrays = {k: v.numpy() for k, v in arrays.items()}
     history.wall_time_s = time.perf_counter() - start
+    write_history(s, history)
     if s.output_dir:
-        out = Path(s.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "federated_history.json").write_text(json.dumps(history.to_json(), indent=1))
-        save_global_model(out / "global_model.safetensors", history.final_arrays, spec=s.model_spec,
+        save_global_model(Path(s.output_dir) / "global_model.safetensors", history.final_arrays, spec=s.model_spec,
                           metadata={"rounds": s.num_rounds, "strategy": s.strategy, "privacy": s.privacy})
     return history

@@ -28,7 +28,8 @@ WEIGHT_KEY = "weight"
 DP_KEYS = ("dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "dp-clip-norm",
            "dp-budget-epsilon")
 """Public DP metadata a silo attaches to every training reply (and to a decline)."""
-META_KEYS = frozenset({"region", "server-round", "model-version", "declined", "kept-in-silo", *DP_KEYS})
+META_KEYS = frozenset({"region", "server-round", "model-version", "declined", "kept-in-silo", "preflight-error",
+                       *DP_KEYS})
 EVAL_KEYS = frozenset({*(f"sum-{m}" for m in METRICS), "n-users", "sq-error", "n-ratings"})
 
 

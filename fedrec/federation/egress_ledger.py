@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
 from fedrec.federation.egress import read_decline, read_privacy
@@ -172,9 +172,15 @@ def egress_ledger_mod(state_dir_of: Callable[[Context], Path | None]) -> Callabl
         if state_dir is None or reply.has_error() or "meta" not in reply.content.config_records:
             return reply  # an error reply carries Flower's error record, not silo content
         meta = reply.content.config_records["meta"]
-        EgressLedger(state_dir / LEDGER_FILE).append(
-            run_id=str(context.run_id), server_round=int(str(meta["server-round"])), kind=msg.metadata.message_type,
-            region=str(meta["region"]), content=reply.content)
+        try:
+            EgressLedger(state_dir / LEDGER_FILE).append(
+                run_id=str(context.run_id), server_round=int(str(meta["server-round"])),
+                kind=msg.metadata.message_type, region=str(meta["region"]), content=reply.content)
+        except OSError as exc:
+            if msg.metadata.message_type != MessageType.QUERY:
+                raise  # nothing leaves unrecorded
+            # a preflight answer carries only configuration facts: say the ledger cannot be written
+            meta["preflight-error"] = f"egress ledger {state_dir / LEDGER_FILE} cannot be written ({exc})"
         return reply
 
     return mod
