@@ -100,9 +100,13 @@ def audit_main(argv: list[str], console: Console | None = None) -> int:
 
 
 def main() -> None:
-    """Console-script entry point: `fedrec audit ...`, `fedrec models ...`, else the Hydra experiment app."""
+    """Console-script entry point: `fedrec audit|models|deploy ...`, else the Hydra experiment app."""
     if len(sys.argv) > 1 and sys.argv[1] == "audit":
         sys.exit(audit_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "deploy":
+        from fedrec.deploy.cli import deploy_main
+
+        sys.exit(deploy_main(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "models":
         from fedrec.model_registry import models_main
 
