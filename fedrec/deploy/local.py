@@ -144,7 +144,8 @@ class LocalFederation:
 
     # --- processes -------------------------------------------------------------------------------------
 
-    def _start(self, name: str, cmd: list[str]) -> Process:
+    def start_process(self, name: str, cmd: list[str]) -> Process:
+        """Start a process of this federation (own process group, log under root/logs, stopped by `close`)."""
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as fh:
@@ -212,7 +213,7 @@ class LocalFederation:
 
     def start_superlink(self, timeout: float = 60.0) -> float:
         """Start the SuperLink and wait until it is healthy; returns the seconds it took."""
-        self.superlink = self._start("superlink", self.superlink_cmd())
+        self.superlink = self.start_process("superlink", self.superlink_cmd())
         secs = self._wait("the SuperLink's health endpoint", self.healthy, self.superlink, timeout)
         self.timings.setdefault("superlink_start_s", secs)
         return secs
@@ -243,7 +244,7 @@ class LocalFederation:
         """Start (or restart) a region's SuperNode and wait until the SuperLink gave it a node id."""
         node = self.members[region]
         node.starts += 1
-        node.process = self._start(f"supernode-{region}-{node.starts}", self.supernode_cmd(region))
+        node.process = self.start_process(f"supernode-{region}-{node.starts}", self.supernode_cmd(region))
         proc = node.process
         return self._wait(f"SuperNode {region} to connect", lambda: "SuperNode ID" in proc.text()
                           or "Activated" in proc.text(), proc, timeout)
@@ -266,7 +267,7 @@ class LocalFederation:
         for region in self.members:
             node = self.members[region]
             node.starts += 1
-            node.process = self._start(f"supernode-{region}-{node.starts}", self.supernode_cmd(region))
+            node.process = self.start_process(f"supernode-{region}-{node.starts}", self.supernode_cmd(region))
         for region, node in self.members.items():
             proc = node.process
             assert proc is not None
@@ -285,7 +286,7 @@ class LocalFederation:
     def start_run(self, run_config: dict[str, Any], app: Path | None = None) -> Process:
         """`flwr run --stream` in the background (e.g. to crash something while it runs)."""
         cmd = ["flwr", "run", str(app or app_dir()), self.name, "--stream", "--run-config", run_config_arg(run_config)]
-        return self._start(f"flwr-run-{len(self.processes)}", cmd)
+        return self.start_process(f"flwr-run-{len(self.processes)}", cmd)
 
     def close(self) -> None:
         """Stop every process this federation started, then any process Flower spawned for it (by tag)."""
