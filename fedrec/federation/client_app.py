@@ -29,6 +29,7 @@ from fedrec.federation.egress_ledger import egress_ledger_mod
 from fedrec.federation.egress_recorder import Mod
 from fedrec.federation.preflight import preflight_reply
 from fedrec.federation.private_silo import log_evaluation, private_train_round
+from fedrec.federation.secure_aggregation_client import optional_secaggplus_mod
 from fedrec.federation.serving import RegionServing, advance_fork, review
 from fedrec.federation.settings import RunSettings, SiloIdentity
 from fedrec.federation.silo import Arrays, evaluate_splits, silo_seed, train_round
@@ -40,14 +41,15 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
     """A ClientApp; with `settings` it ignores `context.run_config` (in-process runs from Python).
 
     `mods` wrap every handler (e.g. `egress_recorder`, to keep a copy of everything the silo sends). The
-    silo's egress ledger (`egress_ledger`) is always the outermost mod when the silo has a state dir.
+    silo's egress ledger (`egress_ledger`) is always the outermost mod; SecAgg+'s client side (active only
+    when the coordinator runs it) the innermost, so `mods` and the ledger see what actually leaves.
     """
 
     def state_dir_of(context: Context) -> Path | None:
         s = settings or RunSettings.from_run_config(dict(context.run_config))
         return SiloIdentity.from_node_config(dict(context.node_config), s).state_dir
 
-    app = ClientApp(mods=[egress_ledger_mod(state_dir_of), *(mods or [])])
+    app = ClientApp(mods=[egress_ledger_mod(state_dir_of), *(mods or []), optional_secaggplus_mod])
 
     def resolve(context: Context) -> tuple[RunSettings, SiloIdentity, SiloData]:
         s = settings or RunSettings.from_run_config(dict(context.run_config))

@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid
 
 from fedrec.errors import ConfigError
 from fedrec.federation.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedrec.federation.egress import read_decline, read_float, read_int, read_privacy, read_region
 from fedrec.federation.preflight import preflight_failure, run_preflight
+from fedrec.federation.secure_aggregation import secure_train_round
 from fedrec.federation.settings import RunSettings, read_manifest
 from fedrec.federation.silo import SiloEvaluation, initial_global_arrays
 from fedrec.federation.strategies import build_strategy, restore_strategy_state, strategy_state
-from fedrec.federation.update_screen import ScreenRules, screen
+from fedrec.federation.update_screen import ScreenRules, metadata_problem, screen
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
 from fedrec.model_registry import ModelRegistry, ModelVersion, describe_version
@@ -99,6 +100,53 @@ def evaluate_global(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord, ti
     return per_region, overall, [str(r.error.reason)[:500] for r in replies if r.has_error()]
 
 
+@dataclass
+class TrainStep:
+    """A round's training replies, sorted out: what to aggregate, from whom, and who declined or was rejected."""
+
+    answered: list[Message]
+    to_aggregate: list[Message]
+    contributors: list[str]
+    declined: dict[str, str]
+    rejected: dict[str, str]
+    privacy: dict[str, dict[str, float]]
+    failures: list[str]
+
+
+def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: ArrayRecord, config: ConfigRecord,
+                  version: str, rules: ScreenRules, timeout: float, context: Context | None) -> TrainStep:
+    """Send the round's training messages and screen the replies (plain, or through SecAgg+)."""
+    messages = list(strategy.configure_train(rnd, arrays, config, grid))
+    secure = None
+    if s.secure_aggregation == "secaggplus":
+        if context is None:
+            raise ConfigError("secure-aggregation=secaggplus needs the ServerApp's context")
+        secure = secure_train_round(grid, context, messages, timeout=timeout,
+                                    clipping_range=s.secagg_clipping_range,
+                                    quantization_range=s.secagg_quantization_range,
+                                    min_contributors=s.secagg_min_contributors)
+        replies, failures = secure.replies, list(secure.failures)
+    else:
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        failures = [str(r.error.reason)[:500] for r in replies if r.has_error()]
+    answered = sorted((r for r in replies if not r.has_error()), key=_region)
+    declined = {_region(r): str(read_decline(r.content)) for r in answered if read_decline(r.content)}
+    privacy = {_region(r): p for r in answered if (p := read_privacy(r.content)) is not None}
+    contributing = [r for r in answered if _region(r) not in declined]
+    if secure is None:
+        ok, rejected = screen(contributing, {k: v.numpy() for k, v in arrays.items()}, version=version, rules=rules)
+        return TrainStep(answered, ok, [_region(r) for r in ok], declined, rejected, privacy, failures)
+    # SecAgg+: only the mean is visible; a bad reply cannot be taken out of it, so it voids the round
+    rejected = {_region(r): why for r in contributing if (why := metadata_problem(r, version=version))}
+    mean_ok = secure.arrays is not None and all(np.isfinite(a.numpy()).all() for a in secure.arrays.values())
+    if secure.arrays is not None and not mean_ok:
+        failures.append("SecAgg+ mean holds NaN or Inf: round not aggregated")
+    if rejected or not mean_ok:
+        return TrainStep(answered, [], [], declined, rejected, privacy, failures)
+    return TrainStep(answered, [secure.as_reply()], [_region(r) for r in contributing], declined, {}, privacy,
+                     failures)
+
+
 def write_history(s: RunSettings, history: FederationHistory) -> None:
     """`<output-dir>/federated_history.json` (nothing without an output dir)."""
     if s.output_dir:
@@ -108,7 +156,8 @@ def write_history(s: RunSettings, history: FederationHistory) -> None:
 
 
 def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = None,
-                   timeout: float | None = None, run_id: str = "") -> FederationHistory:
+                   timeout: float | None = None, run_id: str = "", context: Context | None = None
+                   ) -> FederationHistory:
     """Run `s.num_rounds` rounds of train → aggregate → evaluate; write outputs when `s.output_dir` is set.
 
     Silos that decline a round (a spent privacy budget, a repeated round) are left out of its aggregate
@@ -170,24 +219,20 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
     for rnd in range(first_round, s.num_rounds + 1):
         t0 = time.perf_counter()
         config = ConfigRecord({"server-round": rnd, "model-version": current.id})
-        sent = {k: v.numpy() for k, v in arrays.items()}
-        replies = grid.send_and_receive(strategy.configure_train(rnd, arrays, config, grid), timeout=timeout)
-        answered = sorted((r for r in replies if not r.has_error()), key=_region)
-        failed = [r for r in replies if r.has_error()]
-        declined = {_region(r): str(read_decline(r.content)) for r in answered if read_decline(r.content)}
-        ok, rejected = screen([r for r in answered if _region(r) not in declined], sent, version=current.id,
-                              rules=rules)
-        privacy = {_region(r): p for r in answered if (p := read_privacy(r.content)) is not None}
+        step = collect_train(grid, strategy, s, rnd, arrays, config, current.id, rules, timeout, context)
+        answered, declined, rejected, privacy = step.answered, step.declined, step.rejected, step.privacy
+        ok = step.to_aggregate
         too_few = ""
-        if ok and len(ok) < s.min_replies:
-            too_few = f"only {len(ok)} acceptable update(s), min-replies is {s.min_replies}: round not aggregated"
+        if ok and len(step.contributors) < s.min_replies:
+            too_few = (f"only {len(step.contributors)} acceptable update(s), min-replies is {s.min_replies}: "
+                       "round not aggregated")
             ok = []
         if ok:
             aggregated, _ = strategy.aggregate_train(rnd, ok)
             if aggregated is not None:
                 arrays = aggregated
             last_aggregated = rnd
-            current = name_version(rnd, current.id, [_region(r) for r in ok],
+            current = name_version(rnd, current.id, step.contributors,
                                    {r: p["epsilon"] for r, p in privacy.items() if r not in declined})
         evaluate = bool(ok) and (rnd == 1 or rnd == s.num_rounds or rnd % s.eval_every == 0)
         per_region, overall, eval_failures = evaluate_global(grid, strategy, rnd, arrays, timeout, current.id) \
@@ -201,11 +246,11 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
             "evaluated": evaluate,
             "per_region": per_region,
             "overall": overall,
-            "participants": [_region(r) for r in ok],
+            "participants": step.contributors if ok else [],
             "declined": declined,
             "rejected": rejected,
             "privacy": privacy,
-            "failures": [str(r.error.reason)[:500] for r in failed] + eval_failures + ([too_few] if too_few else []),
+            "failures": step.failures + eval_failures + ([too_few] if too_few else []),
             "round_time_s": time.perf_counter() - t0,
         }
         if evaluate:

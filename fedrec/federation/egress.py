@@ -165,8 +165,8 @@ def read_region(content: RecordDict) -> str:
 
 def read_privacy(content: RecordDict) -> dict[str, float] | None:
     """The DP metadata of a reply as a plain dict (None when the silo did not attach any)."""
-    meta = content.config_records["meta"]
-    if "dp-epsilon" not in meta:
+    meta = content.config_records.get("meta")
+    if meta is None or "dp-epsilon" not in meta:
         return None
     return {key.removeprefix("dp-").replace("-", "_"): read_float(content, "meta", key) for key in DP_KEYS}
 

@@ -137,11 +137,12 @@ def verify(path: Path, *, accountant: str = "pld", tolerance: float = 1e-6) -> A
         if _entry_hash(e.body()) != e.hash:
             problems.append(f"entry {i}: its content does not match its hash (edited after it was written)")
         prev = e.hash
-    releases, seen = [], set()
-    for e in entries:  # a re-sent reply (same bytes, e.g. to a restarted coordinator) is not a new release
-        if e.dp and not e.declined and e.kind == "train" and e.sha256 not in seen:
+    releases: list[EgressEntry] = []
+    for e in entries:  # a re-sent reply (to a restarted coordinator; masked anew under SecAgg+) adds no step
+        if e.dp and not e.declined and e.kind == "train" and not (
+                releases and e.dp.get("steps") == releases[-1].dp.get("steps")
+                and e.dp.get("epsilon") == releases[-1].dp.get("epsilon")):
             releases.append(e)
-            seen.add(e.sha256)
     events: list[GaussianSteps] = []
     steps_before = 0.0
     reported = recomputed = 0.0
@@ -169,8 +170,13 @@ def egress_ledger_mod(state_dir_of: Callable[[Context], Path | None]) -> Callabl
     def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         reply = call_next(msg, context)
         state_dir = state_dir_of(context)
-        if state_dir is None or reply.has_error() or "meta" not in reply.content.config_records:
+        if state_dir is None or reply.has_error():
             return reply  # an error reply carries Flower's error record, not silo content
+        if "meta" not in reply.content.config_records:  # a SecAgg+ protocol message (keys, shares)
+            EgressLedger(state_dir / LEDGER_FILE).append(
+                run_id=str(context.run_id), server_round=int(msg.metadata.group_id or 0),
+                kind=f"{msg.metadata.message_type}:secagg", region="", content=reply.content)
+            return reply
         meta = reply.content.config_records["meta"]
         try:
             EgressLedger(state_dir / LEDGER_FILE).append(

@@ -51,11 +51,18 @@ def egress_recorder(directory: Path) -> Mod:
         meta = {"node_id": context.node_id, "message_type": msg.metadata.message_type,
                 "has_error": reply.has_error(), "records": records}
         path = directory / f"{context.node_id}-{uuid.uuid4().hex}.npz"
-        payload: dict[str, Any] = {"__meta__": np.array(json.dumps(meta)), **arrays}
+        payload: dict[str, Any] = {"__meta__": np.array(json.dumps(meta, default=_bytes_as_hex)), **arrays}
         np.savez(path, **payload)
         return reply
 
     return mod
+
+
+def _bytes_as_hex(value: Any) -> Any:
+    """Bytes values (SecAgg+'s keys, shares, masked vectors) recorded as {"bytes-hex": ...}."""
+    if isinstance(value, bytes):
+        return {"bytes-hex": value.hex()}
+    raise TypeError(f"cannot record a {type(value).__name__}")
 
 
 def read_recorded(directory: Path) -> list[RecordedReply]:

@@ -19,7 +19,7 @@ def make_server_app(settings: RunSettings | None = None, *, on_round: RoundCallb
     def main(grid: Grid, context: Context) -> None:
         s = settings or RunSettings.from_run_config(dict(context.run_config))
         random.seed(s.seed)  # Flower's node sampling uses `random`; seed it for reproducible runs
-        run_federation(grid, s, on_round=on_round, run_id=s.run_key(context.run_id))
+        run_federation(grid, s, on_round=on_round, run_id=s.run_key(context.run_id), context=context)
 
     return app
 

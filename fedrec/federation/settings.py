@@ -22,6 +22,7 @@ STRATEGIES = ("fedavg", "fedavgm", "fedadam")
 OPERATIONAL_KEYS = frozenset({"data-dir", "output-dir", "state-dir", "registry-dir", "resume", "quiet",
                               "client-threads", "round-timeout"})
 WEIGHTINGS = ("uniform", "examples")
+SECURE_AGGREGATION = ("none", "secaggplus")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class RunSettings:
     min_replies: int = 1
     update_norm_factor: float = 10.0
     max_update_norm: float = 0.0
+    secure_aggregation: str = "none"
+    secagg_clipping_range: float = 8.0
+    secagg_quantization_range: int = 4194304
+    secagg_min_contributors: int = 2
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -89,6 +94,12 @@ class RunSettings:
             raise ConfigError(f"federation.rounds={self.num_rounds} must be >= 1")
         if not self.round_timeout > 0:
             raise ConfigError(f"round-timeout={self.round_timeout} must be > 0 (seconds)")
+        if self.secure_aggregation not in SECURE_AGGREGATION:
+            raise ConfigError(f"secure-aggregation={self.secure_aggregation!r}: choose one of {SECURE_AGGREGATION}")
+        if self.secure_aggregation == "secaggplus" and (self.weighting != "uniform" or self.secagg_min_contributors < 2
+                                                        or not self.secagg_clipping_range > 0):
+            raise ConfigError("secure-aggregation=secaggplus needs weighting=uniform (SecAgg+ here masks weights of "
+                              "1), secagg-min-contributors >= 2 and secagg-clipping-range > 0")
         if self.resume and not self.run_name:
             raise ConfigError("resume=true needs run-name: a restarted coordinator gets a new Flower run id, and "
                               "silos find their state (budget plan, users, last reply) by the run's name")

@@ -60,6 +60,18 @@ def malformed(msg: Message, sent: dict[str, np.ndarray], *, version: str, unifor
     return None
 
 
+def metadata_problem(msg: Message, *, version: str) -> str | None:
+    """What is wrong with a reply's public metadata alone (under SecAgg+ its arrays are masked)."""
+    metrics = msg.content.metric_records.get("metrics")
+    weight = metrics.get(WEIGHT_KEY) if metrics is not None else None
+    if weight != 1.0:
+        return f"aggregation weight {weight!r} (SecAgg+ here masks weights of exactly 1)"
+    base = read_version(msg.content, record="meta")
+    if version and base != version:
+        return f"stale: trained on version {base[:12] or '(none)'}, this round sent {version[:12]}"
+    return None
+
+
 def update_norm(msg: Message, sent: dict[str, np.ndarray]) -> float:
     """L2 norm of the reply's change to the global model, over every parameter."""
     arrays = read_arrays(msg.content)
