@@ -13,7 +13,7 @@ from typing import Any
 from fedrec.adoption import AdoptionPolicy
 from fedrec.data.split import SplitConfig
 from fedrec.errors import ConfigError
-from fedrec.federation.settings import STRATEGIES, WEIGHTINGS, RunSettings
+from fedrec.federation.settings import SECURE_AGGREGATION, STRATEGIES, WEIGHTINGS, RunSettings
 from fedrec.models import ModelSpec, available_models
 from fedrec.privacy.plan import PrivacySettings
 from fedrec.training import TrainConfig
@@ -44,6 +44,9 @@ class FederationConfig:
     weighting: str = "uniform"
     fraction_train: float = 1.0
     cpus_per_client: float = 1.0
+    secure_aggregation: str = "none"
+    min_replies: int = 1
+    update_norm_factor: float = 10.0
 
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "federation.rounds", self.rounds, ">= 1")
@@ -52,6 +55,10 @@ class FederationConfig:
         _require(self.weighting in WEIGHTINGS, "federation.weighting", self.weighting, f"one of {WEIGHTINGS}")
         _require(0 < self.fraction_train <= 1, "federation.fraction_train", self.fraction_train, "in (0, 1]")
         _require(self.cpus_per_client > 0, "federation.cpus_per_client", self.cpus_per_client, "> 0")
+        _require(self.secure_aggregation in SECURE_AGGREGATION, "federation.secure_aggregation",
+                 self.secure_aggregation, f"one of {SECURE_AGGREGATION}")
+        _require(self.min_replies >= 1, "federation.min_replies", self.min_replies, ">= 1")
+        _require(self.update_norm_factor > 1, "federation.update_norm_factor", self.update_norm_factor, "> 1")
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,8 @@ class ExperimentConfig:
             refit_epochs=t.refit_epochs,
             strategy=s.name, server_lr=s.server_lr, server_momentum=s.server_momentum, adam_beta1=s.beta1,
             adam_beta2=s.beta2, adam_tau=s.tau, weighting=f.weighting, fraction_train=f.fraction_train,
-            min_nodes=n_regions, seed=self.seed, **self.privacy_run_config(), adoption=json.dumps(self.adoption),
+            min_nodes=n_regions, seed=self.seed, secure_aggregation=f.secure_aggregation, min_replies=f.min_replies,
+            update_norm_factor=f.update_norm_factor, **self.privacy_run_config(), adoption=json.dumps(self.adoption),
             registry_dir=self.registry_dir or "",
         )
 
