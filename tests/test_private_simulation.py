@@ -72,6 +72,11 @@ def test_every_silo_answered_every_message_without_error(run) -> None:
     assert len(evaluate) == ROUNDS * len(world.regions)
     assert not any(r.has_error for r in train + evaluate)
     assert [r["round"] for r in history["rounds"]] == list(range(1, ROUNDS + 1))
+    # the preflight answers (before round 1) name the region and nothing else
+    preflight = replies(root, "query")
+    assert sorted(r.records["meta"]["region"] for r in preflight) == sorted(world.regions)
+    assert all(r.arrays == {} and list(r.records) == ["meta"] and set(r.records["meta"]) == {"region", "server-round"}
+               for r in preflight)
 
 
 def test_train_replies_hold_only_global_parameters_with_uniform_weight_and_public_metadata(run) -> None:
@@ -178,7 +183,7 @@ def test_when_every_silo_has_spent_its_budget_the_run_stops_and_says_why(tmp_pat
     assert history["stopped_early"].startswith("round 1: every silo declined (budget exhausted")
     assert history["rounds"] == []
     assert [e["round"] for e in history["privacy_rounds"]] == [1]
-    sent = read_recorded(tmp_path / "egress")
+    sent = [r for r in read_recorded(tmp_path / "egress") if r.message_type != "query"]  # preflight: config only
     assert len(sent) == 3 and all(r.arrays == {} and "declined" in r.records["meta"] for r in sent)
 
 
@@ -187,7 +192,7 @@ def test_each_silo_egress_ledger_holds_every_reply_and_verifies(run) -> None:
     for region in world.regions:
         entries = EgressLedger(root / "state" / region / EGRESS_LEDGER).entries()
         assert sorted((e.kind, e.server_round) for e in entries) == sorted(
-            (kind, rnd) for kind in ("train", "evaluate") for rnd in range(1, ROUNDS + 1))
+            [("query", 0)] + [(kind, rnd) for kind in ("train", "evaluate") for rnd in range(1, ROUNDS + 1)])
         report = verify(root / "state" / region / EGRESS_LEDGER)
         assert report.ok, (region, report.problems)
         assert report.releases == (0 if region == SPENT_REGION else ROUNDS)
