@@ -1,8 +1,8 @@
 """A coordinator that dies mid-run resumes from its checkpoint: no round lost, repeated or paid for twice.
 
-A real Flower simulation under user-level DP crashes right after round 3's replies were received and
+A real Flower simulation under user-level DP crashes right after round 2's replies were received and
 before its checkpoint (the progress callback raises). The coordinator is started again with `resume=true`
-on the same output and silo state: round 3 is sent again, the silos answer with the reply they already
+on the same output and silo state: round 2 is sent again, the silos answer with the reply they already
 sent (no second release in their ledgers), and the run ends bit-identical to one that never crashed.
 """
 
@@ -40,7 +40,7 @@ class Crash(RuntimeError):
 
 def settings(world: PreparedWorld, root: Path, **kw: Any) -> RunSettings:
     return RunSettings(data_dir=str(world.data_dir), output_dir=str(root / "out"), state_dir=str(root / "state"),
-                       num_rounds=4, min_nodes=3, dim=6, batch_size=64, n_negatives=16, privacy="user_dp",
+                       num_rounds=3, min_nodes=3, dim=6, batch_size=64, n_negatives=16, privacy="user_dp",
                        privacy_epsilon=4.0, privacy_sample_rate=0.2, privacy_steps_per_round=3,
                        privacy_max_per_user=8, run_name="resumable", quiet=True, **kw)
 
@@ -57,8 +57,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[PreparedWorld, Path,
     root = tmp_path_factory.mktemp("resume")
     world = prepare_world(generate_world(WORLD), SplitConfig(), root / "world")
     with contextlib.suppress(Exception):  # the crash may or may not propagate out of Flower's engine
-        run_simulation(settings(world, root / "crashed"), on_round=crash_after(3))
-    assert json.loads((root / "crashed" / "out" / "coordinator" / "checkpoint.json").read_text())["round"] == 2
+        run_simulation(settings(world, root / "crashed"), on_round=crash_after(2))
+    assert json.loads((root / "crashed" / "out" / "coordinator" / "checkpoint.json").read_text())["round"] == 1
     run_simulation(settings(world, root / "crashed", resume=True))
     run_simulation(settings(world, root / "straight"))
     return world, root / "crashed", root / "straight"
@@ -71,12 +71,12 @@ def history(run: Path) -> dict:
 def test_the_resumed_run_continues_after_the_last_checkpointed_round(runs) -> None:
     _, crashed, _ = runs
     h = history(crashed)
-    assert h["resumed_at"] == [3]
-    assert [e["round"] for e in h["round_log"]] == [1, 2, 3, 4]
+    assert h["resumed_at"] == [2]
+    assert [e["round"] for e in h["round_log"]] == [1, 2, 3]
     assert all(e["participants"] == ["apac", "eu", "na"] for e in h["round_log"])
     registry = ModelRegistry(crashed / "out" / "registry", create=False)
     lineage = registry.lineage(h["model_versions"][-1]["id"])
-    assert [v.round for v in lineage] == [4, 3, 2, 1, 0]
+    assert [v.round for v in lineage] == [3, 2, 1, 0]
 
 
 def test_no_silo_paid_twice_for_the_round_that_was_in_flight(runs) -> None:
@@ -84,12 +84,12 @@ def test_no_silo_paid_twice_for_the_round_that_was_in_flight(runs) -> None:
     for region in world.regions:
         led = [BudgetLedger(run / "state" / region / LEDGER_FILE, budget_epsilon=4.0,
                             delta=auto_delta(world.silos[region].n_users)) for run in (crashed, straight)]
-        assert [r.server_round for r in led[0].releases] == [1, 2, 3, 4]
+        assert [r.server_round for r in led[0].releases] == [1, 2, 3]
         assert led[0].epsilon_spent() == pytest.approx(led[1].epsilon_spent())
-        # the egress ledger shows round 3 sent twice, byte-identical, and still adds up
+        # the egress ledger shows round 2 sent twice, byte-identical, and still adds up
         sent = [json.loads(line) for line in (crashed / "state" / region / EGRESS_LEDGER).read_text().splitlines()]
-        r3 = [e["sha256"] for e in sent if e["kind"] == "train" and e["server_round"] == 3]
-        assert len(r3) == 2 and r3[0] == r3[1]
+        r2 = [e["sha256"] for e in sent if e["kind"] == "train" and e["server_round"] == 2]
+        assert len(r2) == 2 and r2[0] == r2[1]
         assert verify(crashed / "state" / region / EGRESS_LEDGER).ok
 
 

@@ -11,6 +11,7 @@ The same commands, on real machines, are in docs/running-across-jurisdictions.md
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -43,6 +44,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def connected(proc: Process) -> bool:
+    """Whether a SuperNode's log says the SuperLink accepted it."""
+    text = proc.text()
+    return "SuperNode ID" in text or "Activated" in text
 
 
 def app_dir() -> Path:
@@ -240,14 +247,29 @@ class LocalFederation:
                     "--auth-supernode-private-key", str(node.key)]
         return [*cmd, "--insecure"]
 
-    def start_node(self, region: str, timeout: float = 60.0) -> float:
-        """Start (or restart) a region's SuperNode and wait until the SuperLink gave it a node id."""
+    def start_node(self, region: str, timeout: float = 120.0) -> float:
+        """Start (or restart) a region's SuperNode and wait until it is connected; returns the seconds it took.
+
+        A SuperNode restarted right after a crash is refused until the SuperLink has marked its previous
+        session offline (its key's node is still active: exit code 305 / "Failed to activate"); it is
+        started again every 2 s until it gets in or `timeout` runs out.
+        """
         node = self.members[region]
-        node.starts += 1
-        node.process = self.start_process(f"supernode-{region}-{node.starts}", self.supernode_cmd(region))
-        proc = node.process
-        return self._wait(f"SuperNode {region} to connect", lambda: "SuperNode ID" in proc.text()
-                          or "Activated" in proc.text(), proc, timeout)
+        t0 = time.monotonic()
+        while True:
+            node.starts += 1
+            node.process = self.start_process(f"supernode-{region}-{node.starts}", self.supernode_cmd(region))
+            proc = node.process
+            try:
+                self._wait(f"SuperNode {region} to connect", functools.partial(connected, proc), proc,
+                           max(1.0, timeout - (time.monotonic() - t0)))
+                return time.monotonic() - t0
+            except DeployError:
+                refused = "Failed to activate" in proc.text()
+                if not refused or time.monotonic() - t0 > timeout:
+                    raise
+                proc.stop()
+                time.sleep(2.0)
 
     def kill_node(self, region: str, sig: int = signal.SIGKILL) -> None:
         """Stop a region's SuperNode (SIGKILL by default: a crash, not a goodbye)."""
@@ -271,8 +293,7 @@ class LocalFederation:
         for region, node in self.members.items():
             proc = node.process
             assert proc is not None
-            self._wait(f"SuperNode {region} to connect", lambda p=proc: "SuperNode ID" in p.text()  # type: ignore[misc]
-                       or "Activated" in p.text(), proc, 60.0)
+            self._wait(f"SuperNode {region} to connect", functools.partial(connected, proc), proc, 60.0)
         self.timings["supernodes_connected_s"] = time.monotonic() - t1
         self.timings["startup_s"] = time.monotonic() - t0
         return self
