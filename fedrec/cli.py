@@ -56,7 +56,10 @@ def run(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
     with round_progress(exp.federation.rounds, enabled=show, console=console) as on_round:
         results = run_experiment(exp, out_dir, on_round=on_round, resolved_config=resolved, log=console.print)
     print_summary(results, console)
-    console.print(f"results: {out_dir / 'results.json'}")
+    from fedrec.plots import save_figures
+
+    figures = save_figures(results, out_dir)
+    console.print(f"results: {out_dir / 'results.json'}; figures: {', '.join(p.name for p in figures)}")
     return results
 
 

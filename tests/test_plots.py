@@ -122,3 +122,37 @@ def test_save_figures_writes_non_empty_pngs(tmp_path: Path) -> None:
         assert p.parent == out and p.suffix == ".png"
         data = p.read_bytes()
         assert len(data) > 1000 and data.startswith(PNG_MAGIC)
+
+
+def with_adoption(results: dict[str, Any]) -> dict[str, Any]:
+    """`fake_results` where south forks after round 1 and north adopts if better (kept round 3)."""
+    for entry in results["rounds"]:
+        entry["served"] = {r: _metrics(0.12 * entry["round"] + 0.01) for r in REGIONS}
+        entry["local_only"] = {r: _metrics(0.05 * entry["round"]) for r in REGIONS}
+    results["adoption"] = {
+        "north": {"policy": {"kind": "if_better", "metric": "ndcg@20", "margin": 0.0}, "serving": "b" * 64,
+                  "decisions": [{"round": k, "adopted": k < 3, "reason": "ndcg@20 ..."} for k in (1, 2, 3)]},
+        "south": {"policy": {"kind": "fork", "from_round": 1, "contribute": True}, "serving": "fork:" + "a" * 64,
+                  "decisions": [{"round": 1, "adopted": True, "reason": "follows the federation until its fork point"},
+                                {"round": 1, "adopted": False, "reason": "the fork starts from this version"},
+                                *({"round": k, "adopted": False, "reason": "forked from aaaa: serves its own line"}
+                                  for k in (2, 3))]},
+    }
+    return results
+
+
+def test_the_adoption_figure_marks_each_regions_decisions(tmp_path: Path) -> None:
+    from fedrec.plots import plot_adoption
+
+    results = with_adoption(json.loads(json.dumps(fake_results())))
+    fig = plot_adoption(results)
+    north, south = fig.axes[:2]
+    assert "if_better" in north.get_title() and "fork from round 1" in south.get_title()
+    served = next(ln for ln in north.lines if ln.get_label() == "served in the region")
+    assert list(served.get_ydata()) == [results["rounds"][k]["served"]["north"]["ndcg@20"] for k in range(3)]
+    kept = [c for c in north.collections if c.get_label() == "kept"]
+    assert len(kept) == 1 and [p[0] for p in kept[0].get_offsets()] == [3]
+    assert [ln.get_xdata()[0] for ln in south.lines if ln.get_label() == "fork / rebase"] == [1]
+    # save_figures adds it only when some region does not simply adopt every version
+    assert len(save_figures(results, tmp_path / "a")) == 3
+    assert len(save_figures(json.loads(json.dumps(fake_results())), tmp_path / "b")) == 2
