@@ -54,34 +54,38 @@ def _evaluation(e: dict[str, Any]) -> SiloEvaluation:
 
 
 def gather_serving(history: dict[str, Any], settings: RunSettings, regions: tuple[str, ...]
-                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                   ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, SiloEvaluation]]:
     """Each region's served model per evaluated round, and its policy and decisions, from the silos' own records.
 
-    Returns (rounds with a `served` block, `adoption` per region). Like `gather_silo_evaluations`, only the
-    researcher owning every silo can read these; a coordinator never receives them.
+    Returns (rounds with a `served` block, `adoption` per region, the served models' metric sums at the last
+    evaluated round, for pooling). Like `gather_silo_evaluations`, only the researcher owning every silo can
+    read these; a coordinator never receives them.
     """
     root = silo_state_root(settings)
     if root is None:
-        return history["rounds"], {}
+        return history["rounds"], {}, {}
     logs = {r: {e["round"]: e for e in read_evaluations(root / r, history["run_id"]) if "decision" in e}
             for r in regions}
     rounds = []
+    served_sums: dict[str, SiloEvaluation] = {}
     for entry in history["rounds"]:
         served: dict[str, Any] = {}
+        served_sums = {}
         for r in regions:
             e = logs[r].get(entry["round"])
             if e is not None and e["served"] is not None:
-                served[r] = {**_evaluation(e["served"]).means(), "version": e["decision"]["served_after"],
+                served_sums[r] = _evaluation(e["served"])
+                served[r] = {**served_sums[r].means(), "version": e["decision"]["served_after"],
                              "adopted": e["decision"]["adopted"], "reason": e["decision"]["reason"]}
         rounds.append({**entry, "served": served})
     adoption = {}
     for r in regions:
         decisions = [asdict(d) for d in ServingRecord(root / r / SERVING_DIR).decisions()
                      if d.run_id == history["run_id"]]
-        last = next(iter(logs[r].values()), None) if logs[r] else None
-        adoption[r] = {"policy": last["policy"] if last else asdict(settings.policy_for(r)),
+        logged = next(iter(logs[r].values()), None)  # every line holds the region's policy
+        adoption[r] = {"policy": logged["policy"] if logged else asdict(settings.policy_for(r)),
                        "serving": decisions[-1]["served_after"] if decisions else None, "decisions": decisions}
-    return rounds, adoption
+    return rounds, adoption, served_sums
 
 
 def final_privacy(privacy_rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -90,14 +94,6 @@ def final_privacy(privacy_rounds: list[dict[str, Any]]) -> dict[str, dict[str, f
     for entry in privacy_rounds:
         final.update(entry["per_region"])
     return dict(sorted(final.items()))
-
-
-def _last_served(settings: RunSettings, run_id: str, region: str, rnd: int) -> dict[str, Any] | None:
-    root = silo_state_root(settings)
-    if root is None:
-        return None
-    logged = [e for e in read_evaluations(root / region, run_id) if e["round"] == rnd and e.get("served")]
-    return logged[-1]["served"] if logged else None
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallback | None = None,
@@ -129,15 +125,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
     if settings.privacy_settings().enabled:
         history["rounds"] = gather_silo_evaluations(history, settings, world.regions)
         privacy = final_privacy(history["privacy_rounds"])
-    history["rounds"], adoption = gather_serving(history, settings, world.regions)
+    history["rounds"], adoption, served_last = gather_serving(history, settings, world.regions)
     if not history["rounds"]:
         raise FedrecError(f"the federation trained no round ({history.get('stopped_early') or 'no silo replied'}); "
                           "a silo whose privacy budget is spent needs a larger privacy.epsilon or a fresh "
                           "privacy.state_dir (budgets are meant to persist: never reset a real silo's ledger)")
     last = history["rounds"][-1]
     final: dict[str, Any] = {"federated": _block(last["per_region"], last["overall"])}
-    served_last = {r: _evaluation(e) for r in world.regions
-                   if (e := _last_served(settings, history["run_id"], r, last["round"])) is not None}
     if served_last:
         final["served"] = _block(*pool(served_last))
 
