@@ -90,16 +90,15 @@ class PrivacyConfig:
     fixed path to make budgets persist across experiments.
     """
 
-    name: str = "none"
-    epsilon: float = 8.0
+    name: str = PrivacySettings.mode
+    epsilon: float = PrivacySettings.epsilon
     region_epsilon: dict[str, float] = field(default_factory=dict)
-    delta: float | None = None
-    clip_norm: float = 1.0
-    sample_rate: float = 0.02
-    steps_per_round: int | None = None
-    max_per_user: int = 64
-    accountant: str = "pld"
-    noise: str = "seeded"
+    delta: float = PrivacySettings.delta
+    clip_norm: float = PrivacySettings.clip_norm
+    sample_rate: float = PrivacySettings.sample_rate
+    steps_per_round: int | None = PrivacySettings.steps_per_round
+    max_per_user: int = PrivacySettings.max_per_user
+    accountant: str = PrivacySettings.accountant
     state_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -108,9 +107,9 @@ class PrivacyConfig:
     def settings(self) -> PrivacySettings:
         """The validated run-wide settings."""
         return PrivacySettings(mode=self.name, epsilon=self.epsilon, region_epsilon=dict(self.region_epsilon),
-                               delta=self.delta or 0.0, clip_norm=self.clip_norm, sample_rate=self.sample_rate,
+                               delta=self.delta, clip_norm=self.clip_norm, sample_rate=self.sample_rate,
                                steps_per_round=self.steps_per_round or 0, max_per_user=self.max_per_user,
-                               accountant=self.accountant, noise=self.noise)
+                               accountant=self.accountant)
 
 
 @dataclass(frozen=True)
@@ -172,7 +171,7 @@ class ExperimentConfig:
         return {"privacy": p.mode, "privacy_epsilon": p.epsilon, "privacy_region_epsilon": p.to_json_regions(),
                 "privacy_delta": p.delta, "privacy_clip_norm": p.clip_norm, "privacy_sample_rate": p.sample_rate,
                 "privacy_steps_per_round": p.steps_per_round, "privacy_max_per_user": p.max_per_user,
-                "privacy_accountant": p.accountant, "privacy_noise": p.noise,
+                "privacy_accountant": p.accountant,
                 "state_dir": self.privacy.state_dir or ""}
 
     @property
@@ -181,7 +180,17 @@ class ExperimentConfig:
         return self.federation.rounds * self.federation.local_epochs
 
 
+RETIRED = {
+    ("privacy", "noise"): "privacy.noise is gone: a silo always draws DP noise and sampling from its own OS CSPRNG "
+                          "(reproducible noise is a Python-only research option: make_client_app(..., "
+                          "reproducible_noise=True))",
+}
+
+
 def _build(cls: type, group: str, values: dict[str, Any]) -> Any:
+    for (g, key), why in RETIRED.items():
+        if g == group and key in values:
+            raise ConfigError(why)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

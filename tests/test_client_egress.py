@@ -255,10 +255,11 @@ def test_train_reply_builds_the_allowed_content() -> None:
 
 
 def test_a_node_without_its_silo_file_gets_a_config_error(tmp_path: Path, world: PreparedWorld) -> None:
-    # Prepare: a region-named node pointed at a directory without its data
-    s = RunSettings(data_dir=str(tmp_path), min_nodes=3, dim=DIM)
+    # Prepare: a region-named (deployed) node whose node config names no data file; the run config's
+    # data-dir does hold one, but a deployed silo never reads data from where the coordinator says
+    s = RunSettings(data_dir=str(world.data_dir), min_nodes=3, dim=DIM)
     context = Context(run_id=1, node_id=SILO_NODE, node_config={"region": "eu"}, state=RecordDict(), run_config={})
 
     # Execute / Assert
-    with pytest.raises(ConfigError, match=r"region 'eu' not found.*data-path"):
+    with pytest.raises(ConfigError, match=r"silo 'eu': node config has no data-path"):
         make_client_app(s)(instruction(MessageType.TRAIN, initial_arrays(s, world), 1), context)

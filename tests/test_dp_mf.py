@@ -92,7 +92,7 @@ def test_a_silo_private_item_bias_counts_in_the_norm_and_gets_its_own_noise() ->
     per_user = [model.user.emb.weight, model.user.bias.weight]
     before_g, before_p = model.item_bias.weight.detach().clone(), model.user.item_bias.weight.detach().clone()
     dp_mf_step(model, UserBatch(empty, empty, empty), negatives, clip_norm=1.0, noise_multiplier=1.0,
-               expected_users=1.0, global_optimizer=torch.optim.SGD(shared, lr=1.0),
+               normaliser=1.0, global_optimizer=torch.optim.SGD(shared, lr=1.0),
                local_optimizer=torch.optim.SGD(per_user, lr=1.0), noise=NoiseSource("seeded", seed=0))
     moved_g = (model.item_bias.weight.detach() - before_g).flatten()
     moved_p = (model.user.item_bias.weight.detach() - before_p).flatten()
@@ -111,7 +111,7 @@ def test_without_noise_or_clipping_the_step_is_plain_sgd_on_the_user_sum() -> No
     opt_g, opt_l = torch.optim.SGD(glob, lr=0.1), torch.optim.SGD(local, lr=0.1)
 
     # Execute
-    dp_mf_step(model, batch, negatives, clip_norm=1e6, noise_multiplier=0.0, expected_users=3.0,
+    dp_mf_step(model, batch, negatives, clip_norm=1e6, noise_multiplier=0.0, normaliser=3.0,
                global_optimizer=opt_g, local_optimizer=opt_l, noise=NoiseSource("seeded", seed=0))
     loss, _, _ = interaction_coefficients(reference, batch, negatives)
     (loss.sum() / 3.0).backward()
@@ -138,7 +138,7 @@ def test_an_empty_poisson_batch_still_releases_noise() -> None:
 
     # Execute
     stats = dp_mf_step(model, UserBatch(empty, empty, empty), negatives, clip_norm=1.0, noise_multiplier=1.0,
-                       expected_users=2.0, global_optimizer=torch.optim.SGD(glob, lr=0.1),
+                       normaliser=2.0, global_optimizer=torch.optim.SGD(glob, lr=0.1),
                        local_optimizer=torch.optim.SGD(local, lr=0.1), noise=NoiseSource("seeded", seed=0))
 
     # Assert: the item side moved (by noise / expected users only), and the stats are well defined

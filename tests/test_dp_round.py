@@ -11,6 +11,7 @@ from fedrec.errors import ConfigError
 from fedrec.federation.silo import initial_global_arrays
 from fedrec.models import ModelSpec
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
+from fedrec.privacy.noise import NoiseSource
 from fedrec.training import TrainConfig
 
 SPEC = ModelSpec("mf", 8, {"private_item_bias": False})
@@ -34,11 +35,14 @@ def test_a_dp_round_releases_only_global_parameters_and_reports_its_cost(silo) -
     np.testing.assert_array_equal(out.global_after["global_bias"], g["global_bias"])  # no gradient, no noise
 
 
-def test_same_seed_same_release_and_state_continues(silo) -> None:
+def test_secure_noise_by_default_seeded_noise_only_when_asked_and_state_continues(silo) -> None:
     g = initial_global_arrays(SPEC, n_items=silo.n_items, seed=0)
     a = train_round_dp(silo, SPEC, g, None, TrainConfig(), DP, seed=3)
     b = train_round_dp(silo, SPEC, g, None, TrainConfig(), DP, seed=3)
-    np.testing.assert_array_equal(a.global_after["item_emb.weight"], b.global_after["item_emb.weight"])
+    assert not np.allclose(a.global_after["item_emb.weight"], b.global_after["item_emb.weight"])  # same seed
+    c, d = (train_round_dp(silo, SPEC, g, None, TrainConfig(), DP, seed=3, noise=NoiseSource("seeded", seed=3))
+            for _ in range(2))
+    np.testing.assert_array_equal(c.global_after["item_emb.weight"], d.global_after["item_emb.weight"])
     nxt = train_round_dp(silo, SPEC, a.global_after, a.local_after, TrainConfig(), DP, seed=4,
                          optimizer_state=a.optimizer_after)
     assert {k[:2] for k in nxt.optimizer_after} == {"l.", "g."}

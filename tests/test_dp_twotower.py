@@ -97,16 +97,16 @@ def test_one_user_moves_the_clipped_sum_by_at_most_c() -> None:
     assert 0.0 < float(total_norm({n: s_all[n] - s_rep[n] for n in s_all})) <= 2 * clip * (1 + 1e-5)
 
 
-def test_an_empty_batch_releases_noise_of_std_sigma_c_over_expected_users_on_every_coordinate() -> None:
+def test_an_empty_batch_releases_noise_of_std_sigma_c_over_normaliser_on_every_coordinate() -> None:
     # Prepare: nobody sampled; SGD with lr 1 and no weight decay, so the step is exactly minus the noisy gradient
     empty = torch.zeros(0, dtype=torch.long)
-    sigma, clip, expected_users = 1.5, 0.7, 4.0
+    sigma, clip, normaliser = 1.5, 0.7, 4.0
 
     def noisy_step(seed: int) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         model, _, negatives = setup()
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         stats = dp_twotower_step(model, UserBatch(empty, empty, empty), negatives, clip_norm=clip,
-                                 noise_multiplier=sigma, expected_users=expected_users, **optimizers(model, lr=1.0),
+                                 noise_multiplier=sigma, normaliser=normaliser, **optimizers(model, lr=1.0),
                                  noise=NoiseSource("seeded", seed=seed))
         moved = torch.cat([(before[n] - p.detach()).flatten() for n, p in shared_parameters(model).items()])
         return moved, stats, model.user.emb.weight.detach() - before["user.emb.weight"]
@@ -116,9 +116,9 @@ def test_an_empty_batch_releases_noise_of_std_sigma_c_over_expected_users_on_eve
     again, _, _ = noisy_step(0)
     other, _, _ = noisy_step(1)
 
-    # Assert: std σC/expected_users over ~1,000 coordinates (both towers, both tables), every one noised;
+    # Assert: std σC/normaliser over ~1,000 coordinates (both towers, both tables), every one noised;
     # user rows untouched; the seed decides the noise
-    target = sigma * clip / expected_users
+    target = sigma * clip / normaliser
     assert noise.numel() > 1000
     assert abs(float(noise.std()) / target - 1.0) < 0.1
     assert abs(float(noise.mean())) < 0.1 * target
@@ -137,7 +137,7 @@ def test_user_rows_of_unsampled_users_stay_and_a_private_item_bias_gets_its_own_
     sampled[batch.users] = True
 
     # Execute: one step with noise on the shared side
-    dp_twotower_step(model, batch, negatives, clip_norm=1.0, noise_multiplier=1.0, expected_users=5.0,
+    dp_twotower_step(model, batch, negatives, clip_norm=1.0, noise_multiplier=1.0, normaliser=5.0,
                      **optimizers(model), noise=NoiseSource("seeded", seed=0))
 
     # Assert: only sampled users' rows moved
@@ -147,12 +147,12 @@ def test_user_rows_of_unsampled_users_stay_and_a_private_item_bias_gets_its_own_
     empty = torch.zeros(0, dtype=torch.long)
     g_before, p_before = private.item_bias.weight.detach().clone(), private.user.item_bias.weight.detach().clone()
     dp_twotower_step(private, UserBatch(empty, empty, empty), negatives, clip_norm=1.0, noise_multiplier=1.0,
-                     expected_users=1.0, **optimizers(private, lr=1.0), noise=NoiseSource("seeded", seed=0))
+                     normaliser=1.0, **optimizers(private, lr=1.0), noise=NoiseSource("seeded", seed=0))
     moved_g = (private.item_bias.weight.detach() - g_before).flatten()
     moved_p = (private.user.item_bias.weight.detach() - p_before).flatten()
     assert 0.5 < float(moved_p.std()) < 1.5 and not torch.allclose(moved_g, moved_p)
     with pytest.raises(ValueError, match="per_user_optimizer"):  # a shared parameter stepped without noise
-        dp_twotower_step(model, batch, negatives, clip_norm=1.0, noise_multiplier=1.0, expected_users=5.0,
+        dp_twotower_step(model, batch, negatives, clip_norm=1.0, noise_multiplier=1.0, normaliser=5.0,
                          shared_optimizer=torch.optim.SGD(shared_parameters(model).values(), lr=0.1),
                          per_user_optimizer=torch.optim.SGD(model.user.parameters(), lr=0.1),
                          noise=NoiseSource("seeded", seed=0))
@@ -162,21 +162,21 @@ def test_without_noise_or_clipping_the_step_is_sgd_on_the_user_sum() -> None:
     # Prepare: σ=0, a clip norm that never binds, weight decay on the shared side only
     model, batch, negatives = setup()
     reference, _, _ = setup()
-    b, expected_users, lr, wd = len(batch.users), 4.0, 0.1, 0.01
+    normaliser, lr, wd = 4.0, 0.1, 0.01
 
     # Execute
-    dp_twotower_step(model, batch, negatives, clip_norm=1e9, noise_multiplier=0.0, expected_users=expected_users,
+    dp_twotower_step(model, batch, negatives, clip_norm=1e9, noise_multiplier=0.0, normaliser=normaliser,
                      **optimizers(model, lr), noise=NoiseSource("seeded", seed=0), weight_decay=wd)
     loss, _, _ = interaction_coefficients(reference, batch, negatives)  # type: ignore[arg-type]
     loss.sum().backward()
 
-    # Assert: shared params by lr * (Σ_u g_u / expected_users + wd * param), user rows by lr * Σ_u g_u / B
+    # Assert: shared params by lr * (Σ_u g_u / normaliser + wd * param), user rows by lr * Σ_u g_u
     with torch.no_grad():
         for name, p in shared_parameters(reference).items():
-            step = p.grad / expected_users + wd * p
+            step = p.grad / normaliser + wd * p
             torch.testing.assert_close(dict(model.named_parameters())[name], p - lr * step, rtol=1e-5, atol=1e-6)
         row = reference.user.emb.weight
-        torch.testing.assert_close(model.user.emb.weight, row - lr * row.grad / b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.user.emb.weight, row - lr * row.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_a_few_noisy_steps_lower_the_loss() -> None:
@@ -201,7 +201,7 @@ def test_a_few_noisy_steps_lower_the_loss() -> None:
     noise = NoiseSource("seeded", seed=1)
     for _ in range(40):
         stats = dp_twotower_step(model, batch, torch.randint(0, N_ITEMS, (20,), generator=gen), clip_norm=1.0,
-                                 noise_multiplier=0.05, expected_users=float(N_USERS), **opts, noise=noise)
+                                 noise_multiplier=0.05, normaliser=float(N_USERS), **opts, noise=noise)
 
     # Assert
     assert probe_loss() < 0.8 * start

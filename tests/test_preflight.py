@@ -38,7 +38,7 @@ def test_a_well_configured_silo_passes(world, tmp_path) -> None:
 
 @pytest.mark.parametrize(("change", "expected"), [
     ({"data-path": "/nonexistent/silo.npz"}, "not found at /nonexistent/silo.npz"),
-    ({"region": "atlantis"}, "silo data for region 'atlantis' not found"),
+    ({"region": "atlantis"}, "silo 'atlantis': node config has no data-path"),
     ({"epsilon-budget": -1}, "epsilon-budget=-1 must be a number > 0"),
     ({"fork": "yes", "adopt": "always"}, "give exactly one of adopt / pin / fork"),
 ])

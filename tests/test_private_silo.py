@@ -23,9 +23,10 @@ from fedrec.federation.egress_ledger import wire_bytes
 from fedrec.federation.private_silo import LEDGER_FILE, read_evaluations
 from fedrec.federation.settings import RunSettings
 from fedrec.federation.silo import initial_global_arrays
+from fedrec.federation.silo_errors import FIXED_REASONS
 from fedrec.privacy.ledger import BudgetLedger
 from fedrec.privacy.noise import NoiseSource
-from fedrec.privacy.plan import PrivacySettings, auto_delta
+from fedrec.privacy.plan import PrivacySettings
 from fedrec.world import PreparedWorld, prepare_world
 from tests.test_client_egress import instruction
 
@@ -57,8 +58,7 @@ def train(app, s: RunSettings, world: PreparedWorld, ctx: Context, rnd: int) -> 
 
 def ledger(s: RunSettings, world: PreparedWorld, state: Path, region: str = "eu") -> BudgetLedger:
     p = s.privacy_settings()
-    return BudgetLedger(state / region / LEDGER_FILE, budget_epsilon=p.budget_for(region),
-                        delta=auto_delta(world.silos[region].n_users))
+    return BudgetLedger(state / region / LEDGER_FILE, budget_epsilon=p.budget_for(region), delta=p.delta)
 
 
 def test_a_release_is_in_the_ledger_before_the_reply_and_a_repeated_round_is_never_a_second_release(
@@ -143,10 +143,12 @@ def test_private_evaluation_is_logged_in_the_silo_not_sent(world, tmp_path) -> N
     assert [e["round"] for e in logged] == [1] and logged[0]["n_users"] == world.silos["eu"].n_users
 
 
-def test_a_silo_without_a_state_dir_is_a_clear_error(world) -> None:
+def test_a_silo_without_a_state_dir_replies_a_fixed_error_and_logs_the_reason(world, caplog) -> None:
     s = settings(world, Path("."), state_dir="", output_dir="")
-    with pytest.raises(ConfigError, match="set node config state-dir"):  # Flower turns it into an error reply
-        train(make_client_app(s), s, world, context(), 1)
+    with caplog.at_level("ERROR", logger="fedrec.silo"):
+        reply = train(make_client_app(s), s, world, context(), 1)
+    assert reply.has_error() and reply.error.reason == FIXED_REASONS[ConfigError]
+    assert "set run-config state-dir or output-dir" in caplog.text  # the details stay in the silo's log
 
 
 def test_bad_privacy_settings_name_the_key() -> None:
@@ -154,12 +156,6 @@ def test_bad_privacy_settings_name_the_key() -> None:
         PrivacySettings(mode="user_dp", sample_rate=0.0)
     with pytest.raises(ConfigError, match=r"region_epsilon\.eu"):
         PrivacySettings(mode="user_dp", region_epsilon={"eu": 0.0})
-
-
-@pytest.mark.parametrize("n_users,expected", [(10, 1e-2), (99, 1e-3), (100, 1e-3), (101, 1e-4), (10_000, 1e-5)])
-def test_auto_delta_is_a_power_of_ten_at_most_one_over_ten_users(n_users: int, expected: float) -> None:
-    assert auto_delta(n_users) == pytest.approx(expected)
-    assert auto_delta(n_users) <= 1 / (10 * n_users)
 
 
 def test_secure_noise_is_gaussian_and_unpredictable_seeded_noise_is_reproducible() -> None:

@@ -31,14 +31,20 @@ from fedrec.federation.preflight import preflight_reply
 from fedrec.federation.private_silo import log_evaluation, private_train_round
 from fedrec.federation.secure_aggregation_client import optional_secaggplus_mod
 from fedrec.federation.serving import RegionServing, advance_fork, review
-from fedrec.federation.settings import RunSettings, SiloIdentity
+from fedrec.federation.settings import NODE_DP_KEYS, RunSettings, SiloIdentity
 from fedrec.federation.silo import Arrays, evaluate_splits, silo_seed, train_round
+from fedrec.federation.silo_errors import contain_errors
 from fedrec.federation.silo_state import SiloState
 from fedrec.model_registry import ModelRegistry
 
 
-def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | None = None) -> ClientApp:
+def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | None = None,
+                    reproducible_noise: bool = False) -> ClientApp:
     """A ClientApp; with `settings` it ignores `context.run_config` (in-process runs from Python).
+
+    `reproducible_noise` (in-process research and tests only: no run-config key reaches it) seeds each
+    silo's DP noise and sampling from the run's seed instead of the OS CSPRNG, so a run can be replayed
+    bit for bit; a silo whose jurisdiction sets its own privacy policy refuses it.
 
     `mods` wrap every handler (e.g. `egress_recorder`, to keep a copy of everything the silo sends). The
     silo's egress ledger (`egress_ledger`) is always the outermost mod; SecAgg+'s client side (active only
@@ -49,7 +55,23 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
         s = settings or RunSettings.from_run_config(dict(context.run_config))
         return SiloIdentity.from_node_config(dict(context.node_config), s).state_dir
 
-    app = ClientApp(mods=[egress_ledger_mod(state_dir_of), *(mods or []), optional_secaggplus_mod])
+    def facts(context: Context) -> tuple[bool, Path | None]:
+        """(replies are private, state dir): a run config the silo cannot read counts as private."""
+        own = context.node_config.get("state-dir") if "region" in context.node_config else None
+        try:
+            s = settings or RunSettings.from_run_config(dict(context.run_config))
+        except FedrecError:
+            return True, Path(str(own)) if own is not None else None
+        private = s.privacy_settings().enabled or any(k in context.node_config for k in NODE_DP_KEYS)
+        try:
+            return private, SiloIdentity.from_node_config(dict(context.node_config), s).state_dir
+        except FedrecError:
+            return private, Path(str(own)) if own is not None else None
+
+    # Outermost first: a failure of the ledger itself still leaves only a fixed code; inside the ledger,
+    # failures become fixed-code error replies that the ledger records.
+    app = ClientApp(mods=[contain_errors(facts), egress_ledger_mod(state_dir_of), contain_errors(facts),
+                          *(mods or []), optional_secaggplus_mod])
 
     def resolve(context: Context) -> tuple[RunSettings, SiloIdentity, SiloData]:
         s = settings or RunSettings.from_run_config(dict(context.run_config))
@@ -88,10 +110,11 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
                 reason = "this region serves its own fork and does not contribute to the federation"
                 return decline_reply(region=ident.region, server_round=rnd, reason=reason)
         if s.privacy_settings().enabled:
-            return private_train(s, ident, silo, state, s.run_key(context.run_id), rnd, arrays, version)
-        if ident.epsilon_budget is not None:
-            reason = ("this jurisdiction requires user-level DP (node config epsilon-budget) but the run has "
-                      "privacy=none: nothing released")
+            return private_train(s, ident, silo, state, s.run_key(context.run_id), rnd, arrays, version,
+                                 reproducible_noise=reproducible_noise)
+        if ident.requires_dp:
+            reason = ("this jurisdiction requires user-level DP (node config epsilon-budget / max-delta) but the "
+                      "run has privacy=none: nothing released")
             return decline_reply(region=ident.region, server_round=rnd, reason=reason)
         out = train_round(silo, s.model_spec, arrays, state.local(), s.train_config(),
                           seed=silo_seed(s.seed, ident.region, rnd), optimizer_state=state.optimizer())
@@ -118,7 +141,7 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
                         candidate_test=ev, candidate_valid=evals.get("valid"), seed=seed,
                         fetch=lambda v: fetch_version(s, v), run_id=s.run_key(context.run_id))
             log_evaluation(ident, run_id=s.run_key(context.run_id), server_round=rnd, ev=ev, review=rv)
-        private = s.privacy_settings().enabled or ident.epsilon_budget is not None
+        private = s.privacy_settings().enabled or ident.requires_dp
         if private:
             return Message(evaluate_reply(None, region=ident.region, server_round=rnd), reply_to=msg)
         return Message(evaluate_reply(ev, region=ident.region, server_round=rnd), reply_to=msg)
@@ -144,12 +167,13 @@ def fetch_version(s: RunSettings, version: str) -> tuple[str, Arrays] | None:
 
 
 def private_train(s: RunSettings, ident: SiloIdentity, silo: SiloData, state: SiloState, run_key: str, rnd: int,
-                  arrays: Arrays, version: str = "") -> RecordDict:
+                  arrays: Arrays, version: str = "", *, reproducible_noise: bool = False) -> RecordDict:
     """A user-level DP round: recorded in the silo's ledger before its noised update is put in the reply."""
     out = private_train_round(silo, s, ident, run_id=run_key, server_round=rnd, global_arrays=arrays,
-                              local=state.local(), optimizer_state=state.optimizer())
+                              local=state.local(), optimizer_state=state.optimizer(),
+                              reproducible_noise=reproducible_noise)
     if out.declined is not None:
-        return decline_reply(region=ident.region, server_round=rnd, reason=out.declined, privacy=out.report)
+        return decline_reply(region=ident.region, server_round=rnd, reason=out.declined, privacy=out.report or None)
     assert out.global_after is not None and out.local_after is not None and out.optimizer_after is not None
     state.save_local(out.local_after)
     state.save_optimizer(out.optimizer_after)

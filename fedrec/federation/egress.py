@@ -25,9 +25,11 @@ from fedrec.metrics import METRICS
 from fedrec.models.base import is_local
 
 WEIGHT_KEY = "weight"
-DP_KEYS = ("dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "dp-clip-norm",
-           "dp-budget-epsilon")
-"""Public DP metadata a silo attaches to every training reply (and to a decline)."""
+DP_KEYS = ("dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "dp-release-steps",
+           "dp-clip-norm", "dp-budget-epsilon")
+"""Public DP metadata a silo attaches to every training reply (and to a decline): ε spent at its δ, the plan
+(σ, q, C, steps per release), this run's steps so far and the budget. Every value is public policy or a
+count the coordinator already knows; none depends on the silo's data."""
 META_KEYS = frozenset({"region", "server-round", "model-version", "declined", "kept-in-silo", "preflight-error",
                        *DP_KEYS})
 EVAL_KEYS = frozenset({*(f"sum-{m}" for m in METRICS), "n-users", "sq-error", "n-ratings"})
@@ -76,7 +78,7 @@ def dp_metadata(privacy: dict[str, float] | None) -> dict[str, float | int]:
     out: dict[str, float | int] = {}
     for key in DP_KEYS:
         name = key.removeprefix("dp-").replace("-", "_")
-        out[key] = int(privacy[name]) if name == "steps" else float(privacy[name])
+        out[key] = int(privacy[name]) if name.endswith("steps") else float(privacy[name])
     return out
 
 

@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.common.serde import recorddict_to_proto
+from flwr.common.serde_utils import error_to_proto
 
 from fedrec.federation.egress import read_decline, read_privacy
 from fedrec.privacy.accountant import GaussianSteps, epsilon_of
@@ -87,12 +88,23 @@ class EgressLedger:
 
     def append(self, *, run_id: str, server_round: int, kind: str, region: str, content: RecordDict) -> EgressEntry:
         """Record a reply before it is sent (fsynced); returns the entry."""
+        return self._append(run_id=run_id, server_round=server_round, kind=kind, region=region,
+                            payload=wire_bytes(content), declined=read_decline(content) is not None,
+                            dp=read_privacy(content) or {})
+
+    def append_error(self, *, run_id: str, server_round: int, kind: str, error: Error) -> EgressEntry:
+        """Record an error reply before it is sent: the error record exactly as it travels."""
+        payload = bytes(error_to_proto(error).SerializeToString())
+        return self._append(run_id=run_id, server_round=server_round, kind=kind, region="", payload=payload,
+                            declined=True, dp={})
+
+    def _append(self, *, run_id: str, server_round: int, kind: str, region: str, payload: bytes, declined: bool,
+                dp: dict[str, float]) -> EgressEntry:
         last = self.entries()[-1:] or None
-        payload = wire_bytes(content)
         entry = EgressEntry(seq=last[0].seq + 1 if last else 0, prev=last[0].hash if last else GENESIS,
                             run_id=run_id, server_round=server_round, kind=kind, region=region, n_bytes=len(payload),
-                            sha256=hashlib.sha256(payload).hexdigest(), declined=read_decline(content) is not None,
-                            dp=read_privacy(content) or {}, recorded_at=time.time())
+                            sha256=hashlib.sha256(payload).hexdigest(), declined=declined, dp=dp,
+                            recorded_at=time.time())
         entry = EgressEntry(**{**entry.body(), "hash": _entry_hash(entry.body())})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
@@ -144,16 +156,12 @@ def verify(path: Path, *, accountant: str = "pld", tolerance: float = 1e-6) -> A
                 and e.dp.get("epsilon") == releases[-1].dp.get("epsilon")):
             releases.append(e)
     events: list[GaussianSteps] = []
-    steps_before = 0.0
     reported = recomputed = 0.0
     for e in releases:
-        # dp.steps is the silo's running total; each release added the difference
         try:
-            events.append(GaussianSteps(e.dp["sample_rate"], e.dp["noise_multiplier"],
-                                        int(e.dp["steps"] - steps_before)))
+            events.append(GaussianSteps(e.dp["sample_rate"], e.dp["noise_multiplier"], int(e.dp["release_steps"])))
         except (KeyError, ValueError) as exc:
-            problems.append(f"entry {e.seq}: its DP record is not a valid release after the one before ({exc})")
-        steps_before = e.dp.get("steps", steps_before)
+            problems.append(f"entry {e.seq}: its DP record is not a valid release ({exc})")
         reported = e.dp.get("epsilon", reported)
     if releases:
         delta = releases[-1].dp["delta"]
@@ -165,23 +173,30 @@ def verify(path: Path, *, accountant: str = "pld", tolerance: float = 1e-6) -> A
 
 
 def egress_ledger_mod(state_dir_of: Callable[[Context], Path | None]) -> Callable[..., Message]:
-    """A Flower client mod appending every outgoing reply to the silo's egress ledger before it is sent."""
+    """A Flower client mod appending every outgoing reply to the silo's egress ledger before it is sent.
+
+    Error replies are recorded too (kind `<type>:error`, the hash and size of the error record as it
+    travels): what a silo says when it fails has left it like anything else.
+    """
 
     def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         reply = call_next(msg, context)
         state_dir = state_dir_of(context)
-        if state_dir is None or reply.has_error():
-            return reply  # an error reply carries Flower's error record, not silo content
+        if state_dir is None:
+            return reply
+        ledger = EgressLedger(state_dir / LEDGER_FILE)
+        if reply.has_error():
+            ledger.append_error(run_id=str(context.run_id), server_round=_round_of(msg),
+                                kind=f"{msg.metadata.message_type}:error", error=reply.error)
+            return reply
         if "meta" not in reply.content.config_records:  # a SecAgg+ protocol message (keys, shares)
-            EgressLedger(state_dir / LEDGER_FILE).append(
-                run_id=str(context.run_id), server_round=int(msg.metadata.group_id or 0),
-                kind=f"{msg.metadata.message_type}:secagg", region="", content=reply.content)
+            ledger.append(run_id=str(context.run_id), server_round=int(msg.metadata.group_id or 0),
+                          kind=f"{msg.metadata.message_type}:secagg", region="", content=reply.content)
             return reply
         meta = reply.content.config_records["meta"]
         try:
-            EgressLedger(state_dir / LEDGER_FILE).append(
-                run_id=str(context.run_id), server_round=int(str(meta["server-round"])),
-                kind=msg.metadata.message_type, region=str(meta["region"]), content=reply.content)
+            ledger.append(run_id=str(context.run_id), server_round=int(str(meta["server-round"])),
+                          kind=msg.metadata.message_type, region=str(meta["region"]), content=reply.content)
         except OSError as exc:
             if msg.metadata.message_type != MessageType.QUERY:
                 raise  # nothing leaves unrecorded
@@ -190,3 +205,13 @@ def egress_ledger_mod(state_dir_of: Callable[[Context], Path | None]) -> Callabl
         return reply
 
     return mod
+
+
+def _round_of(msg: Message) -> int:
+    """The server round an incoming message names (its config record, else its group id; 0 if neither)."""
+    config = msg.content.config_records.get("config") if msg.has_content() else None
+    value = config.get("server-round") if config is not None else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    group = str(msg.metadata.group_id or "")
+    return int(group) if group.isdigit() else 0

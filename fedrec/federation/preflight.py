@@ -30,7 +30,7 @@ def check_silo(s: RunSettings, node_config: dict[str, object]) -> tuple[str, str
     try:
         ident = SiloIdentity.from_node_config(dict(node_config), s)
         region = ident.region
-        silo = SiloData.load(ident.data_path)
+        SiloData.load(ident.data_path)
         if ident.state_dir is not None:
             ident.state_dir.mkdir(parents=True, exist_ok=True)
             probe = ident.state_dir / ".preflight"
@@ -39,7 +39,7 @@ def check_silo(s: RunSettings, node_config: dict[str, object]) -> tuple[str, str
         if s.privacy_settings().enabled:
             from fedrec.federation.private_silo import open_ledger
 
-            open_ledger(s, ident, silo.n_users).epsilon_spent()
+            open_ledger(s, ident).epsilon_spent()
     except (FedrecError, OSError, ValueError) as exc:
         return region, f"{type(exc).__name__}: {exc}"
     return region, None

@@ -18,7 +18,7 @@ from typing import Any
 
 from fedrec.data.split import SiloData
 from fedrec.federation.serving import Review
-from fedrec.federation.settings import RunSettings, SiloIdentity
+from fedrec.federation.settings import PolicyRefusal, RunSettings, SiloIdentity
 from fedrec.federation.silo import Arrays, SiloEvaluation, Tensors, silo_seed
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
 from fedrec.privacy.ledger import BudgetLedger, Decline, Release
@@ -26,24 +26,35 @@ from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.plan import BudgetSpent, PrivacyPlan, make_plan
 
 LEDGER_FILE = "privacy_ledger.json"
+REPRODUCIBLE_REFUSED = ("this jurisdiction has its own privacy policy (node config epsilon-budget / max-delta) and "
+                        "draws its noise only from its own CSPRNG: reproducible (seeded) noise is refused")
 EVALUATIONS_DIR = "evaluations"
 
 
-def open_ledger(s: RunSettings, ident: SiloIdentity, n_users: int) -> BudgetLedger:
-    """The silo's ledger at `<state-dir>/privacy_ledger.json`, at the silo's δ and budget."""
+def open_ledger(s: RunSettings, ident: SiloIdentity) -> BudgetLedger:
+    """The silo's ledger at `<state-dir>/privacy_ledger.json`, at the jurisdiction's δ and budget.
+
+    Raises `PolicyRefusal` when the run proposes a δ the jurisdiction does not accept. Nothing about the
+    silo's data enters δ or the budget: both are public policy.
+    """
     p = s.privacy_settings()
     return BudgetLedger(ident.require_state_dir() / LEDGER_FILE,
                         budget_epsilon=p.budget_for(ident.region, ident.epsilon_budget),
-                        delta=p.delta_for(n_users), accountant=p.accountant)
+                        delta=ident.delta_for(p.delta), accountant=p.accountant)
 
 
 def run_plan(ledger: BudgetLedger, s: RunSettings, run_id: str) -> PrivacyPlan | Decline:
-    """The plan this silo fixed for `run_id` (calibrated and stored on first use), or why it cannot train."""
+    """The plan this silo fixed for `run_id` (calibrated and stored on first use), or why it cannot train.
+
+    σ is calibrated at the run's proposed δ when it is tighter than the ledger's (never looser: the
+    jurisdiction refused that in `open_ledger`), so the run keeps its promise at both.
+    """
     stored = ledger.plan_for(run_id)
     if stored is not None:
         return PrivacyPlan(**stored)
+    p = s.privacy_settings()
     try:
-        plan = make_plan(s.privacy_settings(), budget=ledger.budget_epsilon, delta=ledger.accountant.delta,
+        plan = make_plan(p, budget=ledger.budget_epsilon, delta=min(p.delta, ledger.accountant.delta),
                          rounds=s.num_rounds, prior=list(ledger.accountant.events))
     except BudgetSpent as exc:
         return Decline(str(exc), ledger.epsilon_spent())
@@ -51,15 +62,20 @@ def run_plan(ledger: BudgetLedger, s: RunSettings, run_id: str) -> PrivacyPlan |
     return plan
 
 
-def privacy_report(ledger: BudgetLedger, plan: PrivacyPlan | None, epsilon: float | None = None
+def privacy_report(ledger: BudgetLedger, plan: PrivacyPlan | None, run_id: str, epsilon: float | None = None
                    ) -> dict[str, float]:
-    """Where the silo stands (public): ε spent at its δ, σ, q, total steps, C and its budget."""
+    """Where the silo stands (public): ε spent at its δ, σ, q, this run's steps, C and its budget.
+
+    Steps count this run's releases only: a lifetime total would tell the coordinator how much the silo
+    trained in other federations.
+    """
     return {
         "epsilon": ledger.epsilon_spent() if epsilon is None else epsilon,
         "delta": ledger.accountant.delta,
         "noise_multiplier": plan.noise_multiplier if plan else 0.0,
         "sample_rate": plan.sample_rate if plan else 0.0,
-        "steps": float(ledger.total_steps()),
+        "steps": float(sum(r.event.steps for r in ledger.releases if r.run_id == run_id)),
+        "release_steps": float(plan.steps_per_round if plan else 0),
         "clip_norm": plan.clip_norm if plan else 0.0,
         "budget_epsilon": ledger.budget_epsilon,
     }
@@ -77,19 +93,29 @@ class PrivateRound:
 
 
 def private_train_round(silo: SiloData, s: RunSettings, ident: SiloIdentity, *, run_id: str, server_round: int,
-                        global_arrays: Arrays, local: Tensors | None, optimizer_state: Arrays | None
-                        ) -> PrivateRound:
-    """Steps 1-4 of the module docstring; the caller passes the result to `egress`."""
-    ledger = open_ledger(s, ident, silo.n_users)
+                        global_arrays: Arrays, local: Tensors | None, optimizer_state: Arrays | None,
+                        reproducible_noise: bool = False) -> PrivateRound:
+    """Steps 1-4 of the module docstring; the caller passes the result to `egress`.
+
+    Noise and sampling come from the OS CSPRNG. `reproducible_noise` (in-process research and tests only,
+    never from a run config) seeds them from the run's seed instead; a jurisdiction with its own privacy
+    policy refuses it.
+    """
+    if reproducible_noise and ident.requires_dp:
+        return PrivateRound(report={}, declined=REPRODUCIBLE_REFUSED)
+    try:
+        ledger = open_ledger(s, ident)
+    except PolicyRefusal as exc:
+        return PrivateRound(report={}, declined=str(exc))
     plan = run_plan(ledger, s, run_id)
     if isinstance(plan, Decline):
-        return PrivateRound(report=privacy_report(ledger, None), declined=plan.reason)
+        return PrivateRound(report=privacy_report(ledger, None, run_id), declined=plan.reason)
     event = plan.event()
     ok = ledger.check(run_id=run_id, server_round=server_round, event=event)
     if isinstance(ok, Decline):
-        return PrivateRound(report=privacy_report(ledger, plan), declined=ok.reason)
+        return PrivateRound(report=privacy_report(ledger, plan, run_id), declined=ok.reason)
     seed = silo_seed(s.seed, ident.region, server_round)
-    noise = NoiseSource(s.privacy_noise, seed=seed)
+    noise = NoiseSource("seeded", seed=seed) if reproducible_noise else NoiseSource("secure")
     dp = DpTrainConfig(clip_norm=plan.clip_norm, noise_multiplier=plan.noise_multiplier,
                        sample_rate=plan.sample_rate, steps_per_round=plan.steps_per_round,
                        max_per_user=plan.max_per_user)
@@ -97,8 +123,9 @@ def private_train_round(silo: SiloData, s: RunSettings, ident: SiloIdentity, *, 
                          optimizer_state=optimizer_state)
     release = ledger.authorize(run_id=run_id, server_round=server_round, event=out.event)
     if not isinstance(release, Release):
-        return PrivateRound(report=privacy_report(ledger, plan), declined=release.reason)
-    return PrivateRound(report=privacy_report(ledger, plan, release.epsilon_after), global_after=out.global_after,
+        return PrivateRound(report=privacy_report(ledger, plan, run_id), declined=release.reason)
+    return PrivateRound(report=privacy_report(ledger, plan, run_id, release.epsilon_after),
+                        global_after=out.global_after,
                         local_after=out.local_after, optimizer_after=out.optimizer_after)
 
 

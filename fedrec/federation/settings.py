@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.adoption import AdoptionPolicy
-from fedrec.errors import ConfigError
+from fedrec.errors import ConfigError, FedrecError
 from fedrec.models.base import ModelSpec
-from fedrec.privacy.plan import PrivacySettings
+from fedrec.privacy.plan import DEFAULT_MAX_DELTA, PrivacySettings
 from fedrec.training import TrainConfig
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam")
@@ -23,6 +23,11 @@ OPERATIONAL_KEYS = frozenset({"data-dir", "output-dir", "state-dir", "registry-d
                               "client-threads", "round-timeout"})
 WEIGHTINGS = ("uniform", "examples")
 SECURE_AGGREGATION = ("none", "secaggplus")
+RETIRED_KEYS = {
+    "privacy-noise": "is not a run-config key: a silo draws its DP noise and sampling from its own OS CSPRNG, "
+                     "which nothing outside it can seed (reproducible noise is a Python-only research option)",
+}
+"""Keys a coordinator may once have sent, refused with the reason (a run config must not steer them)."""
 
 
 @dataclass(frozen=True)
@@ -58,13 +63,12 @@ class RunSettings:
     privacy: str = "none"
     privacy_epsilon: float = 8.0
     privacy_region_epsilon: str = "{}"
-    privacy_delta: float = 0.0
-    privacy_clip_norm: float = 1.0
-    privacy_sample_rate: float = 0.02
-    privacy_steps_per_round: int = 0
-    privacy_max_per_user: int = 64
-    privacy_accountant: str = "pld"
-    privacy_noise: str = "seeded"
+    privacy_delta: float = PrivacySettings.delta
+    privacy_clip_norm: float = PrivacySettings.clip_norm
+    privacy_sample_rate: float = PrivacySettings.sample_rate
+    privacy_steps_per_round: int = PrivacySettings.steps_per_round
+    privacy_max_per_user: int = PrivacySettings.max_per_user
+    privacy_accountant: str = PrivacySettings.accountant
     state_dir: str = ""
     registry_dir: str = ""
     adoption: str = "{}"
@@ -140,7 +144,7 @@ class RunSettings:
             mode=self.privacy, epsilon=self.privacy_epsilon, region_epsilon=regions, delta=self.privacy_delta,
             clip_norm=self.privacy_clip_norm, sample_rate=self.privacy_sample_rate,
             steps_per_round=self.privacy_steps_per_round, max_per_user=self.privacy_max_per_user,
-            accountant=self.privacy_accountant, noise=self.privacy_noise)
+            accountant=self.privacy_accountant)
 
     def run_key(self, flower_run_id: int | str) -> str:
         """What silos and coordinator key this run's state by: `run-name` (resumable), else Flower's run id."""
@@ -179,6 +183,9 @@ class RunSettings:
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
         """Read and cast a Flower run config; unknown keys are an error (a typo must not pass silently)."""
         known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        retired = sorted(set(run_config) & set(RETIRED_KEYS))
+        if retired:
+            raise ConfigError("; ".join(f"run-config {k}: {RETIRED_KEYS[k]}" for k in retired))
         unknown = sorted(set(run_config) - set(known))
         if unknown:
             raise ConfigError(f"unknown run-config keys {unknown}; known keys: {sorted(known)}")
@@ -208,15 +215,20 @@ def _cast(key: str, value: Any, typ: str) -> Any:
 
 @dataclass(frozen=True)
 class SiloIdentity:
-    """Which jurisdiction this node is, where its data and its state live (from the node config).
+    """Which jurisdiction this node is, where its data and its state live, and its own privacy policy.
 
-    Deployment: node config `region="eu" data-path="/srv/eu/silo.npz" state-dir="/srv/eu/state"` and
-    optionally `epsilon-budget=4`: the jurisdiction's own cap, which the run config can only lower and which
-    makes the silo refuse to train without user-level DP. A jurisdiction chooses its own adoption policy with
-    node config `adopt="always"|"if_better"` (+ `adopt-metric`, `adopt-margin`), `pin="VERSION"` or
-    `fork="VERSION"|ROUND` (+ `contribute=false`); it overrides the run config's `adoption` entry.
-    Simulation: `partition-id` indexes the regions listed in `<data-dir>/manifest.json`; state goes to
-    `<state-dir or output-dir/silo-state>/<region>`.
+    The coordinator proposes (the run config); the jurisdiction decides (this, from the node config), and a
+    proposal may only tighten the jurisdiction's policy, never loosen it.
+
+    Deployment (the node config names `region`): `data-path` and `state-dir` come from the node config only,
+    never from the run config a coordinator sends (a coordinator that could point the ledger elsewhere could
+    reset the budget). Optional policy keys: `epsilon-budget` (the jurisdiction's ε cap; the run can only
+    lower it, and without user-level DP the silo refuses to train), `max-delta` (the largest δ it accepts;
+    its budget ledger is kept at this δ), `require-secure-aggregation` (refuse updates in the clear), and an
+    adoption policy: `adopt="always"|"if_better"` (+ `adopt-metric`, `adopt-margin`), `pin="VERSION"` or
+    `fork="VERSION"|ROUND` (+ `contribute=false`), overriding the run config's `adoption` entry.
+    Simulation (`partition-id`, the researcher owns every silo): the region is the manifest's entry, data
+    comes from `<data-dir>`, state from `<state-dir or output-dir/silo-state>/<region>`.
     """
 
     region: str
@@ -224,13 +236,20 @@ class SiloIdentity:
     state_dir: Path | None = None
     epsilon_budget: float | None = None
     policy: AdoptionPolicy = field(default_factory=AdoptionPolicy)
+    max_delta: float | None = None
+    require_secure_aggregation: bool = False
+    deployed: bool = False
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any], settings: RunSettings) -> SiloIdentity:
         """Resolve the silo from the node config, with errors that say which key to set."""
         if "region" in node_config:
             region = str(node_config["region"])
-            path = Path(str(node_config.get("data-path", Path(settings.data_dir) / f"silo_{region}.npz")))
+            if "data-path" not in node_config:
+                raise ConfigError(f"silo {region!r}: node config has no data-path; a deployed silo reads its data "
+                                  "only from where its own node config says (never from the run config)")
+            path = Path(str(node_config["data-path"]))
+            state_dir = Path(str(node_config["state-dir"])) if "state-dir" in node_config else None
         elif "partition-id" in node_config:
             manifest = read_manifest(settings.data_dir)
             pid = int(node_config["partition-id"])
@@ -242,28 +261,66 @@ class SiloIdentity:
                 )
             region = regions[pid]
             path = Path(settings.data_dir) / f"silo_{region}.npz"
+            root = silo_state_root(settings)
+            state_dir = root / region if root is not None else None
         else:
             raise ConfigError("node config has neither 'region' nor 'partition-id': set region=\"NAME\"")
         if not path.exists():
             raise ConfigError(f"silo data for region {region!r} not found at {path}: set node config data-path")
-        if "state-dir" in node_config:
-            state_dir: Path | None = Path(str(node_config["state-dir"]))
-        else:
-            root = silo_state_root(settings)
-            state_dir = root / region if root is not None else None
-        budget = node_config.get("epsilon-budget")
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0):
-            raise ConfigError(f"node config epsilon-budget={budget!r} must be a number > 0")
-        return cls(region=region, data_path=path, state_dir=state_dir,
-                   epsilon_budget=float(budget) if budget is not None else None,
-                   policy=node_policy(region, node_config) or settings.policy_for(region))
+        budget = _positive(node_config, "epsilon-budget")
+        max_delta = _positive(node_config, "max-delta")
+        if max_delta is not None and max_delta >= 1:
+            raise ConfigError(f"node config max-delta={max_delta!r} must lie in (0, 1)")
+        secure = node_config.get("require-secure-aggregation", False)
+        if not isinstance(secure, bool):
+            raise ConfigError(f"node config require-secure-aggregation={secure!r} must be true or false")
+        return cls(region=region, data_path=path, state_dir=state_dir, epsilon_budget=budget,
+                   policy=node_policy(region, node_config) or settings.policy_for(region), max_delta=max_delta,
+                   require_secure_aggregation=secure, deployed="region" in node_config)
+
+    @property
+    def requires_dp(self) -> bool:
+        """True when the jurisdiction set its own privacy policy (`NODE_DP_KEYS`): nothing leaves without DP."""
+        return self.epsilon_budget is not None or self.max_delta is not None
+
+    def delta_for(self, proposed: float) -> float:
+        """The δ this silo's budget ledger is kept at, given the run's proposed δ.
+
+        The jurisdiction's `max-delta` when it sets one (a smaller proposal only makes the run's σ larger),
+        else the proposal itself. A proposal above the jurisdiction's maximum (`DEFAULT_MAX_DELTA` when it
+        sets none) is refused: the coordinator may tighten δ, never loosen it.
+        """
+        cap = self.max_delta if self.max_delta is not None else DEFAULT_MAX_DELTA
+        if proposed > cap:
+            where = "its node config max-delta" if self.max_delta is not None else "the default maximum"
+            raise PolicyRefusal(f"the run proposes δ={proposed:g} but jurisdiction {self.region!r} accepts at most "
+                                f"δ={cap:g} ({where}): a run may tighten a silo's δ, never loosen it")
+        return self.max_delta if self.max_delta is not None else proposed
 
     def require_state_dir(self) -> Path:
         """The silo's state dir (ledgers, logs), or a clear error naming the setting."""
         if self.state_dir is None:
-            raise ConfigError(f"silo {self.region!r} has no state dir for its privacy ledger: set node config "
-                              "state-dir (or run-config state-dir / output-dir)")
+            where = ("node config state-dir (a deployed silo keeps its ledger where its own node config says)"
+                     if self.deployed else "run-config state-dir or output-dir")
+            raise ConfigError(f"silo {self.region!r} has no state dir for its privacy ledger: set {where}")
         return self.state_dir
+
+
+NODE_DP_KEYS = ("epsilon-budget", "max-delta")
+"""Node-config keys by which a jurisdiction sets its own privacy policy (and so requires user-level DP)."""
+
+
+class PolicyRefusal(FedrecError):
+    """The run asks for something the jurisdiction's own policy does not allow (the silo declines)."""
+
+
+def _positive(node_config: dict[str, Any], key: str) -> float | None:
+    value = node_config.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"node config {key}={value!r} must be a number > 0")
+    return float(value)
 
 
 NODE_POLICY_KEYS = {"adopt": "adopt", "adopt-metric": "metric", "adopt-margin": "margin", "pin": "pin",

@@ -22,11 +22,13 @@ QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "R
 
 
 def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = None,
-                   cpus_per_client: float = 1.0, flwr_logs: bool = False, client_mods: list[Mod] | None = None
-                   ) -> Path:
+                   cpus_per_client: float = 1.0, flwr_logs: bool = False, client_mods: list[Mod] | None = None,
+                   reproducible_noise: bool = False) -> Path:
     """Run the federation and return the output dir holding `federated_history.json` and the global model.
 
     `client_mods` are Flower mods wrapped around every silo's ClientApp (e.g. `egress_recorder`).
+    `reproducible_noise` seeds the silos' DP noise from the run's seed (research and tests only; by default
+    every silo draws it from the OS CSPRNG and two runs release different models).
     """
     from flwr.simulation import run_simulation as flwr_run_simulation
 
@@ -40,7 +42,7 @@ def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = No
     try:
         flwr_run_simulation(
             server_app=make_server_app(settings, on_round=on_round),
-            client_app=make_client_app(settings, mods=client_mods),
+            client_app=make_client_app(settings, mods=client_mods, reproducible_noise=reproducible_noise),
             num_supernodes=n_regions,
             backend_config={
                 "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},

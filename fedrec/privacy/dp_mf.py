@@ -85,16 +85,19 @@ def dp_mf_step(
     *,
     clip_norm: float,
     noise_multiplier: float,
-    expected_users: float,
     global_optimizer: torch.optim.Optimizer,
     local_optimizer: torch.optim.Optimizer,
     noise: NoiseSource,
     weight_decay: float = 0.0,
+    normaliser: float = 1.0,
 ) -> dict[str, float]:
-    """One user-level DP step: local parameters by plain SGD on the batch, global ones by clipped + noised sum.
+    """One user-level DP step: each user's own rows by the gradient of their own loss, global ones by noised sum.
 
-    The noisy global gradient is (Σ_u clip_C(g_u) + N(0, σ²C²)) / expected_users; `weight_decay` is applied
-    to the whole global tables (data-independent), never through per-user gradients.
+    The noisy global gradient is (Σ_u clip_C(g_u) + N(0, σ²C²)) / normaliser; `weight_decay` is applied to the
+    whole global tables (data-independent), never through per-user gradients. Both scales are public
+    constants: dividing by the number of users sampled (or in the silo) would make user v's hidden state
+    depend on whether user u was sampled, and the release on the silo's size. A user's row gets the gradient
+    of that user's summed loss only (no batch mean), for the same reason.
     """
     n_items = model.item_emb.num_embeddings
     private_bias = model.user.item_bias
@@ -109,7 +112,7 @@ def dp_mf_step(
         # Local side (per-user parameters, private item bias): ordinary gradients, never released.
         local_optimizer.zero_grad(set_to_none=True)
         if len(batch.items):
-            loss.sum().div(len(batch.users)).backward()
+            loss.sum().backward()
         local_optimizer.step()
     finally:
         for g in global_params:
@@ -123,11 +126,11 @@ def dp_mf_step(
         std = noise_multiplier * clip_norm
         if private_bias is not None:  # same clipped sum, its own noise; never released
             g_private = g_bias + noise.normal(g_bias.shape, std)
-            private_bias.weight.grad = (g_private / expected_users).unsqueeze(1) + weight_decay * private_bias.weight
+            private_bias.weight.grad = (g_private / normaliser).unsqueeze(1) + weight_decay * private_bias.weight
         g_emb += noise.normal(g_emb.shape, std)
         g_bias += noise.normal(g_bias.shape, std)
-        model.item_emb.weight.grad = g_emb / expected_users + weight_decay * model.item_emb.weight
-        model.item_bias.weight.grad = (g_bias / expected_users).unsqueeze(1) + weight_decay * model.item_bias.weight
+        model.item_emb.weight.grad = g_emb / normaliser + weight_decay * model.item_emb.weight
+        model.item_bias.weight.grad = (g_bias / normaliser).unsqueeze(1) + weight_decay * model.item_bias.weight
         model.global_bias.grad = torch.zeros_like(model.global_bias)
     global_optimizer.step()
     if len(norms) == 0:  # nobody sampled: the release is noise only, as the accounting assumes

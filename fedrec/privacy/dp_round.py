@@ -73,10 +73,12 @@ def train_round_dp(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local
                    optimizer_state: Arrays | None = None) -> DpRoundOutcome:
     """`dp.steps_per_round` DP steps on the silo's training data; per-user rows train without noise.
 
-    `noise` draws the sampling, the per-user caps and the Gaussian noise (default: seeded from `seed`);
-    shared negatives are data-independent and come from a seeded generator either way.
+    `noise` draws the sampling, the per-user caps and the Gaussian noise (default: the OS CSPRNG); shared
+    negatives and fresh user rows are data-independent and come from `seed` either way. Every scale is a
+    public constant (the noisy sum is not divided by a count of users), so each user's hidden state depends
+    only on their own data and on what the silo releases.
     """
-    noise = noise or NoiseSource("seeded", seed=seed)
+    noise = noise or NoiseSource("secure")
     model = assemble_model(spec, silo, global_arrays, local, seed=seed)
     if not isinstance(model, BiasedMF | TwoTower):
         raise ConfigError(f"user-level DP training is implemented for model=mf and model=twotower, not {spec.name!r}")
@@ -89,18 +91,17 @@ def train_round_dp(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local
     histories = CappedHistories.build(silo.train[0], silo.train[1], n_users=silo.n_users,
                                       max_per_user=dp.max_per_user, keys=noise.uniform(len(silo.train[0])).numpy())
     gen = torch.Generator().manual_seed(seed)
-    expected_users = dp.sample_rate * silo.n_users
     clipped = []
     for _ in range(dp.steps_per_round):
         batch = poisson_user_batch(histories, sample_rate=dp.sample_rate, noise=noise)
         negatives = torch.randint(0, silo.n_items, (cfg.n_negatives,), generator=gen)
         if isinstance(model, BiasedMF):
             stats = dp_mf_step(model, batch, negatives, clip_norm=dp.clip_norm, noise_multiplier=dp.noise_multiplier,
-                               expected_users=expected_users, global_optimizer=opt_g, local_optimizer=opt_l,
+                               global_optimizer=opt_g, local_optimizer=opt_l,
                                noise=noise, weight_decay=cfg.weight_decay)
         else:
             stats = dp_twotower_step(model, batch, negatives, clip_norm=dp.clip_norm,
-                                     noise_multiplier=dp.noise_multiplier, expected_users=expected_users,
+                                     noise_multiplier=dp.noise_multiplier,
                                      shared_optimizer=opt_g, per_user_optimizer=opt_l, noise=noise,
                                      weight_decay=cfg.weight_decay)
         clipped.append(stats["clipped_fraction"])

@@ -245,7 +245,7 @@ def _parts(model: TwoTower, batch: UserBatch, negatives: torch.Tensor, clip_norm
         sums["item_bias.weight"] = g_bias.unsqueeze(1)
         if private is not None:
             sums["user.item_bias.weight"] = g_bias.unsqueeze(1).clone()
-        user_grad = torch.zeros_like(model.user.emb.weight).index_add_(0, batch.users, gu_e / b)
+        user_grad = torch.zeros_like(model.user.emb.weight).index_add_(0, batch.users, gu_e)
     return _StepParts({n: sums[n] for n in shared}, norms, loss, user_grad)
 
 
@@ -291,15 +291,16 @@ def dp_twotower_step(
     *,
     clip_norm: float,
     noise_multiplier: float,
-    expected_users: float,
     shared_optimizer: torch.optim.Optimizer,
     per_user_optimizer: torch.optim.Optimizer,
     noise: NoiseSource,
     weight_decay: float = 0.0,
+    normaliser: float = 1.0,
 ) -> dict[str, float]:
-    """One user-level DP step: user rows by plain gradients of the batch loss, shared ones by clipped + noised sum.
+    """One user-level DP step: each user's row by their own loss's gradient, shared ones by clipped + noised sum.
 
-    Shared gradient = (Σ_u clip_C(g_u) + N(0, σ²C²) on every coordinate) / expected_users + weight_decay · param
+    Shared gradient = (Σ_u clip_C(g_u) + N(0, σ²C²) on every coordinate) / normaliser + weight_decay · param
+    (`normaliser` a public constant, never a count of users: see `dp_mf.dp_mf_step`)
     (the decay is data independent, so it needs no noise). The per-user loss is dp_mf's: sampled softmax over
     [positive, K shared negatives], a negative equal to the positive masked.
     """
@@ -316,7 +317,7 @@ def dp_twotower_step(
     with torch.no_grad():
         for name, p in shared.items():
             noisy = parts.sums[name] + noise.normal(p.shape, std)
-            p.grad = noisy / expected_users + weight_decay * p.detach()
+            p.grad = noisy / normaliser + weight_decay * p.detach()
     shared_optimizer.step()
     if len(parts.norms) == 0:  # nobody sampled: the release is noise only, as the accounting assumes
         return {"loss": float("nan"), "clipped_fraction": 0.0}

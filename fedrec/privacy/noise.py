@@ -1,12 +1,15 @@
-"""Where a silo's DP randomness comes from: a seeded torch generator (research) or the OS CSPRNG (production).
+"""Where a silo's DP randomness comes from: the OS CSPRNG, always, unless a researcher asks in Python.
 
 Both the Gaussian noise and the Poisson sampling of users must be secret for the guarantee to hold: an
 observer who can predict the noise subtracts it, one who can predict the sample knows who was in a step.
-`seeded` makes research runs reproducible (same seed, same release) and is therefore predictable by anyone
-who knows the seed. `secure` draws every bit from `os.urandom` (the kernel CSPRNG) and turns it into
-normals with Box-Muller; each output is the mean of two such normals scaled by √2, the mitigation Opacus'
-secure mode uses against floating-point attacks on naive Gaussian samplers (Mironov, CCS 2012). It is
-measurably slower (benchmarks/README.md) and not reproducible, by design.
+`secure` (the only source a silo uses on its own) draws every bit from `os.urandom` (the kernel CSPRNG)
+and turns it into normals with Box-Muller; each output is the mean of two such normals scaled by √2, the
+mitigation Opacus' secure mode uses against floating-point attacks on naive Gaussian samplers (Mironov,
+CCS 2012). Nothing outside the silo can seed it.
+
+`seeded` (a torch generator) exists for in-process research and tests only: it is reachable through a
+Python argument (`make_client_app(..., reproducible_noise=True)`, `run_simulation(...)`), never through
+the run config a coordinator sends, and a silo with a node-config budget refuses it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ NOISE_SOURCES = ("seeded", "secure")
 class NoiseSource:
     """Gaussian noise and uniform draws for DP steps; `kind` is `seeded` or `secure`."""
 
-    def __init__(self, kind: str, *, seed: int = 0) -> None:
+    def __init__(self, kind: str = "secure", *, seed: int = 0) -> None:
         if kind not in NOISE_SOURCES:
             raise ValueError(f"privacy noise source {kind!r} is unknown; choose one of {NOISE_SOURCES}")
         self.kind = kind

@@ -16,20 +16,15 @@ from typing import Any
 
 from fedrec.errors import ConfigError
 from fedrec.privacy.accountant import ACCOUNTANTS, GaussianSteps, calibrate_noise_multiplier, epsilon_of
-from fedrec.privacy.noise import NOISE_SOURCES
 
 PRIVACY_MODES = ("none", "user_dp")
 
 
-def auto_delta(n_users: int) -> float:
-    """The largest power of ten ≤ 1/(10·users).
+DEFAULT_DELTA = 1e-6
+"""The δ a run proposes unless told otherwise: a public policy value, never derived from a silo's data."""
 
-    That is the usual default, coarsened so that δ (which is published) reveals the silo's size only to an
-    order of magnitude.
-    """
-    if n_users < 1:
-        raise ConfigError("a silo with no users cannot be trained with DP")
-    return float(10.0 ** math.floor(math.log10(1.0 / (10.0 * n_users))))
+DEFAULT_MAX_DELTA = 1e-5
+"""The largest δ a silo accepts when its jurisdiction sets none (node config `max-delta`)."""
 
 
 @dataclass(frozen=True)
@@ -39,13 +34,12 @@ class PrivacySettings:
     mode: str = "none"
     epsilon: float = 8.0
     region_epsilon: dict[str, float] = field(default_factory=dict)
-    delta: float = 0.0
+    delta: float = DEFAULT_DELTA
     clip_norm: float = 1.0
-    sample_rate: float = 0.02
-    steps_per_round: int = 0
+    sample_rate: float = 0.1
+    steps_per_round: int = 50
     max_per_user: int = 64
     accountant: str = "pld"
-    noise: str = "seeded"
 
     def __post_init__(self) -> None:
         def need(ok: bool, key: str, value: Any, what: str) -> None:
@@ -56,13 +50,13 @@ class PrivacySettings:
         need(self.epsilon > 0, "epsilon", self.epsilon, "> 0 (use privacy=none for no DP)")
         for region, eps in self.region_epsilon.items():
             need(isinstance(eps, int | float) and eps > 0, f"region_epsilon.{region}", eps, "a number > 0")
-        need(0 <= self.delta < 1, "delta", self.delta, "in [0, 1) (0 = 1/(10·users) per silo)")
+        need(0 < self.delta < 1, "delta", self.delta,
+             "in (0, 1): a public policy value such as 1e-6, or 1/(10·N) for a published bound N on the users")
         need(self.clip_norm > 0, "clip_norm", self.clip_norm, "> 0")
         need(0 < self.sample_rate <= 1, "sample_rate", self.sample_rate, "in (0, 1]")
         need(self.steps_per_round >= 0, "steps_per_round", self.steps_per_round, ">= 0 (0 = 1/sample_rate)")
         need(self.max_per_user >= 1, "max_per_user", self.max_per_user, ">= 1")
         need(self.accountant in ACCOUNTANTS, "accountant", self.accountant, f"one of {ACCOUNTANTS}")
-        need(self.noise in NOISE_SOURCES, "noise", self.noise, f"one of {NOISE_SOURCES}")
 
     @property
     def enabled(self) -> bool:
@@ -82,10 +76,6 @@ class PrivacySettings:
         """
         budget = float(self.region_epsilon.get(region, self.epsilon))
         return min(budget, node_budget) if node_budget is not None else budget
-
-    def delta_for(self, n_users: int) -> float:
-        """δ for a silo: as configured, else `auto_delta`."""
-        return self.delta or auto_delta(n_users)
 
     def to_json_regions(self) -> str:
         """`region_epsilon` as the JSON string Flower's flat run config carries."""
