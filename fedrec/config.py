@@ -2,23 +2,28 @@
 
 Hydra lives at the entry point (`cli.py`); everything else takes these dataclasses, so notebooks and
 tests can build them directly. Unknown keys and bad values fail here with the key named.
+
+These classes are the one source of every default and every check: `conf/` states the same values (a test
+holds them equal), and the Flower app's flat run config (`federation.settings.RunSettings`, and
+`[tool.flwr.app.config]` in pyproject.toml) takes its defaults from them and validates through them.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fedrec.adoption import AdoptionPolicy
 from fedrec.data.split import SplitConfig
 from fedrec.errors import ConfigError
-from fedrec.federation.settings import SECURE_AGGREGATION, STRATEGIES, WEIGHTINGS, RunSettings
 from fedrec.models import ModelSpec, available_models
 from fedrec.privacy.plan import PrivacySettings
 from fedrec.training import TrainConfig
 
 BOUNDS = ("centralized", "local_only")
+STRATEGIES = ("fedavg", "fedavgm", "fedadam")
+WEIGHTINGS = ("uniform", "examples")
+SECURE_AGGREGATION = ("none", "secaggplus")
 
 
 def _require(ok: bool, key: str, value: Any, need: str) -> None:
@@ -140,22 +145,6 @@ class ExperimentConfig:
         if bad:
             raise ConfigError(f"bounds {bad} are unknown; choose from {BOUNDS}")
 
-    def run_settings(self, *, data_dir: str, output_dir: str, n_regions: int) -> RunSettings:
-        """The Flower app's run config for this experiment."""
-        t, f, s = self.train, self.federation, self.strategy
-        return RunSettings(
-            data_dir=data_dir, output_dir=output_dir, num_rounds=f.rounds, eval_every=f.eval_every,
-            model=self.model.name,
-            dim=self.model.dim, model_kwargs=json.dumps(self.model.kwargs), loss=t.loss, batch_size=t.batch_size,
-            lr=t.lr, weight_decay=t.weight_decay, n_negatives=t.n_negatives, local_epochs=f.local_epochs,
-            refit_epochs=t.refit_epochs,
-            strategy=s.name, server_lr=s.server_lr, server_momentum=s.server_momentum, adam_beta1=s.beta1,
-            adam_beta2=s.beta2, adam_tau=s.tau, weighting=f.weighting, fraction_train=f.fraction_train,
-            min_nodes=n_regions, seed=self.seed, secure_aggregation=f.secure_aggregation, min_replies=f.min_replies,
-            update_norm_factor=f.update_norm_factor, **self.privacy_run_config(), adoption=json.dumps(self.adoption),
-            registry_dir=self.registry_dir or "",
-        )
-
     def check_regions(self, regions: tuple[str, ...]) -> None:
         """Per-region settings must name regions of the world (a typo must not silently fall back)."""
         named = {"adoption": set(self.adoption) - {"default"},
@@ -164,15 +153,6 @@ class ExperimentConfig:
             unknown = sorted(names - set(regions))
             if unknown:
                 raise ConfigError(f"{key} names unknown region(s) {unknown}; this world's regions: {list(regions)}")
-
-    def privacy_run_config(self) -> dict[str, Any]:
-        """The privacy fields of `RunSettings`."""
-        p = self.privacy.settings()
-        return {"privacy": p.mode, "privacy_epsilon": p.epsilon, "privacy_region_epsilon": p.to_json_regions(),
-                "privacy_delta": p.delta, "privacy_clip_norm": p.clip_norm, "privacy_sample_rate": p.sample_rate,
-                "privacy_steps_per_round": p.steps_per_round, "privacy_max_per_user": p.max_per_user,
-                "privacy_accountant": p.accountant,
-                "state_dir": self.privacy.state_dir or ""}
 
     @property
     def total_epochs(self) -> int:

@@ -117,7 +117,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
     timings["prepare_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    settings = cfg.run_settings(data_dir=str(world.data_dir), output_dir=str(out_dir), n_regions=len(world.regions))
+    settings = RunSettings.from_experiment(cfg, data_dir=str(world.data_dir), output_dir=str(out_dir),
+                                          n_regions=len(world.regions))
     run_simulation(settings, on_round=on_round, cpus_per_client=cfg.federation.cpus_per_client)
     history = json.loads((out_dir / "federated_history.json").read_text())
     timings["federated_s"] = time.perf_counter() - t

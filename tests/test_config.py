@@ -87,7 +87,7 @@ EXPERIMENT_CHECKS = {"quick": check_quick, "ml100k": check_ml100k, "compare_stra
 def test_adoption_policies_compose_per_region_into_the_run_config() -> None:
     # Execute
     exp = typed(["+adoption.eu.fork=3", "+adoption.eu.contribute=false", "+adoption.default.adopt=if_better"])
-    s = exp.run_settings(data_dir="d", output_dir="o", n_regions=3)
+    s = RunSettings.from_experiment(exp, data_dir="d", output_dir="o", n_regions=3)
 
     # Assert: eu forks, every other region falls back to `default`
     assert exp.adoption == {"eu": {"fork": 3, "contribute": False}, "default": {"adopt": "if_better"}}
@@ -173,7 +173,7 @@ def test_run_settings_carry_the_experiment() -> None:
     exp = typed(["experiment=compare_strategies", "model=twotower", "federation.local_epochs=3"])
 
     # Execute
-    s = exp.run_settings(data_dir="/d", output_dir="/o", n_regions=5)
+    s = RunSettings.from_experiment(exp, data_dir="/d", output_dir="/o", n_regions=5)
 
     # Assert
     assert (s.data_dir, s.output_dir, s.min_nodes) == ("/d", "/o", 5)
@@ -246,7 +246,7 @@ def test_dp_runs_refuse_side_channels_in_the_run_settings() -> None:
     # Example-count weights would send each silo's size un-noised
     exp = typed(["privacy=user_dp", "federation.weighting=examples"])
     with pytest.raises(ConfigError, match="weighting='examples'"):
-        exp.run_settings(data_dir="/d", output_dir="/o", n_regions=5)
+        RunSettings.from_experiment(exp, data_dir="/d", output_dir="/o", n_regions=5)
 
 
 def test_dp_settings_reach_the_flower_run_config() -> None:
@@ -254,7 +254,7 @@ def test_dp_settings_reach_the_flower_run_config() -> None:
     exp = typed(["privacy=user_dp", "privacy.epsilon=4", "+privacy.region_epsilon.eu=2", "privacy.clip_norm=0.5"])
 
     # Execute
-    s = exp.run_settings(data_dir="/d", output_dir="/o", n_regions=5)
+    s = RunSettings.from_experiment(exp, data_dir="/d", output_dir="/o", n_regions=5)
     back = RunSettings.from_run_config(s.to_run_config())
 
     # Assert: per-region budgets, the model unchanged on every party, everything survives Flower's config

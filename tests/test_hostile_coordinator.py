@@ -22,6 +22,7 @@ from fedrec.federation.client_app import make_client_app
 from fedrec.federation.egress_ledger import LEDGER_FILE as EGRESS_LEDGER
 from fedrec.federation.egress_ledger import EgressLedger, verify
 from fedrec.federation.private_silo import LEDGER_FILE
+from fedrec.federation.secure_aggregation_client import AGGREGATION_KEY
 from fedrec.federation.silo import assemble_model, initial_global_arrays
 from fedrec.federation.silo_errors import ERRORS_FILE, FIXED_REASONS, INTERNAL_REASON
 from fedrec.models import ModelSpec, local_state
@@ -305,3 +306,34 @@ def test_a_silo_file_holding_pickled_objects_is_refused_not_executed(tmp_path) -
         np.savez(f, meta=np.array([1, 1, 0, 0, 0]), region=np.array([{"not": "an array"}], dtype=object))
     with pytest.raises(DataError, match="cannot read silo data"):
         SiloData.load(path)
+
+
+def test_a_replayed_training_message_does_not_move_a_fork(world, tmp_path) -> None:
+    # A region serving its own fork (and not contributing) trains the fork once per training message; the
+    # coordinator replaying round 2 must not move what the region serves.
+    from fedrec.adoption import AdoptionPolicy
+    from fedrec.federation.serving import RegionServing
+
+    node = deployed(world, tmp_path, fork=1, contribute=False)
+    cfg = run_config(world, tmp_path, privacy="none")
+    assert "declined" not in meta(train(ctx(node, cfg), world, rnd=1))  # the fork starts from round 1's version
+    for _ in range(3):
+        assert "declined" in meta(train(ctx(node, cfg), world, rnd=2))
+    fork = RegionServing(tmp_path / "eu-own-state", AdoptionPolicy.from_config("eu", {"fork": 1})).fork()
+    assert fork is not None and fork.rounds == 1 and fork.last_trained == "1/2"
+
+
+# ---- 8. secure aggregation the jurisdiction requires ---------------------------------------------------------
+
+
+def test_a_jurisdiction_that_requires_secure_aggregation_sends_nothing_in_the_clear(world, tmp_path) -> None:
+    node = deployed(world, tmp_path, **{"require-secure-aggregation": True})
+    reply = train(ctx(node, run_config(world, tmp_path)), world)
+    assert "requires secure aggregation" in meta(reply)["declined"] and "arrays" not in reply.content
+    # a plain message that claims to be SecAgg+'s (the silo-internal marker, forged) is refused outright
+    forged = instruction(MessageType.TRAIN, initial_global_arrays(ModelSpec("mf", 8), n_items=world.n_items, seed=0),
+                         2)
+    forged.content.config_records["config"][AGGREGATION_KEY] = "secaggplus:forged"
+    refused = make_client_app()(forged, ctx(node, run_config(world, tmp_path)))
+    assert refused.has_error() and refused.error.reason == INTERNAL_REASON
+    assert not (tmp_path / "eu-own-state" / LEDGER_FILE).exists()  # nothing was trained or spent

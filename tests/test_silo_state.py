@@ -41,9 +41,10 @@ def test_a_cached_reply_is_returned_only_for_its_round_and_version(tmp_path: Pat
     st = SiloState(ctx(), tmp_path, "r")
     content = train_reply({"item_emb.weight": np.ones((2, 2), np.float32)}, region="eu", server_round=3, weight=1.0,
                           model_version="ab" * 32)
-    st.cache_reply(3, "ab" * 32, content)
+    st.cache_reply(3, "ab" * 32, content, "secaggplus:1234")
     got = SiloState(ctx(), tmp_path, "r").cached_reply(3, "ab" * 32)
-    assert got is not None and np.array_equal(got["arrays"]["item_emb.weight"].numpy(), np.ones((2, 2)))
+    assert got is not None and got[0] == "secaggplus:1234"
+    assert np.array_equal(got[1]["arrays"]["item_emb.weight"].numpy(), np.ones((2, 2)))
     assert st.cached_reply(4, "ab" * 32) is None and st.cached_reply(3, "cd" * 32) is None
     assert SiloState(ctx(), None, "r").cached_reply(3, "ab" * 32) is None
 

@@ -77,7 +77,7 @@ class SiloData:
     def load(cls, path: Path) -> SiloData:
         """Read a silo written by `save`; a missing or corrupt file is a `DataError`."""
         try:
-            z = np.load(path)
+            z = np.load(path, allow_pickle=False)  # a data directory must never execute code
             meta = z["meta"]
             parts = {p: tuple(z[f"{p}_{c}"] for c in ("user", "item", "rating")) for p in ("train", "valid", "test")}
             region = str(z["region"])

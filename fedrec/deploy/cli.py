@@ -3,19 +3,30 @@
 fedrec deploy local [--world DIR] [--out DIR] [--rounds N] [--insecure] [--epsilon E]
 fedrec deploy certs DIR [--host NAME ...]        # a CA and a SuperLink certificate (testing)
 fedrec deploy key DIR NAME                       # a SuperNode's authentication key pair
-fedrec deploy check-node --node-config 'region="eu" data-path="..." state-dir="..."' [--data-dir DIR]
+fedrec deploy check-node --node-config 'region="eu" data-path="..." state-dir="..."' [--privacy user_dp]
+                         [--trusted-entities FILE] [--superlink HOST:PORT [--probe] [--root-certificates CA]]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
 
+import httpx
 from rich.console import Console
+from rich.text import Text
 
 from fedrec.errors import FedrecError
+
+# Flower 1.42's SuperLink serves the Fleet API (SuperNodes), the Control API (`flwr` CLI) and the Runtime API on
+# one host:port (flwr/superlink/main.py: one FastAPI app with the /v1/fleet, /v1/control and /v1/runtime
+# routers; `--control-api-address` is deprecated and ignored), and open-source Flower has no Control API
+# authentication (the NoOp plugin unless FLWR_OIDC_ENABLED=1 with Flower Enterprise).
+CONTROL_API_PATH = "/v1/control/get-login-details"  # read-only: says which account authentication is on
+HUB_KEY_PREFIX = "fpk_"  # Flower Hub's public key ids, the keys of a --trusted-entities file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,9 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     key = sub.add_parser("key", help="a SuperNode authentication key pair (register the .pub with the SuperLink)")
     key.add_argument("dir", type=Path)
     key.add_argument("name")
-    check = sub.add_parser("check-node", help="check a SuperNode's node config before starting it")
+    check = sub.add_parser("check-node", help="check a SuperNode's node config (and what it will run) before "
+                           "starting it")
     check.add_argument("--node-config", required=True, help="as given to flower-supernode --node-config")
     check.add_argument("--privacy", default="none", choices=("none", "user_dp"))
+    check.add_argument("--trusted-entities", type=Path, metavar="FILE",
+                       help="as given to flower-supernode --trusted-entities (YAML: fpk_ID: 'ssh-ed25519 ...')")
+    check.add_argument("--superlink", metavar="HOST:PORT", help="as given to flower-supernode --superlink")
+    check.add_argument("--probe", action="store_true", help="ask the SuperLink from here whether its Control API "
+                       "answers (read-only; needs --superlink)")
+    check.add_argument("--root-certificates", type=Path, metavar="CA", help="for --probe: as given to "
+                       "flower-supernode --root-certificates (default: the system's CAs)")
+    check.add_argument("--insecure", action="store_true", help="for --probe: the SuperLink runs without TLS")
     return parser
 
 
@@ -96,7 +116,10 @@ def local_main(args: argparse.Namespace, console: Console) -> int:
 def deploy_main(argv: list[str], console: Console | None = None) -> int:
     """Entry point of `fedrec deploy`; returns the exit code (2 for a user mistake)."""
     console = console or Console()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "check-node" and args.probe and not args.superlink:
+        parser.error("check-node --probe needs --superlink HOST:PORT")
     try:
         if args.command == "local":
             return local_main(args, console)
@@ -114,15 +137,135 @@ def deploy_main(argv: list[str], console: Console | None = None) -> int:
             console.print(f"wrote {private} (stays on the SuperNode) and {public} (`flwr supernode register "
                           f"{public} FEDERATION`)")
             return 0
-        from fedrec.federation.preflight import check_silo
-        from fedrec.federation.settings import RunSettings
-
-        region, problem = check_silo(RunSettings(privacy=args.privacy), _parse_node_config(args.node_config))
-        if problem:
-            console.print(f"[bold red]node config for {region} is not usable:[/] {problem}", highlight=False)
-            return 1
-        console.print(f"node config for {region}: OK (data, state dir{', ledger' if args.privacy != 'none' else ''})")
-        return 0
+        return check_node_main(args, console)
     except (FedrecError, OSError) as exc:
         console.print(f"[bold red]fedrec deploy: error:[/] {exc}", highlight=False)
         return 2
+
+
+def check_trusted_entities(path: Path | None) -> tuple[list[str], list[str], list[str]]:
+    """(problems, warnings, notes) about which apps a SuperNode started with `--trusted-entities path` runs.
+
+    Mirrors flower-supernode 1.42: the file must be a YAML mapping of key ids to OpenSSH ssh-ed25519 public
+    keys (else it exits with code 304); an empty mapping verifies nothing; a FAB runs only when one of its Flower
+    Hub signatures is by a listed key, and a FAB sent from a local directory (`flwr run .`) carries none.
+    """
+    if path is None:
+        return [], ["unverified apps: this node runs any app a run brings, with full access to its data-path and "
+                    "state-dir, and whoever reaches the SuperLink's Control API can start a run. Start "
+                    "flower-supernode with --trusted-entities FILE (and check FILE here) so that only Flower Hub "
+                    "apps signed by keys in FILE run."], []
+    import yaml
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    try:
+        entities = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeError, yaml.YAMLError) as exc:
+        return [f"--trusted-entities {path}: {exc}"], [], []
+    if not isinstance(entities, dict):
+        return [f"--trusted-entities {path}: not a YAML mapping of key ids to ssh-ed25519 public keys "
+                "(flower-supernode exits with code 304)"], [], []
+    if not entities:
+        return [], [f"unverified apps: {path} lists no keys, so Flower verifies nothing (as without "
+                    "--trusted-entities). List the Flower Hub keys (fpk_...) whose signatures you trust."], []
+    problems, warnings = [], []
+    for key_id, key in entities.items():
+        try:
+            if not isinstance(load_ssh_public_key(str(key).encode()), ed25519.Ed25519PublicKey):
+                raise ValueError("not an ssh-ed25519 key")
+        except (ValueError, TypeError) as exc:
+            problems.append(f"--trusted-entities {path}: {key_id}: {exc} (Flower accepts OpenSSH ssh-ed25519 "
+                            "public keys only; flower-supernode exits with code 304)")
+            continue
+        if not str(key_id).startswith(HUB_KEY_PREFIX):
+            warnings.append(f"{path}: key id {key_id!r} is not a Flower Hub key id ({HUB_KEY_PREFIX}...), so no "
+                            "app signature will ever match it")
+    if problems:
+        return problems, warnings, []
+    notes = [f"apps: only Flower Hub apps signed by {', '.join(map(str, entities))} run here (`flwr run "
+             "@ACCOUNT/APP==VERSION`); a run sent from a directory (`flwr run .`) is refused"]
+    return problems, warnings, notes
+
+
+def probe_control_api(address: str, *, root_certificates: Path | None = None, insecure: bool = False,
+                      timeout: float = 5.0, transport: httpx.BaseTransport | None = None) -> tuple[str, str]:
+    """Whether the SuperLink's Control API answers at `address` from here: (state, detail).
+
+    state is "open" (answers, no login: account authentication "noop"), "login" (answers, requires a login),
+    "closed" (an HTTP error: filtered or not a SuperLink) or "unreachable". One read-only request
+    (`GetLoginDetails`); nothing is changed on the SuperLink.
+    """
+    from flwr.proto.control_pb2 import GetLoginDetailsRequest, GetLoginDetailsResponse
+    from flwr.supercore.protobuf.constants import PROTOBUF_MEDIA_TYPE
+    from google.protobuf.message import DecodeError
+
+    verify: str | bool = False if insecure else (str(root_certificates) if root_certificates else True)
+    url = f"{'http' if insecure else 'https'}://{address}{CONTROL_API_PATH}"
+    try:
+        with httpx.Client(verify=verify, timeout=timeout, transport=transport) as client:
+            response = client.post(url, content=GetLoginDetailsRequest().SerializeToString(),
+                                   headers={"content-type": PROTOBUF_MEDIA_TYPE, "accept": PROTOBUF_MEDIA_TYPE})
+    except httpx.HTTPError as exc:
+        return "unreachable", f"{type(exc).__name__}: {exc}"
+    if response.is_error:
+        return "closed", f"HTTP {response.status_code}"
+    authn = ""
+    if response.headers.get("content-type", "").startswith(PROTOBUF_MEDIA_TYPE):
+        with contextlib.suppress(DecodeError):
+            authn = GetLoginDetailsResponse.FromString(response.content).authn_type
+    if not authn:
+        return "closed", f"HTTP {response.status_code}, but not a Control API answer"
+    return ("open" if authn == "noop" else "login"), authn
+
+
+def control_api_findings(address: str, probe: tuple[str, str] | None, verified: bool) -> tuple[list[str], list[str]]:
+    """(warnings, notes) about the Control API behind the SuperLink address this node connects to."""
+    consequence = ("start runs of the apps your trusted keys signed, with any run config" if verified
+                   else "run their own code in this silo")
+    if probe is None:
+        return [f"Control API: Flower 1.42 serves it (`flwr run`, `flwr supernode register`; no login in "
+                f"open-source Flower) on the SuperNodes' port, so whoever reaches {address} can {consequence}, "
+                "unless the coordinator lets only /v1/fleet/ through there. Check with --probe."], []
+    state, detail = probe
+    if state == "open":
+        return [f"Control API answers at {address} from this machine without a login ({detail}): whoever "
+                f"reaches it can {consequence}. Ask the coordinator to expose only /v1/fleet/ "
+                "there (docs/running-across-jurisdictions.md)."], []
+    if state == "login":
+        return [], [f"Control API answers at {address} and requires a login ({detail}); logged-in accounts "
+                    f"can {consequence}"]
+    if state == "closed":
+        return [], [f"Control API does not answer at {address} from here ({detail}): filtered in front of the "
+                    "SuperLink, or not a SuperLink"]
+    return [f"could not reach {address} to probe its Control API ({detail})"], []
+
+
+def check_node_main(args: argparse.Namespace, console: Console) -> int:
+    """`fedrec deploy check-node`: the node config, then which apps it would run and who could start them."""
+    from fedrec.federation.preflight import check_silo
+    from fedrec.federation.settings import RunSettings
+
+    node_config = _parse_node_config(args.node_config)
+    region, problem = check_silo(RunSettings(privacy=args.privacy), node_config)
+    problems, warnings, notes = check_trusted_entities(args.trusted_entities)
+    verified = bool(notes)  # a valid, non-empty --trusted-entities file
+    if args.superlink:
+        probe = (probe_control_api(args.superlink, root_certificates=args.root_certificates, insecure=args.insecure)
+                 if args.probe else None)
+        more_warnings, more_notes = control_api_findings(args.superlink, probe, verified=verified)
+        warnings += more_warnings
+        notes += more_notes
+    if not any(k in node_config for k in ("epsilon-budget", "max-delta")):
+        warnings.append("privacy is the run's choice: without epsilon-budget (or max-delta) in the node config, "
+                        "whoever starts a run decides (privacy=\"none\" releases updates without DP). Set "
+                        "epsilon-budget=E.")
+    if problem:
+        console.print(f"[bold red]node config for {region} is not usable:[/] {problem}", highlight=False)
+    else:
+        console.print(f"node config for {region}: OK (data, state dir{', ledger' if args.privacy != 'none' else ''})")
+    for style, lead, texts in (("bold red", "not usable: ", problems), ("yellow", "warning: ", warnings),
+                               ("", "note: ", notes)):
+        for text in texts:  # Text, not markup: paths, key ids and errors are printed as they are
+            console.print(Text.assemble((lead, style), text), highlight=False)
+    return 1 if problem or problems else 0

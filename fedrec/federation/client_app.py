@@ -29,7 +29,7 @@ from fedrec.federation.egress_ledger import egress_ledger_mod
 from fedrec.federation.egress_recorder import Mod
 from fedrec.federation.preflight import preflight_reply
 from fedrec.federation.private_silo import log_evaluation, private_train_round
-from fedrec.federation.secure_aggregation_client import optional_secaggplus_mod
+from fedrec.federation.secure_aggregation_client import PLAIN, aggregation_of, optional_secaggplus_mod
 from fedrec.federation.serving import RegionServing, advance_fork, review
 from fedrec.federation.settings import NODE_DP_KEYS, RunSettings, SiloIdentity
 from fedrec.federation.silo import Arrays, evaluate_splits, silo_seed, train_round
@@ -70,8 +70,13 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
 
     # Outermost first: a failure of the ledger itself still leaves only a fixed code; inside the ledger,
     # failures become fixed-code error replies that the ledger records.
+    def min_contributors(context: Context) -> int:
+        s = settings or RunSettings.from_run_config(dict(context.run_config))
+        ident = SiloIdentity.from_node_config(dict(context.node_config), s)
+        return max(s.secagg_min_contributors, ident.secagg_min_contributors)
+
     app = ClientApp(mods=[contain_errors(facts), egress_ledger_mod(state_dir_of), contain_errors(facts),
-                          *(mods or []), optional_secaggplus_mod])
+                          *(mods or []), optional_secaggplus_mod(min_contributors)])
 
     def resolve(context: Context) -> tuple[RunSettings, SiloIdentity, SiloData]:
         s = settings or RunSettings.from_run_config(dict(context.run_config))
@@ -89,13 +94,22 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
     def train(msg: Message, context: Context) -> Message:
         s, ident, silo = resolve(context)
         rnd, version = read_int(msg.content, "config", "server-round"), read_version(msg.content)
+        how = aggregation_of(msg.content.config_records["config"])
+        if ident.require_secure_aggregation and how == PLAIN:
+            reason = "this jurisdiction requires secure aggregation (node config): it sends no update in the clear"
+            return Message(decline_reply(region=ident.region, server_round=rnd, reason=reason), reply_to=msg)
         state = SiloState(context, ident.state_dir, s.run_key(context.run_id))
         cached = state.cached_reply(rnd, version)
-        if cached is not None:  # asked again (a restarted coordinator): the same reply, not a second release
-            return Message(check_reply(cached, private=s.privacy_settings().enabled), reply_to=msg)
+        if cached is not None:  # asked again (a restarted coordinator): the same reply, not a second release ...
+            sent_as, content = cached
+            if sent_as != how:  # ... and only the way it left: never in the clear, or masked for another session
+                reason = (f"round {rnd} was already answered ({sent_as}); a silo answers a round once and never "
+                          f"again under another aggregation ({how})")
+                return Message(decline_reply(region=ident.region, server_round=rnd, reason=reason), reply_to=msg)
+            return Message(check_reply(content, private=s.privacy_settings().enabled), reply_to=msg)
         content = train_content(s, ident, silo, context, state, rnd, version, read_arrays(msg.content))
         if read_decline(content) is None:
-            state.cache_reply(rnd, version, content)
+            state.cache_reply(rnd, version, content, how)
         return Message(content, reply_to=msg)
 
     def train_content(s: RunSettings, ident: SiloIdentity, silo: SiloData, context: Context, state: SiloState,

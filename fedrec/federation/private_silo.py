@@ -58,8 +58,12 @@ def run_plan(ledger: BudgetLedger, s: RunSettings, run_id: str) -> PrivacyPlan |
                          rounds=s.num_rounds, prior=list(ledger.accountant.events))
     except BudgetSpent as exc:
         return Decline(str(exc), ledger.epsilon_spent())
-    ledger.save_plan(run_id, plan.to_dict())
-    return plan
+    try:
+        return PrivacyPlan(**ledger.save_plan(run_id, plan.to_dict()))
+    except ValueError:  # another process fixed this run's plan first (under the ledger's lock): keep that one
+        stored = ledger.plan_for(run_id)
+        assert stored is not None
+        return PrivacyPlan(**stored)
 
 
 def privacy_report(ledger: BudgetLedger, plan: PrivacyPlan | None, run_id: str, epsilon: float | None = None

@@ -10,21 +10,50 @@ The arrays leave masked; the reply's public metadata (region, round, weight, DP 
 clear next to them. A decline (no arrays) contributes exact zeros with weight 0. A value outside the
 agreed clipping range would be clipped silently by SecAgg+, so the silo refuses (the node drops out of
 that round) rather than send a corrupted update.
+
+The coordinator runs the protocol, so the silo checks what it can on its own side:
+- the bridge tells the handler which session the update is for (`AGGREGATION_KEY`: `secaggplus:<hash of
+  this node's session key>`), so a reply is never re-sent in the clear or re-masked for another session
+  (two sessions over different participant sets would isolate one silo's update by differencing);
+- `min_contributors` (the larger of the run's and the jurisdiction's): the silo masks its update only when
+  at least that many neighbours shared keys with it, and reveals unmasking shares only when at least that
+  many are active. SecAgg+ shows a silo its neighbours, not every participant, and cannot tell a real
+  neighbour from one the coordinator made up (Sybils): this raises the bar, it does not prove a crowd.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 
 from fedrec.federation.egress import WEIGHT_KEY
 from fedrec.federation.secure_aggregation import CLIP_KEY, NAMES_KEY
 
 CallNext = Callable[[Message, Context], Message]
+AGGREGATION_KEY = "fedrec-aggregation"
+"""Set by the bridge in the handler's config: how the reply will leave (absent: in the clear)."""
+PLAIN = "plain"
+
+
+class TooFewContributors(RuntimeError):
+    """The silo will not mask (or help unmask) an update among fewer contributors than its policy asks."""
+
+
+def aggregation_of(config: ConfigRecord) -> str:
+    """How a training reply will leave the silo: `plain`, or `secaggplus:<session>`."""
+    return str(config.get(AGGREGATION_KEY, PLAIN))
+
+
+def _session(ctxt: Context) -> str:
+    """This node's SecAgg+ session: a hash of the public key it generated at the session's setup stage."""
+    state = ctxt.state.config_records.get(RECORD_KEY_STATE)
+    pk1 = state.get("pk1", b"") if state is not None else b""
+    return hashlib.sha256(pk1 if isinstance(pk1, bytes) else b"").hexdigest()[:16]
 
 
 def legacy_bridge(msg: Message, ctxt: Context, call_next: CallNext) -> Message:
@@ -37,6 +66,7 @@ def legacy_bridge(msg: Message, ctxt: Context, call_next: CallNext) -> Message:
     clip = float(config.pop(CLIP_KEY))  # type: ignore[arg-type]
     received = list(content.array_records["fitins.parameters"].values())
     arrays = ArrayRecord({n: Array(a.numpy()) for n, a in zip(names, received, strict=True)})
+    config[AGGREGATION_KEY] = f"secaggplus:{_session(ctxt)}"
     msg.content = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})  # type: ignore[arg-type]
 
     reply = call_next(msg, ctxt)
@@ -61,12 +91,36 @@ def legacy_bridge(msg: Message, ctxt: Context, call_next: CallNext) -> Message:
     return reply
 
 
-def optional_secaggplus_mod(msg: Message, ctxt: Context, call_next: CallNext) -> Message:
-    """Run SecAgg+'s client protocol only when the coordinator speaks it (a `secaggplus_configs` record)."""
-    if RECORD_KEY_CONFIGS not in msg.content.config_records:
-        return call_next(msg, ctxt)
+def optional_secaggplus_mod(min_contributors: Callable[[Context], int]) -> Callable[[Message, Context, CallNext],
+                                                                                  Message]:
+    """Run SecAgg+'s client protocol only when the coordinator speaks it (a `secaggplus_configs` record).
 
-    def inner(m: Message, c: Context) -> Message:
-        return legacy_bridge(m, c, call_next)
+    `min_contributors(ctxt)`: the fewest contributors among whom this silo masks its update or helps unmask.
+    """
 
-    return secaggplus_mod(msg, ctxt, inner)
+    def mod(msg: Message, ctxt: Context, call_next: CallNext) -> Message:
+        if RECORD_KEY_CONFIGS not in msg.content.config_records:
+            config = msg.content.config_records.get("config") if msg.has_content() else None
+            if config is not None and AGGREGATION_KEY in config:
+                raise ValueError(f"{AGGREGATION_KEY} is set by the silo's own SecAgg+ bridge, never by the "
+                                 "coordinator: a plain message claiming secure aggregation is refused")
+            return call_next(msg, ctxt)
+        configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+        stage, needed = configs.get(Key.STAGE), min_contributors(ctxt)
+        if stage == Stage.COLLECT_MASKED_VECTORS:
+            seen = len(configs.get(Key.SOURCE_LIST, [])) + 1  # type: ignore[arg-type]
+            if seen < needed:
+                raise TooFewContributors(f"only {seen} contributors shared keys with this silo; it masks its "
+                                         f"update only among at least {needed}")
+        elif stage == Stage.UNMASK:
+            active = len(configs.get(Key.ACTIVE_NODE_ID_LIST, []))  # type: ignore[arg-type]
+            if active < needed:
+                raise TooFewContributors(f"only {active} active contributors; this silo helps unmask only a sum "
+                                         f"of at least {needed}")
+
+        def inner(m: Message, c: Context) -> Message:
+            return legacy_bridge(m, c, call_next)
+
+        return secaggplus_mod(msg, ctxt, inner)
+
+    return mod

@@ -76,6 +76,8 @@ class Fork:
     global_arrays: Arrays
     local: Tensors
     optimizer: Arrays
+    last_trained: str = ""
+    """`<run>/<round>` of the training message the fork last trained for (a replay of it trains nothing)."""
 
 
 class RegionServing:
@@ -110,7 +112,7 @@ class RegionServing:
         part = {p: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(p + "/")} for p in "glo"}
         return Fork(base=head["base"], since_round=int(head["since_round"]), rounds=int(head["rounds"]),
                     global_arrays=part["g"], local={k: torch.as_tensor(v) for k, v in part["l"].items()},
-                    optimizer=part["o"])
+                    optimizer=part["o"], last_trained=head.get("last_trained", ""))
 
     def save_fork(self, fork: Fork) -> None:
         """Write the fork's whole state in one file (replaced atomically)."""
@@ -118,7 +120,7 @@ class RegionServing:
                   **{f"l/{k}": v.detach().numpy() for k, v in fork.local.items()},
                   **{f"o/{k}": v for k, v in fork.optimizer.items()}}
         _save_atomically(self.dir / FORK_FILE, arrays, {"base": fork.base, "since_round": str(fork.since_round),
-                                                        "rounds": str(fork.rounds)})
+                                                        "rounds": str(fork.rounds), "last_trained": fork.last_trained})
 
     def fork_due(self, *, received_round: int, received_version: str) -> bool:
         """Whether the received global version is where this region's fork (re)starts."""
@@ -147,9 +149,13 @@ def advance_fork(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: T
 
     The received arrays are the global version of round `server_round - 1`. A new fork copies the silo's
     current per-user parameters; a rebase keeps the fork's own users and restarts its optimizer. Local
-    training of the fork never feeds a reply.
+    training of the fork never feeds a reply. A training message the fork already trained for (a replay by a
+    restarted or hostile coordinator) changes nothing: the fork is returned as it is.
     """
     fork = serving.fork()
+    key = f"{run_id}/{server_round}"
+    if fork is not None and fork.last_trained == key:
+        return fork
     if serving.fork_due(received_round=server_round - 1, received_version=received_version):
         before = serving.record.served()
         users = fork.local if fork is not None else {k: v.clone() for k, v in (local or {}).items()}
@@ -165,7 +171,7 @@ def advance_fork(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: T
     local_start = fork.local or None
     out = train_round(silo, spec, fork.global_arrays, local_start, cfg, seed=seed, optimizer_state=fork.optimizer)
     fork = Fork(base=fork.base, since_round=fork.since_round, rounds=fork.rounds + 1, global_arrays=out.global_after,
-                local=out.local_after, optimizer=out.optimizer_after)
+                local=out.local_after, optimizer=out.optimizer_after, last_trained=key)
     serving.save_fork(fork)
     return fork
 

@@ -1,105 +1,106 @@
-"""The one config contract of the Flower app: `context.run_config` read and cast once into a frozen dataclass.
+"""The Flower app's flat run config, read and cast once into a frozen dataclass; and the silo's own policy.
 
-Flower's three channels stay apart: the run config (this file: the whole run, same for every party),
-the node config (which jurisdiction a SuperNode is and where its data lives: `SiloIdentity`), and the
-per-round `ConfigRecord` the coordinator sends (round number and model version only).
+Flower's three channels stay apart: the run config (`RunSettings`: what the coordinator *proposes* for the
+whole run, the same for every party), the node config (`SiloIdentity`: what each jurisdiction *decides*:
+its data, its state dir, its budget, its maximum δ, its secure-aggregation requirement, its adoption
+policy; a proposal may only tighten it), and the per-round `ConfigRecord` (round number and model version).
+
+`RunSettings` has no defaults or checks of its own: every default is the typed experiment config's
+(`fedrec.config`, `TrainConfig`, `ModelSpec`, `PrivacySettings`), every check is theirs, and
+`[tool.flwr.app.config]` in pyproject.toml lists the same values (a test holds all three equal).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from fedrec.adoption import AdoptionPolicy
+from fedrec.config import ExperimentConfig, FederationConfig, StrategyConfig
 from fedrec.errors import ConfigError, FedrecError
 from fedrec.models.base import ModelSpec
 from fedrec.privacy.plan import DEFAULT_MAX_DELTA, PrivacySettings
 from fedrec.training import TrainConfig
 
-STRATEGIES = ("fedavg", "fedavgm", "fedadam")
 OPERATIONAL_KEYS = frozenset({"data-dir", "output-dir", "state-dir", "registry-dir", "resume", "quiet",
                               "client-threads", "round-timeout"})
-WEIGHTINGS = ("uniform", "examples")
-SECURE_AGGREGATION = ("none", "secaggplus")
 RETIRED_KEYS = {
     "privacy-noise": "is not a run-config key: a silo draws its DP noise and sampling from its own OS CSPRNG, "
                      "which nothing outside it can seed (reproducible noise is a Python-only research option)",
 }
 """Keys a coordinator may once have sent, refused with the reason (a run config must not steer them)."""
 
+_F, _S, _T, _P = FederationConfig, StrategyConfig, TrainConfig, PrivacySettings
+
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Everything both sides of the Flower app need to agree on for one run."""
+    """What the coordinator proposes for one run, as Flower's flat run config carries it."""
 
     data_dir: str = ""
     output_dir: str = ""
-    num_rounds: int = 20
-    eval_every: int = 1
-    model: str = "mf"
-    dim: int = 32
+    num_rounds: int = _F.rounds
+    eval_every: int = _F.eval_every
+    model: str = ModelSpec.name
+    dim: int = ModelSpec.dim
     model_kwargs: str = "{}"
-    loss: str = "softmax"
-    batch_size: int = 512
-    lr: float = 0.01
-    weight_decay: float = 1e-5
-    n_negatives: int = 256
-    local_epochs: int = 1
-    refit_epochs: int = 1
-    strategy: str = "fedavg"
-    server_lr: float = 1.5
-    server_momentum: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.99
-    adam_tau: float = 1e-3
-    weighting: str = "uniform"
-    fraction_train: float = 1.0
+    loss: str = _T.loss
+    batch_size: int = _T.batch_size
+    lr: float = _T.lr
+    weight_decay: float = _T.weight_decay
+    n_negatives: int = _T.n_negatives
+    local_epochs: int = _F.local_epochs
+    refit_epochs: int = _T.refit_epochs
+    strategy: str = _S.name
+    server_lr: float = _S.server_lr
+    server_momentum: float = _S.server_momentum
+    adam_beta1: float = _S.beta1
+    adam_beta2: float = _S.beta2
+    adam_tau: float = _S.tau
+    weighting: str = _F.weighting
+    fraction_train: float = _F.fraction_train
     min_nodes: int = 2
     seed: int = 0
     client_threads: int = 1
     quiet: bool = False
-    privacy: str = "none"
-    privacy_epsilon: float = 8.0
+    privacy: str = _P.mode
+    privacy_epsilon: float = _P.epsilon
     privacy_region_epsilon: str = "{}"
-    privacy_delta: float = PrivacySettings.delta
-    privacy_clip_norm: float = PrivacySettings.clip_norm
-    privacy_sample_rate: float = PrivacySettings.sample_rate
-    privacy_steps_per_round: int = PrivacySettings.steps_per_round
-    privacy_max_per_user: int = PrivacySettings.max_per_user
-    privacy_accountant: str = PrivacySettings.accountant
+    privacy_delta: float = _P.delta
+    privacy_clip_norm: float = _P.clip_norm
+    privacy_sample_rate: float = _P.sample_rate
+    privacy_steps_per_round: int = _P.steps_per_round
+    privacy_max_per_user: int = _P.max_per_user
+    privacy_accountant: str = _P.accountant
     state_dir: str = ""
     registry_dir: str = ""
     adoption: str = "{}"
     round_timeout: float = 600.0
     run_name: str = ""
     resume: bool = False
-    min_replies: int = 1
-    update_norm_factor: float = 10.0
+    min_replies: int = _F.min_replies
+    update_norm_factor: float = _F.update_norm_factor
     max_update_norm: float = 0.0
-    secure_aggregation: str = "none"
+    secure_aggregation: str = _F.secure_aggregation
     secagg_clipping_range: float = 8.0
     secagg_quantization_range: int = 4194304
     secagg_min_contributors: int = 2
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy={self.strategy!r} is unknown; choose one of {STRATEGIES}")
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError(f"federation.weighting={self.weighting!r} is unknown; choose one of {WEIGHTINGS}")
-        from fedrec.models import available_models
-
-        if self.model not in available_models():
-            raise ConfigError(f"model={self.model!r} is unknown; available: {available_models()}")
-        if self.eval_every < 1:
-            raise ConfigError(f"federation.eval_every={self.eval_every} must be >= 1")
-        if self.num_rounds < 1:
-            raise ConfigError(f"federation.rounds={self.num_rounds} must be >= 1")
+        # The typed configs check everything they own (with Hydra's key names in the message) ...
+        self.federation_config()
+        StrategyConfig(name=self.strategy, server_lr=self.server_lr, server_momentum=self.server_momentum,
+                       beta1=self.adam_beta1, beta2=self.adam_beta2, tau=self.adam_tau)
+        self.train_config()
+        privacy = self.privacy_settings()
+        ExperimentConfig(model=self.model_spec)  # the model name and dimension
+        self.adoption_policies()
+        # ... the run config checks only what exists in it alone.
         if not self.round_timeout > 0:
             raise ConfigError(f"round-timeout={self.round_timeout} must be > 0 (seconds)")
-        if self.secure_aggregation not in SECURE_AGGREGATION:
-            raise ConfigError(f"secure-aggregation={self.secure_aggregation!r}: choose one of {SECURE_AGGREGATION}")
         if self.secure_aggregation == "secaggplus" and (self.weighting != "uniform" or self.secagg_min_contributors < 2
                                                         or not self.secagg_clipping_range > 0):
             raise ConfigError("secure-aggregation=secaggplus needs weighting=uniform (SecAgg+ here masks weights of "
@@ -109,56 +110,72 @@ class RunSettings:
                               "silos find their state (budget plan, users, last reply) by the run's name")
         if self.run_name and not all(c.isalnum() or c in "-_." for c in self.run_name):
             raise ConfigError(f"run-name={self.run_name!r}: use letters, digits, '-', '_' and '.' only")
-        if self.min_replies < 1:
-            raise ConfigError(f"min-replies={self.min_replies} must be >= 1")
-        if not self.update_norm_factor > 1 or self.max_update_norm < 0:
-            raise ConfigError(f"update-norm-factor={self.update_norm_factor} must be > 1 and max-update-norm="
-                              f"{self.max_update_norm} >= 0 (0: no absolute bound)")
-        if not 0.0 < self.fraction_train <= 1.0:
-            raise ConfigError(f"federation.fraction_train={self.fraction_train} must lie in (0, 1]")
-        try:
-            kwargs = json.loads(self.model_kwargs)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"model-kwargs is not valid JSON: {self.model_kwargs!r}") from exc
-        if not isinstance(kwargs, dict):
-            raise ConfigError(f"model-kwargs must be a JSON object, got {self.model_kwargs!r}")
-        self.train_config()  # validates the training fields
-        self.adoption_policies()  # validates every region's policy
-        if self.privacy_settings().enabled and self.weighting != "uniform":
+        if self.max_update_norm < 0:
+            raise ConfigError(f"max-update-norm={self.max_update_norm} must be >= 0 (0: no absolute bound)")
+        if privacy.enabled and self.weighting != "uniform":
             raise ConfigError(f"federation.weighting={self.weighting!r} would send each silo's example count "
                               "un-noised; under privacy=user_dp aggregation weights are uniform")
-    @property
+
+    @classmethod
+    def from_experiment(cls, cfg: ExperimentConfig, *, data_dir: str, output_dir: str,
+                        n_regions: int) -> RunSettings:
+        """The run config a typed experiment proposes (simulation: one silo per region of the world)."""
+        t, f, s, p = cfg.train, cfg.federation, cfg.strategy, cfg.privacy.settings()
+        return cls(
+            data_dir=data_dir, output_dir=output_dir, num_rounds=f.rounds, eval_every=f.eval_every,
+            model=cfg.model.name, dim=cfg.model.dim, model_kwargs=json.dumps(cfg.model.kwargs), loss=t.loss,
+            batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, n_negatives=t.n_negatives,
+            local_epochs=f.local_epochs, refit_epochs=t.refit_epochs, strategy=s.name, server_lr=s.server_lr,
+            server_momentum=s.server_momentum, adam_beta1=s.beta1, adam_beta2=s.beta2, adam_tau=s.tau,
+            weighting=f.weighting, fraction_train=f.fraction_train, min_nodes=n_regions, seed=cfg.seed,
+            secure_aggregation=f.secure_aggregation, min_replies=f.min_replies,
+            update_norm_factor=f.update_norm_factor, privacy=p.mode, privacy_epsilon=p.epsilon,
+            privacy_region_epsilon=p.to_json_regions(), privacy_delta=p.delta, privacy_clip_norm=p.clip_norm,
+            privacy_sample_rate=p.sample_rate, privacy_steps_per_round=p.steps_per_round,
+            privacy_max_per_user=p.max_per_user, privacy_accountant=p.accountant,
+            state_dir=cfg.privacy.state_dir or "", adoption=json.dumps(cfg.adoption),
+            registry_dir=cfg.registry_dir or "",
+        )
+
+    @cached_property
     def model_spec(self) -> ModelSpec:
         """The model to build on every party (under DP, silo-wide parameters train through noised sums)."""
-        return ModelSpec(name=self.model, dim=self.dim, kwargs=json.loads(self.model_kwargs))
+        return ModelSpec(name=self.model, dim=self.dim, kwargs=_json_object("model-kwargs", self.model_kwargs))
 
-    def privacy_settings(self) -> PrivacySettings:
-        """The run's public DP settings."""
-        try:
-            regions = json.loads(self.privacy_region_epsilon)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"privacy-region-epsilon is not valid JSON: {self.privacy_region_epsilon!r}") from exc
-        if not isinstance(regions, dict):
-            raise ConfigError(f"privacy-region-epsilon must be a JSON object, got {self.privacy_region_epsilon!r}")
+    def federation_config(self) -> FederationConfig:
+        """The run's federation settings as the typed config (validated)."""
+        return FederationConfig(rounds=self.num_rounds, local_epochs=self.local_epochs, eval_every=self.eval_every,
+                                weighting=self.weighting, fraction_train=self.fraction_train,
+                                secure_aggregation=self.secure_aggregation, min_replies=self.min_replies,
+                                update_norm_factor=self.update_norm_factor)
+
+    @cached_property
+    def _privacy(self) -> PrivacySettings:
+        regions = _json_object("privacy-region-epsilon", self.privacy_region_epsilon)
         return PrivacySettings(
             mode=self.privacy, epsilon=self.privacy_epsilon, region_epsilon=regions, delta=self.privacy_delta,
             clip_norm=self.privacy_clip_norm, sample_rate=self.privacy_sample_rate,
             steps_per_round=self.privacy_steps_per_round, max_per_user=self.privacy_max_per_user,
             accountant=self.privacy_accountant)
 
+    def privacy_settings(self) -> PrivacySettings:
+        """The run's proposed DP settings (parsed once)."""
+        return self._privacy
+
     def run_key(self, flower_run_id: int | str) -> str:
         """What silos and coordinator key this run's state by: `run-name` (resumable), else Flower's run id."""
         return self.run_name or str(flower_run_id)
 
-    def adoption_policies(self) -> dict[str, AdoptionPolicy]:
-        """Per-region adoption policies of a simulation (`default` for regions not named); validated."""
-        try:
-            raw = json.loads(self.adoption)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"run-config adoption is not valid JSON: {self.adoption!r}") from exc
-        if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+    @cached_property
+    def _adoption(self) -> dict[str, AdoptionPolicy]:
+        raw = _json_object("adoption", self.adoption)
+        if not all(isinstance(v, dict) for v in raw.values()):
             raise ConfigError(f"adoption must map region names (or 'default') to policies, got {self.adoption!r}")
         return {str(r): AdoptionPolicy.from_config(str(r), cfg) for r, cfg in raw.items()}
+
+    def adoption_policies(self) -> dict[str, AdoptionPolicy]:
+        """Per-region adoption policies of a simulation (`default` for regions not named); parsed once."""
+        return self._adoption
 
     def policy_for(self, region: str) -> AdoptionPolicy:
         """The run's policy for `region`: its own entry, else `default`, else `adopt: always`."""
@@ -193,6 +210,16 @@ class RunSettings:
         return cls(**values)
 
 
+def _json_object(key: str, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"run-config {key} is not valid JSON: {text!r}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"run-config {key} must be a JSON object, got {text!r}")
+    return value
+
+
 def _cast(key: str, value: Any, typ: str) -> Any:
     """Strict cast of one run-config value: no silent truncation, no truthy strings."""
     if typ == "bool":
@@ -224,7 +251,8 @@ class SiloIdentity:
     never from the run config a coordinator sends (a coordinator that could point the ledger elsewhere could
     reset the budget). Optional policy keys: `epsilon-budget` (the jurisdiction's ε cap; the run can only
     lower it, and without user-level DP the silo refuses to train), `max-delta` (the largest δ it accepts;
-    its budget ledger is kept at this δ), `require-secure-aggregation` (refuse updates in the clear), and an
+    its budget ledger is kept at this δ), `require-secure-aggregation` (refuse updates in the clear),
+    `secagg-min-contributors` (mask or help unmask only among at least this many; the run's value if larger), and an
     adoption policy: `adopt="always"|"if_better"` (+ `adopt-metric`, `adopt-margin`), `pin="VERSION"` or
     `fork="VERSION"|ROUND` (+ `contribute=false`), overriding the run config's `adoption` entry.
     Simulation (`partition-id`, the researcher owns every silo): the region is the manifest's entry, data
@@ -238,6 +266,7 @@ class SiloIdentity:
     policy: AdoptionPolicy = field(default_factory=AdoptionPolicy)
     max_delta: float | None = None
     require_secure_aggregation: bool = False
+    secagg_min_contributors: int = 0
     deployed: bool = False
 
     @classmethod
@@ -274,9 +303,12 @@ class SiloIdentity:
         secure = node_config.get("require-secure-aggregation", False)
         if not isinstance(secure, bool):
             raise ConfigError(f"node config require-secure-aggregation={secure!r} must be true or false")
+        crowd = node_config.get("secagg-min-contributors", 0)
+        if isinstance(crowd, bool) or not isinstance(crowd, int) or crowd < 0:
+            raise ConfigError(f"node config secagg-min-contributors={crowd!r} must be a whole number >= 0")
         return cls(region=region, data_path=path, state_dir=state_dir, epsilon_budget=budget,
                    policy=node_policy(region, node_config) or settings.policy_for(region), max_delta=max_delta,
-                   require_secure_aggregation=secure, deployed="region" in node_config)
+                   require_secure_aggregation=secure, secagg_min_contributors=crowd, deployed="region" in node_config)
 
     @property
     def requires_dp(self) -> bool:

@@ -81,23 +81,29 @@ class SiloState:
 
     # --- the last training reply -----------------------------------------------------------------------
 
-    def cached_reply(self, server_round: int, version: str) -> RecordDict | None:
-        """The reply already sent for this round and global version, if any (to re-send unchanged)."""
+    def cached_reply(self, server_round: int, version: str) -> tuple[str, RecordDict] | None:
+        """The reply already sent for this round and global version, if any, and how it left.
+
+        A repeated round is answered with these very bytes, and only the same way they left (see
+        `secure_aggregation_client.aggregation_of`).
+        """
         if self.dir is None:
             return None
         meta_path, body_path = self.dir / "last_reply.json", self.dir / "last_reply.bin"
         if not (meta_path.exists() and body_path.exists()):
             return None
         meta = json.loads(meta_path.read_text())
-        if meta != {"round": server_round, "version": version}:
+        if (meta.get("round"), meta.get("version")) != (server_round, version):
             return None
-        return recorddict_from_proto(ProtoRecordDict.FromString(body_path.read_bytes()))
+        content = recorddict_from_proto(ProtoRecordDict.FromString(body_path.read_bytes()))
+        return str(meta.get("aggregation", "plain")), content
 
-    def cache_reply(self, server_round: int, version: str, content: RecordDict) -> None:
-        """Remember the reply about to be sent (the body first, then the key naming it)."""
+    def cache_reply(self, server_round: int, version: str, content: RecordDict, aggregation: str = "plain") -> None:
+        """Remember the reply about to be sent and how (the body first, then the key naming it)."""
         if self.dir is None:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "last_reply.json").unlink(missing_ok=True)
         _replace(self.dir / "last_reply.bin", recorddict_to_proto(content).SerializeToString())
-        _replace(self.dir / "last_reply.json", json.dumps({"round": server_round, "version": version}).encode())
+        _replace(self.dir / "last_reply.json", json.dumps({"round": server_round, "version": version,
+                                                            "aggregation": aggregation}).encode())
