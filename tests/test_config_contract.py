@@ -51,7 +51,8 @@ def test_each_config_group_states_exactly_the_dataclass_defaults(group: str, opt
         defaults.pop("name")
     assert set(stated) == set(defaults) - derived, f"conf/{group}/{option}.yaml and {cls.__name__} list other keys"
     for key, value in stated.items():
-        assert value == defaults[key], f"conf/{group}/{option}.yaml says {key}={value!r}, {cls.__name__} {defaults[key]!r}"
+        assert value == defaults[key], (f"conf/{group}/{option}.yaml says {key}={value!r}, "
+                                        f"{cls.__name__} says {defaults[key]!r}")
 
 
 def test_the_default_composition_is_the_default_experiment() -> None:

@@ -85,12 +85,15 @@ def local_main(args: argparse.Namespace, console: Console) -> int:
     out = args.out.resolve()
     world = (args.world or _small_world(out / "world")).resolve()
     manifest = json.loads((world / "manifest.json").read_text())
-    nodes = {r: {"data-path": str(world / f"silo_{r}.npz"), "state-dir": str(out / "silo-state" / r)}
-             for r in manifest["regions"]}
+    nodes: dict[str, dict[str, object]] = {
+        r: {"data-path": str(world / f"silo_{r}.npz"), "state-dir": str(out / "silo-state" / r)}
+        for r in manifest["regions"]}
     run_config: dict[str, object] = {"data-dir": str(world), "output-dir": str(out / "coordinator"),
                                      "num-rounds": args.rounds, "min-nodes": len(nodes)}
-    if args.epsilon is not None:
+    if args.epsilon is not None:  # each jurisdiction holds the budget as its own policy; the run proposes it
         run_config.update({"privacy": "user_dp", "privacy-epsilon": args.epsilon})
+        for node in nodes.values():
+            node["epsilon-budget"] = args.epsilon
     run_config.update(_parse_node_config(args.run_config) if args.run_config else {})
     mode = "insecure" if args.insecure else "TLS + SuperNode authentication"
     console.print(f"fedrec deploy local: {len(nodes)} jurisdictions {list(nodes)}, {mode}, files in {out}")
