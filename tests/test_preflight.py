@@ -51,6 +51,20 @@ def test_bad_node_config_is_named(world, tmp_path, change: dict, expected: str) 
     assert problem is not None and expected in problem, problem
 
 
+def test_a_proposal_the_jurisdiction_refuses_is_a_problem_before_round_one(world, tmp_path) -> None:
+    # a δ above the node's maximum; a non-private run for a node that requires DP; DP without its own state dir
+    loose = check_silo(RunSettings(data_dir=str(world.data_dir), privacy="user_dp", privacy_delta=1e-3),
+                       node(world, tmp_path))[1]
+    assert loose is not None and "accepts at most δ=1e-05" in loose
+    plain = check_silo(RunSettings(data_dir=str(world.data_dir)), node(world, tmp_path, **{"max-delta": 1e-6}))[1]
+    assert plain is not None and "requires user-level DP" in plain
+    cfg = node(world, tmp_path)
+    cfg.pop("state-dir")
+    no_state = check_silo(RunSettings(data_dir=str(world.data_dir), privacy="user_dp", state_dir=str(tmp_path)),
+                          cfg)[1]
+    assert no_state is not None and "set node config state-dir" in no_state
+
+
 def test_an_unreadable_ledger_or_state_dir_is_a_problem(world, tmp_path) -> None:
     s = RunSettings(data_dir=str(world.data_dir), privacy="user_dp")
     (tmp_path / "eu").mkdir()

@@ -46,49 +46,48 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
     silo's DP noise and sampling from the run's seed instead of the OS CSPRNG, so a run can be replayed
     bit for bit; a silo whose jurisdiction sets its own privacy policy refuses it.
 
-    `mods` wrap every handler (e.g. `egress_recorder`, to keep a copy of everything the silo sends). The
-    silo's egress ledger (`egress_ledger`) is always the outermost mod; SecAgg+'s client side (active only
-    when the coordinator runs it) the innermost, so `mods` and the ledger see what actually leaves.
+    `mods` wrap every handler (e.g. `egress_recorder`, to keep a copy of everything the silo sends). Around
+    them, outermost first: error containment (a failure of the ledger itself still leaves only a fixed code),
+    the silo's egress ledger, error containment again (a failure below becomes a fixed-code error reply the
+    ledger records); SecAgg+'s client side (active only when the coordinator runs it) is the innermost, so
+    `mods` and the ledger see what actually leaves.
     """
 
-    def state_dir_of(context: Context) -> Path | None:
-        s = settings or RunSettings.from_run_config(dict(context.run_config))
-        return SiloIdentity.from_node_config(dict(context.node_config), s).state_dir
+    def settings_of(context: Context) -> RunSettings:
+        return settings or RunSettings.from_run_config(dict(context.run_config))
+
+    def identity_of(context: Context) -> SiloIdentity:
+        return SiloIdentity.from_node_config(dict(context.node_config), settings_of(context))
 
     def facts(context: Context) -> tuple[bool, Path | None]:
         """(replies are private, state dir): a run config the silo cannot read counts as private."""
         own = context.node_config.get("state-dir") if "region" in context.node_config else None
         try:
-            s = settings or RunSettings.from_run_config(dict(context.run_config))
+            s = settings_of(context)
         except FedrecError:
             return True, Path(str(own)) if own is not None else None
         private = s.privacy_settings().enabled or any(k in context.node_config for k in NODE_DP_KEYS)
         try:
-            return private, SiloIdentity.from_node_config(dict(context.node_config), s).state_dir
+            return private, identity_of(context).state_dir
         except FedrecError:
             return private, Path(str(own)) if own is not None else None
 
-    # Outermost first: a failure of the ledger itself still leaves only a fixed code; inside the ledger,
-    # failures become fixed-code error replies that the ledger records.
     def min_contributors(context: Context) -> int:
-        s = settings or RunSettings.from_run_config(dict(context.run_config))
-        ident = SiloIdentity.from_node_config(dict(context.node_config), s)
-        return max(s.secagg_min_contributors, ident.secagg_min_contributors)
+        return max(settings_of(context).secagg_min_contributors, identity_of(context).secagg_min_contributors)
 
-    app = ClientApp(mods=[contain_errors(facts), egress_ledger_mod(state_dir_of), contain_errors(facts),
-                          *(mods or []), optional_secaggplus_mod(min_contributors)])
+    app = ClientApp(mods=[contain_errors(facts), egress_ledger_mod(lambda c: identity_of(c).state_dir),
+                          contain_errors(facts), *(mods or []), optional_secaggplus_mod(min_contributors)])
 
     def resolve(context: Context) -> tuple[RunSettings, SiloIdentity, SiloData]:
-        s = settings or RunSettings.from_run_config(dict(context.run_config))
+        s = settings_of(context)
         torch.set_num_threads(s.client_threads)
-        ident = SiloIdentity.from_node_config(dict(context.node_config), s)
+        ident = identity_of(context)
         return s, ident, SiloData.load(ident.data_path)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         """Preflight: the silo checks its own configuration before round 1 (`preflight`)."""
-        s = settings or RunSettings.from_run_config(dict(context.run_config))
-        return Message(preflight_reply(s, dict(context.node_config)), reply_to=msg)
+        return Message(preflight_reply(settings_of(context), dict(context.node_config)), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

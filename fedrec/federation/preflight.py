@@ -39,7 +39,10 @@ def check_silo(s: RunSettings, node_config: dict[str, object]) -> tuple[str, str
         if s.privacy_settings().enabled:
             from fedrec.federation.private_silo import open_ledger
 
-            open_ledger(s, ident).epsilon_spent()
+            open_ledger(s, ident).epsilon_spent()  # also refuses a δ above the jurisdiction's maximum
+        elif ident.requires_dp:
+            return region, ("this jurisdiction requires user-level DP (node config epsilon-budget / max-delta) "
+                            "but the run has privacy=none")
     except (FedrecError, OSError, ValueError) as exc:
         return region, f"{type(exc).__name__}: {exc}"
     return region, None
