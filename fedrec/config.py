@@ -103,6 +103,7 @@ class PrivacyConfig:
     sample_rate: float = PrivacySettings.sample_rate
     steps_per_round: int | None = PrivacySettings.steps_per_round
     max_per_user: int = PrivacySettings.max_per_user
+    normaliser: float = PrivacySettings.normaliser
     accountant: str = PrivacySettings.accountant
     state_dir: str | None = None
 
@@ -114,6 +115,7 @@ class PrivacyConfig:
         return PrivacySettings(mode=self.name, epsilon=self.epsilon, region_epsilon=dict(self.region_epsilon),
                                delta=self.delta, clip_norm=self.clip_norm, sample_rate=self.sample_rate,
                                steps_per_round=self.steps_per_round or 0, max_per_user=self.max_per_user,
+                               normaliser=self.normaliser,
                                accountant=self.accountant)
 
 

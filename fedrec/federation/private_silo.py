@@ -122,7 +122,7 @@ def private_train_round(silo: SiloData, s: RunSettings, ident: SiloIdentity, *, 
     noise = NoiseSource("seeded", seed=seed) if reproducible_noise else NoiseSource("secure")
     dp = DpTrainConfig(clip_norm=plan.clip_norm, noise_multiplier=plan.noise_multiplier,
                        sample_rate=plan.sample_rate, steps_per_round=plan.steps_per_round,
-                       max_per_user=plan.max_per_user)
+                       max_per_user=plan.max_per_user, normaliser=plan.normaliser)
     out = train_round_dp(silo, s.model_spec, global_arrays, local, s.train_config(), dp, seed=seed, noise=noise,
                          optimizer_state=optimizer_state)
     release = ledger.authorize(run_id=run_id, server_round=server_round, event=out.event)

@@ -74,6 +74,7 @@ class RunSettings:
     privacy_sample_rate: float = _P.sample_rate
     privacy_steps_per_round: int = _P.steps_per_round
     privacy_max_per_user: int = _P.max_per_user
+    privacy_normaliser: float = _P.normaliser
     privacy_accountant: str = _P.accountant
     state_dir: str = ""
     registry_dir: str = ""
@@ -132,7 +133,7 @@ class RunSettings:
             update_norm_factor=f.update_norm_factor, privacy=p.mode, privacy_epsilon=p.epsilon,
             privacy_region_epsilon=p.to_json_regions(), privacy_delta=p.delta, privacy_clip_norm=p.clip_norm,
             privacy_sample_rate=p.sample_rate, privacy_steps_per_round=p.steps_per_round,
-            privacy_max_per_user=p.max_per_user, privacy_accountant=p.accountant,
+            privacy_max_per_user=p.max_per_user, privacy_normaliser=p.normaliser, privacy_accountant=p.accountant,
             state_dir=cfg.privacy.state_dir or "", adoption=json.dumps(cfg.adoption),
             registry_dir=cfg.registry_dir or "",
         )
@@ -156,6 +157,7 @@ class RunSettings:
             mode=self.privacy, epsilon=self.privacy_epsilon, region_epsilon=regions, delta=self.privacy_delta,
             clip_norm=self.privacy_clip_norm, sample_rate=self.privacy_sample_rate,
             steps_per_round=self.privacy_steps_per_round, max_per_user=self.privacy_max_per_user,
+            normaliser=self.privacy_normaliser,
             accountant=self.privacy_accountant)
 
     def privacy_settings(self) -> PrivacySettings:

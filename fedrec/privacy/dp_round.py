@@ -39,6 +39,7 @@ class DpTrainConfig:
     sample_rate: float
     steps_per_round: int
     max_per_user: int = 64
+    normaliser: float = 1.0
 
     def __post_init__(self) -> None:
         if self.clip_norm <= 0:
@@ -50,6 +51,8 @@ class DpTrainConfig:
             raise ConfigError(f"privacy.sample_rate={self.sample_rate} must lie in (0, 1]")
         if self.steps_per_round < 1 or self.max_per_user < 1:
             raise ConfigError("privacy.steps_per_round and privacy.max_per_user must be >= 1")
+        if not self.normaliser > 0:
+            raise ConfigError(f"privacy.normaliser={self.normaliser} must be > 0")
 
     def event(self) -> GaussianSteps:
         """What one round costs, for the accountant."""
@@ -75,8 +78,8 @@ def train_round_dp(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local
 
     `noise` draws the sampling, the per-user caps and the Gaussian noise (default: the OS CSPRNG); shared
     negatives and fresh user rows are data-independent and come from `seed` either way. Every scale is a
-    public constant (the noisy sum is not divided by a count of users), so each user's hidden state depends
-    only on their own data and on what the silo releases.
+    public constant (the noisy sum is divided by `dp.normaliser`, never by a count of users), so each user's
+    hidden state depends only on their own data and on what the silo releases.
     """
     noise = noise or NoiseSource("secure")
     model = assemble_model(spec, silo, global_arrays, local, seed=seed)
@@ -97,12 +100,13 @@ def train_round_dp(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local
         negatives = torch.randint(0, silo.n_items, (cfg.n_negatives,), generator=gen)
         if isinstance(model, BiasedMF):
             stats = dp_mf_step(model, batch, negatives, clip_norm=dp.clip_norm, noise_multiplier=dp.noise_multiplier,
-                               global_optimizer=opt_g, local_optimizer=opt_l,
+                               global_optimizer=opt_g, normaliser=dp.normaliser, local_optimizer=opt_l,
                                noise=noise, weight_decay=cfg.weight_decay)
         else:
             stats = dp_twotower_step(model, batch, negatives, clip_norm=dp.clip_norm,
                                      noise_multiplier=dp.noise_multiplier,
-                                     shared_optimizer=opt_g, per_user_optimizer=opt_l, noise=noise,
+                                     shared_optimizer=opt_g, normaliser=dp.normaliser, per_user_optimizer=opt_l,
+                                     noise=noise,
                                      weight_decay=cfg.weight_decay)
         clipped.append(stats["clipped_fraction"])
     optimizer_after = {f"l.{k}": v for k, v in optimizer_to_arrays(opt_l).items()}

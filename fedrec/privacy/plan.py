@@ -39,6 +39,7 @@ class PrivacySettings:
     sample_rate: float = 0.1
     steps_per_round: int = 50
     max_per_user: int = 64
+    normaliser: float = 100.0
     accountant: str = "pld"
 
     def __post_init__(self) -> None:
@@ -56,6 +57,7 @@ class PrivacySettings:
         need(0 < self.sample_rate <= 1, "sample_rate", self.sample_rate, "in (0, 1]")
         need(self.steps_per_round >= 0, "steps_per_round", self.steps_per_round, ">= 0 (0 = 1/sample_rate)")
         need(self.max_per_user >= 1, "max_per_user", self.max_per_user, ">= 1")
+        need(self.normaliser > 0, "normaliser", self.normaliser, "> 0 (a public constant: q x a typical silo's users)")
         need(self.accountant in ACCOUNTANTS, "accountant", self.accountant, f"one of {ACCOUNTANTS}")
 
     @property
@@ -95,6 +97,7 @@ class PrivacyPlan:
     max_per_user: int
     rounds: int
     accountant: str
+    normaliser: float = PrivacySettings.normaliser
 
     def event(self) -> GaussianSteps:
         """The cost of one round's release."""
@@ -119,4 +122,4 @@ def make_plan(p: PrivacySettings, *, budget: float, delta: float, rounds: int,
                                        steps=p.steps * rounds, kind=p.accountant, prior=prior)
     return PrivacyPlan(budget_epsilon=budget, delta=delta, noise_multiplier=sigma, sample_rate=p.sample_rate,
                        steps_per_round=p.steps, clip_norm=p.clip_norm, max_per_user=p.max_per_user,
-                       rounds=rounds, accountant=p.accountant)
+                       normaliser=p.normaliser, rounds=rounds, accountant=p.accountant)
