@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Array, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.common import FitIns, Parameters, bytes_to_ndarray
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt, generate_shared_key
@@ -34,7 +35,7 @@ from flwr.common.secure_aggregation.ndarrays_arithmetic import (
     parameters_subtraction,
 )
 from flwr.common.secure_aggregation.quantization import dequantize
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.common.secure_aggregation.secaggplus_utils import (
     pseudo_rand_gen,
     share_keys_plaintext_concat,
@@ -57,7 +58,7 @@ from fedrec.federation.egress_ledger import EgressLedger, verify
 from fedrec.federation.private_silo import LEDGER_FILE as PRIVACY_LEDGER
 from fedrec.federation.secure_aggregation import CLIP_KEY, NAMES_KEY
 from fedrec.federation.silo import initial_global_arrays
-from fedrec.federation.silo_errors import ERRORS_FILE, INTERNAL_REASON
+from fedrec.federation.silo_errors import ERRORS_FILE, FIXED_REASONS, INTERNAL_REASON
 from fedrec.federation.silo_state import SiloState
 from fedrec.models import ModelSpec
 from fedrec.world import PreparedWorld, prepare_world
@@ -68,7 +69,11 @@ WORLD = SyntheticWorldConfig(n_users=150, n_items=40, region_only_items=2, regio
 PLAIN_RUN = {"privacy": "none", "dim": 8, "num-rounds": 3, "batch-size": 64, "n-negatives": 16, "min-nodes": 2,
              "secure-aggregation": "secaggplus", "secagg-min-contributors": 2}
 DP_RUN = {**PLAIN_RUN, "privacy": "user_dp", "privacy-epsilon": 3.0, "privacy-sample-rate": 0.2,
-          "privacy-steps-per-round": 2, "privacy-max-per-user": 8}
+          "privacy-steps-per-round": 1, "privacy-max-per-user": 8}
+DECLINING = {"epsilon-budget": 1.0}
+"""Node config of a jurisdiction with its own DP budget; in PLAIN_RUN it declines every round without training
+(quick), which under SecAgg+ is still a masked contribution, and its errors carry fixed texts: enough to watch
+guards that never look at the update."""
 SERVER, SILO = 0, 1  # node ids, as in tests.test_client_egress.instruction
 # What fedrec's coordinator runs (`secure_train_round`): Flower's default modulus, fedrec's clipping and
 # quantization ranges, weights of at most 1.
@@ -114,7 +119,7 @@ class Session:
     collect stage's legacy `fitins.*` content) and delivered to the real app with explicit metadata.
     """
 
-    def __init__(self, app, context: Context, n_neighbours: int = 1, server_round: int = 1) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app: ClientApp, context: Context, n_neighbours: int = 1, server_round: int = 1) -> None:
         self.app, self.context, self.round = app, context, server_round
         self.neighbours = [Neighbour(SILO + 1 + i) for i in range(n_neighbours)]
         self.n = n_neighbours + 1
@@ -139,7 +144,7 @@ class Session:
                             Key.MOD_RANGE: MOD_RANGE, Key.MAX_WEIGHT: MAX_WEIGHT})
         assert not reply.has_error()
         keys = reply.content.config_records[RECORD_KEY_CONFIGS]
-        self.silo_pk1, self.silo_pk2 = bytes(keys[Key.PUBLIC_KEY_1]), bytes(keys[Key.PUBLIC_KEY_2])  # type: ignore[arg-type]
+        self.silo_pk1, self.silo_pk2 = bytes(keys[Key.PUBLIC_KEY_1]), bytes(keys[Key.PUBLIC_KEY_2])
         return reply
 
     def share_keys(self) -> Message:
@@ -148,9 +153,9 @@ class Session:
         assert not reply.has_error()
         out = reply.content.config_records[RECORD_KEY_CONFIGS]
         by_nid = {nb.nid: nb for nb in self.neighbours}
-        for dst, ciphertext in zip(out[Key.DESTINATION_LIST], out[Key.CIPHERTEXT_LIST], strict=True):  # type: ignore[arg-type]
+        for dst, ciphertext in zip(out[Key.DESTINATION_LIST], out[Key.CIPHERTEXT_LIST], strict=True):
             src, to, rd_share, sk1_share = share_keys_plaintext_separate(
-                decrypt(by_nid[dst].channel(self.silo_pk2), ciphertext))  # type: ignore[index,arg-type]
+                decrypt(by_nid[dst].channel(self.silo_pk2), ciphertext))
             assert (src, to) == (SILO, dst)
             self.silo_shares[to] = (rd_share, sk1_share)
         return reply
@@ -182,11 +187,11 @@ class Session:
     def unmask_silo(self, collect_reply: Message, unmask_reply: Message) -> tuple[float, list[np.ndarray]]:
         """The silo's own (weight, parameters), unmasked with what a coordinator controlling its neighbours holds."""
         masked = [bytes_to_ndarray(b) for b in collect_reply.content.config_records[RECORD_KEY_CONFIGS][
-            Key.MASKED_PARAMETERS]]  # type: ignore[union-attr]
+            Key.MASKED_PARAMETERS]]
         shapes = [a.shape for a in masked]
         revealed = unmask_reply.content.config_records[RECORD_KEY_CONFIGS]
-        own_share = dict(zip(revealed[Key.NODE_ID_LIST], revealed[Key.SHARE_LIST], strict=True))[SILO]  # type: ignore[arg-type]
-        rd_seed = combine_shares([own_share, *(rd for rd, _ in self.silo_shares.values())])  # type: ignore[list-item]
+        own_share = dict(zip(revealed[Key.NODE_ID_LIST], revealed[Key.SHARE_LIST], strict=True))[SILO]
+        rd_seed = combine_shares([own_share, *(rd for rd, _ in self.silo_shares.values())])
         vector = parameters_subtraction(masked, pseudo_rand_gen(rd_seed, MOD_RANGE, shapes))
         for nb in self.neighbours:  # the silo (lower id) subtracted each pairwise mask
             pair = generate_shared_key(bytes_to_private_key(nb.sk1), bytes_to_public_key(self.silo_pk1))
@@ -198,7 +203,12 @@ class Session:
 
 
 def masked_parameters(reply: Message) -> list[bytes]:
-    return list(reply.content.config_records[RECORD_KEY_CONFIGS].get(Key.MASKED_PARAMETERS, []))  # type: ignore[arg-type]
+    return list(reply.content.config_records[RECORD_KEY_CONFIGS].get(Key.MASKED_PARAMETERS, []))
+
+
+def refused(reply: Message) -> bool:
+    """An error reply with one of the fixed public texts (the run is private: the why stays in the silo)."""
+    return reply.has_error() and reply.error.reason in {INTERNAL_REASON, *FIXED_REASONS.values()}
 
 
 def meta(reply: Message) -> dict:
@@ -209,7 +219,7 @@ def ledger(tmp: Path) -> list[tuple[str, int, bool]]:
     return [(e.kind, e.server_round, e.declined) for e in EgressLedger(tmp / "eu-state" / EGRESS_LEDGER).entries()]
 
 
-def honest_session(world: PreparedWorld, app, context: Context) -> tuple[Session, Message, Message]:  # type: ignore[no-untyped-def]
+def honest_session(world: PreparedWorld, app: ClientApp, context: Context) -> tuple[Session, Message, Message]:
     session = Session(app, context)
     session.setup()
     session.share_keys()
@@ -233,7 +243,7 @@ def test_an_honest_session_sends_only_masked_parameters_and_unmasking_shares(wor
     assert len(masked_parameters(collected)) == 1 + len(global_arrays(world))  # weight factor + each tensor
     assert meta(collected)["server-round"] == 1 and "declined" not in meta(collected)
     revealed = unmasked.content.config_records[RECORD_KEY_CONFIGS]
-    assert sorted(revealed[Key.NODE_ID_LIST]) == [SILO, 2] and all(revealed[Key.SHARE_LIST])  # type: ignore[arg-type]
+    assert sorted(revealed[Key.NODE_ID_LIST]) == [SILO, 2] and all(revealed[Key.SHARE_LIST])
     # The reply is cached with the session it left under
     cached = SiloState(context, tmp_path / "eu-state", "1").cached_reply(1, INSTRUCTED_VERSION)
     assert cached is not None and cached[0].startswith("secaggplus:")
@@ -303,7 +313,7 @@ def test_a_silo_does_not_mask_among_fewer_contributors_than_its_policy(world, tm
 
     reply = session.collect(global_arrays(world))
 
-    assert reply.has_error() and reply.error.reason == INTERNAL_REASON  # a fixed text: the run is private
+    assert refused(reply)
     assert not reply.has_content()
     assert "only 2 contributors shared keys" in (tmp_path / "eu-state" / ERRORS_FILE).read_text()
     assert not (tmp_path / "eu-state" / PRIVACY_LEDGER).exists()  # nothing trained, no budget spent
@@ -323,22 +333,44 @@ def test_a_silo_does_not_help_unmask_a_sum_of_fewer_contributors_than_its_policy
     collected = session.collect(global_arrays(world))
     assert not collected.has_error() and masked_parameters(collected)
 
-    refused = session.unmask(active=[SILO, 2], dead=[3])
+    too_few = session.unmask(active=[SILO, 2], dead=[3])
 
-    assert refused.has_error() and refused.error.reason == INTERNAL_REASON
-    assert not refused.has_content()
+    assert refused(too_few) and not too_few.has_content()
     assert "only 2 active contributors" in (tmp_path / "eu-state" / ERRORS_FILE).read_text()
     assert ledger(tmp_path)[-1] == ("train:error", 1, True)
     # The count decides: the same stage listing all three as active is answered
     answered = session.unmask()
     assert not answered.has_error()
-    assert sorted(answered.content.config_records[RECORD_KEY_CONFIGS][Key.NODE_ID_LIST]) == [SILO, 2, 3]  # type: ignore[arg-type]
+    assert sorted(answered.content.config_records[RECORD_KEY_CONFIGS][Key.NODE_ID_LIST]) == [SILO, 2, 3]
 
 
-def test_the_state_key_the_bridge_hashes_is_flowers(world, tmp_path) -> None:
-    # The session marker is a hash of the pk1 that secaggplus_mod keeps in context.state: if Flower renamed
-    # that state record or key, every session would hash b"" and look like the same session.
-    app, context = make_client_app(), silo_context(world, tmp_path, PLAIN_RUN)
-    session = Session(app, context)
+# ---- inconsistent lists from the coordinator ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["collect", "unmask"])
+def test_a_neighbour_listed_twice_does_not_count_twice(world, tmp_path, stage) -> None:
+    # The silo needs 3 contributors. At the collect stage the coordinator has one (Sybil) neighbour and
+    # forwards two valid ciphertexts from it; at the unmask stage (after an honest collect among three) it
+    # lists one neighbour twice as active and the third as dead.
+    context = silo_context(world, tmp_path, PLAIN_RUN, **DECLINING, **{"secagg-min-contributors": 3})
+    session = Session(make_client_app(), context, n_neighbours=1 if stage == "collect" else 2)
     session.setup()
-    assert bytes(context.state.config_records[RECORD_KEY_STATE]["pk1"]) == session.silo_pk1  # type: ignore[arg-type]
+    session.share_keys()
+    first = session.neighbours[0]
+    if stage == "collect":
+        assert refused(session.collect(global_arrays(world), sources=[first, first]))
+    else:
+        assert not session.collect(global_arrays(world)).has_error()
+        assert refused(session.unmask(active=[SILO, first.nid, first.nid], dead=[3]))
+
+
+def test_a_node_listed_both_active_and_dead_is_refused(world, tmp_path) -> None:
+    # Classic SecAgg consistency attack: listing a node both active and dead asks the silo for that node's
+    # private-mask-seed share AND its pairwise-key share, i.e. enough (with other neighbours) to unmask that
+    # node's vector alone. Listing the silo itself as dead asks for its own secret key's share.
+    context = silo_context(world, tmp_path, PLAIN_RUN, **DECLINING)
+    session = Session(make_client_app(), context, n_neighbours=2)
+    session.setup()
+    session.share_keys()
+    assert not session.collect(global_arrays(world)).has_error()
+    assert refused(session.unmask(active=[SILO, 2, 3], dead=[SILO, 2, 3]))

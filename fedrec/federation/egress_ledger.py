@@ -150,7 +150,7 @@ def verify(path: Path, *, accountant: str = "pld", tolerance: float = 1e-6) -> A
             problems.append(f"entry {i}: its content does not match its hash (edited after it was written)")
         prev = e.hash
     releases: list[EgressEntry] = []
-    for e in entries:  # a re-sent reply (to a restarted coordinator; masked anew under SecAgg+) adds no step
+    for e in entries:  # a re-sent reply (the same bytes, to a restarted coordinator) adds no step
         if e.dp and not e.declined and e.kind == "train" and not (
                 releases and e.dp.get("steps") == releases[-1].dp.get("steps")
                 and e.dp.get("epsilon") == releases[-1].dp.get("epsilon")):

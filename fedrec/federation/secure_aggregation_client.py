@@ -17,8 +17,10 @@ The coordinator runs the protocol, so the silo checks what it can on its own sid
   (two sessions over different participant sets would isolate one silo's update by differencing);
 - `min_contributors` (the larger of the run's and the jurisdiction's): the silo masks its update only when
   at least that many neighbours shared keys with it, and reveals unmasking shares only when at least that
-  many are active. SecAgg+ shows a silo its neighbours, not every participant, and cannot tell a real
-  neighbour from one the coordinator made up (Sybils): this raises the bar, it does not prove a crowd.
+  many are active (distinct nodes; an unmask request naming a node both active and dead, or this node as
+  dead, is refused: it would reveal both of a node's secrets). SecAgg+ shows a silo its neighbours, not
+  every participant, and cannot tell a real neighbour from one the coordinator made up (Sybils): this
+  raises the bar, it does not prove a crowd.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.client.mod import secaggplus_mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 
+from fedrec.errors import FedrecError
 from fedrec.federation.egress import WEIGHT_KEY
 from fedrec.federation.secure_aggregation import CLIP_KEY, NAMES_KEY
 
@@ -40,8 +43,12 @@ AGGREGATION_KEY = "fedrec-aggregation"
 PLAIN = "plain"
 
 
-class TooFewContributors(RuntimeError):
-    """The silo will not mask (or help unmask) an update among fewer contributors than its policy asks."""
+class TooFewContributors(FedrecError):
+    """The silo refuses a SecAgg+ stage: too few contributors for its policy, or an inconsistent request.
+
+    It masks (or helps unmask) an update only among enough distinct contributors, and never answers an unmask
+    request that would reveal both of a node's secrets.
+    """
 
 
 def aggregation_of(config: ConfigRecord) -> str:
@@ -108,12 +115,21 @@ def optional_secaggplus_mod(min_contributors: Callable[[Context], int]) -> Calla
         configs = msg.content.config_records[RECORD_KEY_CONFIGS]
         stage, needed = configs.get(Key.STAGE), min_contributors(ctxt)
         if stage == Stage.COLLECT_MASKED_VECTORS:
-            seen = len(configs.get(Key.SOURCE_LIST, [])) + 1  # type: ignore[arg-type]
+            srcs = list(configs.get(Key.SOURCE_LIST, []))  # type: ignore[arg-type]
+            if len(set(srcs)) != len(srcs):  # a neighbour forwarded twice would count twice
+                raise TooFewContributors("a neighbour is listed more than once among the key shares")
+            seen = len(srcs) + 1
             if seen < needed:
                 raise TooFewContributors(f"only {seen} contributors shared keys with this silo; it masks its "
                                          f"update only among at least {needed}")
         elif stage == Stage.UNMASK:
-            active = len(configs.get(Key.ACTIVE_NODE_ID_LIST, []))  # type: ignore[arg-type]
+            active_nids = list(configs.get(Key.ACTIVE_NODE_ID_LIST, []))  # type: ignore[arg-type]
+            dead_nids = list(configs.get(Key.DEAD_NODE_ID_LIST, []))  # type: ignore[arg-type]
+            if (len(set(active_nids)) != len(active_nids) or len(set(dead_nids)) != len(dead_nids)
+                    or set(active_nids) & set(dead_nids) or ctxt.node_id in dead_nids):
+                raise TooFewContributors("inconsistent unmask request: a node listed twice, both active and dead, "
+                                         "or this node listed as dead would reveal both of a node's secrets")
+            active = len(active_nids)
             if active < needed:
                 raise TooFewContributors(f"only {active} active contributors; this silo helps unmask only a sum "
                                          f"of at least {needed}")
