@@ -53,12 +53,14 @@ def test_check_node_says_what_is_wrong_and_what_is_right(tmp_path: Path) -> None
                                                               region_sizes=(1.0, 1.0), min_interactions=4)),
                           SplitConfig(), tmp_path / "world")
     console = Console(record=True, width=200)
-    good = f'region="eu" data-path="{world.data_dir / "silo_eu.npz"}" state-dir="{tmp_path / "s"}"'
+    good = f'region="eu" data-path="{world.data_dir / "silo_eu.npz"}" state-dir="{tmp_path / "s"}" epsilon-budget=4'
     assert deploy_main(["check-node", "--node-config", good, "--privacy", "user_dp"], console) == 0
     bad = f'region="eu" data-path="{tmp_path / "missing.npz"}"'
     assert deploy_main(["check-node", "--node-config", bad], console) == 1
+    no_budget = good.replace(" epsilon-budget=4", "")
+    assert deploy_main(["check-node", "--node-config", no_budget, "--privacy", "user_dp"], console) == 1
     out = console.export_text()
-    assert "node config for eu: OK" in out and "missing.npz" in out
+    assert "node config for eu: OK" in out and "missing.npz" in out and "sets no epsilon-budget" in out
 
 
 @pytest.mark.parametrize("argv", [["certs"], ["key", "dir"], ["bogus"],

@@ -32,14 +32,17 @@ pytestmark = pytest.mark.slow
 WORLD = SyntheticWorldConfig(n_users=300, n_items=80, region_only_items=4, region_sizes=(2.0, 1.0, 1.0),
                              mean_interactions=12.0, min_interactions=5)
 SMALL = {"dim": 6, "batch-size": 64, "n-negatives": 16}
+DP = {"privacy": "user_dp", "privacy-epsilon": 4.0, "privacy-sample-rate": 0.2, "privacy-steps-per-round": 3,
+      "privacy-max-per-user": 8}
 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFederation, PreparedWorld, Path]]:
     root = tmp_path_factory.mktemp("deploy")
     world = prepare_world(generate_world(WORLD), SplitConfig(), root / "world")
-    nodes = {r: {"data-path": str(world.data_dir / f"silo_{r}.npz"), "state-dir": str(root / "state" / r)}
-             for r in world.regions}
+    # each jurisdiction's own policy: its data, its state dir, its ε budget (so it trains only under DP)
+    nodes = {r: {"data-path": str(world.data_dir / f"silo_{r}.npz"), "state-dir": str(root / "state" / r),
+                 "epsilon-budget": 8.0} for r in world.regions}
     fed = LocalFederation(root / "federation", nodes, secure=True)
     try:
         fed.start()
@@ -69,13 +72,16 @@ def test_two_rounds_over_tls_with_authenticated_supernodes(deployed) -> None:
     out = root / "run-plain"
 
     done = fed.run({"data-dir": str(world.data_dir), "output-dir": str(out), "num-rounds": 2, "min-nodes": 3,
-                    **SMALL})
+                    **DP, **SMALL})
 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     h = history(out)
     assert [e["round"] for e in h["round_log"]] == [1, 2]
     assert all(e["participants"] == ["apac", "eu", "na"] for e in h["round_log"])
-    assert all(sorted(e["per_region"]) == ["apac", "eu", "na"] for e in h["rounds"])
+    # each silo's own budget and the run's δ, reported by every silo; evaluations stayed in the silos
+    assert all(sorted(e["per_region"]) == ["apac", "eu", "na"] for e in h["privacy_rounds"])
+    assert {(v["budget_epsilon"], v["delta"]) for e in h["privacy_rounds"] for v in e["per_region"].values()} == {
+        (4.0, 1e-6)}
     for region in world.regions:
         report = verify(root / "state" / region / EGRESS_LEDGER)
         assert report.ok and report.entries >= 5, report.problems  # preflight + 2 x (train, evaluate)
@@ -101,8 +107,7 @@ def test_a_dead_supernode_and_a_restarted_coordinator(deployed) -> None:
     fed, world, root = deployed
     out = root / "run-faults"
     cfg = {"data-dir": str(world.data_dir), "output-dir": str(out), "num-rounds": 3, "min-nodes": 2,
-           "round-timeout": 25.0, "run-name": "faults", "privacy": "user_dp", "privacy-epsilon": 4.0,
-           "privacy-sample-rate": 0.2, "privacy-steps-per-round": 3, "privacy-max-per-user": 8, **SMALL}
+           "round-timeout": 25.0, "run-name": "faults", **DP, **SMALL}
 
     # Execute: round 1 with everyone; apac dies (SIGKILL) before round 2; the coordinator is stopped after it
     run = fed.start_run(cfg)

@@ -17,7 +17,7 @@ from flwr.app import Context, Message, MessageType, RecordDict
 
 from fedrec.data.split import SiloData, SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
-from fedrec.errors import ConfigError, DataError
+from fedrec.errors import ConfigError, DataError, FedrecError
 from fedrec.federation.client_app import make_client_app
 from fedrec.federation.egress_ledger import LEDGER_FILE as EGRESS_LEDGER
 from fedrec.federation.egress_ledger import EgressLedger, verify
@@ -51,10 +51,11 @@ def run_config(world: PreparedWorld, tmp: Path, **kw: object) -> dict:
             "state-dir": str(tmp / "coordinator-chosen-state"), **DP_RUN, **kw}
 
 
-def deployed(world: PreparedWorld, tmp: Path, region: str = "eu", **kw: object) -> dict:
-    """A jurisdiction's node config: its own data path and state dir."""
+def deployed(world: PreparedWorld, tmp: Path, region: str = "eu", budget: float | None = 3.0, **kw: object) -> dict:
+    """A jurisdiction's node config: its own data path, state dir and (unless `budget=None`) ε budget."""
+    own = {"epsilon-budget": budget} if budget is not None else {}
     return {"region": region, "data-path": str(world.data_dir / f"silo_{region}.npz"),
-            "state-dir": str(tmp / f"{region}-own-state"), **kw}
+            "state-dir": str(tmp / f"{region}-own-state"), **own, **kw}
 
 
 def ctx(node_config: dict, run_cfg: dict, run_id: int = 1) -> Context:
@@ -93,8 +94,7 @@ def test_a_run_config_cannot_ask_for_seeded_noise(world, tmp_path) -> None:
 
 def test_a_jurisdiction_with_its_own_budget_refuses_reproducible_noise_even_in_process(world, tmp_path) -> None:
     app = make_client_app(reproducible_noise=True)
-    reply = train(ctx(deployed(world, tmp_path, **{"epsilon-budget": 2.0}), run_config(world, tmp_path)), world,
-                  app=app)
+    reply = train(ctx(deployed(world, tmp_path, budget=2.0), run_config(world, tmp_path)), world, app=app)
     assert "reproducible (seeded) noise is refused" in meta(reply)["declined"]
     assert "arrays" not in reply.content
 
@@ -162,7 +162,7 @@ def test_silos_of_9999_and_10001_users_publish_the_same_delta_and_sigma(tmp_path
     published = []
     for n in (9_999, 10_001):
         node = {"region": "eu", "data-path": str(_silo_of(n, tmp_path / f"silo-{n}.npz")),
-                "state-dir": str(tmp_path / f"state-{n}")}
+                "state-dir": str(tmp_path / f"state-{n}"), "epsilon-budget": 3.0}
         cfg = {**DP_RUN, "privacy-sample-rate": 0.01, "privacy-steps-per-round": 1, "min-nodes": 1}
         arrays = initial_global_arrays(ModelSpec("mf", 8), n_items=30, seed=0)
         reply = make_client_app()(instruction(MessageType.TRAIN, arrays, 1), ctx(node, cfg))
@@ -280,7 +280,7 @@ def test_an_error_reply_carries_a_fixed_code_the_details_stay_in_the_silo_and_th
 
 
 def test_a_non_private_run_keeps_flowers_error_for_the_researcher(world, tmp_path) -> None:
-    node = deployed(world, tmp_path)
+    node = deployed(world, tmp_path, budget=None)
     cfg = run_config(world, tmp_path, privacy="none", **{"run-name": "plain"})
     train(ctx(node, cfg), world)
     with pytest.raises(RuntimeError):
@@ -314,7 +314,7 @@ def test_a_replayed_training_message_does_not_move_a_fork(world, tmp_path) -> No
     from fedrec.adoption import AdoptionPolicy
     from fedrec.federation.serving import RegionServing
 
-    node = deployed(world, tmp_path, fork=1, contribute=False)
+    node = deployed(world, tmp_path, budget=None, fork=1, contribute=False)
     cfg = run_config(world, tmp_path, privacy="none")
     assert "declined" not in meta(train(ctx(node, cfg), world, rnd=1))  # the fork starts from round 1's version
     for _ in range(3):
@@ -337,3 +337,106 @@ def test_a_jurisdiction_that_requires_secure_aggregation_sends_nothing_in_the_cl
     refused = make_client_app()(forged, ctx(node, run_config(world, tmp_path)))
     assert refused.has_error() and refused.error.reason == INTERNAL_REASON
     assert not (tmp_path / "eu-own-state" / LEDGER_FILE).exists()  # nothing was trained or spent
+
+
+# ---- a later review: crafted models, failures that were free, a budget the run chose ------------------------------
+
+
+@pytest.mark.parametrize("poison", ["inf", "huge", "shape"])
+def test_a_crafted_global_model_is_refused_whoever_is_in_the_silo(world, tmp_path, poison: str) -> None:
+    # +inf (or a huge finite value) on one item's bias overflowed only for users who had that item, so whether
+    # the release came back finite was a membership test. The silo now refuses such a model outright, on what
+    # it received alone; and a user whose gradient is not finite contributes nothing (next test).
+    arrays = initial_global_arrays(ModelSpec("mf", 8), n_items=world.n_items, seed=0)
+    if poison == "inf":
+        arrays["item_bias.weight"][7] = np.inf
+    elif poison == "huge":
+        arrays["item_bias.weight"][7] = 3e38
+    else:
+        arrays["item_emb.weight"] = arrays["item_emb.weight"][:, :4]
+    node = deployed(world, tmp_path)
+    reply = make_client_app()(instruction(MessageType.TRAIN, arrays, 1), ctx(node, run_config(world, tmp_path)))
+    assert reply.has_error() and reply.error.reason == FIXED_REASONS[FedrecError]
+    assert not (tmp_path / "eu-own-state" / LEDGER_FILE).exists()  # refused before anything was spent
+    ev = make_client_app()(instruction(MessageType.EVALUATE, arrays, 1), ctx(node, run_config(world, tmp_path)))
+    assert ev.has_error() and ev.error.reason == FIXED_REASONS[FedrecError]
+
+
+@pytest.mark.parametrize("spec", [ModelSpec("mf", 6), ModelSpec("twotower", 6, {"hidden": 16})], ids=["mf", "twotower"])
+def test_a_user_whose_gradient_overflows_contributes_nothing(world, spec: ModelSpec) -> None:
+    # Below the silo's input check, in the mechanism itself: item 3's parameters make the logits overflow (to
+    # inf, then NaN) for the users who have item 3 and for no one else. One DP step over every user must then
+    # release exactly what the same step releases over the users without item 3 (same noise): finite, and no
+    # trace of who has it.
+    from fedrec.privacy.dp_mf import UserBatch, dp_mf_step
+    from fedrec.privacy.dp_twotower import dp_twotower_step, shared_parameters
+    from fedrec.privacy.sampling import CappedHistories, poisson_user_batch
+
+    silo = world.silos["eu"]
+    g = initial_global_arrays(spec, n_items=silo.n_items, seed=0)
+    if spec.name == "mf":  # finite parameters whose sum overflows: global bias + item 3's bias
+        g["global_bias"][:] = 3e38
+        g["item_bias.weight"][3] = 3e38
+    else:  # through the item tower
+        g["item_emb.weight"][3] = 3e38
+    h = CappedHistories.build(silo.train[0], silo.train[1], n_users=silo.n_users, max_per_user=8,
+                              keys=np.random.default_rng(0).random(len(silo.train[0])))
+    full = poisson_user_batch(h, sample_rate=1.0, noise=NoiseSource("seeded", seed=0))
+    has_3 = torch.zeros(len(full.users), dtype=torch.bool).index_fill_(0, full.owner[full.items == 3], True)
+    assert 0 < int(has_3.sum()) < len(full.users)
+    keep = ~has_3
+    row = torch.cumsum(keep.long(), 0) - 1
+    mine = keep[full.owner]
+    without = UserBatch(users=full.users[keep], owner=row[full.owner[mine]], items=full.items[mine])
+    negatives = torch.arange(8, 16)  # shared negatives without item 3
+    released = []
+    for batch in (full, without):
+        model = assemble_model(spec, silo, g, None, seed=0)
+        per_user = [p for n, p in model.named_parameters() if n in PER_USER_KEYS]
+        shared = [p for n, p in model.named_parameters() if n not in PER_USER_KEYS]
+        if spec.name == "mf":
+            dp_mf_step(model, batch, negatives, clip_norm=1.0, noise_multiplier=0.5,  # type: ignore[arg-type]
+                       global_optimizer=torch.optim.SGD(shared, lr=0.1),
+                       local_optimizer=torch.optim.SGD(per_user, lr=0.1), noise=NoiseSource("seeded", seed=9))
+        else:
+            dp_twotower_step(model, batch, negatives, clip_norm=1.0, noise_multiplier=0.5,  # type: ignore[arg-type]
+                             shared_optimizer=torch.optim.SGD(list(shared_parameters(model).values()), lr=0.1),  # type: ignore[arg-type]
+                             per_user_optimizer=torch.optim.SGD([model.user.emb.weight], lr=0.1),  # type: ignore[union-attr]
+                             noise=NoiseSource("seeded", seed=9))
+        released.append({k: v.detach().clone() for k, v in model.named_parameters() if not k.startswith("user.")})
+    for name, value in released[0].items():
+        finite = torch.isfinite(value) | ~torch.isfinite(released[1][name])  # row 3 itself stays as it came
+        assert finite.all(), name
+        torch.testing.assert_close(value, released[1][name], rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_a_round_that_fails_after_it_started_is_spent_not_free(world, tmp_path, monkeypatch) -> None:
+    # Failures used to be free (the ledger recorded a release only after training): a coordinator could probe
+    # with configs that make training fail for some silo sizes and not others. The spend is now on record
+    # before any private computation, and the round is not trained again.
+    from fedrec.federation import private_silo
+
+    def boom(*_: object, **__: object) -> None:
+        raise MemoryError("out of memory in the middle of a DP round")
+
+    node, cfg = deployed(world, tmp_path), run_config(world, tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(private_silo, "train_round_dp", boom)
+        failed = train(ctx(node, cfg), world)
+    assert failed.has_error() and failed.error.reason == INTERNAL_REASON
+    releases = json.loads((tmp_path / "eu-own-state" / LEDGER_FILE).read_text())["releases"]
+    assert [r["server_round"] for r in releases] == [1]
+    assert "already released" in meta(train(ctx(node, cfg), world))["declined"]
+
+
+def test_a_deployed_silo_without_its_own_budget_takes_none_from_the_run(world, tmp_path) -> None:
+    # A node that sets only max-delta (so it requires DP) used to accept whatever ε the run proposed.
+    node = deployed(world, tmp_path, budget=None, **{"max-delta": 1e-6})
+    reply = train(ctx(node, run_config(world, tmp_path, **{"privacy-epsilon": 30.0})), world)
+    assert "sets no epsilon-budget" in meta(reply)["declined"] and "arrays" not in reply.content
+
+
+def test_a_run_name_of_dots_is_refused(world, tmp_path) -> None:
+    reply = train(ctx(deployed(world, tmp_path), run_config(world, tmp_path, **{"run-name": ".."})), world)
+    assert reply.has_error() and reply.error.reason == FIXED_REASONS[ConfigError]
+    assert not (tmp_path / "eu-own-state" / "last_reply.json").exists()

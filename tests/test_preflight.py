@@ -28,7 +28,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> PreparedWorld:
 
 def node(world: PreparedWorld, tmp: Path, region: str = "eu", **kw: object) -> dict[str, object]:
     return {"region": region, "data-path": str(world.data_dir / f"silo_{region}.npz"),
-            "state-dir": str(tmp / region), **kw}
+            "state-dir": str(tmp / region), "epsilon-budget": 4.0, **kw}
 
 
 def test_a_well_configured_silo_passes(world, tmp_path) -> None:

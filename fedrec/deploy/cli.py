@@ -247,10 +247,12 @@ def control_api_findings(address: str, probe: tuple[str, str] | None, verified: 
 def check_node_main(args: argparse.Namespace, console: Console) -> int:
     """`fedrec deploy check-node`: the node config, then which apps it would run and who could start them."""
     from fedrec.federation.preflight import check_silo
-    from fedrec.federation.settings import RunSettings
+    from fedrec.federation.settings import NODE_DP_KEYS, RunSettings
 
     node_config = _parse_node_config(args.node_config)
-    region, problem = check_silo(RunSettings(privacy=args.privacy), node_config)
+    # a node with its own privacy policy only ever trains under DP: check it for that
+    privacy = "user_dp" if any(k in node_config for k in NODE_DP_KEYS) else args.privacy
+    region, problem = check_silo(RunSettings(privacy=privacy), node_config)
     problems, warnings, notes = check_trusted_entities(args.trusted_entities)
     verified = bool(notes)  # a valid, non-empty --trusted-entities file
     if args.superlink:

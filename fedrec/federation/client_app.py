@@ -32,7 +32,7 @@ from fedrec.federation.private_silo import log_evaluation, private_train_round
 from fedrec.federation.secure_aggregation_client import PLAIN, aggregation_of, optional_secaggplus_mod
 from fedrec.federation.serving import RegionServing, advance_fork, review
 from fedrec.federation.settings import NODE_DP_KEYS, RunSettings, SiloIdentity
-from fedrec.federation.silo import Arrays, evaluate_splits, silo_seed, train_round
+from fedrec.federation.silo import Arrays, check_received, evaluate_splits, silo_seed, train_round
 from fedrec.federation.silo_errors import contain_errors
 from fedrec.federation.silo_state import SiloState
 from fedrec.model_registry import ModelRegistry
@@ -106,7 +106,9 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
                           f"again under another aggregation ({how})")
                 return Message(decline_reply(region=ident.region, server_round=rnd, reason=reason), reply_to=msg)
             return Message(check_reply(content, private=s.privacy_settings().enabled), reply_to=msg)
-        content = train_content(s, ident, silo, context, state, rnd, version, read_arrays(msg.content))
+        arrays = read_arrays(msg.content)
+        check_received(arrays, s.model_spec, n_items=silo.n_items)
+        content = train_content(s, ident, silo, context, state, rnd, version, arrays)
         if read_decline(content) is None:
             state.cache_reply(rnd, version, content, how)
         return Message(content, reply_to=msg)
@@ -142,6 +144,7 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
         s, ident, silo = resolve(context)
         rnd = read_int(msg.content, "config", "server-round")
         arrays = read_arrays(msg.content)
+        check_received(arrays, s.model_spec, n_items=silo.n_items)
         local = SiloState(context, ident.state_dir, s.run_key(context.run_id)).local()
         seed = silo_seed(s.seed, ident.region, rnd)
         serving = serving_of(ident)

@@ -2,10 +2,11 @@
 
 Order of a private training round, all inside the silo:
 1. open the silo's ledger (its state dir) and the run's plan (σ calibrated once, stored in the ledger);
-2. check the round fits the budget and was not released before — else decline without training;
-3. train with user-level DP (`privacy.dp_round`);
-4. record the release in the ledger on disk (atomic) — only then
-5. hand the noised global parameters and the public DP report to `egress`.
+2. record the round's release in the ledger on disk (file-locked, atomic) if it fits the budget and was
+   not released before — else decline without training;
+3. train with user-level DP (`privacy.dp_round`): the spend is on record before any private computation,
+   so a round that fails is spent too and failures are no free probe;
+4. hand the noised global parameters and the public DP report to `egress`.
 Evaluation results under DP stay in the silo: appended to its own log, never put in a reply.
 """
 
@@ -34,10 +35,13 @@ EVALUATIONS_DIR = "evaluations"
 def open_ledger(s: RunSettings, ident: SiloIdentity) -> BudgetLedger:
     """The silo's ledger at `<state-dir>/privacy_ledger.json`, at the jurisdiction's δ and budget.
 
-    Raises `PolicyRefusal` when the run proposes a δ the jurisdiction does not accept. Nothing about the
-    silo's data enters δ or the budget: both are public policy.
+    Raises `PolicyRefusal` when the run proposes a δ the jurisdiction does not accept, or when a deployed
+    silo has no ε budget of its own. Nothing about the silo's data enters δ or the budget: both are policy.
     """
     p = s.privacy_settings()
+    if ident.deployed and ident.epsilon_budget is None:
+        raise PolicyRefusal(f"jurisdiction {ident.region!r} sets no epsilon-budget in its node config: a deployed "
+                            "silo takes its ε budget from its own policy, never from the run's proposal")
     return BudgetLedger(ident.require_state_dir() / LEDGER_FILE,
                         budget_epsilon=p.budget_for(ident.region, ident.epsilon_budget),
                         delta=ident.delta_for(p.delta), accountant=p.accountant)
@@ -114,10 +118,10 @@ def private_train_round(silo: SiloData, s: RunSettings, ident: SiloIdentity, *, 
     plan = run_plan(ledger, s, run_id)
     if isinstance(plan, Decline):
         return PrivateRound(report=privacy_report(ledger, None, run_id), declined=plan.reason)
-    event = plan.event()
-    ok = ledger.check(run_id=run_id, server_round=server_round, event=event)
-    if isinstance(ok, Decline):
-        return PrivateRound(report=privacy_report(ledger, plan, run_id), declined=ok.reason)
+    release = ledger.authorize(run_id=run_id, server_round=server_round, event=plan.event())
+    if not isinstance(release, Release):
+        return PrivateRound(report=privacy_report(ledger, plan, run_id), declined=release.reason)
+    # Spent from here on, whatever happens: a round that fails (out of memory, say) is not a free probe.
     seed = silo_seed(s.seed, ident.region, server_round)
     noise = NoiseSource("seeded", seed=seed) if reproducible_noise else NoiseSource("secure")
     dp = DpTrainConfig(clip_norm=plan.clip_norm, noise_multiplier=plan.noise_multiplier,
@@ -125,9 +129,7 @@ def private_train_round(silo: SiloData, s: RunSettings, ident: SiloIdentity, *, 
                        max_per_user=plan.max_per_user, normaliser=plan.normaliser)
     out = train_round_dp(silo, s.model_spec, global_arrays, local, s.train_config(), dp, seed=seed, noise=noise,
                          optimizer_state=optimizer_state)
-    release = ledger.authorize(run_id=run_id, server_round=server_round, event=out.event)
-    if not isinstance(release, Release):
-        return PrivateRound(report=privacy_report(ledger, plan, run_id), declined=release.reason)
+    assert out.event == release.event  # what was recorded is what ran
     return PrivateRound(report=privacy_report(ledger, plan, run_id, release.epsilon_after),
                         global_after=out.global_after,
                         local_after=out.local_after, optimizer_after=out.optimizer_after)

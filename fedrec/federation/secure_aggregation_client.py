@@ -84,7 +84,7 @@ def legacy_bridge(msg: Message, ctxt: Context, call_next: CallNext) -> Message:
         out = rc.array_records.pop("arrays")
         ordered = [out[n].numpy() for n in names]
         worst = max(float(np.abs(a).max()) for a in ordered if a.size)
-        if worst > clip:
+        if not np.isfinite(worst) or worst > clip:  # NaN > clip is False: test finiteness explicitly
             raise ValueError(f"a parameter reaches {worst:.3g}, outside secagg-clipping-range {clip:g}: "
                              "SecAgg+ would clip it silently; raise the range")
         weight = float(rc.metric_records["metrics"][WEIGHT_KEY])  # type: ignore[arg-type]

@@ -109,8 +109,10 @@ class RunSettings:
         if self.resume and not self.run_name:
             raise ConfigError("resume=true needs run-name: a restarted coordinator gets a new Flower run id, and "
                               "silos find their state (budget plan, users, last reply) by the run's name")
-        if self.run_name and not all(c.isalnum() or c in "-_." for c in self.run_name):
-            raise ConfigError(f"run-name={self.run_name!r}: use letters, digits, '-', '_' and '.' only")
+        if self.run_name and (not all(c.isalnum() or c in "-_." for c in self.run_name)
+                              or not self.run_name.strip(".")):
+            raise ConfigError(f"run-name={self.run_name!r}: use letters, digits, '-', '_' and '.' only (not dots "
+                              "alone: the name is a directory in each silo's state dir)")
         if self.max_update_norm < 0:
             raise ConfigError(f"max-update-norm={self.max_update_norm} must be >= 0 (0: no absolute bound)")
         if privacy.enabled and self.weighting != "uniform":

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fedrec.data.split import SiloData
+from fedrec.errors import FedrecError
 from fedrec.metrics import METRICS, evaluate_full_ranking, rmse
 from fedrec.models import ModelSpec, RecModel, build_model, global_state, load_global_state, local_state
 from fedrec.training import TrainConfig, make_optimizer, train_epochs
@@ -31,6 +32,35 @@ def initial_global_arrays(spec: ModelSpec, *, n_items: int, seed: int) -> Arrays
     """The coordinator's first global model: global parameters of a freshly seeded model."""
     torch.manual_seed(seed)
     return {k: v.numpy() for k, v in global_state(build_model(spec, n_users=1, n_items=n_items)).items()}
+
+
+MAX_ABS_RECEIVED = 1e3
+"""The largest magnitude a silo accepts in a received global parameter (trained models here stay below ~10).
+
+Public, and checked on the received arrays only: a crafted model with huge or non-finite values could
+otherwise overflow inside the silo for some users and not others, and make whether a release is finite a
+test of who is in the silo."""
+
+
+class InvalidGlobalModel(FedrecError):
+    """The global parameters a silo received are not a model it will train or evaluate."""
+
+
+def check_received(arrays: Arrays, spec: ModelSpec, *, n_items: int) -> None:
+    """Refuse received global arrays unlike the model's (names, shapes, dtypes) or beyond `MAX_ABS_RECEIVED`.
+
+    Non-finite values are refused too. The check depends only on what was received (public), never on data.
+    """
+    template = global_state(build_model(spec, n_users=1, n_items=n_items))
+    if set(arrays) != set(template):
+        raise InvalidGlobalModel(f"received parameters {sorted(arrays)}, the model has {sorted(template)}")
+    for name, expected in template.items():
+        got = np.asarray(arrays[name])
+        if got.shape != tuple(expected.shape) or got.dtype != np.float32:
+            raise InvalidGlobalModel(f"{name}: received {got.dtype}{list(got.shape)}, the model has "
+                                     f"float32{list(expected.shape)}")
+        if got.size and not (np.isfinite(got).all() and float(np.abs(got).max()) <= MAX_ABS_RECEIVED):
+            raise InvalidGlobalModel(f"{name}: values must be finite and within ±{MAX_ABS_RECEIVED:g}")
 
 
 def assemble_model(spec: ModelSpec, silo: SiloData, global_arrays: Arrays, local: Tensors | None,

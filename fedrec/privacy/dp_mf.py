@@ -73,7 +73,13 @@ def clipped_item_gradient_sum(a: torch.Tensor, p: torch.Tensor, clip_norm: float
     the model has it): each adds ‖a_u‖² to the user's squared norm.
     """
     norms = a.norm(dim=1) * torch.sqrt(p.pow(2).sum(1) + float(bias_tables))
-    scale = torch.clamp(clip_norm / (norms + 1e-12), max=1.0)
+    # A user whose gradient is not finite (an overflow on a crafted or extreme model) contributes nothing:
+    # still a bounded function of that user's own data. Left in, one NaN would spread to every coordinate
+    # and turn the release into a test of whether that user is there.
+    ok = torch.isfinite(norms)
+    if not bool(ok.all()):
+        a, p = torch.where(ok.unsqueeze(1), a, 0.0), torch.where(ok.unsqueeze(1), p, 0.0)
+    scale = torch.where(ok, torch.clamp(clip_norm / (norms + 1e-12), max=1.0), 0.0)
     weighted = a * scale.unsqueeze(1)
     return weighted.T @ p, weighted.sum(0), norms
 

@@ -200,6 +200,13 @@ class _StepParts:
     user_emb_grad: torch.Tensor
 
 
+def _only(batch: UserBatch, keep: torch.Tensor) -> UserBatch:
+    """The batch restricted to the users where `keep` [B] is True (their interactions, owners re-indexed)."""
+    new_row = torch.cumsum(keep.long(), 0) - 1
+    mine = keep[batch.owner]
+    return UserBatch(users=batch.users[keep], owner=new_row[batch.owner[mine]], items=batch.items[mine])
+
+
 def _parts(model: TwoTower, batch: UserBatch, negatives: torch.Tensor, clip_norm: float) -> _StepParts:
     """Per-user gradients of every shared parameter over gathered rows; clip each user; sum."""
     assert model.user.tower is not None
@@ -233,6 +240,13 @@ def _parts(model: TwoTower, batch: UserBatch, negatives: torch.Tensor, clip_norm
         sq = sum(g.pow(2).flatten(1).sum(1) for g in gu_th.values()) + sq_items
         bias_tables = 1 if private is None else 2
         norms = (sq + bias_tables * (a_neg.pow(2).sum(1) + a_pos.pow(2).sum(1))).sqrt()
+        ok = torch.isfinite(norms) & torch.isfinite(gu_e).all(1)
+        if not bool(ok.all()):
+            # A user whose gradient overflowed (a crafted or extreme model) contributes nothing, a bounded
+            # function of their own data; left in, one NaN would spread to every coordinate of the release.
+            parts = _parts(model, _only(batch, ok), negatives, clip_norm)
+            kept = torch.zeros_like(norms).masked_scatter_(ok, parts.norms)
+            return _StepParts(parts.sums, torch.where(ok, kept, norms), parts.loss, parts.user_emb_grad)
         scale = torch.clamp(clip_norm / (norms + 1e-12), max=1.0)
 
         sums: Params = {f"user.tower.{n}": torch.einsum("b,b...->...", scale, g) for n, g in gu_th.items()}
