@@ -331,7 +331,7 @@ def test_run_config_boolean_strings_mean_what_they_say() -> None:
 
 
 def test_a_jurisdictions_node_config_policy_overrides_the_run_config(tmp_path: Path) -> None:
-    from fedrec.federation.settings import SiloIdentity
+    from fedrec.federation.jurisdiction import SiloIdentity
 
     # Prepare: a silo file where the node config says; the run config would have eu follow `always`
     (tmp_path / "eu.npz").write_bytes(b"")

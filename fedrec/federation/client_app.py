@@ -27,11 +27,12 @@ from fedrec.federation.egress import (
 )
 from fedrec.federation.egress_ledger import egress_ledger_mod
 from fedrec.federation.egress_recorder import Mod
+from fedrec.federation.jurisdiction import NODE_DP_KEYS, SiloIdentity
 from fedrec.federation.preflight import preflight_reply
 from fedrec.federation.private_silo import log_evaluation, private_train_round
 from fedrec.federation.secure_aggregation_client import PLAIN, aggregation_of, optional_secaggplus_mod
 from fedrec.federation.serving import RegionServing, advance_fork, review
-from fedrec.federation.settings import NODE_DP_KEYS, RunSettings, SiloIdentity
+from fedrec.federation.settings import RunSettings
 from fedrec.federation.silo import Arrays, check_received, evaluate_splits, silo_seed, train_round
 from fedrec.federation.silo_errors import contain_errors
 from fedrec.federation.silo_state import SiloState

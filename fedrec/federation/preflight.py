@@ -19,7 +19,8 @@ from flwr.serverapp import Grid
 from fedrec.data.split import SiloData
 from fedrec.errors import ConfigError, FedrecError
 from fedrec.federation.egress import check_reply
-from fedrec.federation.settings import RunSettings, SiloIdentity
+from fedrec.federation.jurisdiction import SiloIdentity
+from fedrec.federation.settings import RunSettings
 
 PREFLIGHT_ERROR = "preflight-error"
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.data.split import SiloData
+from fedrec.federation.jurisdiction import PolicyRefusal, SiloIdentity
 from fedrec.federation.serving import Review
-from fedrec.federation.settings import PolicyRefusal, RunSettings, SiloIdentity
+from fedrec.federation.settings import RunSettings
 from fedrec.federation.silo import Arrays, SiloEvaluation, Tensors, silo_seed
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
 from fedrec.privacy.ledger import BudgetLedger, Decline, Release

@@ -1,7 +1,7 @@
-"""The Flower app's flat run config, read and cast once into a frozen dataclass; and the silo's own policy.
+"""The Flower app's flat run config, read and cast once into a frozen dataclass: what the coordinator proposes.
 
 Flower's three channels stay apart: the run config (`RunSettings`: what the coordinator *proposes* for the
-whole run, the same for every party), the node config (`SiloIdentity`: what each jurisdiction *decides*:
+whole run, the same for every party), the node config (`jurisdiction.SiloIdentity`: what each jurisdiction *decides*:
 its data, its state dir, its budget, its maximum δ, its secure-aggregation requirement, its adoption
 policy; a proposal may only tighten it), and the per-round `ConfigRecord` (round number and model version).
 
@@ -13,16 +13,16 @@ policy; a proposal may only tighten it), and the per-round `ConfigRecord` (round
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from fedrec.adoption import AdoptionPolicy
 from fedrec.config import ExperimentConfig, FederationConfig, StrategyConfig
-from fedrec.errors import ConfigError, FedrecError
+from fedrec.errors import ConfigError
 from fedrec.models.base import ModelSpec
-from fedrec.privacy.plan import DEFAULT_MAX_DELTA, PrivacySettings
+from fedrec.privacy.plan import PrivacySettings
 from fedrec.training import TrainConfig
 
 OPERATIONAL_KEYS = frozenset({"data-dir", "output-dir", "state-dir", "registry-dir", "resume", "quiet",
@@ -242,136 +242,6 @@ def _cast(key: str, value: Any, typ: str) -> Any:
     elif isinstance(value, str):
         return value
     raise ConfigError(f"run-config {key}={value!r} is not a valid {typ}")
-
-
-@dataclass(frozen=True)
-class SiloIdentity:
-    """Which jurisdiction this node is, where its data and its state live, and its own privacy policy.
-
-    The coordinator proposes (the run config); the jurisdiction decides (this, from the node config), and a
-    proposal may only tighten the jurisdiction's policy, never loosen it.
-
-    Deployment (the node config names `region`): `data-path` and `state-dir` come from the node config only,
-    never from the run config a coordinator sends (a coordinator that could point the ledger elsewhere could
-    reset the budget). Optional policy keys: `epsilon-budget` (the jurisdiction's ε cap; the run can only
-    lower it, and without user-level DP the silo refuses to train), `max-delta` (the largest δ it accepts;
-    its budget ledger is kept at this δ), `require-secure-aggregation` (refuse updates in the clear),
-    `secagg-min-contributors` (mask or help unmask only among at least this many; the run's value if larger), and an
-    adoption policy: `adopt="always"|"if_better"` (+ `adopt-metric`, `adopt-margin`), `pin="VERSION"` or
-    `fork="VERSION"|ROUND` (+ `contribute=false`), overriding the run config's `adoption` entry.
-    Simulation (`partition-id`, the researcher owns every silo): the region is the manifest's entry, data
-    comes from `<data-dir>`, state from `<state-dir or output-dir/silo-state>/<region>`.
-    """
-
-    region: str
-    data_path: Path
-    state_dir: Path | None = None
-    epsilon_budget: float | None = None
-    policy: AdoptionPolicy = field(default_factory=AdoptionPolicy)
-    max_delta: float | None = None
-    require_secure_aggregation: bool = False
-    secagg_min_contributors: int = 0
-    deployed: bool = False
-
-    @classmethod
-    def from_node_config(cls, node_config: dict[str, Any], settings: RunSettings) -> SiloIdentity:
-        """Resolve the silo from the node config, with errors that say which key to set."""
-        if "region" in node_config:
-            region = str(node_config["region"])
-            if "data-path" not in node_config:
-                raise ConfigError(f"silo {region!r}: node config has no data-path; a deployed silo reads its data "
-                                  "only from where its own node config says (never from the run config)")
-            path = Path(str(node_config["data-path"]))
-            state_dir = Path(str(node_config["state-dir"])) if "state-dir" in node_config else None
-        elif "partition-id" in node_config:
-            manifest = read_manifest(settings.data_dir)
-            pid = int(node_config["partition-id"])
-            regions = manifest["regions"]
-            if pid >= len(regions):
-                raise ConfigError(
-                    f"partition-id {pid} but the world has {len(regions)} regions: run the simulation with "
-                    f"exactly {len(regions)} supernodes (options.num-supernodes)"
-                )
-            region = regions[pid]
-            path = Path(settings.data_dir) / f"silo_{region}.npz"
-            root = silo_state_root(settings)
-            state_dir = root / region if root is not None else None
-        else:
-            raise ConfigError("node config has neither 'region' nor 'partition-id': set region=\"NAME\"")
-        if not path.exists():
-            raise ConfigError(f"silo data for region {region!r} not found at {path}: set node config data-path")
-        budget = _positive(node_config, "epsilon-budget")
-        max_delta = _positive(node_config, "max-delta")
-        if max_delta is not None and max_delta >= 1:
-            raise ConfigError(f"node config max-delta={max_delta!r} must lie in (0, 1)")
-        secure = node_config.get("require-secure-aggregation", False)
-        if not isinstance(secure, bool):
-            raise ConfigError(f"node config require-secure-aggregation={secure!r} must be true or false")
-        crowd = node_config.get("secagg-min-contributors", 0)
-        if isinstance(crowd, bool) or not isinstance(crowd, int) or crowd < 0:
-            raise ConfigError(f"node config secagg-min-contributors={crowd!r} must be a whole number >= 0")
-        return cls(region=region, data_path=path, state_dir=state_dir, epsilon_budget=budget,
-                   policy=node_policy(region, node_config) or settings.policy_for(region), max_delta=max_delta,
-                   require_secure_aggregation=secure, secagg_min_contributors=crowd, deployed="region" in node_config)
-
-    @property
-    def requires_dp(self) -> bool:
-        """True when the jurisdiction set its own privacy policy (`NODE_DP_KEYS`): nothing leaves without DP."""
-        return self.epsilon_budget is not None or self.max_delta is not None
-
-    def delta_for(self, proposed: float) -> float:
-        """The δ this silo's budget ledger is kept at, given the run's proposed δ.
-
-        The jurisdiction's `max-delta` when it sets one (a smaller proposal only makes the run's σ larger),
-        else the proposal itself. A proposal above the jurisdiction's maximum (`DEFAULT_MAX_DELTA` when it
-        sets none) is refused: the coordinator may tighten δ, never loosen it.
-        """
-        cap = self.max_delta if self.max_delta is not None else DEFAULT_MAX_DELTA
-        if proposed > cap:
-            where = "its node config max-delta" if self.max_delta is not None else "the default maximum"
-            raise PolicyRefusal(f"the run proposes δ={proposed:g} but jurisdiction {self.region!r} accepts at most "
-                                f"δ={cap:g} ({where}): a run may tighten a silo's δ, never loosen it")
-        return self.max_delta if self.max_delta is not None else proposed
-
-    def require_state_dir(self) -> Path:
-        """The silo's state dir (ledgers, logs), or a clear error naming the setting."""
-        if self.state_dir is None:
-            where = ("node config state-dir (a deployed silo keeps its ledger where its own node config says)"
-                     if self.deployed else "run-config state-dir or output-dir")
-            raise ConfigError(f"silo {self.region!r} has no state dir for its privacy ledger: set {where}")
-        return self.state_dir
-
-
-NODE_DP_KEYS = ("epsilon-budget", "max-delta")
-"""Node-config keys by which a jurisdiction sets its own privacy policy (and so requires user-level DP)."""
-
-
-class PolicyRefusal(FedrecError):
-    """The run asks for something the jurisdiction's own policy does not allow (the silo declines)."""
-
-
-def _positive(node_config: dict[str, Any], key: str) -> float | None:
-    value = node_config.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"node config {key}={value!r} must be a number > 0")
-    return float(value)
-
-
-NODE_POLICY_KEYS = {"adopt": "adopt", "adopt-metric": "metric", "adopt-margin": "margin", "pin": "pin",
-                    "fork": "fork", "contribute": "contribute"}
-
-
-def node_policy(region: str, node_config: dict[str, Any]) -> AdoptionPolicy | None:
-    """The jurisdiction's own adoption policy from its node config (None when it sets none)."""
-    cfg = {NODE_POLICY_KEYS[k]: v for k, v in node_config.items() if k in NODE_POLICY_KEYS}
-    if not cfg:
-        return None
-    try:
-        return AdoptionPolicy.from_config(region, cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"node config: {exc}") from exc
 
 
 def silo_state_root(settings: RunSettings) -> Path | None:
