@@ -7,6 +7,8 @@ put in a reply; the reply content is built by `egress` only. Under `privacy=user
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,117 +55,149 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
     ledger records); SecAgg+'s client side (active only when the coordinator runs it) is the innermost, so
     `mods` and the ledger see what actually leaves.
     """
-
-    def settings_of(context: Context) -> RunSettings:
-        return settings or RunSettings.from_run_config(dict(context.run_config))
-
-    def identity_of(context: Context) -> SiloIdentity:
-        return SiloIdentity.from_node_config(dict(context.node_config), settings_of(context))
-
-    def facts(context: Context) -> tuple[bool, Path | None]:
-        """(replies are private, state dir): a run config the silo cannot read counts as private."""
-        own = context.node_config.get("state-dir") if "region" in context.node_config else None
-        try:
-            s = settings_of(context)
-        except FedrecError:
-            return True, Path(str(own)) if own is not None else None
-        private = s.privacy_settings().enabled or any(k in context.node_config for k in NODE_DP_KEYS)
-        try:
-            return private, identity_of(context).state_dir
-        except FedrecError:
-            return private, Path(str(own)) if own is not None else None
-
-    def min_contributors(context: Context) -> int:
-        return max(settings_of(context).secagg_min_contributors, identity_of(context).secagg_min_contributors)
-
-    app = ClientApp(mods=[contain_errors(facts), egress_ledger_mod(lambda c: identity_of(c).state_dir),
-                          contain_errors(facts), *(mods or []), optional_secaggplus_mod(min_contributors)])
-
-    def resolve(context: Context) -> tuple[RunSettings, SiloIdentity, SiloData]:
-        s = settings_of(context)
-        torch.set_num_threads(s.client_threads)
-        ident = identity_of(context)
-        return s, ident, SiloData.load(ident.data_path)
+    facts = _privacy_facts(settings)
+    app = ClientApp(mods=[contain_errors(facts), egress_ledger_mod(lambda c: _identity(settings, c).state_dir),
+                          contain_errors(facts), *(mods or []), optional_secaggplus_mod(_min_contributors(settings))])
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         """Preflight: the silo checks its own configuration before round 1 (`preflight`)."""
-        return Message(preflight_reply(settings_of(context), dict(context.node_config)), reply_to=msg)
+        return Message(preflight_reply(_settings(settings, context), dict(context.node_config)), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        s, ident, silo = resolve(context)
-        rnd, version = read_int(msg.content, "config", "server-round"), read_version(msg.content)
-        how = aggregation_of(msg.content.config_records["config"])
-        if ident.require_secure_aggregation and how == PLAIN:
-            reason = "this jurisdiction requires secure aggregation (node config): it sends no update in the clear"
-            return Message(decline_reply(region=ident.region, server_round=rnd, reason=reason), reply_to=msg)
-        state = SiloState(context, ident.state_dir, s.run_key(context.run_id))
-        cached = state.cached_reply(rnd, version)
-        if cached is not None:  # asked again (a restarted coordinator): the same reply, not a second release ...
-            sent_as, content = cached
-            if sent_as != how:  # ... and only the way it left: never in the clear, or masked for another session
-                reason = (f"round {rnd} was already answered ({sent_as}); a silo answers a round once and never "
-                          f"again under another aggregation ({how})")
-                return Message(decline_reply(region=ident.region, server_round=rnd, reason=reason), reply_to=msg)
-            return Message(check_reply(content, private=s.privacy_settings().enabled), reply_to=msg)
-        arrays = read_arrays(msg.content)
-        check_received(arrays, s.model_spec, n_items=silo.n_items)
-        content = train_content(s, ident, silo, context, state, rnd, version, arrays)
-        if read_decline(content) is None:
-            state.cache_reply(rnd, version, content, how)
-        return Message(content, reply_to=msg)
-
-    def train_content(s: RunSettings, ident: SiloIdentity, silo: SiloData, context: Context, state: SiloState,
-                      rnd: int, version: str, arrays: Arrays) -> RecordDict:
-        serving = serving_of(ident)
-        if serving is not None and ident.policy.kind == "fork":
-            fork = advance_fork(serving, silo, s.model_spec, s.train_config(), server_round=rnd,
-                                received_version=version or f"round-{rnd - 1}", received_arrays=arrays,
-                                local=state.local(), seed=silo_seed(s.seed, ident.region + "/fork", rnd),
-                                run_id=s.run_key(context.run_id))
-            if fork is not None and not ident.policy.contribute:
-                reason = "this region serves its own fork and does not contribute to the federation"
-                return decline_reply(region=ident.region, server_round=rnd, reason=reason)
-        if s.privacy_settings().enabled:
-            return private_train(s, ident, silo, state, s.run_key(context.run_id), rnd, arrays, version,
-                                 reproducible_noise=reproducible_noise)
-        if ident.requires_dp:
-            reason = ("this jurisdiction requires user-level DP (node config epsilon-budget / max-delta) but the "
-                      "run has privacy=none: nothing released")
-            return decline_reply(region=ident.region, server_round=rnd, reason=reason)
-        out = train_round(silo, s.model_spec, arrays, state.local(), s.train_config(),
-                          seed=silo_seed(s.seed, ident.region, rnd), optimizer_state=state.optimizer())
-        state.save_local(out.local_after)
-        state.save_optimizer(out.optimizer_after)
-        weight = float(out.n_examples) if s.weighting == "examples" else 1.0
-        return train_reply(out.global_after, region=ident.region, server_round=rnd, weight=weight,
-                           model_version=version)
+        return Message(train_message(_Silo.resolve(settings, context), msg, reproducible_noise), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        s, ident, silo = resolve(context)
-        rnd = read_int(msg.content, "config", "server-round")
-        arrays = read_arrays(msg.content)
-        check_received(arrays, s.model_spec, n_items=silo.n_items)
-        local = SiloState(context, ident.state_dir, s.run_key(context.run_id)).local()
-        seed = silo_seed(s.seed, ident.region, rnd)
-        serving = serving_of(ident)
-        splits = ("test", "valid") if serving is not None and ident.policy.kind == "if_better" else ("test",)
-        evals = evaluate_splits(silo, s.model_spec, arrays, local, s.train_config(), seed=seed, splits=splits)
-        ev = evals["test"]
-        if serving is not None:  # the region's own choice of model, decided and evaluated in the silo
-            rv = review(serving, silo, s.model_spec, s.train_config(), server_round=rnd,
-                        candidate=read_version(msg.content) or f"round-{rnd}", candidate_arrays=arrays, local=local,
-                        candidate_test=ev, candidate_valid=evals.get("valid"), seed=seed,
-                        fetch=lambda v: fetch_version(s, v), run_id=s.run_key(context.run_id))
-            log_evaluation(ident, run_id=s.run_key(context.run_id), server_round=rnd, ev=ev, review=rv)
-        private = s.privacy_settings().enabled or ident.requires_dp
-        if private:
-            return Message(evaluate_reply(None, region=ident.region, server_round=rnd), reply_to=msg)
-        return Message(evaluate_reply(ev, region=ident.region, server_round=rnd), reply_to=msg)
+        return Message(evaluate_message(_Silo.resolve(settings, context), msg), reply_to=msg)
 
     return app
+
+
+def _settings(settings: RunSettings | None, context: Context) -> RunSettings:
+    return settings or RunSettings.from_run_config(dict(context.run_config))
+
+
+def _identity(settings: RunSettings | None, context: Context) -> SiloIdentity:
+    return SiloIdentity.from_node_config(dict(context.node_config), _settings(settings, context))
+
+
+def _privacy_facts(settings: RunSettings | None) -> Callable[[Context], tuple[bool, Path | None]]:
+    """(replies are private, state dir) of a message's silo; a run config it cannot read counts as private."""
+
+    def facts(context: Context) -> tuple[bool, Path | None]:
+        own = context.node_config.get("state-dir") if "region" in context.node_config else None
+        fallback = Path(str(own)) if own is not None else None
+        try:
+            s = _settings(settings, context)
+        except FedrecError:
+            return True, fallback
+        private = s.privacy_settings().enabled or any(k in context.node_config for k in NODE_DP_KEYS)
+        try:
+            return private, _identity(settings, context).state_dir
+        except FedrecError:
+            return private, fallback
+
+    return facts
+
+
+def _min_contributors(settings: RunSettings | None) -> Callable[[Context], int]:
+    """The fewest SecAgg+ contributors a silo masks among: the run's value or the jurisdiction's, the larger."""
+    return lambda c: max(_settings(settings, c).secagg_min_contributors, _identity(settings, c).secagg_min_contributors)
+
+
+@dataclass(frozen=True)
+class _Silo:
+    """One message's view of the silo: the run's proposal, the jurisdiction's policy, its data and state."""
+
+    s: RunSettings
+    ident: SiloIdentity
+    data: SiloData
+    run_key: str
+    state: SiloState
+
+    @classmethod
+    def resolve(cls, settings: RunSettings | None, context: Context) -> _Silo:
+        s = _settings(settings, context)
+        torch.set_num_threads(s.client_threads)
+        ident = SiloIdentity.from_node_config(dict(context.node_config), s)
+        run_key = s.run_key(context.run_id)
+        return cls(s, ident, SiloData.load(ident.data_path), run_key, SiloState(context, ident.state_dir, run_key))
+
+
+def train_message(silo: _Silo, msg: Message, reproducible_noise: bool = False) -> RecordDict:
+    """The reply to a training message: a cached reply re-sent the way it left, a decline, or a new update."""
+    s, ident = silo.s, silo.ident
+    rnd, version = read_int(msg.content, "config", "server-round"), read_version(msg.content)
+    how = aggregation_of(msg.content.config_records["config"])
+    if ident.require_secure_aggregation and how == PLAIN:
+        reason = "this jurisdiction requires secure aggregation (node config): it sends no update in the clear"
+        return decline_reply(region=ident.region, server_round=rnd, reason=reason)
+    cached = silo.state.cached_reply(rnd, version)
+    if cached is not None:  # asked again (a restarted coordinator): the same reply, not a second release ...
+        sent_as, content = cached
+        if sent_as != how:  # ... and only the way it left: never in the clear, or masked for another session
+            reason = (f"round {rnd} was already answered ({sent_as}); a silo answers a round once and never "
+                      f"again under another aggregation ({how})")
+            return decline_reply(region=ident.region, server_round=rnd, reason=reason)
+        return check_reply(content, private=s.privacy_settings().enabled)
+    arrays = read_arrays(msg.content)
+    check_received(arrays, s.model_spec, n_items=silo.data.n_items)
+    content = train_content(silo, rnd, version, arrays, reproducible_noise)
+    if read_decline(content) is None:
+        silo.state.cache_reply(rnd, version, content, how)
+    return content
+
+
+def train_content(silo: _Silo, rnd: int, version: str, arrays: Arrays, reproducible_noise: bool) -> RecordDict:
+    """A new training reply: the region's fork first, then a DP round, a refusal, or a plain round."""
+    s, ident, state = silo.s, silo.ident, silo.state
+    serving = serving_of(ident)
+    if serving is not None and ident.policy.kind == "fork":
+        fork = advance_fork(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
+                            received_version=version or f"round-{rnd - 1}", received_arrays=arrays,
+                            local=state.local(), seed=silo_seed(s.seed, ident.region + "/fork", rnd),
+                            run_id=silo.run_key)
+        if fork is not None and not ident.policy.contribute:
+            reason = "this region serves its own fork and does not contribute to the federation"
+            return decline_reply(region=ident.region, server_round=rnd, reason=reason)
+    if s.privacy_settings().enabled:
+        return private_train(s, ident, silo.data, state, silo.run_key, rnd, arrays, version,
+                             reproducible_noise=reproducible_noise)
+    if ident.requires_dp:
+        reason = ("this jurisdiction requires user-level DP (node config epsilon-budget / max-delta) but the "
+                  "run has privacy=none: nothing released")
+        return decline_reply(region=ident.region, server_round=rnd, reason=reason)
+    out = train_round(silo.data, s.model_spec, arrays, state.local(), s.train_config(),
+                      seed=silo_seed(s.seed, ident.region, rnd), optimizer_state=state.optimizer())
+    state.save_local(out.local_after)
+    state.save_optimizer(out.optimizer_after)
+    weight = float(out.n_examples) if s.weighting == "examples" else 1.0
+    return train_reply(out.global_after, region=ident.region, server_round=rnd, weight=weight, model_version=version)
+
+
+def evaluate_message(silo: _Silo, msg: Message) -> RecordDict:
+    """Evaluate the received version in the silo, let the region review it, reply (under DP: nothing but 'kept')."""
+    s, ident = silo.s, silo.ident
+    rnd = read_int(msg.content, "config", "server-round")
+    arrays = read_arrays(msg.content)
+    check_received(arrays, s.model_spec, n_items=silo.data.n_items)
+    local = silo.state.local()
+    seed = silo_seed(s.seed, ident.region, rnd)
+    serving = serving_of(ident)
+    splits = ("test", "valid") if serving is not None and ident.policy.kind == "if_better" else ("test",)
+    evals = evaluate_splits(silo.data, s.model_spec, arrays, local, s.train_config(), seed=seed, splits=splits)
+    ev = evals["test"]
+    if serving is not None:  # the region's own choice of model, decided and evaluated in the silo
+        rv = review(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
+                    candidate=read_version(msg.content) or f"round-{rnd}", candidate_arrays=arrays, local=local,
+                    candidate_test=ev, candidate_valid=evals.get("valid"), seed=seed,
+                    fetch=lambda v: fetch_version(s, v), run_id=silo.run_key)
+        log_evaluation(ident, run_id=silo.run_key, server_round=rnd, ev=ev, review=rv)
+    if s.privacy_settings().enabled or ident.requires_dp:
+        return evaluate_reply(None, region=ident.region, server_round=rnd)
+    return evaluate_reply(ev, region=ident.region, server_round=rnd)
 
 
 def serving_of(ident: SiloIdentity) -> RegionServing | None:
