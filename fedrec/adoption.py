@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.errors import ConfigError
+from fedrec.io import atomic_write_text
 from fedrec.metrics import METRICS
 
 POLICIES = ("always", "if_better", "pin", "fork")
@@ -137,9 +138,8 @@ class ServingRecord:
             f.write(json.dumps(asdict(decision), sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        tmp = self.state_dir / (SERVING_FILE + ".tmp")
-        tmp.write_text(json.dumps({"version": decision.served_after, "since_round": decision.round}))
-        os.replace(tmp, self.state_dir / SERVING_FILE)
+        atomic_write_text(self.state_dir / SERVING_FILE,
+                          json.dumps({"version": decision.served_after, "since_round": decision.round}))
 
     def decisions(self) -> list[Decision]:
         """Every decision this region made, in order."""

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
+from fedrec.io import atomic_save_arrays
 from fedrec.models.base import ModelSpec
 
 
@@ -20,7 +20,7 @@ def save_global_model(path: Path, arrays: dict[str, np.ndarray], *, spec: ModelS
                       metadata: dict[str, Any] | None = None) -> None:
     """Write global parameters and their description; the file never holds per-user parameters."""
     header = {"fedrec-model": json.dumps(spec.to_dict()), "fedrec-meta": json.dumps(metadata or {})}
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path), metadata=header)
+    atomic_save_arrays(Path(path), arrays, header)
 
 
 def load_global_model(path: Path) -> tuple[dict[str, np.ndarray], ModelSpec, dict[str, Any]]:

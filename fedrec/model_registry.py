@@ -44,6 +44,7 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save
 
 from fedrec.errors import ConfigError, DataError, FedrecError
+from fedrec.io import atomic_write_bytes, fsync_dir
 
 if TYPE_CHECKING:
     from fedrec.models.base import ModelSpec
@@ -166,15 +167,6 @@ def _write_durably(path: Path, data: bytes, *, exclusive: bool = True) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a directory's entries (new files, a rename) survive a power loss, not just the file contents."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _now() -> str:
@@ -307,9 +299,9 @@ class ModelRegistry:
             try:
                 _write_durably(tmp / WEIGHTS, payload)
                 _write_durably(tmp / MANIFEST, manifest)
-                _fsync_dir(tmp)
+                fsync_dir(tmp)
                 os.rename(tmp, final)  # the commit point: the version appears whole or not at all
-                _fsync_dir(self.versions_dir)
+                fsync_dir(self.versions_dir)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -444,15 +436,7 @@ class ModelRegistry:
             raise ConfigError(f"cannot export to {out}: directory {out.parent} does not exist")
         if out.exists() and not overwrite:
             raise ConfigError(f"{out} already exists; pass --force (overwrite=True) to replace it")
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            _write_durably(tmp, data, exclusive=False)
-            os.replace(tmp, out)  # readers of `out` never see a half-written file
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(out, data)  # readers of `out` never see a half-written file
         return out
 
 

@@ -10,15 +10,15 @@ sent (their own state, `silo_state`), so no round is lost, repeated or paid for 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from fedrec.errors import ConfigError
+from fedrec.io import atomic_save_arrays, atomic_write_text
 from fedrec.model_registry import ModelVersion
 
 CHECKPOINT_DIR = "coordinator"
@@ -41,15 +41,10 @@ class Checkpoint:
 def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> None:
     """Write the strategy state, then the checkpoint naming it (each replaced atomically)."""
     root = Path(out_dir) / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / (STRATEGY_FILE + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in ckpt.strategy_state.items()} or {"_": np.zeros(0)}, str(tmp))
-    os.replace(tmp, root / STRATEGY_FILE)
+    atomic_save_arrays(root / STRATEGY_FILE, ckpt.strategy_state or {"_": np.zeros(0)})
     body = {"run_key": ckpt.run_key, "round": ckpt.round, "version": ckpt.version.to_dict(),
             "last_aggregated": ckpt.last_aggregated, "history": ckpt.history}
-    tmp = root / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(body, default=str))
-    os.replace(tmp, root / STATE_FILE)
+    atomic_write_text(root / STATE_FILE, json.dumps(body, default=str))
 
 
 def load_checkpoint(out_dir: Path, run_key: str) -> Checkpoint | None:

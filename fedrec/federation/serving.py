@@ -15,14 +15,12 @@ policy to the new version and evaluate what the region serves on its test users)
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from fedrec.adoption import AdoptionPolicy, Decision, ServingRecord, decide
 from fedrec.data.split import SiloData
@@ -37,6 +35,7 @@ from fedrec.federation.silo import (
     refit_users,
     train_round,
 )
+from fedrec.io import atomic_save_arrays
 from fedrec.models import ModelSpec
 from fedrec.training import TrainConfig
 
@@ -50,13 +49,6 @@ Fetch = Callable[[str], tuple[str, Arrays] | None]
 def fork_label(base: str) -> str:
     """The serving pointer of a fork line started from global version `base`."""
     return FORK_PREFIX + base
-
-
-def _save_atomically(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
 
 
 def _header(path: Path) -> dict[str, str]:
@@ -99,7 +91,7 @@ class RegionServing:
 
     def store_served(self, version: str, arrays: Arrays) -> None:
         """Keep the adopted version's arrays (replaced atomically)."""
-        _save_atomically(self.dir / SERVED_FILE, arrays, {"version": version})
+        atomic_save_arrays(self.dir / SERVED_FILE, arrays, {"version": version})
 
     # --- the fork line -------------------------------------------------------------------------------
 
@@ -119,7 +111,7 @@ class RegionServing:
         arrays = {**{f"g/{k}": v for k, v in fork.global_arrays.items()},
                   **{f"l/{k}": v.detach().numpy() for k, v in fork.local.items()},
                   **{f"o/{k}": v for k, v in fork.optimizer.items()}}
-        _save_atomically(self.dir / FORK_FILE, arrays, {"base": fork.base, "since_round": str(fork.since_round),
+        atomic_save_arrays(self.dir / FORK_FILE, arrays, {"base": fork.base, "since_round": str(fork.since_round),
                                                         "rounds": str(fork.rounds), "last_trained": fork.last_trained})
 
     def fork_due(self, *, received_round: int, received_version: str) -> bool:

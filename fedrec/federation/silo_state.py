@@ -13,7 +13,6 @@ The run key is the run config's `run-name` when set (a resumable run), else Flow
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +20,14 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from fedrec.federation.silo import Arrays, Tensors
+from fedrec.io import atomic_save_arrays, atomic_write_bytes, atomic_write_text
 
 LOCAL_STATE_KEY = "fedrec-user-state"
 OPTIMIZER_STATE_KEY = "fedrec-optimizer-state"
 RUNS_DIR = "runs"
-
-
-def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class SiloState:
@@ -57,10 +51,7 @@ class SiloState:
         if self.dir is None:
             self.context.state[key] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f"{key}.safetensors.tmp"
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
-        os.replace(tmp, self.dir / f"{key}.safetensors")
+        atomic_save_arrays(self.dir / f"{key}.safetensors", arrays)
 
     def local(self) -> Tensors | None:
         """The silo's per-user parameters (None before its first round)."""
@@ -104,6 +95,6 @@ class SiloState:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "last_reply.json").unlink(missing_ok=True)
-        _replace(self.dir / "last_reply.bin", recorddict_to_proto(content).SerializeToString())
-        _replace(self.dir / "last_reply.json", json.dumps({"round": server_round, "version": version,
-                                                            "aggregation": aggregation}).encode())
+        atomic_write_bytes(self.dir / "last_reply.bin", recorddict_to_proto(content).SerializeToString())
+        atomic_write_text(self.dir / "last_reply.json", json.dumps({"round": server_round, "version": version,
+                                                                    "aggregation": aggregation}))

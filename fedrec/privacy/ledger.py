@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.errors import ConfigError
+from fedrec.io import atomic_write_text
 from fedrec.privacy.accountant import GaussianSteps, SiloAccountant
 
 
@@ -190,15 +191,4 @@ class BudgetLedger:
         """Replace the ledger on disk atomically and durably; the caller holds the lock."""
         state = {"budget_epsilon": self.budget_epsilon, "accountant": self.accountant.state_dict(),
                  "releases": [asdict(r) for r in self.releases], "plans": self.plans}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w") as f:
-            json.dump(state, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)  # atomic: readers see the old or the new ledger, never half of one
-        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a power loss
-        finally:
-            os.close(dir_fd)
+        atomic_write_text(self.path, json.dumps(state, indent=1))  # readers see the old or the new ledger
