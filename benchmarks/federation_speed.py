@@ -25,10 +25,10 @@ from fedrec.bounds import train_centralized
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo import evaluate_round, initial_global_arrays, silo_seed, train_round
+from fedrec.federation.silo import evaluate_round, silo_seed, train_round
 from fedrec.federation.simulation import run_simulation
 from fedrec.models import ModelSpec
-from fedrec.training import TrainConfig
+from fedrec.training import TrainConfig, initial_global_arrays
 from fedrec.world import prepare_world
 
 

@@ -12,11 +12,18 @@ import numpy as np
 import torch
 
 from fedrec.data.split import SiloData
-from fedrec.federation.silo import SiloEvaluation, assemble_model, evaluate_model, initial_global_arrays, refit_users
+from fedrec.evaluation import SiloEvaluation, evaluate_model
 from fedrec.metrics import METRICS, evaluate_full_ranking
 from fedrec.models import ModelSpec, build_model, global_state, local_state
 from fedrec.models.base import PER_USER_KEYS
-from fedrec.training import TrainConfig, make_optimizer, train_epochs
+from fedrec.training import (
+    TrainConfig,
+    assemble_model,
+    initial_global_arrays,
+    make_optimizer,
+    refit_users,
+    train_epochs,
+)
 
 
 def train_centralized(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainConfig, *, epochs: int,

@@ -19,11 +19,11 @@ from fedrec.bounds import local_only_curve, pool, popularity, train_centralized
 from fedrec.config import ExperimentConfig
 from fedrec.data.registry import load_dataset
 from fedrec.errors import FedrecError
+from fedrec.evaluation import SiloEvaluation
 from fedrec.federation.coordinator import RoundCallback, pool_silo_evaluations
 from fedrec.federation.private_silo import read_evaluations
 from fedrec.federation.serving import SERVING_DIR
 from fedrec.federation.settings import RunSettings, silo_state_root
-from fedrec.federation.silo import SiloEvaluation
 from fedrec.federation.simulation import run_simulation
 from fedrec.world import prepare_world
 

@@ -11,15 +11,20 @@ Batches are index tensors sliced from one shuffled permutation per epoch: no Pyt
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedrec.data.split import SiloData
 from fedrec.errors import ConfigError
+from fedrec.models import ModelSpec, build_model, global_state, load_global_state
 from fedrec.models.base import RecModel, is_local
 
+Arrays = dict[str, np.ndarray]
+Tensors = dict[str, torch.Tensor]
 LOSSES = ("bpr", "softmax", "mse")
 PARAM_GROUPS = ("all", "local", "global")
 
@@ -134,3 +139,54 @@ def train_epochs(
             steps += 1
         last = total / steps
     return last
+
+
+# ---- a silo's working model, shared by silos, the DP round and the bounds -----------------------------
+
+
+def initial_global_arrays(spec: ModelSpec, *, n_items: int, seed: int) -> Arrays:
+    """The coordinator's first global model: global parameters of a freshly seeded model."""
+    torch.manual_seed(seed)
+    return {k: v.numpy() for k, v in global_state(build_model(spec, n_users=1, n_items=n_items)).items()}
+
+
+def assemble_model(spec: ModelSpec, silo: SiloData, global_arrays: Arrays, local: Tensors | None,
+                   *, seed: int) -> RecModel:
+    """A silo's working model: received global parameters + its own per-user state (fresh on first use)."""
+    torch.manual_seed(seed)
+    model = build_model(spec, n_users=silo.n_users, n_items=silo.n_items)
+    load_global_state(model, {k: torch.as_tensor(np.asarray(v)) for k, v in global_arrays.items()})
+    if local is not None:
+        model.load_state_dict(local, strict=False)
+    return model
+
+
+def optimizer_to_arrays(opt: torch.optim.Optimizer) -> Arrays:
+    """Flatten an optimizer's per-parameter state into named arrays (for the silo's node state)."""
+    out: Arrays = {}
+    for idx, st in opt.state_dict()["state"].items():
+        for name, value in st.items():
+            out[f"{idx}.{name}"] = torch.as_tensor(value).detach().numpy().copy()
+    return out
+
+
+def optimizer_from_arrays(opt: torch.optim.Optimizer, arrays: Arrays | None) -> None:
+    """Restore state written by `optimizer_to_arrays` into an optimizer over the same parameters."""
+    if not arrays:
+        return
+    template = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in arrays.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = torch.as_tensor(np.asarray(value))
+    opt.load_state_dict({"state": state, "param_groups": template["param_groups"]})
+
+
+def refit_users(model: RecModel, silo: SiloData, cfg: TrainConfig, *, seed: int) -> RecModel:
+    """A copy of `model` whose user-side parameters were re-fitted to its (frozen) global parameters."""
+    if cfg.refit_epochs == 0:
+        return model
+    fitted = copy.deepcopy(model)
+    train_epochs(fitted, silo.train, n_items=silo.n_items, cfg=cfg, generator=torch.Generator().manual_seed(seed),
+                 epochs=cfg.refit_epochs, params="local")
+    return fitted

@@ -22,11 +22,11 @@ from fedrec.federation import client_app as client_app_module
 from fedrec.federation.client_app import make_client_app
 from fedrec.federation.egress import EgressViolation, train_reply
 from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo import initial_global_arrays
 from fedrec.federation.silo_state import LOCAL_STATE_KEY, OPTIMIZER_STATE_KEY
 from fedrec.metrics import METRICS
 from fedrec.models import build_model, global_state, local_state
 from fedrec.models.base import PER_USER_KEYS
+from fedrec.training import initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
 
 # 150 users in shares 3:2:1 -> silos of 75, 50 and 25 users; catalog 40 + 3 x 2 = 46 items; dim 8; towers of

@@ -8,11 +8,10 @@ import pytest
 from fedrec.data.split import SplitConfig, split_silos
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError
-from fedrec.federation.silo import initial_global_arrays
 from fedrec.models import ModelSpec
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
 from fedrec.privacy.noise import NoiseSource
-from fedrec.training import TrainConfig
+from fedrec.training import TrainConfig, initial_global_arrays
 
 SPEC = ModelSpec("mf", 8, {"private_item_bias": False})
 DP = DpTrainConfig(clip_norm=1.0, noise_multiplier=1.0, sample_rate=0.1, steps_per_round=5, max_per_user=10)

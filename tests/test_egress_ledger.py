@@ -16,7 +16,7 @@ from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.federation.client_app import make_client_app
 from fedrec.federation.egress_ledger import LEDGER_FILE, EgressLedger, _entry_hash, verify, wire_bytes
 from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo import initial_global_arrays
+from fedrec.training import initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
 from tests.test_client_egress import instruction
 

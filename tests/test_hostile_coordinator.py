@@ -23,13 +23,12 @@ from fedrec.federation.egress_ledger import LEDGER_FILE as EGRESS_LEDGER
 from fedrec.federation.egress_ledger import EgressLedger, verify
 from fedrec.federation.private_silo import LEDGER_FILE
 from fedrec.federation.secure_aggregation_client import AGGREGATION_KEY
-from fedrec.federation.silo import assemble_model, initial_global_arrays
 from fedrec.federation.silo_errors import ERRORS_FILE, FIXED_REASONS, INTERNAL_REASON
 from fedrec.models import ModelSpec, local_state
 from fedrec.models.base import PER_USER_KEYS
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
 from fedrec.privacy.noise import NoiseSource
-from fedrec.training import TrainConfig
+from fedrec.training import TrainConfig, assemble_model, initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
 from tests.test_client_egress import instruction
 

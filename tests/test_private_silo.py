@@ -22,11 +22,11 @@ from fedrec.federation.client_app import make_client_app
 from fedrec.federation.egress_ledger import wire_bytes
 from fedrec.federation.private_silo import LEDGER_FILE, read_evaluations
 from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo import initial_global_arrays
 from fedrec.federation.silo_errors import FIXED_REASONS
 from fedrec.privacy.ledger import BudgetLedger
 from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.plan import PrivacySettings
+from fedrec.training import initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
 from tests.test_client_egress import instruction
 

@@ -23,12 +23,13 @@ from fedrec.federation.egress_ledger import EgressLedger, verify
 from fedrec.federation.egress_recorder import RecordedReply, egress_recorder, read_recorded
 from fedrec.federation.private_silo import LEDGER_FILE, read_evaluations
 from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo import initial_global_arrays, silo_seed
+from fedrec.federation.silo import silo_seed
 from fedrec.federation.simulation import run_simulation
 from fedrec.privacy.accountant import GaussianSteps
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
 from fedrec.privacy.ledger import BudgetLedger
 from fedrec.privacy.noise import NoiseSource
+from fedrec.training import initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
 
 pytestmark = pytest.mark.slow

@@ -57,10 +57,10 @@ from fedrec.federation.egress_ledger import LEDGER_FILE as EGRESS_LEDGER
 from fedrec.federation.egress_ledger import EgressLedger, verify
 from fedrec.federation.private_silo import LEDGER_FILE as PRIVACY_LEDGER
 from fedrec.federation.secure_aggregation import CLIP_KEY, NAMES_KEY
-from fedrec.federation.silo import initial_global_arrays
 from fedrec.federation.silo_errors import ERRORS_FILE, FIXED_REASONS, INTERNAL_REASON
 from fedrec.federation.silo_state import SiloState
 from fedrec.models import ModelSpec
+from fedrec.training import initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
 from tests.test_client_egress import INSTRUCTED_VERSION, instruction
 

@@ -16,9 +16,9 @@ from fedrec.adoption import AdoptionPolicy, ServingRecord
 from fedrec.data.split import SiloData, SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.federation.serving import FORK_PREFIX, RegionServing, advance_fork, review
-from fedrec.federation.silo import Arrays, evaluate_round, initial_global_arrays, train_round
+from fedrec.federation.silo import evaluate_round, train_round
 from fedrec.models import ModelSpec
-from fedrec.training import TrainConfig
+from fedrec.training import Arrays, TrainConfig, initial_global_arrays
 from fedrec.world import prepare_world
 
 SPEC = ModelSpec(name="mf", dim=8)

@@ -35,10 +35,11 @@ from fedrec.federation.private_silo import log_evaluation, private_train_round
 from fedrec.federation.secure_aggregation_client import PLAIN, aggregation_of, optional_secaggplus_mod
 from fedrec.federation.serving import RegionServing, advance_fork, review
 from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo import Arrays, check_received, evaluate_splits, silo_seed, train_round
+from fedrec.federation.silo import check_received, evaluate_splits, silo_seed, train_round
 from fedrec.federation.silo_errors import contain_errors
 from fedrec.federation.silo_state import SiloState
 from fedrec.model_registry import ModelRegistry
+from fedrec.training import Arrays
 
 
 def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | None = None,

@@ -19,17 +19,18 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid
 
 from fedrec.errors import ConfigError
+from fedrec.evaluation import SiloEvaluation
 from fedrec.federation.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedrec.federation.egress import read_decline, read_float, read_int, read_privacy, read_region
 from fedrec.federation.preflight import preflight_failure, run_preflight
 from fedrec.federation.secure_aggregation import secure_train_round
 from fedrec.federation.settings import RunSettings, read_manifest
-from fedrec.federation.silo import SiloEvaluation, initial_global_arrays
 from fedrec.federation.strategies import build_strategy, restore_strategy_state, strategy_state
 from fedrec.federation.update_screen import ScreenRules, metadata_problem, screen
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
 from fedrec.model_registry import ModelRegistry, ModelVersion, describe_version
+from fedrec.training import initial_global_arrays
 
 RoundCallback = Callable[[dict[str, Any]], None]
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedrec.federation.silo import SiloEvaluation
+from fedrec.evaluation import SiloEvaluation
 from fedrec.metrics import METRICS
 from fedrec.models.base import is_local
 

@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.data.split import SiloData
+from fedrec.evaluation import SiloEvaluation
 from fedrec.federation.jurisdiction import PolicyRefusal, SiloIdentity
 from fedrec.federation.serving import Review
 from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo import Arrays, SiloEvaluation, Tensors, silo_seed
+from fedrec.federation.silo import silo_seed
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
 from fedrec.privacy.ledger import BudgetLedger, Decline, Release
 from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.plan import BudgetSpent, PrivacyPlan, make_plan
+from fedrec.training import Arrays, Tensors
 
 LEDGER_FILE = "privacy_ledger.json"
 REPRODUCIBLE_REFUSED = ("this jurisdiction has its own privacy policy (node config epsilon-budget / max-delta) and "

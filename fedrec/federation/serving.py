@@ -24,20 +24,11 @@ from safetensors.numpy import load_file
 
 from fedrec.adoption import AdoptionPolicy, Decision, ServingRecord, decide
 from fedrec.data.split import SiloData
-from fedrec.federation.silo import (
-    Arrays,
-    SiloEvaluation,
-    Tensors,
-    assemble_model,
-    evaluate_model,
-    evaluate_round,
-    evaluate_splits,
-    refit_users,
-    train_round,
-)
+from fedrec.evaluation import SiloEvaluation, evaluate_model
+from fedrec.federation.silo import evaluate_round, evaluate_splits, train_round
 from fedrec.io import atomic_save_arrays
 from fedrec.models import ModelSpec
-from fedrec.training import TrainConfig
+from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, refit_users
 
 SERVING_DIR = "serving"
 SERVED_FILE = "served.safetensors"

@@ -6,7 +6,6 @@ its own interactions, and hands back only the new global parameters (via `egress
 
 from __future__ import annotations
 
-import copy
 import zlib
 from dataclasses import dataclass
 
@@ -15,23 +14,24 @@ import torch
 
 from fedrec.data.split import SiloData
 from fedrec.errors import FedrecError
-from fedrec.metrics import METRICS, evaluate_full_ranking, rmse
-from fedrec.models import ModelSpec, RecModel, build_model, global_state, load_global_state, local_state
-from fedrec.training import TrainConfig, make_optimizer, train_epochs
-
-Arrays = dict[str, np.ndarray]
-Tensors = dict[str, torch.Tensor]
+from fedrec.evaluation import SiloEvaluation, evaluate_model
+from fedrec.models import ModelSpec, build_model, global_state, local_state
+from fedrec.training import (
+    Arrays,
+    Tensors,
+    TrainConfig,
+    assemble_model,
+    make_optimizer,
+    optimizer_from_arrays,
+    optimizer_to_arrays,
+    refit_users,
+    train_epochs,
+)
 
 
 def silo_seed(seed: int, region: str, round_: int) -> int:
     """A per-(run, silo, round) seed, stable across processes (no Python `hash`)."""
     return (seed * 1_000_003 + zlib.crc32(region.encode()) + 7919 * round_) % (2**31)
-
-
-def initial_global_arrays(spec: ModelSpec, *, n_items: int, seed: int) -> Arrays:
-    """The coordinator's first global model: global parameters of a freshly seeded model."""
-    torch.manual_seed(seed)
-    return {k: v.numpy() for k, v in global_state(build_model(spec, n_users=1, n_items=n_items)).items()}
 
 
 MAX_ABS_RECEIVED = 1e3
@@ -61,38 +61,6 @@ def check_received(arrays: Arrays, spec: ModelSpec, *, n_items: int) -> None:
                                      f"float32{list(expected.shape)}")
         if got.size and not (np.isfinite(got).all() and float(np.abs(got).max()) <= MAX_ABS_RECEIVED):
             raise InvalidGlobalModel(f"{name}: values must be finite and within ±{MAX_ABS_RECEIVED:g}")
-
-
-def assemble_model(spec: ModelSpec, silo: SiloData, global_arrays: Arrays, local: Tensors | None,
-                   *, seed: int) -> RecModel:
-    """A silo's working model: received global parameters + its own per-user state (fresh on first use)."""
-    torch.manual_seed(seed)
-    model = build_model(spec, n_users=silo.n_users, n_items=silo.n_items)
-    load_global_state(model, {k: torch.as_tensor(np.asarray(v)) for k, v in global_arrays.items()})
-    if local is not None:
-        model.load_state_dict(local, strict=False)
-    return model
-
-
-def optimizer_to_arrays(opt: torch.optim.Optimizer) -> Arrays:
-    """Flatten an optimizer's per-parameter state into named arrays (for the silo's node state)."""
-    out: Arrays = {}
-    for idx, st in opt.state_dict()["state"].items():
-        for name, value in st.items():
-            out[f"{idx}.{name}"] = torch.as_tensor(value).detach().numpy().copy()
-    return out
-
-
-def optimizer_from_arrays(opt: torch.optim.Optimizer, arrays: Arrays | None) -> None:
-    """Restore state written by `optimizer_to_arrays` into an optimizer over the same parameters."""
-    if not arrays:
-        return
-    template = opt.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in arrays.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = torch.as_tensor(np.asarray(value))
-    opt.load_state_dict({"state": state, "param_groups": template["param_groups"]})
 
 
 @dataclass(frozen=True)
@@ -126,46 +94,6 @@ def train_round(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: T
         n_examples=len(silo.train[0]),
         loss=loss,
     )
-
-
-def refit_users(model: RecModel, silo: SiloData, cfg: TrainConfig, *, seed: int) -> RecModel:
-    """A copy of `model` whose user-side parameters were re-fitted to its (frozen) global parameters."""
-    if cfg.refit_epochs == 0:
-        return model
-    fitted = copy.deepcopy(model)
-    train_epochs(fitted, silo.train, n_items=silo.n_items, cfg=cfg, generator=torch.Generator().manual_seed(seed),
-                 epochs=cfg.refit_epochs, params="local")
-    return fitted
-
-
-@dataclass(frozen=True)
-class SiloEvaluation:
-    """Metric sums over a silo's evaluated users, so regions pool exactly into a user-weighted mean."""
-
-    sums: dict[str, float]
-    n_users: int
-    sq_error: float = 0.0
-    n_ratings: int = 0
-
-    def means(self) -> dict[str, float]:
-        """Per-user means of each metric (and RMSE when ratings are explicit)."""
-        out = {m: self.sums[m] / self.n_users if self.n_users else float("nan") for m in METRICS}
-        if self.n_ratings:
-            out["rmse"] = float(np.sqrt(self.sq_error / self.n_ratings))
-        return out
-
-
-def evaluate_model(model: RecModel, silo: SiloData, *, split: str = "test") -> SiloEvaluation:
-    """Full-ranking metrics on `split` (test excludes train+valid items; valid excludes train items)."""
-    model.eval()
-    target = silo.test if split == "test" else silo.valid
-    exclude = [silo.train[:2]] + ([silo.valid[:2]] if split == "test" else [])
-    if len(target[0]) == 0:
-        return SiloEvaluation(sums=dict.fromkeys(METRICS, 0.0), n_users=0)
-    per_user = evaluate_full_ranking(model.score_all, n_items=silo.n_items, targets=target[:2], exclude=exclude)
-    sums = {m: float(per_user[m].sum()) for m in METRICS}
-    sq, n = rmse(model.score_pairs, target) if silo.explicit else (0.0, 0)
-    return SiloEvaluation(sums=sums, n_users=len(per_user["users"]), sq_error=sq, n_ratings=n)
 
 
 def evaluate_round(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: Tensors | None,

@@ -17,7 +17,6 @@ import torch
 
 from fedrec.data.split import SiloData
 from fedrec.errors import ConfigError
-from fedrec.federation.silo import Arrays, Tensors, assemble_model, optimizer_from_arrays, optimizer_to_arrays
 from fedrec.models import ModelSpec, global_state, local_state
 from fedrec.models.base import PER_USER_KEYS
 from fedrec.models.mf import BiasedMF
@@ -27,7 +26,7 @@ from fedrec.privacy.dp_mf import dp_mf_step
 from fedrec.privacy.dp_twotower import dp_twotower_step
 from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.sampling import CappedHistories, poisson_user_batch
-from fedrec.training import TrainConfig
+from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, optimizer_from_arrays, optimizer_to_arrays
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,45 @@
+"""How a model is scored on a silo: full-ranking metric sums that pool exactly across silos.
+
+Silos (federated evaluation), the bounds (centralized, local-only, popularity) and the experiment all use
+these, so every column of a results table is scored the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrec.data.split import SiloData
+from fedrec.metrics import METRICS, evaluate_full_ranking, rmse
+from fedrec.models import RecModel
+
+
+@dataclass(frozen=True)
+class SiloEvaluation:
+    """Metric sums over a silo's evaluated users, so regions pool exactly into a user-weighted mean."""
+
+    sums: dict[str, float]
+    n_users: int
+    sq_error: float = 0.0
+    n_ratings: int = 0
+
+    def means(self) -> dict[str, float]:
+        """Per-user means of each metric (and RMSE when ratings are explicit)."""
+        out = {m: self.sums[m] / self.n_users if self.n_users else float("nan") for m in METRICS}
+        if self.n_ratings:
+            out["rmse"] = float(np.sqrt(self.sq_error / self.n_ratings))
+        return out
+
+
+def evaluate_model(model: RecModel, silo: SiloData, *, split: str = "test") -> SiloEvaluation:
+    """Full-ranking metrics on `split` (test excludes train+valid items; valid excludes train items)."""
+    model.eval()
+    target = silo.test if split == "test" else silo.valid
+    exclude = [silo.train[:2]] + ([silo.valid[:2]] if split == "test" else [])
+    if len(target[0]) == 0:
+        return SiloEvaluation(sums=dict.fromkeys(METRICS, 0.0), n_users=0)
+    per_user = evaluate_full_ranking(model.score_all, n_items=silo.n_items, targets=target[:2], exclude=exclude)
+    sums = {m: float(per_user[m].sum()) for m in METRICS}
+    sq, n = rmse(model.score_pairs, target) if silo.explicit else (0.0, 0)
+    return SiloEvaluation(sums=sums, n_users=len(per_user["users"]), sq_error=sq, n_ratings=n)
