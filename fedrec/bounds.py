@@ -81,14 +81,3 @@ def popularity(silo: SiloData) -> SiloEvaluation:
     per_user = evaluate_full_ranking(lambda u: counts.expand(len(u), -1).clone(), n_items=silo.n_items,
                                      targets=silo.test[:2], exclude=[silo.train[:2], silo.valid[:2]])
     return SiloEvaluation(sums={m: float(per_user[m].sum()) for m in METRICS}, n_users=len(per_user["users"]))
-
-
-def pool(evals: dict[str, SiloEvaluation]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Per-region means and the user-weighted overall mean."""
-    per_region = {r: e.means() for r, e in sorted(evals.items())}
-    n = sum(e.n_users for e in evals.values())
-    overall = {m: sum(e.sums[m] for e in evals.values()) / n if n else float("nan") for m in METRICS}
-    n_r = sum(e.n_ratings for e in evals.values())
-    if n_r:
-        overall["rmse"] = float(np.sqrt(sum(e.sq_error for e in evals.values()) / n_r))
-    return per_region, overall

@@ -43,3 +43,14 @@ def evaluate_model(model: RecModel, silo: SiloData, *, split: str = "test") -> S
     sums = {m: float(per_user[m].sum()) for m in METRICS}
     sq, n = rmse(model.score_pairs, target) if silo.explicit else (0.0, 0)
     return SiloEvaluation(sums=sums, n_users=len(per_user["users"]), sq_error=sq, n_ratings=n)
+
+
+def pool(evals: dict[str, SiloEvaluation]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Per-region means and the user-weighted overall mean of silos' metric sums (exact pooling)."""
+    per_region = {r: e.means() for r, e in sorted(evals.items())}
+    n = sum(e.n_users for e in evals.values())
+    overall = {m: sum(e.sums[m] for e in evals.values()) / n if n else float("nan") for m in METRICS}
+    n_r = sum(e.n_ratings for e in evals.values())
+    if n_r:
+        overall["rmse"] = float(np.sqrt(sum(e.sq_error for e in evals.values()) / n_r))
+    return per_region, overall

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 
 from fedrec.adoption import ServingRecord
-from fedrec.bounds import local_only_curve, pool, popularity, train_centralized
+from fedrec.bounds import local_only_curve, popularity, train_centralized
 from fedrec.config import ExperimentConfig
 from fedrec.data.registry import load_dataset
 from fedrec.errors import FedrecError
-from fedrec.evaluation import SiloEvaluation
-from fedrec.federation.coordinator import RoundCallback, pool_silo_evaluations
+from fedrec.evaluation import SiloEvaluation, pool
+from fedrec.federation.coordinator import RoundCallback
 from fedrec.federation.private_silo import read_evaluations
 from fedrec.federation.serving import SERVING_DIR
 from fedrec.federation.settings import RunSettings, silo_state_root
@@ -44,7 +44,7 @@ def gather_silo_evaluations(history: dict[str, Any], settings: RunSettings, regi
     rounds = []
     for entry in history["rounds"]:
         evals = {r: _evaluation(e) for r in regions if (e := logs[r].get(entry["round"])) is not None}
-        per_region, overall = pool_silo_evaluations(evals)
+        per_region, overall = pool(evals)
         rounds.append({**entry, "per_region": per_region, "overall": overall, "metrics_source": "silo logs"})
     return rounds
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from fedrec.bounds import pool, popularity
+from fedrec.bounds import popularity
 from fedrec.config import ExperimentConfig, experiment_from_dict
+from fedrec.evaluation import pool
 from fedrec.experiment import run_experiment
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid
 
 from fedrec.errors import ConfigError
-from fedrec.evaluation import SiloEvaluation
+from fedrec.evaluation import SiloEvaluation, pool
 from fedrec.federation.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedrec.federation.egress import read_decline, read_float, read_int, read_privacy, read_region
 from fedrec.federation.preflight import preflight_failure, run_preflight
@@ -75,18 +75,7 @@ def pool_evaluations(replies: list[Message]) -> tuple[dict[str, dict[str, float]
             sums={k: read_float(c, "metrics", f"sum-{k}") for k in METRICS}, n_users=read_int(c, "metrics", "n-users"),
             sq_error=read_float(c, "metrics", "sq-error") if explicit else 0.0,
             n_ratings=read_int(c, "metrics", "n-ratings") if explicit else 0)
-    return pool_silo_evaluations(evals)
-
-
-def pool_silo_evaluations(evals: dict[str, SiloEvaluation]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Per-region means and the user-weighted overall mean of silos' metric sums (exact pooling)."""
-    per_region = {r: ev.means() for r, ev in sorted(evals.items())}
-    n_total = sum(ev.n_users for ev in evals.values())
-    overall = {k: sum(ev.sums[k] for ev in evals.values()) / n_total if n_total else float("nan") for k in METRICS}
-    n_r = sum(ev.n_ratings for ev in evals.values())
-    if n_r:
-        overall["rmse"] = float(np.sqrt(sum(ev.sq_error for ev in evals.values()) / n_r))
-    return per_region, overall
+    return pool(evals)
 
 
 def evaluate_global(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord, timeout: float, version: str = ""
