@@ -20,7 +20,6 @@ from fedrec.errors import ConfigError
 from fedrec.io import atomic_write_text
 from fedrec.metrics import METRICS
 
-POLICIES = ("always", "if_better", "pin", "fork")
 SERVING_FILE = "serving.json"
 DECISIONS_FILE = "adoption.jsonl"
 

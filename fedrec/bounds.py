@@ -50,17 +50,11 @@ def train_centralized(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainCon
     return out
 
 
-def train_local_only(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, epochs: int,
-                     seed: int) -> SiloEvaluation:
-    """Train the model on one silo alone, from the same initial global parameters the federation uses."""
-    return local_only_curve(silo, spec, cfg, epochs=[epochs], seed=seed)[epochs]
-
-
 def local_only_curve(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, epochs: list[int],
                      seed: int) -> dict[int, SiloEvaluation]:
-    """Local-only training evaluated after each number of passes in `epochs` (one training run, not one each).
+    """One silo alone from the federation's initial global parameters, evaluated after each of `epochs` passes.
 
-    The optimizer and generator carry across the checkpoints, so the last point equals `train_local_only`.
+    One training run, not one per checkpoint: the optimizer and generator carry across the checkpoints.
     """
     init = initial_global_arrays(spec, n_items=silo.n_items, seed=seed)
     model = assemble_model(spec, silo, init, None, seed=seed)

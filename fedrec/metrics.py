@@ -33,11 +33,6 @@ def topk_metrics(hits: torch.Tensor, n_relevant: torch.Tensor) -> dict[str, torc
     return {m: out[m] for m in METRICS}
 
 
-def _by_user(users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    order = np.argsort(users, kind="stable")
-    return users[order], items[order], order
-
-
 def evaluate_full_ranking(
     score_all: Callable[[torch.Tensor], torch.Tensor],
     *,
