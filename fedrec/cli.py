@@ -16,8 +16,22 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from fedrec.config import experiment_from_dict
 from fedrec.errors import FedrecError
+
+# `fedrec --help` prints this, then Hydra's own help (config groups and the composed config).
+COMMANDS = """\
+fedrec: one recommender trained across sovereign data silos (Flower + Hydra).
+
+Commands:
+  fedrec [OVERRIDES]                        run an experiment, e.g. `fedrec model=twotower federation.rounds=30`
+                                            (`-m` sweeps); output in outputs/DATE/TIME/
+  fedrec models list|show|diff|export       inspect and export global model versions (default: the newest run's)
+  fedrec audit verify PATH                  verify a silo's egress ledger (hash chain and ε totals)
+  fedrec deploy local|certs|key|check-node  run and check one Flower SuperNode per jurisdiction
+`fedrec COMMAND --help` lists a command's options; the experiment's config groups follow.
+"""
+HELP_FLAGS = ("--help", "-h")
+SUBCOMMANDS = ("models", "audit", "deploy")
 
 
 def conf_dir() -> str:
@@ -40,6 +54,7 @@ def progress_enabled(setting: Any, env: dict[str, str]) -> bool:
 
 def run(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
     """Compose → validate → run → print; returns the results dict."""
+    from fedrec.config import experiment_from_dict  # imports torch: not needed for `fedrec --help`
     from fedrec.experiment import run_experiment
     from fedrec.report import print_summary, round_progress
 
@@ -102,18 +117,35 @@ def audit_main(argv: list[str], console: Console | None = None) -> int:
     return 1
 
 
+def wants_help(argv: list[str]) -> bool:
+    """`fedrec --help` / `-h` (with or without overrides), not `fedrec models --help` nor `--hydra-help`."""
+    return bool(argv) and argv[0] not in SUBCOMMANDS and any(arg in HELP_FLAGS for arg in argv)
+
+
 def main() -> None:
     """Console-script entry point: `fedrec audit|models|deploy ...`, else the Hydra experiment app."""
-    if len(sys.argv) > 1 and sys.argv[1] == "audit":
-        sys.exit(audit_main(sys.argv[2:]))
-    if len(sys.argv) > 1 and sys.argv[1] == "deploy":
+    argv = sys.argv[1:]
+    if argv and argv[0] == "audit":
+        sys.exit(audit_main(argv[1:]))
+    if argv and argv[0] == "deploy":
         from fedrec.deploy.cli import deploy_main
 
-        sys.exit(deploy_main(sys.argv[2:]))
-    if len(sys.argv) > 1 and sys.argv[1] == "models":
+        sys.exit(deploy_main(argv[1:]))
+    if argv and argv[0] == "models":
         from fedrec.model_registry import models_main
 
-        sys.exit(models_main(sys.argv[2:]))
+        sys.exit(models_main(argv[1:]))
+    if any(arg in (*HELP_FLAGS, "--hydra-help") for arg in argv):
+        try:
+            if wants_help(argv):
+                # Our commands first, then Hydra's help (it exits 0), naming the app `fedrec`, not this module.
+                # The override goes first: argparse takes no override after `--help` once others preceded it.
+                print(COMMANDS, flush=True)
+                sys.argv.insert(1, "hydra.help.app_name=fedrec")
+            _hydra_main()
+        except BrokenPipeError:  # `fedrec --help | head`: the reader has seen enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
     _hydra_main()
 
 

@@ -443,6 +443,53 @@ class ModelRegistry:
 # --- CLI ---------------------------------------------------------------------------------------------------
 
 
+# Where `fedrec` runs leave their registry (`registry_dir: null` is `<output dir>/registry`; conf/config.yaml's
+# `hydra.run.dir` and `hydra.sweep.dir`/`subdir`): outputs/DATE/TIME/ and multirun/DATE/TIME/JOB/.
+RUN_REGISTRY_GLOBS = ("outputs/*/*/registry", "multirun/*/*/*/registry")
+
+
+def run_registries(base: Path = Path()) -> builtins.list[Path]:
+    """The registries of the runs under `base`, newest first, as paths found under `base`.
+
+    Newest by the run's DATE/TIME directories, then by the last write (the jobs of one sweep share them).
+    """
+
+    def newest(path: Path) -> tuple[str, str, int]:
+        parts = path.relative_to(base).parts  # (outputs|multirun, DATE, TIME, [JOB,] registry)
+        try:
+            written = (path / "versions").stat().st_mtime_ns
+        except OSError:
+            written = 0
+        return parts[1], parts[2], written
+
+    found = {p for pattern in RUN_REGISTRY_GLOBS for p in base.glob(pattern) if (p / "versions").is_dir()}
+    return sorted(found, key=newest, reverse=True)
+
+
+def resolve_registry_root(root: Path | None = None, env: Mapping[str, str] | None = None,
+                          base: Path = Path()) -> tuple[Path, str | None]:
+    """The registry `fedrec models` opens, and a note for stderr when it picked one itself.
+
+    `--root`, else `$FEDREC_REGISTRY`, else `./fedrec-registry` if it exists, else the newest run's registry
+    under `base` (`outputs/*/*/registry`, `multirun/*/*/*/registry`); a `ConfigError` naming where it
+    looked when there is none.
+    """
+    if root is not None:
+        return root, None
+    if (os.environ if env is None else env).get(ENV_ROOT, ""):
+        return default_registry_root(env), None
+    if (base / DEFAULT_ROOT / "versions").is_dir():
+        return base / DEFAULT_ROOT, f"using the registry {base / DEFAULT_ROOT} (pass --root to choose another)"
+    runs = run_registries(base)
+    if not runs:
+        where = f"./{DEFAULT_ROOT}, ./{RUN_REGISTRY_GLOBS[0]} or ./{RUN_REGISTRY_GLOBS[1]}"
+        raise ConfigError(f"no model registry found: --root not given, ${ENV_ROOT} not set, and none in "
+                          f"{base.resolve()} at {where}; run `fedrec` here first, or pass --root DIR "
+                          f"(a run keeps its registry in <output dir>/registry, or in its registry_dir)")
+    others = f", the newest of {len(runs)} run registries" if len(runs) > 1 else ""
+    return runs[0], f"using the newest run's registry {runs[0]}{others} (pass --root to choose another)"
+
+
 class _UsageError(Exception):
     """An argparse complaint, raised instead of exiting so `models_main` prints one line and returns 2."""
 
@@ -456,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     """`fedrec models` arguments; `--root` is accepted before or after the subcommand."""
     root = _Parser(add_help=False)
     root.add_argument("--root", type=Path, default=argparse.SUPPRESS,
-                      help=f"registry directory (default: ${ENV_ROOT}, else ./{DEFAULT_ROOT})")
+                      help=f"registry directory (default: ${ENV_ROOT}, else ./{DEFAULT_ROOT} if it exists, else "
+                           f"the newest run's: ./{RUN_REGISTRY_GLOBS[0]} or ./{RUN_REGISTRY_GLOBS[1]})")
     parser = _Parser(prog="fedrec models", description="Inspect and export the global model versions of a registry.",
                      parents=[root])
     sub = parser.add_subparsers(dest="command", required=True, metavar="{list,show,diff,export}")
@@ -565,7 +613,10 @@ def models_main(argv: Sequence[str] | None = None, *, console: Console | None = 
     out = console or Console()
     try:
         args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-        registry = ModelRegistry(getattr(args, "root", None) or default_registry_root(), create=False)
+        root, note = resolve_registry_root(getattr(args, "root", None))
+        if note:
+            print(f"fedrec models: {note}", file=sys.stderr)
+        registry = ModelRegistry(root, create=False)
         if args.command == "list":
             _print_list(registry, out)
         elif args.command == "show":

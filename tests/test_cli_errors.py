@@ -138,3 +138,56 @@ def test_unknown_model_exits_2_listing_the_available_models(unknown_model_run: R
 def test_unknown_model_fails_before_the_data_is_prepared(unknown_model_run: Run) -> None:
     assert unknown_model_run.returncode == 2
     assert not (unknown_model_run.run_dir / "world").exists()
+
+
+# --- `fedrec --help`: every command, then Hydra's own help ------------------------------------------------
+
+COMMAND_LINES = ["fedrec [OVERRIDES]", "fedrec models list|show|diff|export", "fedrec audit verify PATH",
+                 "fedrec deploy local|certs|key|check-node"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["model=twotower", "--help"]])
+def test_help_lists_every_command_then_hydras_config_groups(tmp_path: Path, args: list[str]) -> None:
+    # Act
+    proc = subprocess.run([sys.executable, "-m", "fedrec.cli", *args], cwd=tmp_path, capture_output=True,
+                          text=True, env=environment(), timeout=TIMEOUT_S)
+
+    # Assert: our commands first, then Hydra's groups and composed config, named `fedrec`; nothing written
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    out = proc.stdout
+    for line in COMMAND_LINES:
+        assert line in out, (line, out)
+    assert "fedrec is powered by Hydra" in out
+    assert "== Configuration groups ==" in out and "privacy: none, user_dp" in out
+    assert out.index("fedrec audit verify PATH") < out.index("== Configuration groups ==")
+    if "model=twotower" in args:
+        assert "name: twotower" in out  # the overrides still compose the config Hydra shows
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_stays_light_no_torch_or_flower(tmp_path: Path) -> None:
+    # Prepare: `fedrec --help` in-process, recording what got imported
+    code = ("import sys; sys.argv = ['fedrec', '--help']\n"
+            "import fedrec.cli\n"
+            "try:\n    fedrec.cli.main()\nexcept SystemExit as exc:\n    status = exc.code\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'flwr', 'ray', 'dp_accounting'))\n"
+            "print('STATUS', status, 'HEAVY', heavy, file=sys.stderr)\n")
+
+    # Act
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env=environment(), timeout=TIMEOUT_S)
+
+    # Assert
+    assert "STATUS 0 HEAVY []" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--help"], True), (["-h"], True), (["seed=1", "--help"], True), ([], False), (["seed=1"], False),
+    (["--hydra-help"], False), (["models", "--help"], False), (["audit", "-h"], False),
+    (["deploy", "--help"], False),
+])
+def test_wants_help_only_for_the_experiment_app(argv: list[str], expected: bool) -> None:
+    from fedrec.cli import wants_help
+
+    assert wants_help(argv) is expected

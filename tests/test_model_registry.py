@@ -288,3 +288,78 @@ def test_cli_user_mistakes_are_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     code, out, err = run_cli(capsys, "--root", str(root), *argv)
     assert code == 2 and out == ""
     assert err.startswith("fedrec models: error: ") and err.count("\n") == 1, err
+
+
+def run_registry(base: Path, run: str, seed: int) -> ModelVersion:
+    """A fake finished run: a registry at `base/run/registry` holding one version."""
+    return add(ModelRegistry(base / run / "registry"), seed=seed)
+
+
+def test_cli_without_root_uses_the_newest_runs_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: three runs; the newest by its DATE/TIME directories is written first, so not the last written
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("FEDREC_REGISTRY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    newest = run_registry(tmp_path, "outputs/2026-03-02/09-00-00", seed=2)
+    older = run_registry(tmp_path, "outputs/2026-03-01/23-59-59", seed=1)
+    sweep = run_registry(tmp_path, "multirun/2026-02-28/10-00-00/0_seed=1", seed=3)
+    (tmp_path / "outputs/2026-03-03/08-00-00").mkdir(parents=True)  # a run that failed before its registry
+
+    # Act
+    code, out, err = run_cli(capsys, "list")
+
+    # Assert: the newest run's versions only, and stderr names the registry it picked
+    assert code == 0, err
+    assert newest.short_id in out and older.short_id not in out and sweep.short_id not in out
+    assert "outputs/2026-03-02/09-00-00/registry" in err and "newest of 3" in err and "--root" in err
+    assert err.count("\n") == 1
+    code, out, _ = run_cli(capsys, "show", newest.short_id[:8])
+    assert code == 0 and "weights verified" in out
+
+    # Act + Assert: a newer sweep wins over the runs
+    later_sweep = run_registry(tmp_path, "multirun/2026-03-02/10-30-00/1_seed=2", seed=4)
+    code, out, err = run_cli(capsys, "list")
+    assert code == 0 and later_sweep.short_id in out and "multirun/2026-03-02/10-30-00/1_seed=2/registry" in err
+
+    # Act + Assert: $FEDREC_REGISTRY, then --root, take precedence, silently
+    monkeypatch.setenv("FEDREC_REGISTRY", "outputs/2026-03-01/23-59-59/registry")
+    code, out, err = run_cli(capsys, "list")
+    assert code == 0 and older.short_id in out and newest.short_id not in out and err == ""
+    code, out, err = run_cli(capsys, "--root", "multirun/2026-02-28/10-00-00/0_seed=1/registry", "list")
+    assert code == 0 and sweep.short_id in out and older.short_id not in out and err == ""
+
+
+def test_cli_without_root_prefers_an_existing_fedrec_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: the former default directory next to a run
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("FEDREC_REGISTRY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    shared = add(ModelRegistry(tmp_path / "fedrec-registry"), seed=5)
+    run = run_registry(tmp_path, "outputs/2026-03-02/09-00-00", seed=6)
+
+    # Act
+    code, out, err = run_cli(capsys, "list")
+
+    # Assert
+    assert code == 0 and shared.short_id in out and run.short_id not in out
+    assert "fedrec-registry" in err
+
+
+def test_cli_without_any_registry_says_where_it_looked(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: an empty working directory but for a run with no registry
+    monkeypatch.delenv("FEDREC_REGISTRY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs/2026-03-02/09-00-00").mkdir(parents=True)
+
+    # Act
+    code, out, err = run_cli(capsys, "list")
+
+    # Assert: one line naming the directory, the places searched and the fix
+    assert code == 2 and out == ""
+    assert err.startswith("fedrec models: error: no model registry found") and err.count("\n") == 1, err
+    for fragment in (str(tmp_path.resolve()), "./fedrec-registry", "./outputs/*/*/registry",
+                     "./multirun/*/*/*/registry", "--root", "FEDREC_REGISTRY"):
+        assert fragment in err, (fragment, err)
