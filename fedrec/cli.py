@@ -93,16 +93,16 @@ def audit_main(argv: list[str], console: Console | None = None) -> int:
     """`fedrec audit verify PATH`: check a silo's egress ledger (file or state dir); 0 ok, 1 tampered, 2 misuse."""
     import argparse
 
-    from fedrec.federation.egress_ledger import LEDGER_FILE, verify
+    from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE, verify
 
     console = console or Console()
     parser = argparse.ArgumentParser(prog="fedrec audit", description="Verify a silo's egress ledger.")
     sub = parser.add_subparsers(dest="command", required=True)
     v = sub.add_parser("verify", help="check the hash chain and the ε totals of an egress ledger")
-    v.add_argument("path", type=Path, help=f"the ledger ({LEDGER_FILE}) or the silo's state dir holding it")
+    v.add_argument("path", type=Path, help=f"the ledger ({EGRESS_LEDGER_FILE}) or the silo's state dir holding it")
     v.add_argument("--accountant", default="pld", choices=("pld", "rdp"), help="the silo's privacy.accountant")
     args = parser.parse_args(argv)
-    path = args.path / LEDGER_FILE if args.path.is_dir() else args.path
+    path = args.path / EGRESS_LEDGER_FILE if args.path.is_dir() else args.path
     if not path.is_file():
         console.print(f"[bold red]fedrec audit: error:[/] no egress ledger at {path}", highlight=False)
         return 2

@@ -14,7 +14,7 @@ import pytest
 
 from fedrec.config import experiment_from_dict
 from fedrec.experiment import run_experiment
-from fedrec.federation.egress_ledger import LEDGER_FILE, EgressLedger
+from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE, EgressLedger
 from fedrec.federation.serving import FORK_PREFIX
 from fedrec.model_registry import ModelRegistry
 
@@ -81,7 +81,7 @@ def test_a_forked_region_stops_following_and_stops_contributing(run_a) -> None:
     assert all("apac" not in e["participants"] for e in res["rounds"][1:])
     registry = ModelRegistry(out / "registry", create=False)
     assert all("apac" not in registry.get(v["id"]).contributors for v in res["model_versions"] if v["round"] >= 2)
-    sent = EgressLedger(out / "silo-state" / "apac" / LEDGER_FILE).entries()
+    sent = EgressLedger(out / "silo-state" / "apac" / EGRESS_LEDGER_FILE).entries()
     train = [e for e in sent if e.kind == "train"]
     assert [e.declined for e in train] == [False] + [True] * (ROUNDS - 1)
 

@@ -23,9 +23,9 @@ from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.deploy.certs import make_node_key
 from fedrec.deploy.local import LocalFederation, Process, free_port
-from fedrec.federation.egress_ledger import LEDGER_FILE as EGRESS_LEDGER
+from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
 from fedrec.federation.egress_ledger import verify
-from fedrec.federation.private_silo import LEDGER_FILE
+from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE
 from fedrec.world import PreparedWorld, prepare_world
 
 pytestmark = pytest.mark.slow
@@ -129,7 +129,7 @@ def test_a_dead_supernode_and_a_restarted_coordinator(deployed) -> None:
     assert [e["participants"] for e in h["round_log"]] == [["apac", "eu", "na"], ["eu", "na"],
                                                            ["apac", "eu", "na"]]
     # apac's own ledger: released rounds 1 and 3, nothing for the round it never answered
-    ledger = json.loads((root / "state" / "apac" / LEDGER_FILE).read_text())
+    ledger = json.loads((root / "state" / "apac" / PRIVACY_LEDGER_FILE).read_text())
     released = sorted(r["server_round"] for r in ledger["releases"] if r["run_id"] == "faults")
     assert released == [1, 3]
     for region in world.regions:

@@ -14,7 +14,7 @@ from fedrec.cli import audit_main
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.federation.client_app import make_client_app
-from fedrec.federation.egress_ledger import LEDGER_FILE, EgressLedger, _entry_hash, verify, wire_bytes
+from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE, EgressLedger, _entry_hash, verify, wire_bytes
 from fedrec.federation.settings import RunSettings
 from fedrec.training import initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
@@ -42,7 +42,7 @@ def silo_run(world: PreparedWorld, tmp_path: Path) -> tuple[Path, list]:
         ctx = Context(run_id=7, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
         replies.append(app(instruction(MessageType.TRAIN, arrays, rnd), ctx))
     replies.append(app(instruction(MessageType.EVALUATE, arrays, 3), ctx))
-    return tmp_path / "eu" / LEDGER_FILE, replies
+    return tmp_path / "eu" / EGRESS_LEDGER_FILE, replies
 
 
 def test_every_reply_is_recorded_with_the_hash_of_its_wire_bytes(silo_run) -> None:

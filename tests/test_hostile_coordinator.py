@@ -19,9 +19,9 @@ from fedrec.data.split import SiloData, SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError, DataError, FedrecError
 from fedrec.federation.client_app import make_client_app
-from fedrec.federation.egress_ledger import LEDGER_FILE as EGRESS_LEDGER
+from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
 from fedrec.federation.egress_ledger import EgressLedger, verify
-from fedrec.federation.private_silo import LEDGER_FILE
+from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE
 from fedrec.federation.secure_aggregation_client import AGGREGATION_KEY
 from fedrec.federation.silo_errors import ERRORS_FILE, FIXED_REASONS, INTERNAL_REASON
 from fedrec.models import ModelSpec, local_state
@@ -88,7 +88,7 @@ def test_a_run_config_cannot_ask_for_seeded_noise(world, tmp_path) -> None:
     reply = train(ctx(deployed(world, tmp_path), run_config(world, tmp_path, **{"privacy-noise": "seeded"})), world)
     assert reply.has_error() and reply.error.reason == FIXED_REASONS[ConfigError]
     assert "privacy-noise" in (tmp_path / "eu-own-state" / ERRORS_FILE).read_text()  # the why stays in the silo
-    assert not (tmp_path / "eu-own-state" / LEDGER_FILE).exists()
+    assert not (tmp_path / "eu-own-state" / PRIVACY_LEDGER_FILE).exists()
 
 
 def test_a_jurisdiction_with_its_own_budget_refuses_reproducible_noise_even_in_process(world, tmp_path) -> None:
@@ -109,7 +109,7 @@ def test_a_deployed_silo_keeps_its_ledger_where_its_node_config_says_whatever_th
     second = train(ctx(node, run_config(world, tmp_path / "run2"), run_id=2), world)
     assert not (tmp_path / "run1" / "coordinator-chosen-state").exists()
     assert not (tmp_path / "run2" / "coordinator-out").exists()
-    releases = json.loads((tmp_path / "eu-own-state" / LEDGER_FILE).read_text())["releases"]
+    releases = json.loads((tmp_path / "eu-own-state" / PRIVACY_LEDGER_FILE).read_text())["releases"]
     assert [r["run_id"] for r in releases] == ["1", "2"]  # one ledger: run 2 spends on top of run 1
     assert meta(second)["dp-epsilon"] > meta(first)["dp-epsilon"]
 
@@ -141,7 +141,7 @@ def test_a_large_delta_from_the_coordinator_is_refused_with_the_reason(world, tm
     tighter = train(ctx(node, run_config(world, tmp_path, **{"privacy-delta": 1e-7})), world, rnd=2)
     # accepted: the ledger is kept at the jurisdiction's δ; σ was calibrated at the tighter proposal
     assert "declined" not in meta(tighter) and meta(tighter)["dp-delta"] == 1e-4
-    assert not (tmp_path / "a" / "eu-own-state" / LEDGER_FILE).exists()
+    assert not (tmp_path / "a" / "eu-own-state" / PRIVACY_LEDGER_FILE).exists()
 
 
 def _silo_of(n_users: int, path: Path) -> Path:
@@ -335,7 +335,7 @@ def test_a_jurisdiction_that_requires_secure_aggregation_sends_nothing_in_the_cl
     forged.content.config_records["config"][AGGREGATION_KEY] = "secaggplus:forged"
     refused = make_client_app()(forged, ctx(node, run_config(world, tmp_path)))
     assert refused.has_error() and refused.error.reason == INTERNAL_REASON
-    assert not (tmp_path / "eu-own-state" / LEDGER_FILE).exists()  # nothing was trained or spent
+    assert not (tmp_path / "eu-own-state" / PRIVACY_LEDGER_FILE).exists()  # nothing was trained or spent
 
 
 # ---- a later review: crafted models, failures that were free, a budget the run chose ------------------------------
@@ -356,7 +356,7 @@ def test_a_crafted_global_model_is_refused_whoever_is_in_the_silo(world, tmp_pat
     node = deployed(world, tmp_path)
     reply = make_client_app()(instruction(MessageType.TRAIN, arrays, 1), ctx(node, run_config(world, tmp_path)))
     assert reply.has_error() and reply.error.reason == FIXED_REASONS[FedrecError]
-    assert not (tmp_path / "eu-own-state" / LEDGER_FILE).exists()  # refused before anything was spent
+    assert not (tmp_path / "eu-own-state" / PRIVACY_LEDGER_FILE).exists()  # refused before anything was spent
     ev = make_client_app()(instruction(MessageType.EVALUATE, arrays, 1), ctx(node, run_config(world, tmp_path)))
     assert ev.has_error() and ev.error.reason == FIXED_REASONS[FedrecError]
 
@@ -423,7 +423,7 @@ def test_a_round_that_fails_after_it_started_is_spent_not_free(world, tmp_path, 
         m.setattr(private_silo, "train_round_dp", boom)
         failed = train(ctx(node, cfg), world)
     assert failed.has_error() and failed.error.reason == INTERNAL_REASON
-    releases = json.loads((tmp_path / "eu-own-state" / LEDGER_FILE).read_text())["releases"]
+    releases = json.loads((tmp_path / "eu-own-state" / PRIVACY_LEDGER_FILE).read_text())["releases"]
     assert [r["server_round"] for r in releases] == [1]
     assert "already released" in meta(train(ctx(node, cfg), world))["declined"]
 

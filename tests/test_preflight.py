@@ -12,7 +12,7 @@ from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import FedrecError
 from fedrec.federation.preflight import check_silo
-from fedrec.federation.private_silo import LEDGER_FILE
+from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE
 from fedrec.federation.settings import RunSettings
 from fedrec.federation.simulation import run_simulation
 from fedrec.world import PreparedWorld, prepare_world
@@ -68,7 +68,7 @@ def test_a_proposal_the_jurisdiction_refuses_is_a_problem_before_round_one(world
 def test_an_unreadable_ledger_or_state_dir_is_a_problem(world, tmp_path) -> None:
     s = RunSettings(data_dir=str(world.data_dir), privacy="user_dp")
     (tmp_path / "eu").mkdir()
-    (tmp_path / "eu" / LEDGER_FILE).write_text("{not json")
+    (tmp_path / "eu" / PRIVACY_LEDGER_FILE).write_text("{not json")
     assert "ledger" in str(check_silo(s, node(world, tmp_path))[1]).lower()
     (tmp_path / "na").write_text("a file where the state dir should be")
     assert check_silo(s, node(world, tmp_path, region="na"))[1] is not None

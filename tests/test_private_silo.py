@@ -20,7 +20,7 @@ from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError
 from fedrec.federation.client_app import make_client_app
 from fedrec.federation.egress_ledger import wire_bytes
-from fedrec.federation.private_silo import LEDGER_FILE, read_evaluations
+from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE, read_evaluations
 from fedrec.federation.settings import RunSettings
 from fedrec.federation.silo_errors import FIXED_REASONS
 from fedrec.privacy.ledger import BudgetLedger
@@ -58,7 +58,7 @@ def train(app, s: RunSettings, world: PreparedWorld, ctx: Context, rnd: int) -> 
 
 def ledger(s: RunSettings, world: PreparedWorld, state: Path, region: str = "eu") -> BudgetLedger:
     p = s.privacy_settings()
-    return BudgetLedger(state / region / LEDGER_FILE, budget_epsilon=p.budget_for(region), delta=p.delta)
+    return BudgetLedger(state / region / PRIVACY_LEDGER_FILE, budget_epsilon=p.budget_for(region), delta=p.delta)
 
 
 def test_a_release_is_in_the_ledger_before_the_reply_and_a_repeated_round_is_never_a_second_release(
@@ -122,7 +122,7 @@ def test_per_region_budgets_and_a_jurisdiction_that_lowers_its_own(world, tmp_pa
     na = train(make_client_app(s), s, world, context(node), 1)
     assert eu.content["meta"]["dp-budget-epsilon"] == 1.0
     assert na.content["meta"]["dp-budget-epsilon"] == 0.5  # run config said 3.0; the jurisdiction said 0.5
-    assert (tmp_path / "na" / LEDGER_FILE).exists()
+    assert (tmp_path / "na" / PRIVACY_LEDGER_FILE).exists()
 
 
 def test_a_jurisdiction_that_demands_dp_declines_a_non_private_run(world, tmp_path) -> None:

@@ -18,10 +18,10 @@ import pytest
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.federation.egress import DP_KEYS, META_KEYS
-from fedrec.federation.egress_ledger import LEDGER_FILE as EGRESS_LEDGER
+from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
 from fedrec.federation.egress_ledger import EgressLedger, verify
 from fedrec.federation.egress_recorder import RecordedReply, egress_recorder, read_recorded
-from fedrec.federation.private_silo import LEDGER_FILE, read_evaluations
+from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE, read_evaluations
 from fedrec.federation.settings import RunSettings
 from fedrec.federation.silo import silo_seed
 from fedrec.federation.simulation import run_simulation
@@ -51,7 +51,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[PreparedWorld, RunSet
                     privacy_steps_per_round=4, privacy_max_per_user=8, state_dir=str(root / "state"), quiet=True)
     # An earlier run, under a larger budget, spent more than this run's budget (same δ and accountant)
     p = s.privacy_settings()
-    spent = BudgetLedger(root / "state" / SPENT_REGION / LEDGER_FILE, budget_epsilon=100.0, delta=p.delta)
+    spent = BudgetLedger(root / "state" / SPENT_REGION / PRIVACY_LEDGER_FILE, budget_epsilon=100.0, delta=p.delta)
     spent.authorize(run_id="earlier", server_round=1, event=GaussianSteps(0.5, 0.8, 100))
     assert spent.epsilon_spent() > p.budget_for(SPENT_REGION)
     # Execute: the real simulation engine, with the recorder around every silo's ClientApp
@@ -141,7 +141,7 @@ def test_budgets_hold_and_the_coordinator_reports_what_silos_spent(run) -> None:
     for entry in history["privacy_rounds"]:
         final.update(entry["per_region"])
     for region in ("eu", "na"):
-        ledger = BudgetLedger(root / "state" / region / LEDGER_FILE, budget_epsilon=p.budget_for(region),
+        ledger = BudgetLedger(root / "state" / region / PRIVACY_LEDGER_FILE, budget_epsilon=p.budget_for(region),
                               delta=p.delta)
         # one release per round, recorded before it left, and the reported ε is the ledger's
         assert [(r.server_round) for r in ledger.releases] == list(range(1, ROUNDS + 1))
@@ -162,7 +162,7 @@ def test_when_every_silo_has_spent_its_budget_the_run_stops_and_says_why(tmp_pat
     s = RunSettings(data_dir=str(world.data_dir), output_dir=str(tmp_path / "out"), num_rounds=3, min_nodes=3, dim=6,
                     privacy="user_dp", privacy_epsilon=1.0, state_dir=str(tmp_path / "state"), quiet=True)
     for region in world.silos:
-        BudgetLedger(tmp_path / "state" / region / LEDGER_FILE, budget_epsilon=100.0,
+        BudgetLedger(tmp_path / "state" / region / PRIVACY_LEDGER_FILE, budget_epsilon=100.0,
                      delta=s.privacy_settings().delta).authorize(run_id="earlier", server_round=1,
                                                               event=GaussianSteps(0.5, 0.8, 100))
 

@@ -18,9 +18,9 @@ import pytest
 
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
-from fedrec.federation.egress_ledger import LEDGER_FILE as EGRESS_LEDGER
+from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
 from fedrec.federation.egress_ledger import verify
-from fedrec.federation.private_silo import LEDGER_FILE
+from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE
 from fedrec.federation.settings import RunSettings
 from fedrec.federation.simulation import run_simulation
 from fedrec.model_io import load_global_model
@@ -83,7 +83,7 @@ def test_the_resumed_run_continues_after_the_last_checkpointed_round(runs) -> No
 def test_no_silo_paid_twice_for_the_round_that_was_in_flight(runs) -> None:
     world, crashed, straight = runs
     for region in world.regions:
-        led = [BudgetLedger(run / "state" / region / LEDGER_FILE, budget_epsilon=4.0,
+        led = [BudgetLedger(run / "state" / region / PRIVACY_LEDGER_FILE, budget_epsilon=4.0,
                             delta=PrivacySettings().delta) for run in (crashed, straight)]
         assert [r.server_round for r in led[0].releases] == [1, 2, 3]
         assert led[0].epsilon_spent() == pytest.approx(led[1].epsilon_spent())

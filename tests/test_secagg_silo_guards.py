@@ -53,9 +53,9 @@ from flwr.supercore.primitives.asymmetric import (
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.federation.client_app import make_client_app
-from fedrec.federation.egress_ledger import LEDGER_FILE as EGRESS_LEDGER
+from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
 from fedrec.federation.egress_ledger import EgressLedger, verify
-from fedrec.federation.private_silo import LEDGER_FILE as PRIVACY_LEDGER
+from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE as PRIVACY_LEDGER
 from fedrec.federation.secure_aggregation import CLIP_KEY, NAMES_KEY
 from fedrec.federation.silo_errors import ERRORS_FILE, FIXED_REASONS, INTERNAL_REASON
 from fedrec.federation.silo_state import SiloState

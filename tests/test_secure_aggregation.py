@@ -18,7 +18,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError
-from fedrec.federation.egress_ledger import LEDGER_FILE, verify
+from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE, verify
 from fedrec.federation.egress_recorder import egress_recorder, read_recorded
 from fedrec.federation.settings import RunSettings
 from fedrec.federation.simulation import run_simulation
@@ -96,7 +96,7 @@ def test_a_declining_region_adds_nothing_under_secagg(runs) -> None:
 def test_every_secagg_message_is_in_the_egress_ledger(runs, world) -> None:
     path, _, _ = runs["secure"]
     for region in world.regions:
-        ledger = path / "silo-state" / region / LEDGER_FILE
+        ledger = path / "silo-state" / region / EGRESS_LEDGER_FILE
         kinds = [json.loads(line)["kind"] for line in ledger.read_text().splitlines()]
         assert kinds.count("train:secagg") == 2 * 3  # setup, key shares, unmask per round
         assert verify(ledger).ok

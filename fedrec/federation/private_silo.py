@@ -29,7 +29,7 @@ from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.plan import BudgetSpent, PrivacyPlan, make_plan
 from fedrec.training import Arrays, Tensors
 
-LEDGER_FILE = "privacy_ledger.json"
+PRIVACY_LEDGER_FILE = "privacy_ledger.json"
 REPRODUCIBLE_REFUSED = ("this jurisdiction has its own privacy policy (node config epsilon-budget / max-delta) and "
                         "draws its noise only from its own CSPRNG: reproducible (seeded) noise is refused")
 EVALUATIONS_DIR = "evaluations"
@@ -45,7 +45,7 @@ def open_ledger(s: RunSettings, ident: SiloIdentity) -> BudgetLedger:
     if ident.deployed and ident.epsilon_budget is None:
         raise PolicyRefusal(f"jurisdiction {ident.region!r} sets no epsilon-budget in its node config: a deployed "
                             "silo takes its ε budget from its own policy, never from the run's proposal")
-    return BudgetLedger(ident.require_state_dir() / LEDGER_FILE,
+    return BudgetLedger(ident.require_state_dir() / PRIVACY_LEDGER_FILE,
                         budget_epsilon=p.budget_for(ident.region, ident.epsilon_budget),
                         delta=ident.delta_for(p.delta), accountant=p.accountant)
 
