@@ -1,4 +1,7 @@
-"""A hostile silo in a real Flower simulation: its updates are rejected and the aggregate is unaffected.
+"""A hostile silo in a federation of real Flower apps: its updates are rejected and the aggregate is unaffected.
+
+The real ServerApp and ClientApps run in process on tests/fakegrid.py's FakeGrid (no Ray); test_fakegrid.py
+checks that this gives the same models, bit for bit, as Flower's simulation engine.
 
 apac's replies are tampered with after its ClientApp built them (a Flower mod, as a compromised node
 would): round 1 scaled 1000x, round 2 NaN, round 3 claiming another model version. The same run with
@@ -12,16 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakegrid import run_in_process
 from flwr.app import Array, ArrayRecord, Context, Message
 
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.federation.settings import RunSettings
-from fedrec.federation.simulation import run_simulation
 from fedrec.model_io import load_global_model
 from fedrec.world import prepare_world
 
-pytestmark = pytest.mark.slow
 WORLD = SyntheticWorldConfig(n_users=300, n_items=80, region_only_items=4, region_sizes=(2.0, 1.0, 1.0),
                              mean_interactions=12.0, min_interactions=5)
 
@@ -52,7 +54,7 @@ def simulate(out: Path, world_dir: Path, *, adoption: str = "{}", mods: list | N
              ) -> tuple[dict, dict[str, np.ndarray]]:
     s = RunSettings(data_dir=str(world_dir), output_dir=str(out), num_rounds=3, min_nodes=3, dim=6, batch_size=64,
                     n_negatives=16, quiet=True, adoption=adoption)
-    run_simulation(s, client_mods=mods)
+    run_in_process(s, client_mods=mods)
     arrays, _, _ = load_global_model(out / "global_model.safetensors")
     return json.loads((out / "federated_history.json").read_text()), arrays
 
