@@ -116,10 +116,13 @@ def test_train_reply_holds_only_global_parameters_and_public_metadata(world: Pre
     assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in sent.items()}
     assert not any(n_users in v.shape for v in got.values())
     assert any(not np.array_equal(got[k], sent[k]) for k in got)  # trained, not an echo
-    # Records: round metadata and the aggregation weight, nothing else (no user ids, no silo size)
+    # Records: round metadata, the aggregation weight and (non-private run) the round's mean training loss,
+    # nothing else (no user ids, no silo size)
     assert {k: dict(v) for k, v in reply.content.config_records.items()} == {
         "meta": {"region": region, "server-round": 1, "model-version": INSTRUCTED_VERSION}}
-    assert {k: dict(v) for k, v in reply.content.metric_records.items()} == {"metrics": {"weight": 1.0}}
+    metrics = {k: dict(v) for k, v in reply.content.metric_records.items()}
+    assert set(metrics) == {"metrics"} and set(metrics["metrics"]) == {"weight", "train-loss"}
+    assert metrics["metrics"]["weight"] == 1.0 and 0 < metrics["metrics"]["train-loss"] < 20
 
 
 def test_examples_weighting_sends_the_number_of_training_interactions(world: PreparedWorld) -> None:
@@ -252,6 +255,10 @@ def test_train_reply_builds_the_allowed_content() -> None:
     np.testing.assert_array_equal(content["arrays"]["item_emb.weight"].numpy(), np.ones((4, 2)))
     assert dict(content["meta"]) == {"region": "eu", "server-round": 3}
     assert dict(content["metrics"]) == {"weight": 2.0}
+    with pytest.raises(EgressViolation, match="training loss is a release"):
+        train_reply({"item_emb.weight": np.zeros((2, 2), np.float32)}, region="eu", server_round=1, weight=1.0,
+                     privacy={k: 1.0 for k in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps",
+                                               "release_steps", "clip_norm", "budget_epsilon")}, loss=0.5)
 
 
 def test_a_node_without_its_silo_file_gets_a_config_error(tmp_path: Path, world: PreparedWorld) -> None:

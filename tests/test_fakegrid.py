@@ -62,6 +62,11 @@ def test_a_two_round_run_in_process_writes_its_history(world_dir: Path, tmp_path
     assert all(sorted(r["per_region"]) == ["apac", "eu", "na"] for r in history["rounds"])
     assert history["stopped_early"] == "" and len(history["model_versions"]) == 3  # version 0 + 2 rounds
     assert arrays and all(np.isfinite(a).all() for a in arrays.values())
+    # each participant's mean training loss (non-private run only), and it falls from round 1 to round 2
+    losses = [e["train_loss"] for e in history["round_log"]]
+    assert all(sorted(loss) == ["apac", "eu", "na"] for loss in losses)
+    assert all(0 < v < 20 for loss in losses for v in loss.values())
+    assert sum(losses[1].values()) < sum(losses[0].values())
 
 
 def test_in_process_runs_are_reproducible(world_dir: Path, tmp_path: Path) -> None:

@@ -175,7 +175,8 @@ def train_content(silo: _Silo, rnd: int, version: str, arrays: Arrays, reproduci
     state.save_local(out.local_after)
     state.save_optimizer(out.optimizer_after)
     weight = float(out.n_examples) if s.weighting == "examples" else 1.0
-    return train_reply(out.global_after, region=ident.region, server_round=rnd, weight=weight, model_version=version)
+    return train_reply(out.global_after, region=ident.region, server_round=rnd, weight=weight, model_version=version,
+                       loss=out.loss)
 
 
 def evaluate_message(silo: _Silo, msg: Message) -> RecordDict:

@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from fedrec.errors import ConfigError
 from fedrec.evaluation import SiloEvaluation, pool
 from fedrec.federation.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fedrec.federation.egress import read_decline, read_float, read_int, read_privacy, read_region
+from fedrec.federation.egress import TRAIN_LOSS_KEY, read_decline, read_float, read_int, read_privacy, read_region
 from fedrec.federation.preflight import preflight_failure, run_preflight
 from fedrec.federation.secure_aggregation import secure_train_round
 from fedrec.federation.settings import RunSettings, read_manifest
@@ -101,6 +101,7 @@ class TrainStep:
     rejected: dict[str, str]
     privacy: dict[str, dict[str, float]]
     failures: list[str]
+    train_loss: dict[str, float] = field(default_factory=dict)
 
 
 def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -125,7 +126,9 @@ def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: A
     contributing = [r for r in answered if _region(r) not in declined]
     if secure is None:
         ok, rejected = screen(contributing, {k: v.numpy() for k, v in arrays.items()}, version=version, rules=rules)
-        return TrainStep(answered, ok, [_region(r) for r in ok], declined, rejected, privacy, failures)
+        losses = {_region(r): read_float(r.content, "metrics", TRAIN_LOSS_KEY) for r in ok
+                  if TRAIN_LOSS_KEY in r.content.metric_records.get("metrics", {})}
+        return TrainStep(answered, ok, [_region(r) for r in ok], declined, rejected, privacy, failures, losses)
     # SecAgg+: only the mean is visible; a bad reply cannot be taken out of it, so it voids the round
     rejected = {_region(r): why for r in contributing if (why := metadata_problem(r, version=version))}
     mean_ok = secure.arrays is not None and all(np.isfinite(a.numpy()).all() for a in secure.arrays.values())
@@ -241,12 +244,13 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
             "rejected": rejected,
             "privacy": privacy,
             "failures": step.failures + eval_failures + ([too_few] if too_few else []),
+            "train_loss": step.train_loss,
             "round_time_s": time.perf_counter() - t0,
         }
         if evaluate:
             history.rounds.append(entry)
         history.round_log.append({k: entry[k] for k in ("round", "model_version", "participants", "declined",
-                                                        "rejected", "failures", "round_time_s")})
+                                                        "rejected", "failures", "train_loss", "round_time_s")})
         if privacy or declined:
             history.privacy_rounds.append({"round": rnd, "per_region": privacy, "declined": declined})
         if on_round is not None:

@@ -25,6 +25,8 @@ from fedrec.metrics import METRICS
 from fedrec.models.base import is_local
 
 WEIGHT_KEY = "weight"
+TRAIN_LOSS_KEY = "train-loss"
+"""A non-private round's mean training loss (never under DP: a loss computed on private data is a release)."""
 DP_KEYS = ("dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "dp-release-steps",
            "dp-clip-norm", "dp-budget-epsilon")
 """Public DP metadata a silo attaches to every training reply (and to a decline): ε spent at its δ, the plan
@@ -51,7 +53,7 @@ def check_reply(content: RecordDict, *, private: bool) -> RecordDict:
             raise EgressViolation(f"per-user parameters must never leave a silo: {leaking}")
     if "metrics" in content:
         metrics = content.metric_records["metrics"]
-        allowed = {WEIGHT_KEY} if private else {WEIGHT_KEY, *EVAL_KEYS}
+        allowed = {WEIGHT_KEY} if private else {WEIGHT_KEY, TRAIN_LOSS_KEY, *EVAL_KEYS}
         bad = sorted(set(metrics) - allowed)
         if bad:
             raise EgressViolation(f"metrics {bad} may not leave a silo" + (" under privacy=user_dp" if private else ""))
@@ -83,19 +85,24 @@ def dp_metadata(privacy: dict[str, float] | None) -> dict[str, float | int]:
 
 
 def train_reply(global_after: dict[str, np.ndarray], *, region: str, server_round: int,
-                weight: float, privacy: dict[str, float] | None = None, model_version: str = "") -> RecordDict:
+                weight: float, privacy: dict[str, float] | None = None, model_version: str = "",
+                loss: float | None = None) -> RecordDict:
     """Reply content of a training round: the new global parameters, the aggregation weight, metadata.
 
     `privacy` (the silo's report after the ledger recorded the release) marks the update as a DP release;
-    `model_version` names the global version it was trained on (public: the coordinator sent it).
+    `model_version` names the global version it was trained on (public: the coordinator sent it); `loss`
+    (the round's mean training loss) travels only in a non-private reply.
     """
+    if loss is not None and privacy is not None:
+        raise EgressViolation("under privacy=user_dp a training loss is a release: it stays in the silo")
     leaking = [k for k in global_after if is_local(k)]
     if leaking:  # before any tensor is copied into a record
         raise EgressViolation(f"per-user parameters must never leave a silo: {leaking}")
     arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in global_after.items()})
     content = RecordDict({
         "arrays": arrays,
-        "metrics": MetricRecord({WEIGHT_KEY: float(weight)}),
+        "metrics": MetricRecord({WEIGHT_KEY: float(weight),
+                                 **({TRAIN_LOSS_KEY: float(loss)} if loss is not None else {})}),
         "meta": _meta(region, server_round, **({"model-version": model_version} if model_version else {}),
                       **dp_metadata(privacy)),
     })
