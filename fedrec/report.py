@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedrec.federation.coordinator import RoundCallback
+if TYPE_CHECKING:  # a type only: the table and progress bar need neither the coordinator nor Flower
+    from fedrec.federation.coordinator import RoundCallback
 
 METHOD_ORDER = ("local_only", "federated", "centralized", "popularity")
 

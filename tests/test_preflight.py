@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 import pytest
+from fakegrid import run_in_process
 
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
@@ -14,7 +14,6 @@ from fedrec.errors import FedrecError
 from fedrec.federation.preflight import check_silo
 from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE
 from fedrec.federation.settings import RunSettings
-from fedrec.federation.simulation import run_simulation
 from fedrec.world import PreparedWorld, prepare_world
 
 WORLD = SyntheticWorldConfig(n_users=120, n_items=30, region_only_items=2, region_sizes=(1.0, 1.0, 1.0),
@@ -74,16 +73,15 @@ def test_an_unreadable_ledger_or_state_dir_is_a_problem(world, tmp_path) -> None
     assert check_silo(s, node(world, tmp_path, region="na"))[1] is not None
 
 
-@pytest.mark.slow
 def test_a_federation_with_a_bad_silo_stops_before_training(world, tmp_path) -> None:
     # Prepare: every silo's state dir is under a path that is a file
     (tmp_path / "blocked").write_text("not a directory")
     s = RunSettings(data_dir=str(world.data_dir), output_dir=str(tmp_path / "out"), min_nodes=3, num_rounds=2,
                     dim=4, state_dir=str(tmp_path / "blocked" / "state"), quiet=True)
 
-    # Execute
-    with contextlib.suppress(FedrecError):  # Flower's engine may or may not pass the ServerApp's error on
-        run_simulation(s)
+    # Execute: the real ServerApp and ClientApps in process (tests/fakegrid.py), where its error reaches us
+    with pytest.raises(FedrecError, match="preflight failed"):
+        run_in_process(s)
 
     # Assert: the reason is on record for each silo, and nothing was trained or registered
     history = json.loads((tmp_path / "out" / "federated_history.json").read_text())

@@ -1,20 +1,22 @@
 """A coordinator that dies mid-run resumes from its checkpoint: no round lost, repeated or paid for twice.
 
-A real Flower simulation under user-level DP crashes right after round 2's replies were received and
-before its checkpoint (the progress callback raises). The coordinator is started again with `resume=true`
-on the same output and silo state: round 2 is sent again, the silos answer with the reply they already
-sent (no second release in their ledgers), and the run ends bit-identical to one that never crashed.
+A federation of the real ServerApp and ClientApps under user-level DP (in process on tests/fakegrid.py's
+FakeGrid, no Ray) crashes right after round 2's replies were received and before its checkpoint (the
+progress callback raises). The coordinator is started again, under a new Flower run id as a restarted one
+would be, with `resume=true` and the same `run-name` on the same output and silo state: round 2 is sent
+again, the silos answer with the reply they already sent (no second release in their ledgers), and the run
+ends bit-identical to one that never crashed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from fakegrid import run_in_process
 
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
@@ -22,16 +24,19 @@ from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
 from fedrec.federation.egress_ledger import verify
 from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE
 from fedrec.federation.settings import RunSettings
-from fedrec.federation.simulation import run_simulation
 from fedrec.model_io import load_global_model
 from fedrec.model_registry import ModelRegistry
 from fedrec.privacy.ledger import BudgetLedger
 from fedrec.privacy.plan import PrivacySettings
 from fedrec.world import PreparedWorld, prepare_world
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # the module's three DP runs take ~6-7 s together, even without Ray
 WORLD = SyntheticWorldConfig(n_users=300, n_items=60, region_only_items=3, region_sizes=(1.0, 1.0, 1.0),
                              mean_interactions=12.0, min_interactions=5)
+
+
+# Flower run ids: the crashed coordinator, its restart, and the uninterrupted run each get their own
+CRASHED_RUN_ID, RESUMED_RUN_ID, STRAIGHT_RUN_ID = 0x5EED_0001, 0x5EED_0002, 0x5EED_0003
 
 
 class Crash(RuntimeError):
@@ -56,12 +61,14 @@ def crash_after(rnd: int):  # type: ignore[no-untyped-def]
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[PreparedWorld, Path, Path]:
     root = tmp_path_factory.mktemp("resume")
     world = prepare_world(generate_world(WORLD), SplitConfig(), root / "world")
-    with contextlib.suppress(Exception):  # the crash may or may not propagate out of Flower's engine
-        run_simulation(settings(world, root / "crashed"), on_round=crash_after(2), reproducible_noise=True)
-    assert json.loads((root / "crashed" / "out" / "coordinator" / "checkpoint.json").read_text())["round"] == 1
     # seeded noise (a Python-only research option) so the two runs can be compared bit for bit
-    run_simulation(settings(world, root / "crashed", resume=True), reproducible_noise=True)
-    run_simulation(settings(world, root / "straight"), reproducible_noise=True)
+    with pytest.raises(Crash):  # in process, the ServerApp's error reaches the caller
+        run_in_process(settings(world, root / "crashed"), on_round=crash_after(2), reproducible_noise=True,
+                       run_id=CRASHED_RUN_ID)
+    assert json.loads((root / "crashed" / "out" / "coordinator" / "checkpoint.json").read_text())["round"] == 1
+    # a restarted coordinator: a new Flower run id, the same run-name (what silo state and checkpoint are keyed by)
+    run_in_process(settings(world, root / "crashed", resume=True), reproducible_noise=True, run_id=RESUMED_RUN_ID)
+    run_in_process(settings(world, root / "straight"), reproducible_noise=True, run_id=STRAIGHT_RUN_ID)
     return world, root / "crashed", root / "straight"
 
 
