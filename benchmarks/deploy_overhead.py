@@ -40,7 +40,7 @@ def round_times(out: Path) -> list[float]:
 
 def simulate(world_dir: Path, out: Path, rounds: int, **extra: Any) -> list[float]:
     s = RunSettings(data_dir=str(world_dir), output_dir=str(out), num_rounds=rounds, min_nodes=3, dim=JOB["dim"],
-                    batch_size=JOB["batch-size"], n_negatives=JOB["n-negatives"], quiet=True, **extra)
+                    batch_size=JOB["batch-size"], n_negatives=JOB["n-negatives"], **extra)
     run_simulation(s)
     return round_times(out)
 

@@ -277,7 +277,7 @@ def test_run_settings_roundtrip_through_the_run_config() -> None:
     # Prepare
     default = RunSettings()
     custom = RunSettings(data_dir="/w", num_rounds=3, model="twotower", model_kwargs='{"hidden": 8}', lr=0.5,
-                         weighting="examples", strategy="fedadam", quiet=True, seed=7)
+                         weighting="examples", strategy="fedadam", seed=7)
 
     # Execute / Assert
     assert RunSettings.from_run_config(default.to_run_config()) == default
@@ -315,7 +315,7 @@ def test_bad_run_config_is_a_config_error_naming_the_key(run_config: dict[str, A
 
 
 @pytest.mark.parametrize(("run_config", "key"), [
-    ({"quiet": "maybe"}, "quiet"),
+    ({"resume": "maybe"}, "resume"),
     ({"num-rounds": 2.5}, "num-rounds"),
     ({"model": "nope"}, "model"),
 ])
@@ -325,9 +325,11 @@ def test_run_config_values_of_the_wrong_type_are_rejected(run_config: dict[str, 
 
 
 def test_run_config_boolean_strings_mean_what_they_say() -> None:
-    # A TOML string "false" (e.g. from --run-config 'quiet="false"') must not become True.
-    assert RunSettings.from_run_config({"quiet": "false"}).quiet is False
-    assert RunSettings.from_run_config({"quiet": "true"}).quiet is True
+    # A TOML string "false" (e.g. from --run-config 'resume="false"') must not become True.
+    assert RunSettings.from_run_config({"resume": "false"}).resume is False
+    assert RunSettings.from_run_config({"resume": "true", "run-name": "r"}).resume is True
+    with pytest.raises(ConfigError, match="it did nothing"):
+        RunSettings.from_run_config({"quiet": True})
 
 
 def test_a_jurisdictions_node_config_policy_overrides_the_run_config(tmp_path: Path) -> None:

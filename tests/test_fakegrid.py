@@ -32,7 +32,7 @@ def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def settings(world_dir: Path, out: Path, **kw: object) -> RunSettings:
     base: dict = dict(data_dir=str(world_dir), output_dir=str(out), num_rounds=3, min_nodes=3, dim=6, batch_size=64,
-                      n_negatives=16, quiet=True, privacy="none")
+                      n_negatives=16, privacy="none")
     return RunSettings(**{**base, **kw})  # type: ignore[arg-type]
 
 

@@ -53,7 +53,7 @@ def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def simulate(out: Path, world_dir: Path, *, adoption: str = "{}", mods: list | None = None
              ) -> tuple[dict, dict[str, np.ndarray]]:
     s = RunSettings(data_dir=str(world_dir), output_dir=str(out), num_rounds=3, min_nodes=3, dim=6, batch_size=64,
-                    n_negatives=16, quiet=True, adoption=adoption)
+                    n_negatives=16, adoption=adoption)
     run_in_process(s, client_mods=mods)
     arrays, _, _ = load_global_model(out / "global_model.safetensors")
     return json.loads((out / "federated_history.json").read_text()), arrays

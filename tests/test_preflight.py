@@ -77,7 +77,7 @@ def test_a_federation_with_a_bad_silo_stops_before_training(world, tmp_path) -> 
     # Prepare: every silo's state dir is under a path that is a file
     (tmp_path / "blocked").write_text("not a directory")
     s = RunSettings(data_dir=str(world.data_dir), output_dir=str(tmp_path / "out"), min_nodes=3, num_rounds=2,
-                    dim=4, state_dir=str(tmp_path / "blocked" / "state"), quiet=True)
+                    dim=4, state_dir=str(tmp_path / "blocked" / "state"))
 
     # Execute: the real ServerApp and ClientApps in process (tests/fakegrid.py), where its error reaches us
     with pytest.raises(FedrecError, match="preflight failed"):

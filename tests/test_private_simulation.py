@@ -48,7 +48,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[PreparedWorld, RunSet
     s = RunSettings(data_dir=str(world.data_dir), output_dir=str(root / "out"), num_rounds=ROUNDS, min_nodes=3,
                     dim=6, batch_size=64, n_negatives=16, privacy="user_dp", privacy_epsilon=4.0,
                     privacy_region_epsilon=json.dumps({"eu": 2.0}), privacy_sample_rate=0.2,
-                    privacy_steps_per_round=4, privacy_max_per_user=8, state_dir=str(root / "state"), quiet=True)
+                    privacy_steps_per_round=4, privacy_max_per_user=8, state_dir=str(root / "state"))
     # An earlier run, under a larger budget, spent more than this run's budget (same δ and accountant)
     p = s.privacy_settings()
     spent = BudgetLedger(root / "state" / SPENT_REGION / PRIVACY_LEDGER_FILE, budget_epsilon=100.0, delta=p.delta)
@@ -160,7 +160,7 @@ def test_when_every_silo_has_spent_its_budget_the_run_stops_and_says_why(tmp_pat
     # Prepare: every silo's ledger already holds more than this run's budget
     world = prepare_world(generate_world(WORLD), SplitConfig(), tmp_path / "world")
     s = RunSettings(data_dir=str(world.data_dir), output_dir=str(tmp_path / "out"), num_rounds=3, min_nodes=3, dim=6,
-                    privacy="user_dp", privacy_epsilon=1.0, state_dir=str(tmp_path / "state"), quiet=True)
+                    privacy="user_dp", privacy_epsilon=1.0, state_dir=str(tmp_path / "state"))
     for region in world.silos:
         BudgetLedger(tmp_path / "state" / region / PRIVACY_LEDGER_FILE, budget_epsilon=100.0,
                      delta=s.privacy_settings().delta).authorize(run_id="earlier", server_round=1,

@@ -47,7 +47,7 @@ def settings(world: PreparedWorld, root: Path, **kw: Any) -> RunSettings:
     return RunSettings(data_dir=str(world.data_dir), output_dir=str(root / "out"), state_dir=str(root / "state"),
                        num_rounds=3, min_nodes=3, dim=6, batch_size=64, n_negatives=16, privacy="user_dp",
                        privacy_epsilon=4.0, privacy_sample_rate=0.2, privacy_steps_per_round=3,
-                       privacy_max_per_user=8, run_name="resumable", quiet=True, **kw)
+                       privacy_max_per_user=8, run_name="resumable", **kw)
 
 
 def crash_after(rnd: int):  # type: ignore[no-untyped-def]

@@ -38,7 +38,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> PreparedWorld:
 
 def simulate(world: PreparedWorld, out: Path, **kw: object) -> tuple[dict, dict[str, np.ndarray]]:
     s = RunSettings(data_dir=str(world.data_dir), output_dir=str(out), num_rounds=2, min_nodes=3, dim=6,
-                    batch_size=64, n_negatives=16, quiet=True, **kw)  # type: ignore[arg-type]
+                    batch_size=64, n_negatives=16, **kw)  # type: ignore[arg-type]
     run_simulation(s, client_mods=[egress_recorder(out / "egress")])
     arrays, _, _ = load_global_model(out / "global_model.safetensors")
     return json.loads((out / "federated_history.json").read_text()), arrays

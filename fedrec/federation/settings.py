@@ -25,9 +25,10 @@ from fedrec.models.base import ModelSpec
 from fedrec.privacy.plan import PrivacySettings
 from fedrec.training import TrainConfig
 
-OPERATIONAL_KEYS = frozenset({"data-dir", "output-dir", "state-dir", "registry-dir", "resume", "quiet",
+OPERATIONAL_KEYS = frozenset({"data-dir", "output-dir", "state-dir", "registry-dir", "resume",
                               "client-threads", "round-timeout"})
 RETIRED_KEYS = {
+    "quiet": "is not a run-config key any more (it did nothing): remove it",
     "privacy-noise": "is not a run-config key: a silo draws its DP noise and sampling from its own OS CSPRNG, "
                      "which nothing outside it can seed (reproducible noise is a Python-only research option)",
 }
@@ -65,7 +66,6 @@ class RunSettings:
     min_nodes: int = 2
     seed: int = 0
     client_threads: int = 1
-    quiet: bool = False
     privacy: str = _P.mode
     privacy_epsilon: float = _P.epsilon
     privacy_region_epsilon: str = "{}"
