@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -96,9 +97,18 @@ def final_privacy(privacy_rounds: list[dict[str, Any]]) -> dict[str, dict[str, f
     return dict(sorted(final.items()))
 
 
+Engine = Callable[..., Path]
+"""Runs the federation for `RunSettings` (keywords `on_round`, `cpus_per_client`) and returns its output dir."""
+
+
 def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallback | None = None,
-                   resolved_config: dict[str, Any] | None = None, log: Any = print) -> dict[str, Any]:
-    """Run federated training and the bounds on the same split; write and return `results.json`'s content."""
+                   resolved_config: dict[str, Any] | None = None, log: Any = print,
+                   engine: Engine = run_simulation) -> dict[str, Any]:
+    """Run federated training and the bounds on the same split; write and return `results.json`'s content.
+
+    `engine` runs the federation: Flower's simulation engine (default), or any function with its signature
+    (the tests' in-process grid).
+    """
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -119,7 +129,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
     t = time.perf_counter()
     settings = RunSettings.from_experiment(cfg, data_dir=str(world.data_dir), output_dir=str(out_dir),
                                           n_regions=len(world.regions))
-    run_simulation(settings, on_round=on_round, cpus_per_client=cfg.federation.cpus_per_client)
+    engine(settings, on_round=on_round, cpus_per_client=cfg.federation.cpus_per_client)
     history = json.loads((out_dir / "federated_history.json").read_text())
     timings["federated_s"] = time.perf_counter() - t
     privacy: dict[str, Any] = {}

@@ -1,4 +1,6 @@
-"""Adoption policies in a real Flower simulation: each region decides inside its silo what it serves.
+"""Adoption policies in a whole federated run (in process: the real ServerApp and ClientApps on the fake grid).
+
+Each region decides inside its silo what it serves.
 
 Run A: eu follows every version (`always`), na adopts only what beats its served version on its own
 validation users (`if_better`), apac forks from round 1 and stops contributing. Run B shares A's registry:
@@ -11,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fakegrid import run_in_process
 
 from fedrec.config import experiment_from_dict
 from fedrec.experiment import run_experiment
@@ -18,7 +21,6 @@ from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE, EgressLedger
 from fedrec.federation.serving import FORK_PREFIX
 from fedrec.model_registry import ModelRegistry
 
-pytestmark = pytest.mark.slow
 ROUNDS = 3
 
 
@@ -39,7 +41,8 @@ def config(adoption: dict, registry_dir: str | None = None):  # type: ignore[no-
 def run_a(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("adopt")
     res = run_experiment(config({"na": {"adopt": "if_better", "margin": 0.0},
-                                 "apac": {"fork": 1, "contribute": False}}), out, log=lambda *_: None)
+                                 "apac": {"fork": 1, "contribute": False}}), out, log=lambda *_: None,
+                         engine=run_in_process)
     return res, out
 
 
@@ -101,7 +104,7 @@ def test_a_pinned_region_stays_on_a_version_from_the_shared_registry(run_a, tmp_
     res_a, out_a = run_a
     pinned = next(v["id"] for v in res_a["model_versions"] if v["round"] == 1)
     res = run_experiment(config({"eu": {"pin": pinned[:12]}}, registry_dir=str(out_a / "registry")), tmp_path,
-                         log=lambda *_: None)
+                         log=lambda *_: None, engine=run_in_process)
     assert [s["version"] for s in served_round(res, "eu")] == [pinned] * ROUNDS
     assert "registry" in res["adoption"]["eu"]["decisions"][0]["reason"]
     # the others follow run B's own versions, which are new
