@@ -148,6 +148,171 @@ def write_history(s: RunSettings, history: FederationHistory) -> None:
         (out / "federated_history.json").write_text(json.dumps(history.to_json(), indent=1))
 
 
+@dataclass(frozen=True)
+class RoundRecord:
+    """What one round did: the version it made (if any), its evaluation, who took part, declined or failed."""
+
+    round: int
+    model_version: str | None
+    evaluated: bool
+    per_region: dict[str, dict[str, float]]
+    overall: dict[str, float]
+    participants: list[str]
+    declined: dict[str, str]
+    rejected: dict[str, str]
+    privacy: dict[str, dict[str, float]]
+    failures: list[str]
+    train_loss: dict[str, float]
+    round_time_s: float
+    stopped: str = ""
+    """Why the run stops after this round ("" when it goes on)."""
+
+    LOG_KEYS = ("round", "model_version", "participants", "declined", "rejected", "failures", "train_loss",
+                "round_time_s")
+
+    def entry(self) -> dict[str, Any]:
+        """The round as `federated_history.json` and the progress callback see it."""
+        out = {k: getattr(self, k) for k in ("round", "model_version", "evaluated", "per_region", "overall",
+                                              "participants", "declined", "rejected", "privacy", "failures")}
+        return {**out, "train_loss": self.train_loss, "round_time_s": self.round_time_s}
+
+
+class _Run:
+    """The coordinator's state through one run: strategy, current global arrays and version, history, registry."""
+
+    def __init__(self, grid: Grid, s: RunSettings, *, timeout: float | None, run_id: str,
+                 context: Context | None) -> None:
+        self.grid, self.s, self.run_id, self.context = grid, s, run_id, context
+        self.manifest = read_manifest(s.data_dir)
+        self.init = initial_global_arrays(s.model_spec, n_items=int(self.manifest["n_items"]), seed=s.seed)
+        self.arrays = ArrayRecord({k: Array(v) for k, v in self.init.items()})
+        self.strategy = build_strategy(s)
+        self.timeout = s.round_timeout if timeout is None else timeout
+        self.rules = ScreenRules(norm_factor=s.update_norm_factor, max_norm=s.max_update_norm,
+                                 uniform_weight=s.privacy_settings().enabled)
+        self.history = FederationHistory(run_id=run_id)
+        self.last_aggregated = 0
+        root = s.registry_dir or (Path(s.output_dir) / "registry" if s.output_dir else None)
+        self.registry = ModelRegistry(root) if root else None
+        self.config_hash = hashlib.sha256(json.dumps(s.model_config(), sort_keys=True, default=str).encode()
+                                          ).hexdigest()
+        self.current = self.name_version(0, None, [], {})  # version 0: forks and pins may start there
+
+    def name_version(self, rnd: int, parent: str | None, contributors: list[str], epsilon: dict[str, float]
+                     ) -> ModelVersion:
+        """The content id of the current global arrays (what silos adopt, pin or fork from)."""
+        version, _ = describe_version({k: v.numpy() for k, v in self.arrays.items()}, spec=self.s.model_spec,
+                                      parent=parent, round=rnd, contributors=contributors, epsilon=epsilon,
+                                      strategy=self.s.strategy, config_hash=self.config_hash)
+        return version
+
+    def register(self, version: ModelVersion, metrics: dict[str, float]) -> None:
+        if self.registry is not None:
+            self.registry.add({k: v.numpy() for k, v in self.arrays.items()}, spec=self.s.model_spec,
+                              parent=version.parent, round=version.round, contributors=version.contributors,
+                              strategy=version.strategy, epsilon=version.epsilon, config_hash=self.config_hash,
+                              metrics={k: v for k, v in metrics.items() if v == v})  # NaN: metrics kept in silos
+        self.history.versions.append({"round": version.round, "id": version.id})
+
+    def start(self) -> int:
+        """Preflight, then a fresh start (version 0 registered) or a resume from the checkpoint: the first round."""
+        problems = run_preflight(self.grid, self.s, list(self.manifest["regions"]), timeout=self.timeout)
+        if problems:
+            self.history.stopped_early = "preflight failed: " + "; ".join(problems)
+            write_history(self.s, self.history)
+            raise preflight_failure(problems, self.s.output_dir)
+        ckpt = load_checkpoint(Path(self.s.output_dir), self.run_id) if self.s.resume else None
+        if ckpt is None:
+            self.register(self.current, {})
+            return 1
+        if self.registry is None:  # a restarted coordinator: continue after the last finished round
+            raise ConfigError("resume needs the registry (output-dir or registry-dir) that holds the run's versions")
+        loaded, self.current = self.registry.load(ckpt.version.id)
+        # the model's order (FedAvgM's momentum is a list)
+        self.arrays = ArrayRecord({k: Array(loaded[k]) for k in self.init})
+        restore_strategy_state(self.strategy, ckpt.strategy_state, list(self.init))
+        self.last_aggregated = ckpt.last_aggregated
+        h, first = ckpt.history, ckpt.round + 1
+        self.history.rounds, self.history.privacy_rounds = h["rounds"], h["privacy_rounds"]
+        self.history.versions, self.history.round_log = h["model_versions"], h["round_log"]
+        self.history.resumed_at.extend([*h.get("resumed_at", []), first])
+        return first
+
+    def round(self, rnd: int) -> RoundRecord:
+        """Train → screen → aggregate (a new version) → evaluate at the evaluation rounds."""
+        s, t0 = self.s, time.perf_counter()
+        config = ConfigRecord({"server-round": rnd, "model-version": self.current.id})
+        step = collect_train(self.grid, self.strategy, s, rnd, self.arrays, config, self.current.id, self.rules,
+                             self.timeout, self.context)
+        ok, too_few = step.to_aggregate, ""
+        if ok and len(step.contributors) < s.min_replies:
+            too_few = (f"only {len(step.contributors)} acceptable update(s), min-replies is {s.min_replies}: "
+                       "round not aggregated")
+            ok = []
+        if ok:
+            aggregated, _ = self.strategy.aggregate_train(rnd, ok)
+            if aggregated is not None:
+                self.arrays = aggregated
+            self.last_aggregated = rnd
+            self.current = self.name_version(rnd, self.current.id, step.contributors,
+                                             {r: p["epsilon"] for r, p in step.privacy.items()
+                                              if r not in step.declined})
+        evaluate = bool(ok) and (rnd == 1 or rnd == s.num_rounds or rnd % s.eval_every == 0)
+        per_region, overall, eval_failures = self.evaluate(rnd) if evaluate else ({}, {}, [])
+        if ok:
+            self.register(self.current, overall)
+        stopped = ""
+        if step.answered and not ok and not step.rejected and not too_few:
+            stopped = f"round {rnd}: every silo declined ({'; '.join(sorted(set(step.declined.values())))})"
+        return RoundRecord(round=rnd, model_version=self.current.id if ok else None, evaluated=evaluate,
+                           per_region=per_region, overall=overall, participants=step.contributors if ok else [],
+                           declined=step.declined, rejected=step.rejected, privacy=step.privacy,
+                           failures=step.failures + eval_failures + ([too_few] if too_few else []),
+                           train_loss=step.train_loss, round_time_s=time.perf_counter() - t0, stopped=stopped)
+
+    def evaluate(self, rnd: int) -> tuple[dict[str, dict[str, float]], dict[str, float], list[str]]:
+        return evaluate_global(self.grid, self.strategy, rnd, self.arrays, self.timeout, self.current.id)
+
+    def record(self, r: RoundRecord) -> dict[str, Any]:
+        """Put the round in the history; returns the round's history entry."""
+        entry, h = r.entry(), self.history
+        if r.evaluated:
+            h.rounds.append(entry)
+        h.round_log.append({k: entry[k] for k in RoundRecord.LOG_KEYS})
+        if r.privacy or r.declined:
+            h.privacy_rounds.append({"round": r.round, "per_region": r.privacy, "declined": r.declined})
+        return entry
+
+    def checkpoint(self, rnd: int) -> None:
+        """Everything a restarted coordinator needs to continue after round `rnd` (with an output dir)."""
+        if self.s.output_dir:
+            save_checkpoint(Path(self.s.output_dir), Checkpoint(
+                run_key=self.run_id, round=rnd, version=self.current, last_aggregated=self.last_aggregated,
+                history=self.history.to_json(), strategy_state=strategy_state(self.strategy, list(self.init))))
+
+    def stop(self, why: str) -> None:
+        """Every silo declined: end here, evaluating the last aggregated model if no round did yet."""
+        h = self.history
+        h.stopped_early = why
+        if self.last_aggregated and (not h.rounds or h.rounds[-1]["round"] < self.last_aggregated):
+            per_region, overall, failures = self.evaluate(self.last_aggregated)
+            h.rounds.append({"round": self.last_aggregated, "evaluated": True, "per_region": per_region,
+                             "overall": overall, "failures": failures})
+
+    def finish(self, started: float) -> FederationHistory:
+        """The final arrays and wall time; `federated_history.json` and the global model when there is an output."""
+        h = self.history
+        h.final_arrays = {k: v.numpy() for k, v in self.arrays.items()}
+        h.wall_time_s = time.perf_counter() - started
+        write_history(self.s, h)
+        if self.s.output_dir:
+            save_global_model(Path(self.s.output_dir) / "global_model.safetensors", h.final_arrays,
+                              spec=self.s.model_spec,
+                              metadata={"rounds": self.s.num_rounds, "strategy": self.s.strategy,
+                                        "privacy": self.s.privacy})
+        return h
+
+
 def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = None,
                    timeout: float | None = None, run_id: str = "", context: Context | None = None
                    ) -> FederationHistory:
@@ -158,119 +323,15 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
     update screen (`update_screen`) are rejected and reported; a round with fewer than `min_replies`
     acceptable updates is not aggregated. Silos that do not answer within `round_timeout` are left out.
     """
-    start = time.perf_counter()
-    manifest = read_manifest(s.data_dir)
-    init = initial_global_arrays(s.model_spec, n_items=int(manifest["n_items"]), seed=s.seed)
-    arrays = ArrayRecord({k: Array(v) for k, v in init.items()})
-    strategy = build_strategy(s)
-    timeout = s.round_timeout if timeout is None else timeout
-    rules = ScreenRules(norm_factor=s.update_norm_factor, max_norm=s.max_update_norm,
-                        uniform_weight=s.privacy_settings().enabled)
-    history = FederationHistory(run_id=run_id)
-    last_aggregated = 0
-    registry = ModelRegistry(s.registry_dir or Path(s.output_dir) / "registry") if (s.registry_dir or s.output_dir) \
-        else None
-    config_hash = hashlib.sha256(json.dumps(s.model_config(), sort_keys=True, default=str).encode()).hexdigest()
-
-    def name_version(rnd: int, parent: str | None, contributors: list[str], epsilon: dict[str, float]
-                     ) -> ModelVersion:
-        """The content id of the current global arrays (what silos adopt, pin or fork from)."""
-        version, _ = describe_version({k: v.numpy() for k, v in arrays.items()}, spec=s.model_spec, parent=parent,
-                                      round=rnd, contributors=contributors, epsilon=epsilon, strategy=s.strategy,
-                                      config_hash=config_hash)
-        return version
-
-    def register(version: ModelVersion, metrics: dict[str, float]) -> None:
-        if registry is not None:
-            registry.add({k: v.numpy() for k, v in arrays.items()}, spec=s.model_spec, parent=version.parent,
-                         round=version.round, contributors=version.contributors, strategy=version.strategy,
-                         epsilon=version.epsilon, config_hash=config_hash,
-                         metrics={k: v for k, v in metrics.items() if v == v})  # NaN: metrics kept in silos
-        history.versions.append({"round": version.round, "id": version.id})
-
-    problems = run_preflight(grid, s, list(manifest["regions"]), timeout=timeout)
-    if problems:
-        history.stopped_early = "preflight failed: " + "; ".join(problems)
-        write_history(s, history)
-        raise preflight_failure(problems, s.output_dir)
-    ckpt = load_checkpoint(Path(s.output_dir), run_id) if s.resume else None
-    if ckpt is not None:  # a restarted coordinator: continue after the last finished round
-        if registry is None:
-            raise ConfigError("resume needs the registry (output-dir or registry-dir) that holds the run's versions")
-        loaded, current = registry.load(ckpt.version.id)
-        arrays = ArrayRecord({k: Array(loaded[k]) for k in init})  # the model's order (FedAvgM's momentum is a list)
-        restore_strategy_state(strategy, ckpt.strategy_state, list(init))
-        last_aggregated, first_round = ckpt.last_aggregated, ckpt.round + 1
-        h = ckpt.history
-        history.rounds, history.privacy_rounds = h["rounds"], h["privacy_rounds"]
-        history.versions, history.round_log = h["model_versions"], h["round_log"]
-        history.resumed_at.extend([*h.get("resumed_at", []), first_round])
-    else:
-        current = name_version(0, None, [], {})  # the initial model is version 0: forks and pins may start there
-        register(current, {})
-        first_round = 1
-    for rnd in range(first_round, s.num_rounds + 1):
-        t0 = time.perf_counter()
-        config = ConfigRecord({"server-round": rnd, "model-version": current.id})
-        step = collect_train(grid, strategy, s, rnd, arrays, config, current.id, rules, timeout, context)
-        answered, declined, rejected, privacy = step.answered, step.declined, step.rejected, step.privacy
-        ok = step.to_aggregate
-        too_few = ""
-        if ok and len(step.contributors) < s.min_replies:
-            too_few = (f"only {len(step.contributors)} acceptable update(s), min-replies is {s.min_replies}: "
-                       "round not aggregated")
-            ok = []
-        if ok:
-            aggregated, _ = strategy.aggregate_train(rnd, ok)
-            if aggregated is not None:
-                arrays = aggregated
-            last_aggregated = rnd
-            current = name_version(rnd, current.id, step.contributors,
-                                   {r: p["epsilon"] for r, p in privacy.items() if r not in declined})
-        evaluate = bool(ok) and (rnd == 1 or rnd == s.num_rounds or rnd % s.eval_every == 0)
-        per_region, overall, eval_failures = evaluate_global(grid, strategy, rnd, arrays, timeout, current.id) \
-            if evaluate else ({}, {}, [])
-        if ok:
-            register(current, overall)
-        version = current if ok else None
-        entry = {
-            "round": rnd,
-            "model_version": version.id if version else None,
-            "evaluated": evaluate,
-            "per_region": per_region,
-            "overall": overall,
-            "participants": step.contributors if ok else [],
-            "declined": declined,
-            "rejected": rejected,
-            "privacy": privacy,
-            "failures": step.failures + eval_failures + ([too_few] if too_few else []),
-            "train_loss": step.train_loss,
-            "round_time_s": time.perf_counter() - t0,
-        }
-        if evaluate:
-            history.rounds.append(entry)
-        history.round_log.append({k: entry[k] for k in ("round", "model_version", "participants", "declined",
-                                                        "rejected", "failures", "train_loss", "round_time_s")})
-        if privacy or declined:
-            history.privacy_rounds.append({"round": rnd, "per_region": privacy, "declined": declined})
+    started = time.perf_counter()
+    run = _Run(grid, s, timeout=timeout, run_id=run_id, context=context)
+    for rnd in range(run.start(), s.num_rounds + 1):
+        record = run.round(rnd)
+        entry = run.record(record)
         if on_round is not None:
-            on_round(entry)
-        if s.output_dir:
-            save_checkpoint(Path(s.output_dir), Checkpoint(
-                run_key=run_id, round=rnd, version=current, last_aggregated=last_aggregated,
-                history=history.to_json(), strategy_state=strategy_state(strategy, list(init))))
-        if answered and not ok and not rejected and not too_few:
-            history.stopped_early = f"round {rnd}: every silo declined ({'; '.join(sorted(set(declined.values())))})"
-            if last_aggregated and (not history.rounds or history.rounds[-1]["round"] < last_aggregated):
-                per_region, overall, eval_failures = evaluate_global(grid, strategy, last_aggregated, arrays, timeout,
-                                                                     current.id)
-                history.rounds.append({"round": last_aggregated, "evaluated": True, "per_region": per_region,
-                                       "overall": overall, "failures": eval_failures})
+            on_round(entry)  # before the checkpoint: a crash here replays the round, answered from silo caches
+        run.checkpoint(rnd)
+        if record.stopped:
+            run.stop(record.stopped)
             break
-    history.final_arrays = {k: v.numpy() for k, v in arrays.items()}
-    history.wall_time_s = time.perf_counter() - start
-    write_history(s, history)
-    if s.output_dir:
-        save_global_model(Path(s.output_dir) / "global_model.safetensors", history.final_arrays, spec=s.model_spec,
-                          metadata={"rounds": s.num_rounds, "strategy": s.strategy, "privacy": s.privacy})
-    return history
+    return run.finish(started)
