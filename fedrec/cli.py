@@ -94,6 +94,7 @@ def audit_main(argv: list[str], console: Console | None = None) -> int:
     import argparse
 
     from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE, verify
+    from fedrec.federation.state_dir import StateDir
 
     console = console or Console()
     parser = argparse.ArgumentParser(prog="fedrec audit", description="Verify a silo's egress ledger.")
@@ -102,7 +103,7 @@ def audit_main(argv: list[str], console: Console | None = None) -> int:
     v.add_argument("path", type=Path, help=f"the ledger ({EGRESS_LEDGER_FILE}) or the silo's state dir holding it")
     v.add_argument("--accountant", default="pld", choices=("pld", "rdp"), help="the silo's privacy.accountant")
     args = parser.parse_args(argv)
-    path = args.path / EGRESS_LEDGER_FILE if args.path.is_dir() else args.path
+    path = StateDir(args.path).egress_ledger if args.path.is_dir() else args.path
     if not path.is_file():
         console.print(f"[bold red]fedrec audit: error:[/] no egress ledger at {path}", highlight=False)
         return 2

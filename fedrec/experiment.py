@@ -23,9 +23,9 @@ from fedrec.errors import FedrecError
 from fedrec.evaluation import SiloEvaluation, pool
 from fedrec.federation.coordinator import RoundCallback
 from fedrec.federation.private_silo import read_evaluations
-from fedrec.federation.serving import SERVING_DIR
 from fedrec.federation.settings import RunSettings, silo_state_root
 from fedrec.federation.simulation import run_simulation
+from fedrec.federation.state_dir import StateDir
 from fedrec.world import prepare_world
 
 
@@ -81,7 +81,7 @@ def gather_serving(history: dict[str, Any], settings: RunSettings, regions: tupl
         rounds.append({**entry, "served": served})
     adoption = {}
     for r in regions:
-        decisions = [asdict(d) for d in ServingRecord(root / r / SERVING_DIR).decisions()
+        decisions = [asdict(d) for d in ServingRecord(StateDir(root / r).serving).decisions()
                      if d.run_id == history["run_id"]]
         logged = next(iter(logs[r].values()), None)  # every line holds the region's policy
         adoption[r] = {"policy": logged["policy"] if logged else asdict(settings.policy_for(r)),

@@ -27,9 +27,10 @@ from flwr.common.serde import recorddict_to_proto
 from flwr.common.serde_utils import error_to_proto
 
 from fedrec.federation.egress import read_decline, read_privacy
+from fedrec.federation.state_dir import StateDir
 from fedrec.privacy.accountant import GaussianSteps, epsilon_of
 
-EGRESS_LEDGER_FILE = "egress_ledger.jsonl"
+EGRESS_LEDGER_FILE = StateDir.EGRESS_LEDGER
 GENESIS = "0" * 64
 
 
@@ -184,7 +185,7 @@ def egress_ledger_mod(state_dir_of: Callable[[Context], Path | None]) -> Callabl
         state_dir = state_dir_of(context)
         if state_dir is None:
             return reply
-        ledger = EgressLedger(state_dir / EGRESS_LEDGER_FILE)
+        ledger = EgressLedger(StateDir(state_dir).egress_ledger)
         if reply.has_error():
             ledger.append_error(run_id=str(context.run_id), server_round=_round_of(msg),
                                 kind=f"{msg.metadata.message_type}:error", error=reply.error)
@@ -201,7 +202,7 @@ def egress_ledger_mod(state_dir_of: Callable[[Context], Path | None]) -> Callabl
             if msg.metadata.message_type != MessageType.QUERY:
                 raise  # nothing leaves unrecorded
             # a preflight answer carries only configuration facts: say the ledger cannot be written
-            meta["preflight-error"] = f"egress ledger {state_dir / EGRESS_LEDGER_FILE} cannot be written ({exc})"
+            meta["preflight-error"] = f"egress ledger {ledger.path} cannot be written ({exc})"
         return reply
 
     return mod

@@ -23,16 +23,16 @@ from fedrec.federation.jurisdiction import PolicyRefusal, SiloIdentity
 from fedrec.federation.serving import Review
 from fedrec.federation.settings import RunSettings
 from fedrec.federation.silo import silo_seed
+from fedrec.federation.state_dir import StateDir
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
 from fedrec.privacy.ledger import BudgetLedger, Decline, Release
 from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.plan import BudgetSpent, PrivacyPlan, make_plan
 from fedrec.training import Arrays, Tensors
 
-PRIVACY_LEDGER_FILE = "privacy_ledger.json"
+PRIVACY_LEDGER_FILE = StateDir.PRIVACY_LEDGER
 REPRODUCIBLE_REFUSED = ("this jurisdiction has its own privacy policy (node config epsilon-budget / max-delta) and "
                         "draws its noise only from its own CSPRNG: reproducible (seeded) noise is refused")
-EVALUATIONS_DIR = "evaluations"
 
 
 def open_ledger(s: RunSettings, ident: SiloIdentity) -> BudgetLedger:
@@ -45,7 +45,7 @@ def open_ledger(s: RunSettings, ident: SiloIdentity) -> BudgetLedger:
     if ident.deployed and ident.epsilon_budget is None:
         raise PolicyRefusal(f"jurisdiction {ident.region!r} sets no epsilon-budget in its node config: a deployed "
                             "silo takes its ε budget from its own policy, never from the run's proposal")
-    return BudgetLedger(ident.require_state_dir() / PRIVACY_LEDGER_FILE,
+    return BudgetLedger(StateDir(ident.require_state_dir()).privacy_ledger,
                         budget_epsilon=p.budget_for(ident.region, ident.epsilon_budget),
                         delta=ident.delta_for(p.delta), accountant=p.accountant)
 
@@ -149,7 +149,7 @@ def log_evaluation(ident: SiloIdentity, *, run_id: str, server_round: int, ev: S
     With a `review`, the line also holds what the region serves, the decision, and the served model's
     test metrics: the region's own record, never sent.
     """
-    path = ident.require_state_dir() / EVALUATIONS_DIR / f"run-{run_id}.jsonl"
+    path = StateDir(ident.require_state_dir()).evaluations(run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     line: dict[str, Any] = {"round": server_round, "region": ident.region, **_sums(ev)}
     if review is not None:
@@ -163,7 +163,7 @@ def log_evaluation(ident: SiloIdentity, *, run_id: str, server_round: int, ev: S
 
 def read_evaluations(state_dir: Path, run_id: str) -> list[dict[str, Any]]:
     """A silo's evaluation log for one run (the researcher's view in simulation, where they own every silo)."""
-    path = Path(state_dir) / EVALUATIONS_DIR / f"run-{run_id}.jsonl"
+    path = StateDir(Path(state_dir)).evaluations(run_id)
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -26,11 +26,11 @@ from fedrec.adoption import AdoptionPolicy, Decision, ServingRecord, decide
 from fedrec.data.split import SiloData
 from fedrec.evaluation import SiloEvaluation, evaluate_model
 from fedrec.federation.silo import evaluate_round, evaluate_splits, train_round
+from fedrec.federation.state_dir import StateDir
 from fedrec.io import atomic_save_arrays
 from fedrec.models import ModelSpec
 from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, refit_users
 
-SERVING_DIR = "serving"
 SERVED_FILE = "served.safetensors"
 FORK_FILE = "fork.safetensors"
 FORK_PREFIX = "fork:"
@@ -67,7 +67,7 @@ class RegionServing:
     """One region's serving state on disk (`<state-dir>/serving/`)."""
 
     def __init__(self, state_dir: Path, policy: AdoptionPolicy) -> None:
-        self.dir = Path(state_dir) / SERVING_DIR
+        self.dir = StateDir(Path(state_dir)).serving
         self.policy = policy
         self.record = ServingRecord(self.dir)
 

@@ -21,8 +21,9 @@ from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
 
 from fedrec.errors import ConfigError, DataError, FedrecError
+from fedrec.federation.state_dir import StateDir
 
-ERRORS_FILE = "silo_errors.log"
+ERRORS_FILE = StateDir.ERRORS
 FIXED_REASONS = {
     ConfigError: "fedrec-silo-error:config (the silo's configuration refused this message; details in its log)",
     DataError: "fedrec-silo-error:data (the silo could not use its data; details in its log)",
@@ -55,11 +56,11 @@ def keep_in_silo(state_dir: Path | None, msg: Message, exc: BaseException) -> No
         return
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        with open(state_dir / ERRORS_FILE, "a") as f:
+        with open(StateDir(state_dir).errors_log, "a") as f:
             f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {msg.metadata.message_type} "
                     f"group={msg.metadata.group_id}\n{text}\n")
     except OSError:
-        log.exception("cannot write %s", state_dir / ERRORS_FILE)
+        log.exception("cannot write %s", StateDir(state_dir).errors_log)
 
 
 def contain_errors(facts: Facts) -> Callable[[Message, Context, CallNext], Message]:

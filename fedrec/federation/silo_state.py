@@ -22,12 +22,12 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from safetensors.numpy import load_file
 
+from fedrec.federation.state_dir import StateDir
 from fedrec.io import atomic_save_arrays, atomic_write_bytes, atomic_write_text
 from fedrec.training import Arrays, Tensors
 
 LOCAL_STATE_KEY = "fedrec-user-state"
 OPTIMIZER_STATE_KEY = "fedrec-optimizer-state"
-RUNS_DIR = "runs"
 
 
 class SiloState:
@@ -35,7 +35,7 @@ class SiloState:
 
     def __init__(self, context: Context, state_dir: Path | None, run_key: str) -> None:
         self.context = context
-        self.dir = Path(state_dir) / RUNS_DIR / run_key if state_dir is not None else None
+        self.dir = StateDir(Path(state_dir)).run(run_key) if state_dir is not None else None
 
     # --- arrays, on disk or in the node's memory -------------------------------------------------------
 
