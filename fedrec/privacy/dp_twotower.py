@@ -10,9 +10,10 @@ Why not a generic per-example library: a user's gradient on the item tables is s
 the K shared negatives), and materialising it densely ([B, n_items, d]) is what makes Opacus' hooks mode
 orders of magnitude slower here (benchmarks/README.md). Instead the step works on gathered rows: one forward
 pass over the batch's unique rows gives each user's d loss / d logit coefficients; per-user gradients follow
-on the shared negatives and each user's own padded positives. The user tower (one row per user) goes through torch.func vjps; the item
-tower too when it is arbitrary, but TwoTower's own Linear-ReLU-Linear tower has a faster closed form (every
-cotangent of user u's rows is a multiple of the same user vector; see `_MlpItemRows`).
+on the shared negatives and each user's own padded positives. The user tower (one row per user) goes
+through torch.func vjps; the item tower too when it is arbitrary, but TwoTower's own Linear-ReLU-Linear
+tower has a faster closed form (every cotangent of user u's rows is a multiple of the same user vector; see
+`_MlpItemRows`).
 A user's rows are made unique first (a positive that is also a negative, a repeated positive or negative:
 their coefficients are summed), so the L2 norm over the user's rows and all tower parameters is the exact
 norm of the user's full gradient, not a bound.
