@@ -31,6 +31,12 @@ def _require(ok: bool, key: str, value: Any, need: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: must be {need}")
 
 
+def check_model(spec: ModelSpec) -> None:
+    """A registered model with a positive dimension (its own kwargs are checked when it is built)."""
+    _require(spec.name in available_models(), "model.name", spec.name, f"one of {available_models()}")
+    _require(spec.dim >= 1, "model.dim", spec.dim, ">= 1")
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     """Which dataset and its loader's parameters (validated by the loader)."""
@@ -140,9 +146,7 @@ class ExperimentConfig:
             if not isinstance(policy, dict):
                 raise ConfigError(f"adoption.{region} must be a policy such as {{adopt: always}}, got {policy!r}")
             AdoptionPolicy.from_config(region, policy)
-        _require(self.model.name in available_models(), "model.name", self.model.name,
-                 f"one of {available_models()}")
-        _require(self.model.dim >= 1, "model.dim", self.model.dim, ">= 1")
+        check_model(self.model)
         bad = [b for b in self.bounds if b not in BOUNDS]
         if bad:
             raise ConfigError(f"bounds {bad} are unknown; choose from {BOUNDS}")

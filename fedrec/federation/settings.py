@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.adoption import AdoptionPolicy
-from fedrec.config import ExperimentConfig, FederationConfig, StrategyConfig
+from fedrec.config import ExperimentConfig, FederationConfig, StrategyConfig, check_model
 from fedrec.errors import ConfigError
 from fedrec.models.base import ModelSpec
 from fedrec.privacy.plan import PrivacySettings
@@ -97,7 +97,7 @@ class RunSettings:
                        beta1=self.adam_beta1, beta2=self.adam_beta2, tau=self.adam_tau)
         self.train_config()
         privacy = self.privacy_settings()
-        ExperimentConfig(model=self.model_spec)  # the model name and dimension
+        check_model(self.model_spec)
         self.adoption_policies()
         # ... the run config checks only what exists in it alone.
         if not self.round_timeout > 0:
