@@ -27,8 +27,8 @@ from typing import Any
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.deploy.local import LocalFederation
-from fedrec.federation.settings import RunSettings
-from fedrec.federation.simulation import run_simulation
+from fedrec.flower.simulation import run_simulation
+from fedrec.settings import RunSettings
 from fedrec.world import prepare_world
 
 JOB = {"dim": 16, "batch-size": 256, "n-negatives": 64}

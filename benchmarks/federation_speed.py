@@ -24,10 +24,10 @@ import torch
 from fedrec.bounds import train_centralized
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
-from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo import evaluate_round, silo_seed, train_round
-from fedrec.federation.simulation import run_simulation
+from fedrec.flower.simulation import run_simulation
 from fedrec.models import ModelSpec
+from fedrec.settings import RunSettings
+from fedrec.silo.round import evaluate_round, silo_seed, train_round
 from fedrec.training import TrainConfig, initial_global_arrays
 from fedrec.world import prepare_world
 

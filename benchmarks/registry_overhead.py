@@ -24,11 +24,11 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fedrec.cli import conf_dir
+from fedrec.commands.main import conf_dir
 from fedrec.config import experiment_from_dict
 from fedrec.experiment import run_experiment
 from fedrec.model_io import load_global_model
-from fedrec.model_registry import ModelRegistry, describe_version
+from fedrec.versions import ModelRegistry, describe_version
 
 
 def main() -> None:

@@ -15,17 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from fedrec.adoption import ServingRecord
 from fedrec.bounds import local_only_curve, popularity, train_centralized
 from fedrec.config import ExperimentConfig
+from fedrec.coordinator.round_loop import RoundCallback
 from fedrec.data.registry import load_dataset
 from fedrec.errors import FedrecError
 from fedrec.evaluation import SiloEvaluation, pool
-from fedrec.federation.coordinator import RoundCallback
-from fedrec.federation.private_silo import read_evaluations
-from fedrec.federation.settings import RunSettings, silo_state_root
-from fedrec.federation.simulation import run_simulation
-from fedrec.federation.state_dir import StateDir
+from fedrec.flower.simulation import run_simulation
+from fedrec.settings import RunSettings, silo_state_root
+from fedrec.silo.adoption import ServingRecord
+from fedrec.silo.private_round import read_evaluations
+from fedrec.silo.state_dir import StateDir
 from fedrec.world import prepare_world
 
 

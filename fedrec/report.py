@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 if TYPE_CHECKING:  # a type only: the table and progress bar need neither the coordinator nor Flower
-    from fedrec.federation.coordinator import RoundCallback
+    from fedrec.coordinator.round_loop import RoundCallback
 
 METHOD_ORDER = ("local_only", "federated", "centralized", "popularity")
 

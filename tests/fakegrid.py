@@ -52,12 +52,12 @@ from flwr.supercore.date import now
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedrec.federation.client_app import make_client_app
-from fedrec.federation.coordinator import RoundCallback
-from fedrec.federation.egress_recorder import Mod
-from fedrec.federation.server_app import make_server_app
-from fedrec.federation.settings import RunSettings, read_manifest
-from fedrec.federation.simulation import QUIET_ENV
+from fedrec.coordinator.round_loop import RoundCallback
+from fedrec.flower.client_app import make_client_app
+from fedrec.flower.egress_recorder import Mod
+from fedrec.flower.server_app import make_server_app
+from fedrec.flower.simulation import QUIET_ENV
+from fedrec.settings import RunSettings, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def run_in_process(settings: RunSettings, *, on_round: RoundCallback | None = No
                    cpus_per_client: float = 1.0, flwr_logs: bool = False, client_mods: list[Mod] | None = None,
                    reproducible_noise: bool = False, run_id: int | None = None,
                    node_ids: list[int] | None = None) -> Path:
-    """`fedrec.federation.simulation.run_simulation` on a `FakeGrid`: same apps, same outputs, no Ray.
+    """`fedrec.flower.simulation.run_simulation` on a `FakeGrid`: same apps, same outputs, no Ray.
 
     The real ServerApp (`make_server_app(settings, on_round=...)`, which seeds `random` and calls
     `run_federation`) runs on a FakeGrid whose nodes are `make_client_app(settings, mods=client_mods,
@@ -233,7 +233,7 @@ def run_in_process(settings: RunSettings, *, on_round: RoundCallback | None = No
     """
     if settings.secure_aggregation == "secaggplus":
         raise NotImplementedError("tests/fakegrid.py does not run SecAgg+ (secure-aggregation=secaggplus): "
-                                  "use fedrec.federation.simulation.run_simulation")
+                                  "use fedrec.flower.simulation.run_simulation")
     del cpus_per_client
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fedrec.adoption import AdoptionPolicy, ServingRecord, decide
+from fedrec.config import AdoptionPolicy
 from fedrec.errors import ConfigError
+from fedrec.silo.adoption import ServingRecord, decide
 
 VERSIONS = ["a1" * 32, "b2" * 32, "c3" * 32, "d4" * 32]
 

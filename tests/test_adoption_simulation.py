@@ -17,9 +17,9 @@ from fakegrid import run_in_process
 
 from fedrec.config import experiment_from_dict
 from fedrec.experiment import run_experiment
-from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE, EgressLedger
-from fedrec.federation.serving import FORK_PREFIX
-from fedrec.model_registry import ModelRegistry
+from fedrec.silo.egress_ledger import EGRESS_LEDGER_FILE, EgressLedger
+from fedrec.silo.serving import FORK_PREFIX
+from fedrec.versions import ModelRegistry
 
 ROUNDS = 3
 

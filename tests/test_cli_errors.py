@@ -1,6 +1,6 @@
 """The `fedrec` command on user mistakes: exit status 2, one message naming the key or file and the fix, no trace.
 
-Every case runs the real console entry point (`python -m fedrec.cli`) in its own directory. The fast cases
+Every case runs the real console entry point (`python -m fedrec.commands`) in its own directory. The fast cases
 all fail before any simulation starts, so they are launched together and share the machine's cores.
 """
 
@@ -39,8 +39,8 @@ def environment() -> dict[str, str]:
 def launch(args: list[str], workdir: Path) -> tuple[subprocess.Popen[str], Path]:
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir = workdir / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "fedrec.cli", *args, f"hydra.run.dir={run_dir}", "progress=false"],
-                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    command = [sys.executable, "-m", "fedrec.commands", *args, f"hydra.run.dir={run_dir}", "progress=false"]
+    proc = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=environment())
     return proc, run_dir
 
@@ -149,7 +149,7 @@ COMMAND_LINES = ["fedrec [OVERRIDES]", "fedrec models list|show|diff|export", "f
 @pytest.mark.parametrize("args", [["--help"], ["-h"], ["model=twotower", "--help"]])
 def test_help_lists_every_command_then_hydras_config_groups(tmp_path: Path, args: list[str]) -> None:
     # Act
-    proc = subprocess.run([sys.executable, "-m", "fedrec.cli", *args], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "fedrec.commands", *args], cwd=tmp_path, capture_output=True,
                           text=True, env=environment(), timeout=TIMEOUT_S)
 
     # Assert: our commands first, then Hydra's groups and composed config, named `fedrec`; nothing written
@@ -169,8 +169,8 @@ def test_help_lists_every_command_then_hydras_config_groups(tmp_path: Path, args
 def test_help_stays_light_no_torch_or_flower(tmp_path: Path) -> None:
     # Prepare: `fedrec --help` in-process, recording what got imported
     code = ("import sys; sys.argv = ['fedrec', '--help']\n"
-            "import fedrec.cli\n"
-            "try:\n    fedrec.cli.main()\nexcept SystemExit as exc:\n    status = exc.code\n"
+            "import fedrec.commands.main\n"
+            "try:\n    fedrec.commands.main.main()\nexcept SystemExit as exc:\n    status = exc.code\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'flwr', 'ray', 'dp_accounting'))\n"
             "print('STATUS', status, 'HEAVY', heavy, file=sys.stderr)\n")
 
@@ -188,6 +188,6 @@ def test_help_stays_light_no_torch_or_flower(tmp_path: Path) -> None:
     (["deploy", "--help"], False),
 ])
 def test_wants_help_only_for_the_experiment_app(argv: list[str], expected: bool) -> None:
-    from fedrec.cli import wants_help
+    from fedrec.commands.main import wants_help
 
     assert wants_help(argv) is expected

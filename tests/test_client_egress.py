@@ -18,14 +18,14 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError
-from fedrec.federation import client_app as client_app_module
-from fedrec.federation.client_app import make_client_app
-from fedrec.federation.egress import EgressViolation, train_reply
-from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo_state import LOCAL_STATE_KEY, OPTIMIZER_STATE_KEY
+from fedrec.flower import client_app as client_app_module
+from fedrec.flower.client_app import make_client_app
 from fedrec.metrics import METRICS
 from fedrec.models import build_model, global_state, local_state
 from fedrec.models.base import PER_USER_KEYS
+from fedrec.settings import RunSettings
+from fedrec.silo.egress import EgressViolation, train_reply
+from fedrec.silo.state import LOCAL_STATE_KEY, OPTIMIZER_STATE_KEY
 from fedrec.training import initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
 

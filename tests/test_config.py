@@ -16,7 +16,7 @@ from fedrec.config import ExperimentConfig, experiment_from_dict
 from fedrec.data.registry import load_dataset
 from fedrec.data.synthetic import SyntheticWorldConfig
 from fedrec.errors import ConfigError
-from fedrec.federation.settings import RunSettings
+from fedrec.settings import RunSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -333,7 +333,7 @@ def test_run_config_boolean_strings_mean_what_they_say() -> None:
 
 
 def test_a_jurisdictions_node_config_policy_overrides_the_run_config(tmp_path: Path) -> None:
-    from fedrec.federation.jurisdiction import SiloIdentity
+    from fedrec.silo.policy import SiloIdentity
 
     # Prepare: a silo file where the node config says; the run config would have eu follow `always`
     (tmp_path / "eu.npz").write_bytes(b"")

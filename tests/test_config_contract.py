@@ -17,8 +17,8 @@ import yaml
 
 from fedrec.config import ExperimentConfig, FederationConfig, PrivacyConfig, StrategyConfig
 from fedrec.data.split import SplitConfig
-from fedrec.federation.settings import RunSettings
 from fedrec.models import ModelSpec
+from fedrec.settings import RunSettings
 from fedrec.training import TrainConfig
 from tests.test_config import typed
 

@@ -14,11 +14,11 @@ from flwr.common.config import parse_config_args
 from flwr.proto.control_pb2 import GetLoginDetailsResponse
 from rich.console import Console
 
+from fedrec.commands import deploy as cli
+from fedrec.commands.deploy import deploy_main, probe_control_api
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
-from fedrec.deploy import cli
 from fedrec.deploy.certs import make_node_key, make_tls
-from fedrec.deploy.cli import deploy_main, probe_control_api
 from fedrec.deploy.local import run_config_arg
 from fedrec.world import prepare_world
 

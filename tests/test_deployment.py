@@ -23,9 +23,9 @@ from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.deploy.certs import make_node_key
 from fedrec.deploy.local import LocalFederation, Process, free_port
-from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
-from fedrec.federation.egress_ledger import verify
-from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE
+from fedrec.silo.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
+from fedrec.silo.egress_ledger import verify
+from fedrec.silo.private_round import PRIVACY_LEDGER_FILE
 from fedrec.world import PreparedWorld, prepare_world
 
 pytestmark = pytest.mark.slow

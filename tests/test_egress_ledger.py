@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, MessageType, RecordDict
 
-from fedrec.cli import audit_main
+from fedrec.commands.main import audit_main
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
-from fedrec.federation.client_app import make_client_app
-from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE, EgressLedger, _entry_hash, verify, wire_bytes
-from fedrec.federation.settings import RunSettings
+from fedrec.flower.client_app import make_client_app
+from fedrec.settings import RunSettings
+from fedrec.silo.egress_ledger import EGRESS_LEDGER_FILE, EgressLedger, _entry_hash, verify, wire_bytes
 from fedrec.training import initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
 from tests.test_client_egress import instruction

@@ -18,16 +18,16 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from fedrec.data.split import SiloData, SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError, DataError, FedrecError
-from fedrec.federation.client_app import make_client_app
-from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
-from fedrec.federation.egress_ledger import EgressLedger, verify
-from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE
-from fedrec.federation.secure_aggregation_client import AGGREGATION_KEY
-from fedrec.federation.silo_errors import ERRORS_FILE, FIXED_REASONS, INTERNAL_REASON
+from fedrec.flower.client_app import make_client_app
 from fedrec.models import ModelSpec, local_state
 from fedrec.models.base import PER_USER_KEYS
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
 from fedrec.privacy.noise import NoiseSource
+from fedrec.silo.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
+from fedrec.silo.egress_ledger import EgressLedger, verify
+from fedrec.silo.error_replies import ERRORS_FILE, FIXED_REASONS, INTERNAL_REASON
+from fedrec.silo.private_round import PRIVACY_LEDGER_FILE
+from fedrec.silo.secure_aggregation import AGGREGATION_KEY
 from fedrec.training import TrainConfig, assemble_model, initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
 from tests.test_client_egress import instruction
@@ -310,8 +310,8 @@ def test_a_silo_file_holding_pickled_objects_is_refused_not_executed(tmp_path) -
 def test_a_replayed_training_message_does_not_move_a_fork(world, tmp_path) -> None:
     # A region serving its own fork (and not contributing) trains the fork once per training message; the
     # coordinator replaying round 2 must not move what the region serves.
-    from fedrec.adoption import AdoptionPolicy
-    from fedrec.federation.serving import RegionServing
+    from fedrec.config import AdoptionPolicy
+    from fedrec.silo.serving import RegionServing
 
     node = deployed(world, tmp_path, budget=None, fork=1, contribute=False)
     cfg = run_config(world, tmp_path, privacy="none")
@@ -413,7 +413,7 @@ def test_a_round_that_fails_after_it_started_is_spent_not_free(world, tmp_path, 
     # Failures used to be free (the ledger recorded a release only after training): a coordinator could probe
     # with configs that make training fail for some silo sizes and not others. The spend is now on record
     # before any private computation, and the round is not trained again.
-    from fedrec.federation import private_silo
+    from fedrec.silo import private_round as private_silo
 
     def boom(*_: object, **__: object) -> None:
         raise MemoryError("out of memory in the middle of a DP round")

@@ -20,8 +20,8 @@ from flwr.app import Array, ArrayRecord, Context, Message
 
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
-from fedrec.federation.settings import RunSettings
 from fedrec.model_io import load_global_model
+from fedrec.settings import RunSettings
 from fedrec.world import prepare_world
 
 WORLD = SyntheticWorldConfig(n_users=300, n_items=80, region_only_items=4, region_sizes=(2.0, 1.0, 1.0),

@@ -1,9 +1,11 @@
 """Imports point down: the shared math never imports the silo or coordinator side, which never import the top.
 
 Layers, lowest first (a module may import its own layer and the ones below, never above):
-0. `errors`, `io`; 1. `data`, `models`, `metrics`; 2. `privacy` (DP math and the DP round), `training`,
-`evaluation`, `config`, `bounds`, `world`, `model_io`, `model_registry`, `adoption`; 3. `federation` (silo
-and coordinator sides, the Flower apps); 4. `deploy`, `experiment`, `report`, `plots`; 5. `cli`.
+0. `errors`, `io`; 1. `data`, `models`, `metrics`; 2. the shared pieces both sides use: `privacy` (DP math
+and the DP round), `training`, `evaluation`, `config`, `settings`, `messages`, `versions`, `model_io`,
+`bounds`, `world`; 3. `silo` (what a jurisdiction runs) and `coordinator` (what the coordinator runs), which
+never import each other; 4. `flower` (the Flower adapters), `deploy`; 5. `experiment`, `report`, `plots`;
+6. `commands`, `conf`.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ ROOT = Path(__file__).resolve().parents[1] / "fedrec"
 LAYERS = {
     "errors": 0, "io": 0,
     "data": 1, "models": 1, "metrics": 1,
-    "privacy": 2, "training": 2, "evaluation": 2, "config": 2, "bounds": 2, "world": 2, "model_io": 2,
-    "model_registry": 2, "adoption": 2,
-    "federation": 3,
-    "deploy": 4, "experiment": 4, "report": 4, "plots": 4,
-    "cli": 5, "conf": 5,
+    "privacy": 2, "training": 2, "evaluation": 2, "config": 2, "settings": 2, "messages": 2, "versions": 2,
+    "model_io": 2, "bounds": 2, "world": 2,
+    "silo": 3, "coordinator": 3,
+    "flower": 4, "deploy": 4,
+    "experiment": 5, "report": 5, "plots": 5,
+    "commands": 6, "conf": 6,
 }
+SIDES = ("silo", "coordinator")
+"""Same layer, never each other: what the two sides share travels in messages (`fedrec.messages`)."""
 
 
 def top_of(module: str) -> str | None:
@@ -57,3 +62,13 @@ def test_no_module_imports_a_higher_layer() -> None:
             if there is not None and there in LAYERS and LAYERS[there] > LAYERS[here]:
                 upward.append(f"fedrec/{rel}:{line} imports {module} (layer {LAYERS[there]} > {LAYERS[here]})")
     assert not upward, "imports that point up:\n" + "\n".join(upward)
+
+
+def test_the_silo_and_the_coordinator_never_import_each_other() -> None:
+    crossing = []
+    for side in SIDES:
+        other = next(o for o in SIDES if o != side)
+        for path in sorted((ROOT / side).rglob("*.py")):
+            crossing += [f"fedrec/{path.relative_to(ROOT)}:{line} imports {module}"
+                         for line, module in imports_of(path) if top_of(module) == other]
+    assert not crossing, "the silo and the coordinator must not import each other:\n" + "\n".join(crossing)

@@ -14,8 +14,8 @@ import pytest
 
 from fedrec.errors import ConfigError, DataError
 from fedrec.model_io import load_global_model
-from fedrec.model_registry import LOCK_FILE, ModelRegistry, ModelVersion, models_main
 from fedrec.models.base import ModelSpec
+from fedrec.versions import LOCK_FILE, ModelRegistry, ModelVersion, models_main
 
 SPEC = ModelSpec(name="mf", dim=4, kwargs={"n_items": 5, "bias": True})
 
@@ -132,7 +132,7 @@ def test_failed_publish_leaves_no_version(tmp_path: Path, monkeypatch: pytest.Mo
 CRASHING_WRITER = """
 import os, sys
 import numpy as np
-from fedrec.model_registry import ModelRegistry
+from fedrec.versions import ModelRegistry
 from fedrec.models.base import ModelSpec
 
 def power_cut(src, dst):  # everything is written and fsynced; the process dies before publishing

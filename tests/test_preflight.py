@@ -11,9 +11,9 @@ from fakegrid import run_in_process
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import FedrecError
-from fedrec.federation.preflight import check_silo
-from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE
-from fedrec.federation.settings import RunSettings
+from fedrec.settings import RunSettings
+from fedrec.silo.preflight import check_silo
+from fedrec.silo.private_round import PRIVACY_LEDGER_FILE
 from fedrec.world import PreparedWorld, prepare_world
 
 WORLD = SyntheticWorldConfig(n_users=120, n_items=30, region_only_items=2, region_sizes=(1.0, 1.0, 1.0),

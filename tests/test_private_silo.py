@@ -18,14 +18,14 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError
-from fedrec.federation.client_app import make_client_app
-from fedrec.federation.egress_ledger import wire_bytes
-from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE, read_evaluations
-from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo_errors import FIXED_REASONS
+from fedrec.flower.client_app import make_client_app
 from fedrec.privacy.ledger import BudgetLedger
 from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.plan import PrivacySettings
+from fedrec.settings import RunSettings
+from fedrec.silo.egress_ledger import wire_bytes
+from fedrec.silo.error_replies import FIXED_REASONS
+from fedrec.silo.private_round import PRIVACY_LEDGER_FILE, read_evaluations
 from fedrec.training import initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
 from tests.test_client_egress import instruction

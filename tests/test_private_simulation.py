@@ -17,18 +17,18 @@ import pytest
 
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
-from fedrec.federation.egress import DP_KEYS, META_KEYS
-from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
-from fedrec.federation.egress_ledger import EgressLedger, verify
-from fedrec.federation.egress_recorder import RecordedReply, egress_recorder, read_recorded
-from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE, read_evaluations
-from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo import silo_seed
-from fedrec.federation.simulation import run_simulation
+from fedrec.flower.egress_recorder import RecordedReply, egress_recorder, read_recorded
+from fedrec.flower.simulation import run_simulation
+from fedrec.messages import DP_KEYS, META_KEYS
 from fedrec.privacy.accountant import GaussianSteps
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
 from fedrec.privacy.ledger import BudgetLedger
 from fedrec.privacy.noise import NoiseSource
+from fedrec.settings import RunSettings
+from fedrec.silo.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
+from fedrec.silo.egress_ledger import EgressLedger, verify
+from fedrec.silo.private_round import PRIVACY_LEDGER_FILE, read_evaluations
+from fedrec.silo.round import silo_seed
 from fedrec.training import initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
 

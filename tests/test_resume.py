@@ -20,14 +20,14 @@ from fakegrid import run_in_process
 
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
-from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
-from fedrec.federation.egress_ledger import verify
-from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE
-from fedrec.federation.settings import RunSettings
 from fedrec.model_io import load_global_model
-from fedrec.model_registry import ModelRegistry
 from fedrec.privacy.ledger import BudgetLedger
 from fedrec.privacy.plan import PrivacySettings
+from fedrec.settings import RunSettings
+from fedrec.silo.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
+from fedrec.silo.egress_ledger import verify
+from fedrec.silo.private_round import PRIVACY_LEDGER_FILE
+from fedrec.versions import ModelRegistry
 from fedrec.world import PreparedWorld, prepare_world
 
 pytestmark = pytest.mark.slow  # the module's three DP runs take ~6-7 s together, even without Ray

@@ -52,14 +52,14 @@ from flwr.supercore.primitives.asymmetric import (
 
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
-from fedrec.federation.client_app import make_client_app
-from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
-from fedrec.federation.egress_ledger import EgressLedger, verify
-from fedrec.federation.private_silo import PRIVACY_LEDGER_FILE as PRIVACY_LEDGER
-from fedrec.federation.secure_aggregation import CLIP_KEY, NAMES_KEY
-from fedrec.federation.silo_errors import ERRORS_FILE, FIXED_REASONS, INTERNAL_REASON
-from fedrec.federation.silo_state import SiloState
+from fedrec.flower.client_app import make_client_app
+from fedrec.messages import CLIP_KEY, NAMES_KEY
 from fedrec.models import ModelSpec
+from fedrec.silo.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
+from fedrec.silo.egress_ledger import EgressLedger, verify
+from fedrec.silo.error_replies import ERRORS_FILE, FIXED_REASONS, INTERNAL_REASON
+from fedrec.silo.private_round import PRIVACY_LEDGER_FILE as PRIVACY_LEDGER
+from fedrec.silo.state import SiloState
 from fedrec.training import initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
 from tests.test_client_egress import INSTRUCTED_VERSION, instruction

@@ -18,12 +18,12 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError
-from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE, verify
-from fedrec.federation.egress_recorder import egress_recorder, read_recorded
-from fedrec.federation.settings import RunSettings
-from fedrec.federation.simulation import run_simulation
+from fedrec.flower.egress_recorder import egress_recorder, read_recorded
+from fedrec.flower.simulation import run_simulation
 from fedrec.model_io import load_global_model
-from fedrec.model_registry import ModelRegistry
+from fedrec.settings import RunSettings
+from fedrec.silo.egress_ledger import EGRESS_LEDGER_FILE, verify
+from fedrec.versions import ModelRegistry
 from fedrec.world import PreparedWorld, prepare_world
 
 pytestmark = pytest.mark.slow

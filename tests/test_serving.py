@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrec.adoption import AdoptionPolicy, ServingRecord
+from fedrec.config import AdoptionPolicy
 from fedrec.data.split import SiloData, SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
-from fedrec.federation.serving import FORK_PREFIX, RegionServing, advance_fork, review
-from fedrec.federation.silo import evaluate_round, train_round
 from fedrec.models import ModelSpec
+from fedrec.silo.adoption import ServingRecord
+from fedrec.silo.round import evaluate_round, train_round
+from fedrec.silo.serving import FORK_PREFIX, RegionServing, advance_fork, review
 from fedrec.training import Arrays, TrainConfig, initial_global_arrays
 from fedrec.world import prepare_world
 

@@ -10,10 +10,10 @@ from flwr.app import Context, MessageType, RecordDict
 
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
-from fedrec.federation.client_app import make_client_app
-from fedrec.federation.egress import train_reply
-from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo_state import SiloState
+from fedrec.flower.client_app import make_client_app
+from fedrec.settings import RunSettings
+from fedrec.silo.egress import train_reply
+from fedrec.silo.state import SiloState
 from fedrec.training import initial_global_arrays
 from fedrec.world import prepare_world
 from tests.test_client_egress import instruction

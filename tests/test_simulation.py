@@ -102,7 +102,7 @@ def test_the_saved_global_model_loads_without_the_run(results: tuple[dict, Path]
 
 def test_every_aggregated_round_is_a_registered_version_with_lineage(results: tuple[dict, Path]) -> None:
     from fedrec.model_io import load_global_model
-    from fedrec.model_registry import ModelRegistry
+    from fedrec.versions import ModelRegistry
 
     res, out = results
     registry = ModelRegistry(out / "registry", create=False)

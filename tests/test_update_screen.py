@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord
 
-from fedrec.federation.egress import train_reply
-from fedrec.federation.update_screen import ScreenRules, screen
+from fedrec.coordinator.screen import ScreenRules, screen
+from fedrec.silo.egress import train_reply
 from tests.test_client_egress import instruction
 
 SENT = {"item_emb.weight": np.zeros((6, 3), np.float32), "item_bias.weight": np.zeros((6, 1), np.float32)}

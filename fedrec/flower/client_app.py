@@ -17,29 +17,21 @@ from flwr.clientapp import ClientApp
 
 from fedrec.data.split import SiloData
 from fedrec.errors import FedrecError
-from fedrec.federation.egress import (
-    check_reply,
-    decline_reply,
-    evaluate_reply,
-    read_arrays,
-    read_decline,
-    read_int,
-    read_version,
-    train_reply,
-)
-from fedrec.federation.egress_ledger import egress_ledger_mod
-from fedrec.federation.egress_recorder import Mod
-from fedrec.federation.jurisdiction import NODE_DP_KEYS, SiloIdentity
-from fedrec.federation.preflight import preflight_reply
-from fedrec.federation.private_silo import log_evaluation, private_train_round
-from fedrec.federation.secure_aggregation_client import PLAIN, aggregation_of, optional_secaggplus_mod
-from fedrec.federation.serving import RegionServing, advance_fork, review
-from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo import check_received, evaluate_splits, silo_seed, train_round
-from fedrec.federation.silo_errors import contain_errors
-from fedrec.federation.silo_state import SiloState
-from fedrec.model_registry import ModelRegistry
+from fedrec.flower.egress_recorder import Mod
+from fedrec.messages import read_arrays, read_decline, read_int, read_version
+from fedrec.settings import RunSettings
+from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, train_reply
+from fedrec.silo.egress_ledger import egress_ledger_mod
+from fedrec.silo.error_replies import contain_errors
+from fedrec.silo.policy import NODE_DP_KEYS, SiloIdentity
+from fedrec.silo.preflight import preflight_reply
+from fedrec.silo.private_round import log_evaluation, private_train_round
+from fedrec.silo.round import check_received, evaluate_splits, silo_seed, train_round
+from fedrec.silo.secure_aggregation import PLAIN, aggregation_of, optional_secaggplus_mod
+from fedrec.silo.serving import RegionServing, advance_fork, review
+from fedrec.silo.state import SiloState
 from fedrec.training import Arrays
+from fedrec.versions import ModelRegistry
 
 
 def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | None = None,

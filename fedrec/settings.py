@@ -18,8 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from fedrec.adoption import AdoptionPolicy
-from fedrec.config import ExperimentConfig, FederationConfig, StrategyConfig, check_model
+from fedrec.config import AdoptionPolicy, ExperimentConfig, FederationConfig, StrategyConfig, check_model
 from fedrec.errors import ConfigError
 from fedrec.models.base import ModelSpec
 from fedrec.privacy.plan import PrivacySettings

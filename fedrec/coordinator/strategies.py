@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
-from fedrec.federation.egress import WEIGHT_KEY
-from fedrec.federation.settings import RunSettings
+from fedrec.messages import WEIGHT_KEY
+from fedrec.settings import RunSettings
 
 
 def build_strategy(s: RunSettings) -> FedAvg:

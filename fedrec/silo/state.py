@@ -22,8 +22,8 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from safetensors.numpy import load_file
 
-from fedrec.federation.state_dir import StateDir
 from fedrec.io import atomic_save_arrays, atomic_write_bytes, atomic_write_text
+from fedrec.silo.state_dir import StateDir
 from fedrec.training import Arrays, Tensors
 
 LOCAL_STATE_KEY = "fedrec-user-state"

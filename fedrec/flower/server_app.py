@@ -7,8 +7,8 @@ import random
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedrec.federation.coordinator import RoundCallback, run_federation
-from fedrec.federation.settings import RunSettings
+from fedrec.coordinator.round_loop import RoundCallback, run_federation
+from fedrec.settings import RunSettings
 
 
 def make_server_app(settings: RunSettings | None = None, *, on_round: RoundCallback | None = None) -> ServerApp:

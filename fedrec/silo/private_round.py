@@ -19,15 +19,15 @@ from typing import Any
 
 from fedrec.data.split import SiloData
 from fedrec.evaluation import SiloEvaluation
-from fedrec.federation.jurisdiction import PolicyRefusal, SiloIdentity
-from fedrec.federation.serving import Review
-from fedrec.federation.settings import RunSettings
-from fedrec.federation.silo import silo_seed
-from fedrec.federation.state_dir import StateDir
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
 from fedrec.privacy.ledger import BudgetLedger, Decline, Release
 from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.plan import BudgetSpent, PrivacyPlan, make_plan
+from fedrec.settings import RunSettings
+from fedrec.silo.policy import PolicyRefusal, SiloIdentity
+from fedrec.silo.round import silo_seed
+from fedrec.silo.serving import Review
+from fedrec.silo.state_dir import StateDir
 from fedrec.training import Arrays, Tensors
 
 PRIVACY_LEDGER_FILE = StateDir.PRIVACY_LEDGER

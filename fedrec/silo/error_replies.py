@@ -21,7 +21,7 @@ from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
 
 from fedrec.errors import ConfigError, DataError, FedrecError
-from fedrec.federation.state_dir import StateDir
+from fedrec.silo.state_dir import StateDir
 
 ERRORS_FILE = StateDir.ERRORS
 FIXED_REASONS = {

@@ -93,8 +93,8 @@ def audit_main(argv: list[str], console: Console | None = None) -> int:
     """`fedrec audit verify PATH`: check a silo's egress ledger (file or state dir); 0 ok, 1 tampered, 2 misuse."""
     import argparse
 
-    from fedrec.federation.egress_ledger import EGRESS_LEDGER_FILE, verify
-    from fedrec.federation.state_dir import StateDir
+    from fedrec.silo.egress_ledger import EGRESS_LEDGER_FILE, verify
+    from fedrec.silo.state_dir import StateDir
 
     console = console or Console()
     parser = argparse.ArgumentParser(prog="fedrec audit", description="Verify a silo's egress ledger.")
@@ -129,11 +129,11 @@ def main() -> None:
     if argv and argv[0] == "audit":
         sys.exit(audit_main(argv[1:]))
     if argv and argv[0] == "deploy":
-        from fedrec.deploy.cli import deploy_main
+        from fedrec.commands.deploy import deploy_main
 
         sys.exit(deploy_main(argv[1:]))
     if argv and argv[0] == "models":
-        from fedrec.model_registry import models_main
+        from fedrec.versions import models_main
 
         sys.exit(models_main(argv[1:]))
     if any(arg in (*HELP_FLAGS, "--hydra-help") for arg in argv):

@@ -18,19 +18,19 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid
 
+from fedrec.coordinator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedrec.coordinator.preflight import preflight_failure, run_preflight
+from fedrec.coordinator.screen import ScreenRules, metadata_problem, screen
+from fedrec.coordinator.secure_aggregation import secure_train_round
+from fedrec.coordinator.strategies import build_strategy, restore_strategy_state, strategy_state
 from fedrec.errors import ConfigError
 from fedrec.evaluation import SiloEvaluation, pool
-from fedrec.federation.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fedrec.federation.egress import TRAIN_LOSS_KEY, read_decline, read_float, read_int, read_privacy, read_region
-from fedrec.federation.preflight import preflight_failure, run_preflight
-from fedrec.federation.secure_aggregation import secure_train_round
-from fedrec.federation.settings import RunSettings, read_manifest
-from fedrec.federation.strategies import build_strategy, restore_strategy_state, strategy_state
-from fedrec.federation.update_screen import ScreenRules, metadata_problem, screen
+from fedrec.messages import TRAIN_LOSS_KEY, read_decline, read_float, read_int, read_privacy, read_region
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
-from fedrec.model_registry import ModelRegistry, ModelVersion, describe_version
+from fedrec.settings import RunSettings, read_manifest
 from fedrec.training import initial_global_arrays
+from fedrec.versions import ModelRegistry, ModelVersion, describe_version
 
 RoundCallback = Callable[[dict[str, Any]], None]
 

@@ -19,7 +19,7 @@ from safetensors.numpy import load_file
 
 from fedrec.errors import ConfigError
 from fedrec.io import atomic_save_arrays, atomic_write_text
-from fedrec.model_registry import ModelVersion
+from fedrec.versions import ModelVersion
 
 CHECKPOINT_DIR = "coordinator"
 STATE_FILE = "checkpoint.json"

@@ -246,9 +246,9 @@ def control_api_findings(address: str, probe: tuple[str, str] | None, verified: 
 
 def check_node_main(args: argparse.Namespace, console: Console) -> int:
     """`fedrec deploy check-node`: the node config, then which apps it would run and who could start them."""
-    from fedrec.federation.jurisdiction import NODE_DP_KEYS
-    from fedrec.federation.preflight import check_silo
-    from fedrec.federation.settings import RunSettings
+    from fedrec.settings import RunSettings
+    from fedrec.silo.policy import NODE_DP_KEYS
+    from fedrec.silo.preflight import check_silo
 
     node_config = _parse_node_config(args.node_config)
     # a node with its own privacy policy only ever trains under DP: check it for that

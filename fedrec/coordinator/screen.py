@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Message
 
-from fedrec.federation.egress import WEIGHT_KEY, read_arrays, read_region, read_version
+from fedrec.messages import WEIGHT_KEY, read_arrays, read_region, read_version
 
 
 @dataclass(frozen=True)

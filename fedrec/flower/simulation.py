@@ -11,11 +11,11 @@ import logging
 import os
 from pathlib import Path
 
-from fedrec.federation.client_app import make_client_app
-from fedrec.federation.coordinator import RoundCallback
-from fedrec.federation.egress_recorder import Mod
-from fedrec.federation.server_app import make_server_app
-from fedrec.federation.settings import RunSettings, read_manifest
+from fedrec.coordinator.round_loop import RoundCallback
+from fedrec.flower.client_app import make_client_app
+from fedrec.flower.egress_recorder import Mod
+from fedrec.flower.server_app import make_server_app
+from fedrec.settings import RunSettings, read_manifest
 
 QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_DEDUP_LOGS": "0",
              "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedrec.adoption import AdoptionPolicy
+from fedrec.config import AdoptionPolicy
 from fedrec.errors import ConfigError, FedrecError
-from fedrec.federation.settings import RunSettings, read_manifest, silo_state_root
 from fedrec.privacy.plan import DEFAULT_MAX_DELTA
+from fedrec.settings import RunSettings, read_manifest, silo_state_root
 
 
 @dataclass(frozen=True)

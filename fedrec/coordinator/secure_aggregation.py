@@ -7,7 +7,7 @@ coordinator's own loop: `secure_train_round` builds a throw-away LegacyContext a
 strategy sampled, runs the four SecAgg+ stages (setup, key shares, masked vectors, unmask) and returns the
 unmasked weighted mean, which the coordinator hands to its (new-style) strategy as one reply carrying the
 total weight: FedAvg / FedAvgM / FedAdam then give what N plain replies would, up to SecAgg+'s
-quantization (~1e-6 here). The client side is `secure_aggregation_client`.
+quantization (~1e-6 here). The silo side is `fedrec.silo.secure_aggregation`.
 
 What it protects: the coordinator never sees one silo's update, only the sum (it still sees each silo's
 public metadata: region, weight, DP report, decline). What it does not: SecAgg+ is not DP (the silos' own
@@ -35,10 +35,7 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
-from fedrec.federation.egress import WEIGHT_KEY
-
-NAMES_KEY = "secagg-array-names"  # the arrays' names, in the order SecAgg+ (positional) carries them
-CLIP_KEY = "secagg-clipping-range"  # silos refuse to mask values outside it (SecAgg+ would clip silently)
+from fedrec.messages import CLIP_KEY, NAMES_KEY, WEIGHT_KEY
 
 
 class _RecordingGrid:

@@ -34,8 +34,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 
 from fedrec.errors import FedrecError
-from fedrec.federation.egress import WEIGHT_KEY
-from fedrec.federation.secure_aggregation import CLIP_KEY, NAMES_KEY
+from fedrec.messages import CLIP_KEY, NAMES_KEY, WEIGHT_KEY
 
 CallNext = Callable[[Message, Context], Message]
 AGGREGATION_KEY = "fedrec-aggregation"

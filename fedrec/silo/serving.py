@@ -5,7 +5,7 @@ Everything lives under `<state-dir>/serving/` and nothing here is ever put in a 
   `if_better` can score it against each new candidate and the region keeps serving it across restarts;
 - `fork.safetensors`: a fork's whole model (its global-side arrays, its users' parameters, its optimizer
   moments), with its base version and start round in the header;
-- `serving.json` + `adoption.jsonl` (`fedrec.adoption.ServingRecord`): the pointer and every decision with
+- `serving.json` + `adoption.jsonl` (`fedrec.silo.adoption.ServingRecord`): the pointer and every decision with
   its evidence.
 
 Two hooks, called by the ClientApp: `advance_fork` on every training message (start the fork when its base
@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 from safetensors.numpy import load_file
 
-from fedrec.adoption import AdoptionPolicy, Decision, ServingRecord, decide
+from fedrec.config import AdoptionPolicy
 from fedrec.data.split import SiloData
 from fedrec.evaluation import SiloEvaluation, evaluate_model
-from fedrec.federation.silo import evaluate_round, evaluate_splits, train_round
-from fedrec.federation.state_dir import StateDir
 from fedrec.io import atomic_save_arrays
 from fedrec.models import ModelSpec
+from fedrec.silo.adoption import Decision, ServingRecord, decide
+from fedrec.silo.round import evaluate_round, evaluate_splits, train_round
+from fedrec.silo.state_dir import StateDir
 from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, refit_users
 
 SERVED_FILE = "served.safetensors"

@@ -26,9 +26,9 @@ from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.common.serde import recorddict_to_proto
 from flwr.common.serde_utils import error_to_proto
 
-from fedrec.federation.egress import read_decline, read_privacy
-from fedrec.federation.state_dir import StateDir
+from fedrec.messages import read_decline, read_privacy
 from fedrec.privacy.accountant import GaussianSteps, epsilon_of
+from fedrec.silo.state_dir import StateDir
 
 EGRESS_LEDGER_FILE = StateDir.EGRESS_LEDGER
 GENESIS = "0" * 64

@@ -21,20 +21,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedrec.evaluation import SiloEvaluation
+from fedrec.messages import DP_KEYS, EVAL_KEYS, META_KEYS, TRAIN_LOSS_KEY, WEIGHT_KEY
 from fedrec.metrics import METRICS
 from fedrec.models.base import is_local
-
-WEIGHT_KEY = "weight"
-TRAIN_LOSS_KEY = "train-loss"
-"""A non-private round's mean training loss (never under DP: a loss computed on private data is a release)."""
-DP_KEYS = ("dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-sample-rate", "dp-steps", "dp-release-steps",
-           "dp-clip-norm", "dp-budget-epsilon")
-"""Public DP metadata a silo attaches to every training reply (and to a decline): ε spent at its δ, the plan
-(σ, q, C, steps per release), this run's steps so far and the budget. Every value is public policy or a
-count the coordinator already knows; none depends on the silo's data."""
-META_KEYS = frozenset({"region", "server-round", "model-version", "declined", "kept-in-silo", "preflight-error",
-                       *DP_KEYS})
-EVAL_KEYS = frozenset({*(f"sum-{m}" for m in METRICS), "n-users", "sq-error", "n-ratings"})
 
 
 class EgressViolation(RuntimeError):
@@ -131,56 +120,3 @@ def evaluate_reply(ev: SiloEvaluation | None, *, region: str, server_round: int)
         metrics["n-ratings"] = int(ev.n_ratings)
     content = RecordDict({"metrics": MetricRecord(metrics), "meta": _meta(region, server_round)})
     return check_reply(content, private=False)
-
-
-# ---- reading the records back (typed; Flower's records hold a union of value types) ----
-
-def read_arrays(content: RecordDict, key: str = "arrays") -> dict[str, np.ndarray]:
-    """The named arrays of a message's ArrayRecord."""
-    return {k: v.numpy() for k, v in content.array_records[key].items()}
-
-
-def _read_number(content: RecordDict, record: str, key: str) -> int | float:
-    rec = content.metric_records.get(record) or content.config_records[record]
-    value = rec[key]
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"{record}.{key} should be a number, got {value!r}")
-    return value
-
-
-def read_int(content: RecordDict, record: str, key: str) -> int:
-    """An integer from a ConfigRecord or MetricRecord (e.g. the server round, a user count)."""
-    return int(_read_number(content, record, key))
-
-
-def read_float(content: RecordDict, record: str, key: str) -> float:
-    """A float from a MetricRecord or ConfigRecord (e.g. a metric sum)."""
-    return float(_read_number(content, record, key))
-
-
-def read_version(content: RecordDict, record: str = "config") -> str:
-    """The global model version a message names ("" when none).
-
-    `config`: the coordinator's instruction; `meta`: the version a silo's reply was trained on.
-    """
-    config = content.config_records.get(record)
-    return str(config.get("model-version", "")) if config is not None else ""
-
-
-def read_region(content: RecordDict) -> str:
-    """The public region name a silo put in its reply's metadata."""
-    return str(content.config_records["meta"]["region"])
-
-
-def read_privacy(content: RecordDict) -> dict[str, float] | None:
-    """The DP metadata of a reply as a plain dict (None when the silo did not attach any)."""
-    meta = content.config_records.get("meta")
-    if meta is None or "dp-epsilon" not in meta:
-        return None
-    return {key.removeprefix("dp-").replace("-", "_"): read_float(content, "meta", key) for key in DP_KEYS}
-
-
-def read_decline(content: RecordDict) -> str | None:
-    """The reason a silo declined to release this round (None when it did not)."""
-    meta = content.config_records.get("meta")
-    return str(meta["declined"]) if meta is not None and "declined" in meta else None

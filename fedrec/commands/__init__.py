@@ -1,0 +1,1 @@
+"""The `fedrec` command: run (Hydra), models, audit, deploy."""

@@ -1,0 +1,5 @@
+"""`python -m fedrec.commands` is the `fedrec` command."""
+
+from fedrec.commands.main import main
+
+main()

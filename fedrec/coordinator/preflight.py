@@ -1,0 +1,62 @@
+"""Preflight, the coordinator's half: before round 1 ask every connected silo to check itself.
+
+Each silo answers "ok" or its problem (`fedrec.silo.preflight`); regions must be distinct and known to the
+world's manifest. Any problem stops the run before anything is trained, naming every bad node.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedrec.errors import ConfigError
+from fedrec.messages import PREFLIGHT_ERROR
+from fedrec.settings import RunSettings
+
+
+def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
+    """The connected nodes once at least `n` are (or all there are when `timeout` runs out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= n or time.monotonic() >= deadline:
+            return nodes
+        time.sleep(0.5)
+
+
+def run_preflight(grid: Grid, s: RunSettings, regions: list[str], *, timeout: float) -> list[str]:
+    """Ask every connected silo to check itself; return the problems (empty: go)."""
+    nodes = wait_for_nodes(grid, s.min_nodes, timeout)
+    if len(nodes) < s.min_nodes:
+        return [f"only {len(nodes)} silo(s) connected within {timeout:g} s, min-nodes is {s.min_nodes}"]
+    queries = [Message(RecordDict({"config": ConfigRecord({"server-round": 0})}), dst_node_id=node,
+                       message_type=MessageType.QUERY, group_id="preflight") for node in nodes]
+    replies = list(grid.send_and_receive(queries, timeout=timeout))
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            problems.append(f"node {node}: {str(reply.error.reason)[:500]}")
+            continue
+        meta = reply.content.config_records["meta"]
+        region = str(meta["region"])
+        if PREFLIGHT_ERROR in meta:
+            problems.append(f"node {node} (region {region}): {meta[PREFLIGHT_ERROR]!s}")
+        elif region not in regions:
+            problems.append(f"node {node}: region {region!r} is not one of this federation's regions {regions}")
+        elif region in seen:
+            problems.append(f"nodes {seen[region]} and {node} both claim region {region!r}")
+        seen.setdefault(region, node)
+    answered = {r.metadata.src_node_id for r in replies}
+    problems += [f"node {n}: no answer to the preflight check within {timeout:g} s" for n in nodes if n not in answered]
+    return problems
+
+
+def preflight_failure(problems: list[str], out_dir: str) -> ConfigError:
+    """The error that stops the run (its message lists every problem)."""
+    where = f" (also in {Path(out_dir) / 'federated_history.json'})" if out_dir else ""
+    return ConfigError("preflight failed, nothing was trained" + where + ":\n  " + "\n  ".join(problems))

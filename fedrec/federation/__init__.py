@@ -1,1 +1,0 @@
-"""Federation on Flower's Message API: thin Flower handlers over plain, typed silo/coordinator logic."""

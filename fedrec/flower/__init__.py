@@ -1,0 +1,1 @@
+"""Thin adapters between Flower and fedrec: the ClientApp, the ServerApp and the simulation entry point."""
