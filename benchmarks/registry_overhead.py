@@ -24,7 +24,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fedrec.commands.main import conf_dir
+from fedrec.commands.run import conf_dir
 from fedrec.config import experiment_from_dict
 from fedrec.experiment import run_experiment
 from fedrec.model_io import load_global_model

@@ -217,6 +217,8 @@ RETIRED = {
     ("privacy", "noise"): "privacy.noise is gone: a silo always draws DP noise and sampling from its own OS CSPRNG "
                           "(reproducible noise is a Python-only research option: make_client_app(..., "
                           "reproducible_noise=True))",
+    ("split", "strategy"): "split.strategy is now split.method (temporal_ratio | leave_last_out): `strategy` names "
+                           "the server optimiser group (strategy=fedavg|fedavgm|fedadam)",
 }
 
 

@@ -17,6 +17,14 @@ import numpy as np
 from safetensors.numpy import save as safetensors_bytes
 
 
+def write_durably(path: Path, data: bytes, *, exclusive: bool = True) -> None:
+    """Write `data` to `path` and fsync it (not atomic by itself: for files inside a directory renamed later)."""
+    with open(path, "xb" if exclusive else "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or creation inside `path` durable (a no-op where directories cannot be opened)."""
     try:

@@ -145,8 +145,8 @@ GROUP_OPTIONS: dict[tuple[str, str], Any] = {
     ("strategy", "fedavg"): lambda e: (e.strategy.name, e.strategy.server_momentum) == ("fedavg", 0.0),
     ("strategy", "fedavgm"): lambda e: (e.strategy.name, e.strategy.server_momentum) == ("fedavgm", 0.9),
     ("strategy", "fedadam"): lambda e: (e.strategy.name, e.strategy.server_lr) == ("fedadam", 0.01),
-    ("split", "temporal"): lambda e: e.split.strategy == "temporal_ratio",
-    ("split", "leave_last_out"): lambda e: e.split.strategy == "leave_last_out",
+    ("split", "temporal"): lambda e: e.split.method == "temporal_ratio",
+    ("split", "leave_last_out"): lambda e: e.split.method == "leave_last_out",
     ("privacy", "none"): lambda e: e.privacy.name == "none",
     ("privacy", "user_dp"): lambda e: (e.privacy.name, e.privacy.epsilon, e.privacy.delta) == ("user_dp", 8.0, 1e-6),
     ("train", "default"): lambda e: (e.train.loss, e.train.batch_size) == ("softmax", 512),
@@ -346,3 +346,12 @@ def test_a_jurisdictions_node_config_policy_overrides_the_run_config(tmp_path: P
     assert SiloIdentity.from_node_config(base, s).policy.kind == "always"
     with pytest.raises(ConfigError, match=r"node config: adoption\.eu\.contribute=.false."):
         SiloIdentity.from_node_config({**base, "adopt": "always", "contribute": "false"}, s)
+
+
+@pytest.mark.parametrize(("override", "reason"), [
+    ("+split.strategy=leave_last_out", "split.strategy is now split.method"),
+    ("+privacy.noise=seeded", "privacy.noise is gone"),
+])
+def test_a_retired_key_is_refused_with_what_replaced_it(override: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        experiment_from_dict(composed([override]))

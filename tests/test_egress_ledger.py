@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, MessageType, RecordDict
 
-from fedrec.commands.main import audit_main
+from fedrec.commands.audit import audit_main
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.flower.client_app import make_client_app
@@ -107,4 +107,5 @@ def test_a_forged_last_entry_with_a_valid_hash_is_caught_by_the_privacy_totals(s
 
 def test_audit_of_a_missing_ledger_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     assert audit_main(["verify", str(tmp_path)]) == 2
-    assert "no egress ledger" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert err.startswith("fedrec audit: error: no egress ledger") and err.count("\n") == 1, err

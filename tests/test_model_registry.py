@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedrec.commands.models import models_main
 from fedrec.errors import ConfigError, DataError
 from fedrec.model_io import load_global_model
 from fedrec.models.base import ModelSpec
-from fedrec.versions import LOCK_FILE, ModelRegistry, ModelVersion, models_main
+from fedrec.versions import LOCK_FILE, ModelRegistry, ModelVersion
 
 SPEC = ModelSpec(name="mf", dim=4, kwargs={"n_items": 5, "bias": True})
 

@@ -122,7 +122,7 @@ def test_temporal_ratio_respects_the_fractions(world: Interactions, silos: dict[
 
 def test_leave_last_out_gives_one_test_and_one_valid_per_user(world: Interactions) -> None:
     # Prepare
-    cfg = SplitConfig(strategy="leave_last_out")
+    cfg = SplitConfig(method="leave_last_out")
 
     # Execute
     silos = split_silos(world, cfg)
@@ -213,7 +213,7 @@ def test_region_with_too_few_users_is_a_data_error_naming_it(world: Interactions
 
 
 @pytest.mark.parametrize(("kwargs", "key"), [
-    ({"strategy": "random"}, "split.strategy"),
+    ({"method": "random"}, "split.method"),
     ({"test_fraction": 0.0}, "split.test_fraction"),
     ({"test_fraction": 1.0}, "split.test_fraction"),
     ({"test_fraction": 2.0}, "split.test_fraction"),

@@ -16,22 +16,22 @@ import numpy as np
 from fedrec.data.schema import Interactions
 from fedrec.errors import ConfigError, DataError
 
-SPLIT_STRATEGIES = ("temporal_ratio", "leave_last_out")
+SPLIT_METHODS = ("temporal_ratio", "leave_last_out")
 
 
 @dataclass(frozen=True)
 class SplitConfig:
     """How each silo splits its users' histories; validated on construction."""
 
-    strategy: str = "temporal_ratio"
+    method: str = "temporal_ratio"
     test_fraction: float = 0.2
     valid_fraction: float = 0.1
     min_user_interactions: int = 3
     min_users_per_silo: int = 5
 
     def __post_init__(self) -> None:
-        if self.strategy not in SPLIT_STRATEGIES:
-            raise ConfigError(f"split.strategy={self.strategy!r} is unknown; choose one of {SPLIT_STRATEGIES}")
+        if self.method not in SPLIT_METHODS:
+            raise ConfigError(f"split.method={self.method!r} is unknown; choose one of {SPLIT_METHODS}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"split.test_fraction={self.test_fraction} must lie in (0, 1)")
         if not 0.0 <= self.valid_fraction < 1.0 - self.test_fraction:
@@ -121,7 +121,7 @@ def split_one_silo(
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     pos = np.arange(len(u)) - starts[u]  # position of each interaction in its user's timeline
     n = counts[u]
-    if cfg.strategy == "leave_last_out":
+    if cfg.method == "leave_last_out":
         n_test = np.ones_like(n)
         n_valid = np.full_like(n, 1 if cfg.valid_fraction > 0 else 0)
     else:

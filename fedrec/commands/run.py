@@ -1,0 +1,75 @@
+"""`fedrec [OVERRIDES]`: a Hydra app composing `conf/` into an `ExperimentConfig` and running it.
+
+Hydra stays here, at the entry point. User mistakes (bad data, bad config) print one clear message and
+exit with status 2 instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from fedrec.errors import FedrecError
+
+
+def conf_dir() -> str:
+    """`conf/` next to the package (editable install, repo checkout) or inside it (wheel)."""
+    here = Path(__file__).resolve().parents[1]  # the package: fedrec/conf links to the repo's conf/
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").exists():
+            return str(candidate)
+    raise FileNotFoundError(f"fedrec's conf/ directory not found next to {here}")
+
+
+def progress_enabled(setting: Any, env: dict[str, str]) -> bool:
+    """`auto` shows progress unless running under CI (CI=true)."""
+    if isinstance(setting, bool):
+        return setting
+    if str(setting).lower() in ("true", "false"):
+        return str(setting).lower() == "true"
+    return env.get("CI", "").lower() not in ("true", "1")
+
+
+def run(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
+    """Compose → validate → run → print; returns the results dict."""
+    from fedrec.config import experiment_from_dict  # imports torch: not needed for `fedrec --help`
+    from fedrec.experiment import run_experiment
+    from fedrec.report import print_summary, round_progress
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    resolved: dict[str, Any] = {str(k): v for k, v in container.items()}
+    exp = experiment_from_dict({k: v for k, v in resolved.items() if k not in ("progress", "experiment")})
+    (out_dir).mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    show = progress_enabled(resolved.get("progress", "auto"), dict(os.environ))
+    console.print(f"fedrec: dataset={exp.dataset.name} model={exp.model.name} strategy={exp.strategy.name} "
+                  f"rounds={exp.federation.rounds} privacy={exp.privacy.name}"
+                  + (f" (ε={exp.privacy.epsilon:g} per silo)" if exp.privacy.name != "none" else "") + f" → {out_dir}")
+    with round_progress(exp.federation.rounds, enabled=show, console=console) as on_round:
+        results = run_experiment(exp, out_dir, on_round=on_round, resolved_config=resolved, log=console.print)
+    print_summary(results, console)
+    from fedrec.plots import save_figures
+
+    figures = save_figures(results, out_dir)
+    console.print(f"results: {out_dir / 'results.json'}; figures: {', '.join(p.name for p in figures)}")
+    return results
+
+
+@hydra.main(version_base=None, config_path=conf_dir(), config_name="config")
+def hydra_main(cfg: DictConfig) -> None:
+    """Run the composed experiment; a user mistake is one red line and exit status 2."""
+    console = Console()
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        run(cfg, out_dir, console)
+    except FedrecError as exc:
+        console.print(f"[bold red]fedrec: error:[/] {exc}", highlight=False)
+        sys.exit(2)
