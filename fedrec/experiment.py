@@ -1,7 +1,9 @@
 """One experiment end to end: data → per-silo split → federated (Flower simulation) → bounds → results.json.
 
 Plain function of a typed config and an output directory: the Hydra CLI, notebooks and tests all call
-`run_experiment`.
+`run_experiment`. The federation returns what the coordinator saw (`FederationHistory`); what only the
+silos know (their metrics under DP, what each region serves and why) is read from the silos' own logs,
+which the researcher may do because in a simulation they own every silo (`SiloView`). A coordinator never can.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,76 +19,86 @@ import numpy as np
 
 from fedrec.bounds import local_only_curve, popularity, train_centralized
 from fedrec.config import ExperimentConfig
+from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.round_loop import RoundCallback
 from fedrec.data.registry import load_dataset
+from fedrec.data.schema import Interactions
 from fedrec.errors import FedrecError
 from fedrec.evaluation import SiloEvaluation, pool
 from fedrec.flower.simulation import run_simulation
 from fedrec.settings import RunSettings, silo_state_root
 from fedrec.silo.adoption import ServingRecord
-from fedrec.silo.private_round import read_evaluations
+from fedrec.silo.evaluation_log import LoggedEvaluation, read_evaluations
 from fedrec.silo.state_dir import StateDir
-from fedrec.world import prepare_world
+from fedrec.world import PreparedWorld, prepare_world
+
+Engine = Callable[..., FederationHistory]
+"""Runs the federation for `RunSettings` (keywords `on_round`, `cpus_per_client`) and returns its history."""
+Block = dict[str, Any]
+"""`{"overall": {metric: value}, "per_region": {region: {metric: value}}}`, as in results.json."""
 
 
-def _block(per_region: dict[str, dict[str, float]], overall: dict[str, float]) -> dict[str, Any]:
+def _block(pooled: tuple[dict[str, dict[str, float]], dict[str, float]]) -> Block:
+    per_region, overall = pooled
     return {"overall": overall, "per_region": per_region}
 
 
-def gather_silo_evaluations(history: dict[str, Any], settings: RunSettings, regions: tuple[str, ...]
-                            ) -> list[dict[str, Any]]:
-    """Fill the rounds' metrics from the silos' own evaluation logs (private runs keep them in the silo).
+@dataclass(frozen=True)
+class SiloView:
+    """What the silos' own records say about one run: their evaluation logs, decisions and policies."""
 
-    Only the researcher who owns every silo of a simulation can do this; a coordinator cannot.
-    """
-    root = silo_state_root(settings)
-    assert root is not None  # run_experiment always sets output_dir
-    logs = {r: {e["round"]: e for e in read_evaluations(root / r, history["run_id"])} for r in regions}
-    rounds = []
-    for entry in history["rounds"]:
-        evals = {r: _evaluation(e) for r in regions if (e := logs[r].get(entry["round"])) is not None}
-        per_region, overall = pool(evals)
-        rounds.append({**entry, "per_region": per_region, "overall": overall, "metrics_source": "silo logs"})
-    return rounds
+    logs: dict[str, dict[int, LoggedEvaluation]]
+    decisions: dict[str, list[dict[str, Any]]]
+    policies: dict[str, dict[str, Any]]
 
-
-def _evaluation(e: dict[str, Any]) -> SiloEvaluation:
-    return SiloEvaluation(sums=e["sums"], n_users=e["n_users"], sq_error=e["sq_error"], n_ratings=e["n_ratings"])
-
-
-def gather_serving(history: dict[str, Any], settings: RunSettings, regions: tuple[str, ...]
-                   ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, SiloEvaluation]]:
-    """Each region's served model per evaluated round, and its policy and decisions, from the silos' own records.
-
-    Returns (rounds with a `served` block, `adoption` per region, the served models' metric sums at the last
-    evaluated round, for pooling). Like `gather_silo_evaluations`, only the researcher owning every silo can
-    read these; a coordinator never receives them.
-    """
-    root = silo_state_root(settings)
-    if root is None:
-        return history["rounds"], {}, {}
-    logs = {r: {e["round"]: e for e in read_evaluations(root / r, history["run_id"]) if "decision" in e}
-            for r in regions}
-    rounds = []
-    served_sums: dict[str, SiloEvaluation] = {}
-    for entry in history["rounds"]:
-        served: dict[str, Any] = {}
-        served_sums = {}
+    @classmethod
+    def read(cls, settings: RunSettings, regions: tuple[str, ...], run_id: str) -> SiloView:
+        """Every region's log for `run_id` (only the researcher who owns every silo of a simulation can)."""
+        root = silo_state_root(settings)
+        if root is None:
+            return cls({r: {} for r in regions}, {r: [] for r in regions},
+                       {r: asdict(settings.policy_for(r)) for r in regions})
+        logs = {r: {e.round: e for e in read_evaluations(root / r, run_id)} for r in regions}
+        decisions = {r: [asdict(d) for d in ServingRecord(StateDir(root / r).serving).decisions() if d.run_id == run_id]
+                     for r in regions}
+        policies = {}
         for r in regions:
-            e = logs[r].get(entry["round"])
-            if e is not None and e["served"] is not None:
-                served_sums[r] = _evaluation(e["served"])
-                served[r] = {**served_sums[r].means(), "version": e["decision"]["served_after"],
-                             "adopted": e["decision"]["adopted"], "reason": e["decision"]["reason"]}
-        rounds.append({**entry, "served": served})
-    adoption = {}
-    for r in regions:
-        decisions = [asdict(d) for d in ServingRecord(StateDir(root / r).serving).decisions()
-                     if d.run_id == history["run_id"]]
-        logged = next(iter(logs[r].values()), None)  # every line holds the region's policy
-        adoption[r] = {"policy": logged["policy"] if logged else asdict(settings.policy_for(r)),
-                       "serving": decisions[-1]["served_after"] if decisions else None, "decisions": decisions}
-    return rounds, adoption, served_sums
+            reviewed = next((e for e in logs[r].values() if e.policy is not None), None)  # each line holds it
+            policies[r] = reviewed.policy if reviewed and reviewed.policy else asdict(settings.policy_for(r))
+        return cls(logs, decisions, policies)
+
+    def evaluations(self, rnd: int) -> dict[str, SiloEvaluation]:
+        """Each region's evaluation of the global model at round `rnd` (the regions that logged one)."""
+        return {r: e.evaluation for r, log in self.logs.items() if (e := log.get(rnd)) is not None}
+
+    def served(self, rnd: int) -> dict[str, tuple[SiloEvaluation, dict[str, Any]]]:
+        """Each reviewing region's served model at round `rnd`: its metric sums and the decision."""
+        return {r: (e.served, e.decision) for r, log in self.logs.items()
+                if (e := log.get(rnd)) is not None and e.decision is not None and e.served is not None}
+
+    def adoption(self) -> dict[str, Any]:
+        """Per region: its policy, the version it serves at the end, and every decision of the run."""
+        return {r: {"policy": self.policies[r], "serving": d[-1]["served_after"] if d else None, "decisions": d}
+                for r, d in self.decisions.items()}
+
+
+def federated_rounds(history: FederationHistory, view: SiloView, *, private: bool) -> list[dict[str, Any]]:
+    """The evaluated rounds as results.json reports them: the coordinator's entry, plus what the silos kept.
+
+    Under DP the metrics come from the silos' logs (the coordinator never saw them); every round says which
+    version each reviewing region serves after it (`served`).
+    """
+    rounds = []
+    for entry in history.rounds:
+        rnd = entry["round"]
+        out = dict(entry)
+        if private:
+            per_region, overall = pool(view.evaluations(rnd))
+            out.update(per_region=per_region, overall=overall, metrics_source="silo logs")
+        out["served"] = {r: {**ev.means(), "version": d["served_after"], "adopted": d["adopted"],
+                             "reason": d["reason"]} for r, (ev, d) in view.served(rnd).items()}
+        rounds.append(out)
+    return rounds
 
 
 def final_privacy(privacy_rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -97,8 +109,55 @@ def final_privacy(privacy_rounds: list[dict[str, Any]]) -> dict[str, dict[str, f
     return dict(sorted(final.items()))
 
 
-Engine = Callable[..., Path]
-"""Runs the federation for `RunSettings` (keywords `on_round`, `cpus_per_client`) and returns its output dir."""
+def prepare(cfg: ExperimentConfig, out_dir: Path, log: Callable[[str], Any]) -> tuple[Interactions, PreparedWorld]:
+    """Load the dataset, check its regions against the config, split each silo and write the world."""
+    data = load_dataset(cfg.dataset.name, cfg.dataset.params)
+    if data.report is not None:
+        for line in data.report.lines():
+            log(line)
+    cfg.check_regions(data.regions)
+    world = prepare_world(data, cfg.split, out_dir / "world")
+    for r, s in world.silos.items():
+        if s.n_train_only_users or s.n_repeats_removed:
+            log(f"  {r}: {s.n_train_only_users} users with < {cfg.split.min_user_interactions} interactions are "
+                f"train-only (not evaluated); {s.n_repeats_removed} repeated interactions left out of valid/test")
+    return data, world
+
+
+def reference_points(cfg: ExperimentConfig, world: PreparedWorld, rounds: list[dict[str, Any]],
+                     timings: dict[str, float]) -> dict[str, Block]:
+    """The configured bounds and popularity on the same split; adds `local_only` to each round in place."""
+    out: dict[str, Block] = {}
+    if "centralized" in cfg.bounds:
+        t = time.perf_counter()
+        out["centralized"] = _block(pool(train_centralized(world.silos, cfg.model, cfg.train,
+                                                           epochs=cfg.total_epochs, seed=cfg.seed)))
+        timings["centralized_s"] = time.perf_counter() - t
+    if "local_only" in cfg.bounds:
+        t = time.perf_counter()
+        le = cfg.federation.local_epochs
+        checkpoints = sorted({e["round"] * le for e in rounds} | {cfg.total_epochs})
+        curves = {r: local_only_curve(s, cfg.model, cfg.train, epochs=checkpoints, seed=cfg.seed)
+                  for r, s in world.silos.items()}
+        out["local_only"] = _block(pool({r: c[cfg.total_epochs] for r, c in curves.items()}))
+        for entry in rounds:
+            entry["local_only"] = pool({r: c[entry["round"] * le] for r, c in curves.items()})[0]
+        timings["local_only_s"] = time.perf_counter() - t
+    out["popularity"] = _block(pool({r: popularity(s) for r, s in world.silos.items()}))
+    return out
+
+
+def dataset_facts(cfg: ExperimentConfig, data: Interactions, world: PreparedWorld) -> dict[str, Any]:
+    """The `dataset` block of results.json: catalog, load report and each region's size."""
+    return {
+        "name": cfg.dataset.name,
+        "n_items": world.n_items,
+        "catalog": data.catalog.source,
+        "load_report": data.report.lines() if data.report else [],
+        "regions": {r: {"users": s.n_users, "test_users": int(np.unique(s.test[0]).size),
+                        "train_interactions": len(s.train[0]), "train_only_users": s.n_train_only_users}
+                    for r, s in world.silos.items()},
+    }
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallback | None = None,
@@ -111,79 +170,41 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
     """
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-
     t = time.perf_counter()
-    data = load_dataset(cfg.dataset.name, cfg.dataset.params)
-    if data.report is not None:
-        for line in data.report.lines():
-            log(line)
-    cfg.check_regions(data.regions)
-    world = prepare_world(data, cfg.split, out_dir / "world")
-    for r, s in world.silos.items():
-        if s.n_train_only_users or s.n_repeats_removed:
-            log(f"  {r}: {s.n_train_only_users} users with < {cfg.split.min_user_interactions} interactions are "
-                f"train-only (not evaluated); {s.n_repeats_removed} repeated interactions left out of valid/test")
-    timings["prepare_s"] = time.perf_counter() - t
+    data, world = prepare(cfg, out_dir, log)
+    timings = {"prepare_s": time.perf_counter() - t}
 
     t = time.perf_counter()
     settings = RunSettings.from_experiment(cfg, data_dir=str(world.data_dir), output_dir=str(out_dir),
                                           n_regions=len(world.regions))
-    engine(settings, on_round=on_round, cpus_per_client=cfg.federation.cpus_per_client)
-    history = json.loads((out_dir / "federated_history.json").read_text())
+    history = engine(settings, on_round=on_round, cpus_per_client=cfg.federation.cpus_per_client)
     timings["federated_s"] = time.perf_counter() - t
-    privacy: dict[str, Any] = {}
-    if settings.privacy_settings().enabled:
-        history["rounds"] = gather_silo_evaluations(history, settings, world.regions)
-        privacy = final_privacy(history["privacy_rounds"])
-    history["rounds"], adoption, served_last = gather_serving(history, settings, world.regions)
-    if not history["rounds"]:
-        raise FedrecError(f"the federation trained no round ({history.get('stopped_early') or 'no silo replied'}); "
+    private = settings.privacy_settings().enabled
+    view = SiloView.read(settings, world.regions, history.run_id)
+    rounds = federated_rounds(history, view, private=private)
+    if not rounds:
+        raise FedrecError(f"the federation trained no round ({history.stopped_early or 'no silo replied'}); "
                           "a silo whose privacy budget is spent needs a larger privacy.epsilon or a fresh "
                           "privacy.state_dir (budgets are meant to persist: never reset a real silo's ledger)")
-    last = history["rounds"][-1]
-    final: dict[str, Any] = {"federated": _block(last["per_region"], last["overall"])}
+    final: dict[str, Block] = {"federated": {"overall": rounds[-1]["overall"], "per_region": rounds[-1]["per_region"]}}
+    served_last = {r: ev for r, (ev, _) in view.served(rounds[-1]["round"]).items()}
     if served_last:
-        final["served"] = _block(*pool(served_last))
-
-    if "centralized" in cfg.bounds:
-        t = time.perf_counter()
-        final["centralized"] = _block(*pool(train_centralized(
-            world.silos, cfg.model, cfg.train, epochs=cfg.total_epochs, seed=cfg.seed)))
-        timings["centralized_s"] = time.perf_counter() - t
-    if "local_only" in cfg.bounds:
-        t = time.perf_counter()
-        le = cfg.federation.local_epochs
-        checkpoints = sorted({e["round"] * le for e in history["rounds"]} | {cfg.total_epochs})
-        curves = {r: local_only_curve(s, cfg.model, cfg.train, epochs=checkpoints, seed=cfg.seed)
-                  for r, s in world.silos.items()}
-        final["local_only"] = _block(*pool({r: c[cfg.total_epochs] for r, c in curves.items()}))
-        for entry in history["rounds"]:
-            entry["local_only"] = pool({r: c[entry["round"] * le] for r, c in curves.items()})[0]
-        timings["local_only_s"] = time.perf_counter() - t
-    final["popularity"] = _block(*pool({r: popularity(s) for r, s in world.silos.items()}))
+        final["served"] = _block(pool(served_last))
+    final.update(reference_points(cfg, world, rounds, timings))
 
     results = {
         "config": resolved_config if resolved_config is not None else asdict(cfg),
         "wall_time_s": time.perf_counter() - start,
         "timings": timings,
-        "dataset": {
-            "name": cfg.dataset.name,
-            "n_items": world.n_items,
-            "catalog": data.catalog.source,
-            "load_report": data.report.lines() if data.report else [],
-            "regions": {r: {"users": s.n_users, "test_users": int(np.unique(s.test[0]).size),
-                            "train_interactions": len(s.train[0]), "train_only_users": s.n_train_only_users}
-                        for r, s in world.silos.items()},
-        },
-        "rounds": history["rounds"],
+        "dataset": dataset_facts(cfg, data, world),
+        "rounds": rounds,
         "final": final,
-        "privacy": privacy,
-        "privacy_rounds": history.get("privacy_rounds", []),
-        "model_versions": history.get("model_versions", []),
-        "round_log": history.get("round_log", []),
-        "adoption": adoption,
-        "stopped_early": history.get("stopped_early", ""),
+        "privacy": final_privacy(history.privacy_rounds) if private else {},
+        "privacy_rounds": history.privacy_rounds,
+        "model_versions": history.versions,
+        "round_log": history.round_log,
+        "adoption": view.adoption(),
+        "stopped_early": history.stopped_early,
         "artifacts": {"global_model": "global_model.safetensors", "world": "world/",
                       "registry": settings.registry_dir or "registry/"},
     }

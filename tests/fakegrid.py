@@ -39,7 +39,6 @@ import random
 import traceback
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -52,6 +51,7 @@ from flwr.supercore.date import now
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.round_loop import RoundCallback
 from fedrec.flower.client_app import make_client_app
 from fedrec.flower.egress_recorder import Mod
@@ -223,7 +223,7 @@ def task_identity(run_id: int) -> Iterator[None]:
 def run_in_process(settings: RunSettings, *, on_round: RoundCallback | None = None,
                    cpus_per_client: float = 1.0, flwr_logs: bool = False, client_mods: list[Mod] | None = None,
                    reproducible_noise: bool = False, run_id: int | None = None,
-                   node_ids: list[int] | None = None) -> Path:
+                   node_ids: list[int] | None = None) -> FederationHistory:
     """`fedrec.flower.simulation.run_simulation` on a `FakeGrid`: same apps, same outputs, no Ray.
 
     The real ServerApp (`make_server_app(settings, on_round=...)`, which seeds `random` and calls
@@ -247,9 +247,10 @@ def run_in_process(settings: RunSettings, *, on_round: RoundCallback | None = No
     level = flwr_logger.level
     if not flwr_logs:
         flwr_logger.setLevel(logging.ERROR)
+    history = FederationHistory()
     try:
         with task_identity(run_id):
-            make_server_app(settings, on_round=on_round)(grid=grid, context=server_context)
+            make_server_app(settings, on_round=on_round, history=history)(grid=grid, context=server_context)
     finally:
         flwr_logger.setLevel(level)
-    return Path(settings.output_dir)
+    return history

@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 
+from fedrec.coordinator.history import FederationHistory
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.flower.simulation import run_simulation
@@ -36,9 +37,13 @@ def settings(world_dir: Path, out: Path, **kw: object) -> RunSettings:
     return RunSettings(**{**base, **kw})  # type: ignore[arg-type]
 
 
-def outputs(out: Path) -> tuple[dict, dict[str, np.ndarray]]:
+def outputs(history: FederationHistory, out: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The history the run returned, checked against the files it wrote in `out`, and its global model."""
+    written = json.loads((out / "federated_history.json").read_text())
+    assert written == history.to_json()
     arrays, _, _ = load_global_model(out / "global_model.safetensors")
-    return json.loads((out / "federated_history.json").read_text()), arrays
+    np.testing.assert_equal(arrays, history.final_arrays)
+    return written, arrays
 
 
 def without_timing(entries: list[dict]) -> list[dict]:
@@ -52,10 +57,11 @@ def test_a_two_round_run_in_process_writes_its_history(world_dir: Path, tmp_path
     seen: list[int] = []
     start = time.perf_counter()
     s = settings(world_dir, tmp_path / "out", num_rounds=2)
-    out = run_in_process(s, on_round=lambda e: seen.append(e["round"]))
+    out = tmp_path / "out"
+    returned = run_in_process(s, on_round=lambda e: seen.append(e["round"]))
     wall = time.perf_counter() - start
     print(f"\n2 rounds x 3 silos in process: {wall:.2f} s")
-    history, arrays = outputs(out)
+    history, arrays = outputs(returned, out)
     assert seen == [1, 2]
     assert [r["round"] for r in history["rounds"]] == [1, 2]
     assert all(r["participants"] == ["apac", "eu", "na"] and r["failures"] == [] for r in history["rounds"])
@@ -70,8 +76,8 @@ def test_a_two_round_run_in_process_writes_its_history(world_dir: Path, tmp_path
 
 
 def test_in_process_runs_are_reproducible(world_dir: Path, tmp_path: Path) -> None:
-    h1, a1 = outputs(run_in_process(settings(world_dir, tmp_path / "a", num_rounds=2)))
-    h2, a2 = outputs(run_in_process(settings(world_dir, tmp_path / "b", num_rounds=2)))
+    h1, a1 = outputs(run_in_process(settings(world_dir, tmp_path / "a", num_rounds=2)), tmp_path / "a")
+    h2, a2 = outputs(run_in_process(settings(world_dir, tmp_path / "b", num_rounds=2)), tmp_path / "b")
     assert h1["run_id"] != h2["run_id"]  # a fresh random Flower run id each time, as in simulation
     assert without_timing(h1["rounds"]) == without_timing(h2["rounds"])
     assert all(np.array_equal(a1[k], a2[k]) for k in a1)
@@ -79,8 +85,8 @@ def test_in_process_runs_are_reproducible(world_dir: Path, tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_in_process_and_ray_simulation_give_bit_identical_models(world_dir: Path, tmp_path: Path) -> None:
-    ray_history, ray_arrays = outputs(run_simulation(settings(world_dir, tmp_path / "ray")))
-    fake_history, fake_arrays = outputs(run_in_process(settings(world_dir, tmp_path / "fake")))
+    ray_history, ray_arrays = outputs(run_simulation(settings(world_dir, tmp_path / "ray")), tmp_path / "ray")
+    fake_history, fake_arrays = outputs(run_in_process(settings(world_dir, tmp_path / "fake")), tmp_path / "fake")
 
     assert set(ray_arrays) == set(fake_arrays)
     for k in ray_arrays:

@@ -25,7 +25,8 @@ from fedrec.privacy.plan import PrivacySettings
 from fedrec.settings import RunSettings
 from fedrec.silo.egress_ledger import wire_bytes
 from fedrec.silo.error_replies import FIXED_REASONS
-from fedrec.silo.private_round import PRIVACY_LEDGER_FILE, read_evaluations
+from fedrec.silo.evaluation_log import read_evaluations
+from fedrec.silo.private_round import PRIVACY_LEDGER_FILE
 from fedrec.training import initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
 from tests.test_client_egress import instruction
@@ -140,7 +141,7 @@ def test_private_evaluation_is_logged_in_the_silo_not_sent(world, tmp_path) -> N
     assert dict(reply.content["meta"]) == {"region": "eu", "server-round": 1, "kept-in-silo": True}
     assert "metrics" not in reply.content
     logged = read_evaluations(tmp_path / "eu", "1")
-    assert [e["round"] for e in logged] == [1] and logged[0]["n_users"] == world.silos["eu"].n_users
+    assert [e.round for e in logged] == [1] and logged[0].evaluation.n_users == world.silos["eu"].n_users
 
 
 def test_a_silo_without_a_state_dir_replies_a_fixed_error_and_logs_the_reason(world, caplog) -> None:

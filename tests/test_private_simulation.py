@@ -27,7 +27,8 @@ from fedrec.privacy.noise import NoiseSource
 from fedrec.settings import RunSettings
 from fedrec.silo.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
 from fedrec.silo.egress_ledger import EgressLedger, verify
-from fedrec.silo.private_round import PRIVACY_LEDGER_FILE, read_evaluations
+from fedrec.silo.evaluation_log import read_evaluations
+from fedrec.silo.private_round import PRIVACY_LEDGER_FILE
 from fedrec.silo.round import silo_seed
 from fedrec.training import initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
@@ -108,7 +109,7 @@ def test_evaluation_results_stay_in_the_silo(run) -> None:
     # ... where the silo keeps them, in its own log
     for region in world.regions:
         logged = read_evaluations(root / "state" / region, history["run_id"])
-        assert [e["round"] for e in logged] == list(range(1, ROUNDS + 1))
+        assert [e.round for e in logged] == list(range(1, ROUNDS + 1))
 
 
 def test_no_public_value_predicts_the_released_update(run) -> None:

@@ -19,6 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid
 
 from fedrec.coordinator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.preflight import preflight_failure, run_preflight
 from fedrec.coordinator.screen import ScreenRules, metadata_problem, screen
 from fedrec.coordinator.secure_aggregation import secure_train_round
@@ -33,30 +34,6 @@ from fedrec.training import initial_global_arrays
 from fedrec.versions import ModelRegistry, ModelVersion, describe_version
 
 RoundCallback = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class FederationHistory:
-    """Per-region evaluation of the global model after each evaluated round, and the final parameters.
-
-    Rounds are evaluated at round 1, every `eval_every` rounds and at the last round.
-    """
-
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-    privacy_rounds: list[dict[str, Any]] = field(default_factory=list)
-    final_arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    wall_time_s: float = 0.0
-    run_id: str = ""
-    stopped_early: str = ""
-    versions: list[dict[str, Any]] = field(default_factory=list)
-    round_log: list[dict[str, Any]] = field(default_factory=list)
-    resumed_at: list[int] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready form (without the arrays)."""
-        return {"run_id": self.run_id, "rounds": self.rounds, "privacy_rounds": self.privacy_rounds,
-                "model_versions": self.versions, "round_log": self.round_log, "resumed_at": self.resumed_at,
-                "stopped_early": self.stopped_early, "wall_time_s": self.wall_time_s}
 
 
 def _region(msg: Message) -> str:
@@ -140,14 +117,6 @@ def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: A
                      failures)
 
 
-def write_history(s: RunSettings, history: FederationHistory) -> None:
-    """`<output-dir>/federated_history.json` (nothing without an output dir)."""
-    if s.output_dir:
-        out = Path(s.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "federated_history.json").write_text(json.dumps(history.to_json(), indent=1))
-
-
 @dataclass(frozen=True)
 class RoundRecord:
     """What one round did: the version it made (if any), its evaluation, who took part, declined or failed."""
@@ -181,7 +150,7 @@ class _Run:
     """The coordinator's state through one run: strategy, current global arrays and version, history, registry."""
 
     def __init__(self, grid: Grid, s: RunSettings, *, timeout: float | None, run_id: str,
-                 context: Context | None) -> None:
+                 context: Context | None, history: FederationHistory | None) -> None:
         self.grid, self.s, self.run_id, self.context = grid, s, run_id, context
         self.manifest = read_manifest(s.data_dir)
         self.init = initial_global_arrays(s.model_spec, n_items=int(self.manifest["n_items"]), seed=s.seed)
@@ -190,7 +159,8 @@ class _Run:
         self.timeout = s.round_timeout if timeout is None else timeout
         self.rules = ScreenRules(norm_factor=s.update_norm_factor, max_norm=s.max_update_norm,
                                  uniform_weight=s.privacy_settings().enabled)
-        self.history = FederationHistory(run_id=run_id)
+        self.history = history if history is not None else FederationHistory()
+        self.history.run_id = run_id
         self.last_aggregated = 0
         root = s.registry_dir or (Path(s.output_dir) / "registry" if s.output_dir else None)
         self.registry = ModelRegistry(root) if root else None
@@ -219,7 +189,7 @@ class _Run:
         problems = run_preflight(self.grid, self.s, list(self.manifest["regions"]), timeout=self.timeout)
         if problems:
             self.history.stopped_early = "preflight failed: " + "; ".join(problems)
-            write_history(self.s, self.history)
+            self.history.save(self.s.output_dir)
             raise preflight_failure(problems, self.s.output_dir)
         ckpt = load_checkpoint(Path(self.s.output_dir), self.run_id) if self.s.resume else None
         if ckpt is None:
@@ -304,7 +274,7 @@ class _Run:
         h = self.history
         h.final_arrays = {k: v.numpy() for k, v in self.arrays.items()}
         h.wall_time_s = time.perf_counter() - started
-        write_history(self.s, h)
+        h.save(self.s.output_dir)
         if self.s.output_dir:
             save_global_model(Path(self.s.output_dir) / "global_model.safetensors", h.final_arrays,
                               spec=self.s.model_spec,
@@ -314,17 +284,19 @@ class _Run:
 
 
 def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = None,
-                   timeout: float | None = None, run_id: str = "", context: Context | None = None
-                   ) -> FederationHistory:
+                   timeout: float | None = None, run_id: str = "", context: Context | None = None,
+                   history: FederationHistory | None = None) -> FederationHistory:
     """Run `s.num_rounds` rounds of train → aggregate → evaluate; write outputs when `s.output_dir` is set.
 
     Silos that decline a round (a spent privacy budget, a repeated round) are left out of its aggregate
     and reported; when every silo declines, the run stops there and says why. Replies that fail the
     update screen (`update_screen`) are rejected and reported; a round with fewer than `min_replies`
     acceptable updates is not aggregated. Silos that do not answer within `round_timeout` are left out.
+    `history`, when given, is filled in place (so a caller holds what happened even when the run stops
+    with an error, e.g. a failed preflight) and returned.
     """
     started = time.perf_counter()
-    run = _Run(grid, s, timeout=timeout, run_id=run_id, context=context)
+    run = _Run(grid, s, timeout=timeout, run_id=run_id, context=context, history=history)
     for rnd in range(run.start(), s.num_rounds + 1):
         record = run.round(rnd)
         entry = run.record(record)

@@ -23,9 +23,10 @@ from fedrec.settings import RunSettings
 from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, train_reply
 from fedrec.silo.egress_ledger import egress_ledger_mod
 from fedrec.silo.error_replies import contain_errors
+from fedrec.silo.evaluation_log import log_evaluation
 from fedrec.silo.policy import NODE_DP_KEYS, SiloIdentity
 from fedrec.silo.preflight import preflight_reply
-from fedrec.silo.private_round import log_evaluation, private_train_round
+from fedrec.silo.private_round import private_train_round
 from fedrec.silo.round import check_received, evaluate_splits, silo_seed, train_round
 from fedrec.silo.secure_aggregation import PLAIN, aggregation_of, optional_secaggplus_mod
 from fedrec.silo.serving import RegionServing, advance_fork, review

@@ -7,19 +7,26 @@ import random
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.round_loop import RoundCallback, run_federation
 from fedrec.settings import RunSettings
 
 
-def make_server_app(settings: RunSettings | None = None, *, on_round: RoundCallback | None = None) -> ServerApp:
-    """A ServerApp; with `settings` it ignores `context.run_config` (in-process runs from Python)."""
+def make_server_app(settings: RunSettings | None = None, *, on_round: RoundCallback | None = None,
+                    history: FederationHistory | None = None) -> ServerApp:
+    """A ServerApp; with `settings` it ignores `context.run_config` (in-process runs from Python).
+
+    In-process callers pass a `history` for the coordinator to fill: what the run did, without reading
+    `federated_history.json` back.
+    """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         s = settings or RunSettings.from_run_config(dict(context.run_config))
         random.seed(s.seed)  # Flower's node sampling uses `random`; seed it for reproducible runs
-        run_federation(grid, s, on_round=on_round, run_id=s.run_key(context.run_id), context=context)
+        run_federation(grid, s, on_round=on_round, run_id=s.run_key(context.run_id), context=context,
+                       history=history)
 
     return app
 

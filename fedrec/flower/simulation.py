@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
+from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.round_loop import RoundCallback
 from fedrec.flower.client_app import make_client_app
 from fedrec.flower.egress_recorder import Mod
@@ -23,8 +23,8 @@ QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "R
 
 def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = None,
                    cpus_per_client: float = 1.0, flwr_logs: bool = False, client_mods: list[Mod] | None = None,
-                   reproducible_noise: bool = False) -> Path:
-    """Run the federation and return the output dir holding `federated_history.json` and the global model.
+                   reproducible_noise: bool = False) -> FederationHistory:
+    """Run the federation and return what it did (also in `federated_history.json` when there is an output dir).
 
     `client_mods` are Flower mods wrapped around every silo's ClientApp (e.g. `egress_recorder`).
     `reproducible_noise` seeds the silos' DP noise from the run's seed (research and tests only; by default
@@ -39,9 +39,10 @@ def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = No
     level = flwr_logger.level
     if not flwr_logs:
         flwr_logger.setLevel(logging.ERROR)  # also hides run_simulation's deprecation notice
+    history = FederationHistory()
     try:
         flwr_run_simulation(
-            server_app=make_server_app(settings, on_round=on_round),
+            server_app=make_server_app(settings, on_round=on_round, history=history),
             client_app=make_client_app(settings, mods=client_mods, reproducible_noise=reproducible_noise),
             num_supernodes=n_regions,
             backend_config={
@@ -52,4 +53,4 @@ def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = No
         )
     finally:
         flwr_logger.setLevel(level)
-    return Path(settings.output_dir)
+    return history

@@ -7,18 +7,14 @@ Order of a private training round, all inside the silo:
 3. train with user-level DP (`privacy.dp_round`): the spend is on record before any private computation,
    so a round that fails is spent too and failures are no free probe;
 4. hand the noised global parameters and the public DP report to `egress`.
-Evaluation results under DP stay in the silo: appended to its own log, never put in a reply.
+Evaluation results under DP stay in the silo: appended to its own log (`evaluation_log`), never put in a reply.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 from fedrec.data.split import SiloData
-from fedrec.evaluation import SiloEvaluation
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
 from fedrec.privacy.ledger import BudgetLedger, Decline, Release
 from fedrec.privacy.noise import NoiseSource
@@ -26,7 +22,6 @@ from fedrec.privacy.plan import BudgetSpent, PrivacyPlan, make_plan
 from fedrec.settings import RunSettings
 from fedrec.silo.policy import PolicyRefusal, SiloIdentity
 from fedrec.silo.round import silo_seed
-from fedrec.silo.serving import Review
 from fedrec.silo.state_dir import StateDir
 from fedrec.training import Arrays, Tensors
 
@@ -136,34 +131,3 @@ def private_train_round(silo: SiloData, s: RunSettings, ident: SiloIdentity, *, 
     return PrivateRound(report=privacy_report(ledger, plan, run_id, release.epsilon_after),
                         global_after=out.global_after,
                         local_after=out.local_after, optimizer_after=out.optimizer_after)
-
-
-def _sums(ev: SiloEvaluation) -> dict[str, Any]:
-    return {"sums": ev.sums, "n_users": ev.n_users, "sq_error": ev.sq_error, "n_ratings": ev.n_ratings}
-
-
-def log_evaluation(ident: SiloIdentity, *, run_id: str, server_round: int, ev: SiloEvaluation,
-                   review: Review | None = None) -> Path:
-    """Append an evaluation to the silo's own log (`<state-dir>/evaluations/run-<id>.jsonl`).
-
-    With a `review`, the line also holds what the region serves, the decision, and the served model's
-    test metrics: the region's own record, never sent.
-    """
-    path = StateDir(ident.require_state_dir()).evaluations(run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line: dict[str, Any] = {"round": server_round, "region": ident.region, **_sums(ev)}
-    if review is not None:
-        line["policy"] = asdict(ident.policy)
-        line["decision"] = asdict(review.decision)
-        line["served"] = _sums(review.served) if review.served is not None else None
-    with open(path, "a") as f:
-        f.write(json.dumps(line) + "\n")
-    return path
-
-
-def read_evaluations(state_dir: Path, run_id: str) -> list[dict[str, Any]]:
-    """A silo's evaluation log for one run (the researcher's view in simulation, where they own every silo)."""
-    path = StateDir(Path(state_dir)).evaluations(run_id)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
