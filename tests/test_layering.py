@@ -2,8 +2,8 @@
 
 Layers, lowest first (a module may import its own layer and the ones below, never above):
 0. `errors`, `io`; 1. `data`, `models`, `metrics`; 2. `privacy` (DP math and the DP round), `training`,
-`evaluation`, `config`, `bounds`, `world`, `model_io`, `model_registry`, `adoption`; 3. `federation` (silo
-and coordinator sides, the Flower apps); 4. `deploy`, `experiment`, `report`, `plots`; 5. `cli`.
+`evaluation`, `config`, `bounds`, `baselines`, `world`, `model_io`, `model_registry`, `adoption`;
+3. `federation` (silo and coordinator sides, the Flower apps); 4. `deploy`, `experiment`, `report`, `plots`; 5. `cli`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ LAYERS = {
     "errors": 0, "io": 0,
     "data": 1, "models": 1, "metrics": 1,
     "privacy": 2, "training": 2, "evaluation": 2, "config": 2, "bounds": 2, "world": 2, "model_io": 2,
-    "model_registry": 2, "adoption": 2,
+    "model_registry": 2, "adoption": 2, "baselines": 2,
     "federation": 3,
     "deploy": 4, "experiment": 4, "report": 4, "plots": 4,
     "cli": 5, "conf": 5,
