@@ -19,8 +19,8 @@ from fedrec.commands.deploy import deploy_main
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.deploy.certs import make_node_key, make_tls
-from fedrec.deploy.local import run_config_arg
 from fedrec.deploy.node_checks import probe_control_api
+from fedrec.deploy.processes import run_config_arg
 from fedrec.world import prepare_world
 
 

@@ -22,7 +22,8 @@ import pytest
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.deploy.certs import make_node_key
-from fedrec.deploy.local import LocalFederation, Process, free_port
+from fedrec.deploy.local import LocalFederation
+from fedrec.deploy.processes import Process, free_port
 from fedrec.silo.egress_ledger import EGRESS_LEDGER_FILE as EGRESS_LEDGER
 from fedrec.silo.egress_ledger import verify
 from fedrec.silo.private_round import PRIVACY_LEDGER_FILE

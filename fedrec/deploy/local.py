@@ -12,11 +12,9 @@ The same commands, on real machines, are in docs/running-across-jurisdictions.md
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -28,78 +26,11 @@ from typing import Any
 import httpx
 
 from fedrec.deploy.certs import make_node_key, make_tls
-from fedrec.errors import FedrecError
+from fedrec.deploy.processes import DeployError, Process, app_dir, connected, free_port, run_config_arg
 
 TAG_ENV = "FEDREC_DEPLOY_TAG"
 QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0",
              "FLWR_DISABLE_UPDATE_CHECK": "1"}
-
-
-class DeployError(FedrecError):
-    """A process of the local federation failed to start or to answer in time."""
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def connected(proc: Process) -> bool:
-    """Whether a SuperNode's log says the SuperLink accepted it."""
-    text = proc.text()
-    return "SuperNode ID" in text or "Activated" in text
-
-
-def app_dir() -> Path:
-    """The Flower app (this repository: `pyproject.toml` with `[tool.flwr.app]`)."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "pyproject.toml").exists():
-        raise DeployError("`flwr run` needs the fedrec app directory (a source checkout with pyproject.toml); "
-                          "run from a clone of the repository")
-    return root
-
-
-def run_config_arg(values: dict[str, Any]) -> str:
-    """`--run-config` syntax: `key="text" n=3 flag=true`."""
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        return json.dumps(str(v))
-    return " ".join(f"{k}={fmt(v)}" for k, v in values.items())
-
-
-@dataclass
-class Process:
-    """One started process: its Popen (own process group) and log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def alive(self) -> bool:
-        """Whether it is still running."""
-        return self.popen.poll() is None
-
-    def text(self) -> str:
-        """Its log so far."""
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
-        """`sig` to its process group, then SIGKILL if it is still there after `grace` seconds."""
-        for s in (sig, signal.SIGKILL):
-            try:
-                os.killpg(self.popen.pid, s)
-            except ProcessLookupError:
-                return
-            try:
-                self.popen.wait(timeout=grace)
-                return
-            except subprocess.TimeoutExpired:
-                continue
 
 
 @dataclass

@@ -13,7 +13,7 @@ pass over the batch's unique rows gives each user's d loss / d logit coefficient
 on the shared negatives and each user's own padded positives. The user tower (one row per user) goes
 through torch.func vjps; the item tower too when it is arbitrary, but TwoTower's own Linear-ReLU-Linear
 tower has a faster closed form (every cotangent of user u's rows is a multiple of the same user vector; see
-`_MlpItemRows`).
+`fedrec.privacy.item_tower_grads.MlpItemRows`).
 A user's rows are made unique first (a positive that is also a negative, a repeated positive or negative:
 their coefficients are summed), so the L2 norm over the user's rows and all tower parameters is the exact
 norm of the user's full gradient, not a bound.
@@ -21,37 +21,24 @@ norm of the user's full gradient, not a bound.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
 
 import torch
 from torch import nn
-from torch.func import functional_call, vjp, vmap
+from torch.func import vjp, vmap
 
 from fedrec.models.twotower import TwoTower
 from fedrec.privacy.dp_mf import UserBatch
+from fedrec.privacy.item_tower_grads import Params, item_rows, residual
 from fedrec.privacy.noise import NoiseSource
 
 PER_USER_KEY = "user.emb.weight"
 """The only parameter trained without noise: one row per user, touched only by that user's data."""
 
-Params: TypeAlias = dict[str, torch.Tensor]
-_Sums: TypeAlias = Callable[[torch.Tensor], tuple[Params, torch.Tensor, torch.Tensor]]
-
 
 def shared_parameters(model: TwoTower) -> dict[str, nn.Parameter]:
     """Every parameter trained under DP: all but the per-user embedding rows (global ones and the user tower)."""
     return {n: p for n, p in model.named_parameters() if n != PER_USER_KEY}
-
-
-def _residual(tower: nn.Module) -> Callable[[Params, torch.Tensor], torch.Tensor]:
-    """Residual `x + tower(x)` with the tower's parameters as an explicit input (TwoTower's `_u` and `_i`)."""
-
-    def f(params: Params, x: torch.Tensor) -> torch.Tensor:
-        return x + functional_call(tower, params, (x,))
-
-    return f
 
 
 @dataclass(frozen=True)
@@ -88,109 +75,6 @@ def _unique_rows(batch: UserBatch, negatives: torch.Tensor, n_items: int) -> _Ro
     return _Rows(neg=neg, neg_inv=neg_inv, pos=pos, where=where)
 
 
-class _ItemRows:
-    """Item-tower pieces over the gathered rows.
-
-    `v_neg` [K', d], `v_pos` [B, P, d]: item vectors, computed once. `per_user` takes the per-user cotangents
-    (d L_u / d v_j = a_uj · u_u) and returns each user's squared gradient norm over the item tower and item
-    embedding rows, and a function of the clip scales giving the clipped sums: (tower grads, rows of the
-    negatives [K', d], rows of the positives [B, P, d]).
-    """
-
-    v_neg: torch.Tensor
-    v_pos: torch.Tensor
-
-    def per_user(self, a_neg: torch.Tensor, a_pos: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, _Sums]:
-        raise NotImplementedError
-
-
-class _VjpItemRows(_ItemRows):
-    """Any item tower: one forward over the rows, then per-user vector-Jacobian products (torch.func vmap)."""
-
-    def __init__(self, tower: nn.Module, th: Params, e_neg: torch.Tensor, e_pos: torch.Tensor) -> None:
-        self.f, self.th, self.e_pos = _residual(tower), th, e_pos
-        primal_and_vjp = vjp(self.f, th, e_neg)  # one forward on the shared negatives, reused by every user
-        self.v_neg, self.vjp_neg = primal_and_vjp[0], primal_and_vjp[1]
-        self.v_pos = self.f(th, e_pos.flatten(0, 1)).reshape(e_pos.shape)
-
-    def per_user(self, a_neg: torch.Tensor, a_pos: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, _Sums]:
-        th_neg, g_neg = vmap(self.vjp_neg)(a_neg.unsqueeze(2) * u.unsqueeze(1))
-        c_pos = a_pos.unsqueeze(2) * u.unsqueeze(1)
-        th_pos, g_pos = vmap(lambda e, c: vjp(self.f, self.th, e)[1](c))(self.e_pos, c_pos)
-        th_u = {n: th_neg[n] + th_pos[n] for n in self.th}
-        sq = sum(g.pow(2).flatten(1).sum(1) for g in th_u.values()) + g_neg.pow(2).sum((1, 2))
-        sq = sq + g_pos.pow(2).sum((1, 2))
-
-        def sums(scale: torch.Tensor) -> tuple[Params, torch.Tensor, torch.Tensor]:
-            tower = {n: torch.einsum("b,b...->...", scale, g) for n, g in th_u.items()}
-            return tower, torch.einsum("b,bkd->kd", scale, g_neg), scale[:, None, None] * g_pos
-
-        return sq, sums
-
-
-class _MlpItemRows(_ItemRows):
-    """The same for TwoTower's own tower, e + W2 relu(W1 e + b1) + b2, in closed form (the fast path).
-
-    Every row's cotangent for user u is a multiple of the same vector u_u, so with w_u = W2ᵀ u_u: the W2
-    gradient is the rank-one u_u ⊗ Σ_j a_uj r_j, the W1 gradient is diag(w_u) Σ_j a_uj m_j ⊗ e_j (m_j: ReLU
-    mask), and row j's gradient is a_uj (u_u + W1ᵀ (m_j ⊙ w_u)). The generic vjp costs four [B·K', h]×[h, d]
-    products on the shared negatives; this needs one ([B, K'] × [K', h·d]) plus one quadratic form for the
-    row norms ‖W1ᵀ(m_j ⊙ w_u)‖² = (w_u ⊗ w_u) · (W1 W1ᵀ ⊙ m_j ⊗ m_j), over the upper triangle only.
-    """
-
-    def __init__(self, th: Params, e_neg: torch.Tensor, e_pos: torch.Tensor) -> None:
-        self.e_neg, self.e_pos = e_neg, e_pos
-        self.w1, self.b1, self.w2, self.b2 = (th[n] for n in ("0.weight", "0.bias", "2.weight", "2.bias"))
-        pre_neg, pre_pos = e_neg @ self.w1.T + self.b1, e_pos @ self.w1.T + self.b1
-        self.r_neg, self.r_pos = pre_neg.clamp(min=0), pre_pos.clamp(min=0)
-        self.m_neg, self.m_pos = (pre_neg > 0).to(e_neg.dtype), (pre_pos > 0).to(e_neg.dtype)
-        self.v_neg = e_neg + self.r_neg @ self.w2.T + self.b2
-        self.v_pos = e_pos + self.r_pos @ self.w2.T + self.b2
-
-    def per_user(self, a_neg: torch.Tensor, a_pos: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, _Sums]:
-        b, (k, h), d = len(u), self.m_neg.shape, u.shape[1]
-        w = u @ self.w2  # [B, h]
-        rho = a_neg @ self.r_neg + torch.einsum("bp,bph->bh", a_pos, self.r_pos)  # W2 grad = u ⊗ rho
-        sigma = a_neg.sum(1) + a_pos.sum(1)  # b2 grad = sigma · u (zero up to rounding: softmax sums to one)
-        mu = a_neg @ self.m_neg + torch.einsum("bp,bph->bh", a_pos, self.m_pos)  # b1 grad = w ⊙ mu
-        n_neg = (a_neg @ (self.m_neg.unsqueeze(2) * self.e_neg.unsqueeze(1)).reshape(k, h * d)).reshape(b, h, d)
-        n_all = n_neg + torch.einsum("bp,bph,bpd->bhd", a_pos, self.m_pos, self.e_pos)  # W1 grad = diag(w) n_all
-        uu = u.pow(2).sum(1)
-        sq = uu * (rho.pow(2).sum(1) + sigma.pow(2)) + (w * mu).pow(2).sum(1)
-        sq = sq + (w.pow(2) * n_all.pow(2).sum(2)).sum(1)
-        # negatives' rows: a_uj² ‖u + W1ᵀ(m_j ⊙ w)‖² = a_uj² (‖u‖² + 2 (w ⊙ W1 u)·m_j + quadratic form)
-        i, j = torch.triu_indices(h, h)
-        gram = (self.w1 @ self.w1.T)[i, j] * torch.where(i == j, 1.0, 2.0)
-        quad = (w[:, i] * w[:, j]) @ (self.m_neg[:, i] * self.m_neg[:, j] * gram).T  # [B, K']
-        row_sq = (uu.unsqueeze(1) + 2 * (w * (u @ self.w1.T)) @ self.m_neg.T + quad).clamp(min=0)
-        sq = sq + (a_neg.pow(2) * row_sq).sum(1)
-        g_pos = a_pos.unsqueeze(2) * (u.unsqueeze(1) + (self.m_pos * w.unsqueeze(1)) @ self.w1)  # [B, P, d]
-        sq = sq + g_pos.pow(2).sum((1, 2))
-
-        def sums(scale: torch.Tensor) -> tuple[Params, torch.Tensor, torch.Tensor]:
-            su, sw = scale.unsqueeze(1) * u, scale.unsqueeze(1) * w
-            delta_neg = (a_neg.T @ sw) * self.m_neg  # [K', h]: Σ_u s_u a_uj w_u ⊙ m_j
-            delta_pos = (scale.unsqueeze(1) * a_pos).unsqueeze(2) * w.unsqueeze(1) * self.m_pos  # [B, P, h]
-            tower = {
-                "0.weight": delta_neg.T @ self.e_neg + torch.einsum("bph,bpd->hd", delta_pos, self.e_pos),
-                "0.bias": (sw * mu).sum(0),
-                "2.weight": su.T @ rho,
-                "2.bias": (scale * sigma) @ u,
-            }
-            rows_neg = a_neg.T @ su + delta_neg @ self.w1
-            return tower, rows_neg, scale[:, None, None] * g_pos
-
-        return sq, sums
-
-
-def _item_rows(tower: nn.Module, th: Params, e_neg: torch.Tensor, e_pos: torch.Tensor) -> _ItemRows:
-    """The closed form for TwoTower's Linear-ReLU-Linear tower, torch.func vjps for any other tower."""
-    layers = list(tower.children()) if isinstance(tower, nn.Sequential) else []
-    if [type(m) for m in layers] == [nn.Linear, nn.ReLU, nn.Linear] and all(m.bias is not None for m in layers[::2]):
-        return _MlpItemRows(th, e_neg, e_pos)
-    return _VjpItemRows(tower, th, e_neg, e_pos)
-
-
 @dataclass(frozen=True)
 class _StepParts:
     """What one step needs: clipped sums (shared params), per-user norms, interaction losses, user-row gradient."""
@@ -217,7 +101,7 @@ def _parts(model: TwoTower, batch: UserBatch, negatives: torch.Tensor, clip_norm
         zeros = {n: torch.zeros_like(p) for n, p in shared.items()}
         return _StepParts(zeros, torch.zeros(0), torch.zeros(0), torch.zeros_like(model.user.emb.weight))
     rows = _unique_rows(batch, negatives, model.item_emb.num_embeddings)
-    user_f = _residual(model.user.tower)
+    user_f = residual(model.user.tower)
     th_i = {n: p.detach() for n, p in model.item_tower.named_parameters()}
     th_u = {n: p.detach() for n, p in model.user.tower.named_parameters()}
     emb, bias = model.item_emb.weight.detach(), model.item_bias.weight.detach().squeeze(1)
@@ -230,7 +114,7 @@ def _parts(model: TwoTower, batch: UserBatch, negatives: torch.Tensor, clip_norm
         e_user = model.user.emb.weight.detach()[batch.users]
         u = user_f(th_u, e_user)
         e_neg, e_pos = emb[rows.neg], emb[rows.pos]
-        items = _item_rows(model.item_tower, th_i, e_neg, e_pos)
+        items = item_rows(model.item_tower, th_i, e_neg, e_pos)
         v_neg, v_pos, b_neg, b_pos = items.v_neg, items.v_pos, bias[rows.neg], bias[rows.pos]
         loss, a_neg, a_pos = _softmax_coefficients(batch, rows, u, v_neg, v_pos, b_neg, b_pos)
 
