@@ -7,6 +7,7 @@ put in a reply; the reply content is built by `egress` only. Under `privacy=user
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,22 @@ class _Silo:
         torch.set_num_threads(s.client_threads)
         ident = SiloIdentity.from_node_config(dict(context.node_config), s)
         run_key = s.run_key(context.run_id)
-        return cls(s, ident, SiloData.load(ident.data_path), run_key, SiloState(context, ident.state_dir, run_key))
+        return cls(s, ident, _load_silo_data(ident.data_path), run_key, SiloState(context, ident.state_dir, run_key))
+
+
+def _load_silo_data(path: Path) -> SiloData:
+    """The silo's data file, read again only when it changed (a node answers many messages from one file)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return SiloData.load(path)  # raises the DataError that names the file and the fix
+    return _cached_silo_data(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_silo_data(path: str, mtime_ns: int, size: int) -> SiloData:
+    del mtime_ns, size  # the cache key: a rewritten file is read afresh
+    return SiloData.load(Path(path))  # shared by the node's messages: training and evaluation only read it
 
 
 def train_message(silo: _Silo, msg: Message, reproducible_noise: bool = False) -> RecordDict:

@@ -6,6 +6,8 @@ its own interactions, and hands back only the new global parameters (via `egress
 
 from __future__ import annotations
 
+import functools
+import json
 import zlib
 from dataclasses import dataclass
 
@@ -46,19 +48,26 @@ class InvalidGlobalModel(FedrecError):
     """The global parameters a silo received are not a model it will train or evaluate."""
 
 
+@functools.lru_cache(maxsize=8)
+def global_shapes(spec_json: str, n_items: int) -> dict[str, tuple[int, ...]]:
+    """The global parameters' names and shapes of a model (built once per spec and catalog, then remembered)."""
+    model = build_model(ModelSpec(**json.loads(spec_json)), n_users=1, n_items=n_items)
+    return {name: tuple(t.shape) for name, t in global_state(model).items()}
+
+
 def check_received(arrays: Arrays, spec: ModelSpec, *, n_items: int) -> None:
     """Refuse received global arrays unlike the model's (names, shapes, dtypes) or beyond `MAX_ABS_RECEIVED`.
 
     Non-finite values are refused too. The check depends only on what was received (public), never on data.
     """
-    template = global_state(build_model(spec, n_users=1, n_items=n_items))
+    template = global_shapes(json.dumps(spec.to_dict(), sort_keys=True), n_items)
     if set(arrays) != set(template):
         raise InvalidGlobalModel(f"received parameters {sorted(arrays)}, the model has {sorted(template)}")
     for name, expected in template.items():
         got = np.asarray(arrays[name])
-        if got.shape != tuple(expected.shape) or got.dtype != np.float32:
+        if got.shape != expected or got.dtype != np.float32:
             raise InvalidGlobalModel(f"{name}: received {got.dtype}{list(got.shape)}, the model has "
-                                     f"float32{list(expected.shape)}")
+                                     f"float32{list(expected)}")
         if got.size and not (np.isfinite(got).all() and float(np.abs(got).max()) <= MAX_ABS_RECEIVED):
             raise InvalidGlobalModel(f"{name}: values must be finite and within ±{MAX_ABS_RECEIVED:g}")
 
