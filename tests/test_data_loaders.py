@@ -13,14 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedrec.data import movielens
+from fedrec.data import movielens_download
 from fedrec.data.files import load_interactions_file
-from fedrec.data.movielens import (
-    download_movielens,
-    load_movielens,
-    resolve_movielens,
-    zip_regions,
-)
+from fedrec.data.movielens import load_movielens, zip_regions
+from fedrec.data.movielens_download import download_movielens, resolve_movielens
 from fedrec.errors import ConfigError, DataError
 
 # --- tiny GroupLens-layout fixtures -------------------------------------------------------------------------
@@ -260,14 +256,14 @@ def test_verify_file_checks_md5_and_sha256(tmp_path: Path) -> None:
     md5 = hashlib.md5(b"movielens").hexdigest()
     sha = hashlib.sha256(b"movielens").hexdigest()
     # Execute
-    got = movielens._verify_file(f, md5=md5, sha256=sha.upper())
+    got = movielens_download._verify_file(f, md5=md5, sha256=sha.upper())
     # Assert
     assert got == sha
     zeros = "0" * 32
     with pytest.raises(DataError, match=rf"blob\.zip: MD5 checksum mismatch \(expected {zeros}, got {md5}\)"):
-        movielens._verify_file(f, md5="0" * 32)
+        movielens_download._verify_file(f, md5="0" * 32)
     with pytest.raises(DataError, match="SHA-256 checksum mismatch"):
-        movielens._verify_file(f, md5=md5, sha256="f" * 64)
+        movielens_download._verify_file(f, md5=md5, sha256="f" * 64)
 
 
 def _serve(monkeypatch: pytest.MonkeyPatch, payload: bytes) -> list[str]:
@@ -290,7 +286,7 @@ def test_download_rejects_and_deletes_a_file_with_the_wrong_md5(
     # Execute / Assert
     with pytest.raises(DataError, match=r"MD5 checksum mismatch.*has been deleted"):
         download_movielens("100k", tmp_path)
-    assert calls == [movielens.URLS["100k"]]
+    assert calls == [movielens_download.URLS["100k"]]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -299,7 +295,7 @@ def test_download_pins_sha256_then_reuses_the_verified_file(
 ) -> None:
     # Prepare
     payload = write_ml100k_zip(tmp_path / "served.zip").read_bytes()
-    monkeypatch.setitem(movielens.MD5, "100k", hashlib.md5(payload).hexdigest())
+    monkeypatch.setitem(movielens_download.MD5, "100k", hashlib.md5(payload).hexdigest())
     calls = _serve(monkeypatch, payload)
     cache = tmp_path / "cache"
     # Execute
@@ -318,7 +314,7 @@ def test_download_replaces_a_cached_file_that_fails_its_pinned_sha256(
 ) -> None:
     # Prepare
     payload = write_ml100k_zip(tmp_path / "served.zip").read_bytes()
-    monkeypatch.setitem(movielens.MD5, "100k", hashlib.md5(payload).hexdigest())
+    monkeypatch.setitem(movielens_download.MD5, "100k", hashlib.md5(payload).hexdigest())
     calls = _serve(monkeypatch, payload)
     cache = tmp_path / "cache"
     path = download_movielens("100k", cache)
@@ -357,7 +353,7 @@ def test_resolve_movielens_prefers_a_local_path(tmp_path: Path, monkeypatch: pyt
 def test_resolve_movielens_downloads_when_no_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare
     payload = write_ml100k_zip(tmp_path / "served.zip").read_bytes()
-    monkeypatch.setitem(movielens.MD5, "100k", hashlib.md5(payload).hexdigest())
+    monkeypatch.setitem(movielens_download.MD5, "100k", hashlib.md5(payload).hexdigest())
     _serve(monkeypatch, payload)
     # Execute
     got = resolve_movielens(None, "100k", tmp_path / "cache")

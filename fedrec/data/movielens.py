@@ -5,15 +5,13 @@ code, which gives a natural jurisdiction per user (the first digit of a US zip c
 The item file is GroupLens' public catalog, so the global item id space comes from public information, as
 the trust model requires. Files are read from GroupLens' own layout, from a directory or straight from the
 zip GroupLens distributes, with every bad row reported by line number instead of silently skipped.
+Downloading and checking the archive is `fedrec.data.movielens_download`.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +22,6 @@ import pandas as pd
 from fedrec.data.schema import Catalog, Interactions, LoadReport, make_interactions
 from fedrec.errors import DataError
 
-URLS = {
-    "100k": "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
-    "1m": "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
-}
-# MD5 checksums GroupLens publishes next to each archive (ml-100k.zip.md5, ml-1m.zip.md5). They are the
-# root of trust for the first download; the SHA-256 of the verified file is then pinned in `<zip>.sha256`.
-MD5 = {
-    "100k": "0e33842e24a9c977be4e0107933c0723",
-    "1m": "c4d9eecfca2ab87c1945afe126590906",
-}
 UNKNOWN_ZIP_MODES = ("own_silo", "drop")
 OTHER_REGION = "zip_other"
 REGIONS = (*(f"zip{d}" for d in range(10)), OTHER_REGION)
@@ -41,7 +29,7 @@ _US_ZIP = r"\d{5}(?:-\d{4})?"
 
 
 @dataclass(frozen=True)
-class _Layout:
+class Layout:
     """File names and separators of one MovieLens variant."""
 
     folder: str
@@ -54,12 +42,13 @@ class _Layout:
 
 
 _LAYOUTS = {
-    "100k": _Layout("ml-100k", "u.data", "u.user", "u.item", "\t", "|", 4),
-    "1m": _Layout("ml-1m", "ratings.dat", "users.dat", "movies.dat", "::", "::", 4),
+    "100k": Layout("ml-100k", "u.data", "u.user", "u.item", "\t", "|", 4),
+    "1m": Layout("ml-1m", "ratings.dat", "users.dat", "movies.dat", "::", "::", 4),
 }
 
 
-def _layout(variant: str) -> _Layout:
+def layout(variant: str) -> Layout:
+    """The layout of MovieLens `variant`; an unknown variant is a DataError listing the known ones."""
     if variant not in _LAYOUTS:
         raise DataError(f"unknown MovieLens variant {variant!r}: use one of {sorted(_LAYOUTS)}")
     return _LAYOUTS[variant]
@@ -89,16 +78,19 @@ class _Source:
             )
 
     def has(self, name: str) -> bool:
+        """Whether the directory or zip holds a file of that base name."""
         if self.members is not None:
             return name in self.members
         return (self.path / name).is_file()
 
     def where(self, name: str) -> str:
+        """Where a file is, as shown in messages (`zip:member` for a zip)."""
         if self.members is not None:
             return f"{self.path}:{self.members.get(name, name)}"
         return str(self.path / name)
 
     def read(self, name: str) -> bytes:
+        """The bytes of one file; an unreadable one is a DataError naming it."""
         try:
             if self.members is not None:
                 with zipfile.ZipFile(self.path) as zf:
@@ -172,19 +164,18 @@ def zip_regions(zips: pd.Series) -> pd.Series:
     return ("zip" + z.str[0]).where(valid, OTHER_REGION)
 
 
-def load_movielens(path: str | Path, *, variant: str = "100k", unknown_zip: str = "own_silo") -> Interactions:
-    """Load GroupLens' MovieLens from a directory or its distributed zip, one region per zip-code digit.
 
-    Users whose zip code is not a valid US one (Canadian codes, malformed ones, `00000`) go to region
-    `zip_other` when `unknown_zip="own_silo"`, or are dropped (counted in the LoadReport) with `"drop"`.
-    Item ids are remapped to 0..n-1 in item-file order (the public catalog); user ids are kept as given.
-    """
-    lay = _layout(variant)
+
+def _check_unknown_zip_mode(unknown_zip: str) -> None:
+    """Refuse an `unknown_zip` mode other than `own_silo` or `drop`."""
     if unknown_zip not in UNKNOWN_ZIP_MODES:
         raise DataError(
             f"unknown_zip={unknown_zip!r} is invalid: use one of {', '.join(map(repr, UNKNOWN_ZIP_MODES))}"
         )
-    src = _Source(Path(path).expanduser())
+
+
+def _require_files(src: _Source, variant: str, lay: Layout) -> None:
+    """Fail on the first missing file of the variant, hinting at another variant or a nested folder."""
     for name in (lay.ratings, lay.users, lay.items):
         if not src.has(name):
             hint = ""
@@ -200,58 +191,100 @@ def load_movielens(path: str | Path, *, variant: str = "100k", unknown_zip: str 
                 f"{lay.ratings}"
             )
 
-    ratings = _read_table(src, lay.ratings, lay.rating_sep, 4, exact=True)
-    users = _read_table(src, lay.users, lay.meta_sep, 5, exact=True)
-    items = _read_table(src, lay.items, lay.meta_sep, 2, exact=False)
 
-    user = _ints(src, lay.ratings, ratings[0], "user id")
-    item_raw = _ints(src, lay.ratings, ratings[1], "item id")
-    parsed = pd.to_numeric(ratings[2].str.strip(), errors="coerce")
+def _ratings_1_to_5(src: _Source, name: str, col: pd.Series) -> np.ndarray:
+    """Parse the rating column as float32, naming the first line whose rating is not a number in 1-5."""
+    parsed = pd.to_numeric(col.str.strip(), errors="coerce")
     bad = parsed.isna() | ~parsed.between(1, 5)
     if bad.any():
         i = bad.idxmax()
         raise DataError(
-            f"{src.where(lay.ratings)} line {i + 1}: rating {ratings[2][i]!r} is not a number in 1-5: "
+            f"{src.where(name)} line {i + 1}: rating {col[i]!r} is not a number in 1-5: "
             f"fix or remove that line"
         )
-    rating = parsed.to_numpy(dtype=np.float32)
+    return parsed.to_numpy(dtype=np.float32)
+
+
+def _check_unique_ids(src: _Source, name: str, ids: np.ndarray, lines: pd.Index) -> None:
+    """Fail on the first id of a user or item file that appears twice."""
+    dup = pd.Index(ids).duplicated()
+    if dup.any():
+        k = int(dup.argmax())
+        raise DataError(f"{src.where(name)} line {lines[k] + 1}: id {ids[k]} appears twice: fix the file")
+
+
+def _rating_columns(
+    src: _Source, lay: Layout, ratings: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """User id, raw item id, rating and timestamp of every rating row, each checked with its line."""
+    user = _ints(src, lay.ratings, ratings[0], "user id")
+    item_raw = _ints(src, lay.ratings, ratings[1], "item id")
+    rating = _ratings_1_to_5(src, lay.ratings, ratings[2])
     timestamp = _ints(src, lay.ratings, ratings[3], "timestamp")
+    return user, item_raw, rating, timestamp
 
-    user_ids = _ints(src, lay.users, users[0], "user id")
-    item_ids = _ints(src, lay.items, items[0], "item id")
-    for name, ids, lines in ((lay.users, user_ids, users.index), (lay.items, item_ids, items.index)):
-        dup = pd.Index(ids).duplicated()
-        if dup.any():
-            k = int(dup.argmax())
-            raise DataError(f"{src.where(name)} line {lines[k] + 1}: id {ids[k]} appears twice: fix the file")
 
-    item_index = pd.Index(item_ids).get_indexer(item_raw)
+def _link_ratings(
+    src: _Source, lay: Layout, lines: pd.Index,
+    *, user: np.ndarray, item: np.ndarray, user_ids: np.ndarray, item_ids: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row of each rating's item in the item file and of its user in the user file; unknown ones fail."""
+    item_index = pd.Index(item_ids).get_indexer(item)
     user_row = pd.Index(user_ids).get_indexer(user)
-    checks = (("item", lay.items, item_index, item_raw), ("user", lay.users, user_row, user))
+    checks = (("item", lay.items, item_index, item), ("user", lay.users, user_row, user))
     for what, name, pos, ref in checks:
         missing = pos < 0
         if missing.any():
             k = int(missing.argmax())
             raise DataError(
-                f"{src.where(lay.ratings)} line {ratings.index[k] + 1}: {what} {ref[k]} is not in "
+                f"{src.where(lay.ratings)} line {lines[k] + 1}: {what} {ref[k]} is not in "
                 f"{src.where(name)} ({int(missing.sum())} rating rows reference unknown {what}s): the files "
                 f"do not belong together; re-download or re-extract them"
             )
+    return item_index, user_row
+
+
+def _keep_us_users(user: np.ndarray, region: np.ndarray, report: LoadReport) -> np.ndarray:
+    """Mask of the rows whose user has a valid US zip code; the dropped rows and users go in the report."""
+    keep = region != OTHER_REGION
+    n_users = int(np.unique(user[~keep]).size)
+    report.drop(f"users with a non-US zip code ({n_users} users)", int((~keep).sum()))
+    return keep
+
+
+def load_movielens(path: str | Path, *, variant: str = "100k", unknown_zip: str = "own_silo") -> Interactions:
+    """Load GroupLens' MovieLens from a directory or its distributed zip, one region per zip-code digit.
+
+    Users whose zip code is not a valid US one (Canadian codes, malformed ones, `00000`) go to region
+    `zip_other` when `unknown_zip="own_silo"`, or are dropped (counted in the LoadReport) with `"drop"`.
+    Item ids are remapped to 0..n-1 in item-file order (the public catalog); user ids are kept as given.
+    """
+    lay = layout(variant)
+    _check_unknown_zip_mode(unknown_zip)
+    src = _Source(Path(path).expanduser())
+    _require_files(src, variant, lay)
+    ratings = _read_table(src, lay.ratings, lay.rating_sep, 4, exact=True)
+    users = _read_table(src, lay.users, lay.meta_sep, 5, exact=True)
+    items = _read_table(src, lay.items, lay.meta_sep, 2, exact=False)
+
+    user, item_raw, rating, timestamp = _rating_columns(src, lay, ratings)
+    user_ids = _ints(src, lay.users, users[0], "user id")
+    item_ids = _ints(src, lay.items, items[0], "item id")
+    _check_unique_ids(src, lay.users, user_ids, users.index)
+    _check_unique_ids(src, lay.items, item_ids, items.index)
+    item_index, user_row = _link_ratings(
+        src, lay, ratings.index, user=user, item=item_raw, user_ids=user_ids, item_ids=item_ids
+    )
 
     report = LoadReport(source=f"movielens-{variant} ({src.path})", rows_read=len(ratings))
     region = zip_regions(users[lay.zip_field]).to_numpy()[user_row]
     if unknown_zip == "drop":
-        keep = region != OTHER_REGION
-        n_users = int(np.unique(user[~keep]).size)
-        report.drop(f"users with a non-US zip code ({n_users} users)", int((~keep).sum()))
+        keep = _keep_us_users(user, region, report)
         user, item_index, rating, timestamp, region = (
             a[keep] for a in (user, item_index, rating, timestamp, region)
         )
-    catalog = Catalog(
-        n_items=len(item_ids),
-        titles=tuple(items[1].tolist()),
-        source=f"movielens-{variant} {lay.items}",
-    )
+    titles = tuple(items[1].tolist())
+    catalog = Catalog(n_items=len(item_ids), titles=titles, source=f"movielens-{variant} {lay.items}")
     return make_interactions(
         user=user,
         item=item_index,
@@ -263,103 +296,3 @@ def load_movielens(path: str | Path, *, variant: str = "100k", unknown_zip: str 
         report=report,
         region_order=list(REGIONS),
     )
-
-
-def _digests(path: Path) -> tuple[str, str]:
-    """MD5 and SHA-256 of a file, read in chunks."""
-    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            md5.update(chunk)
-            sha.update(chunk)
-    return md5.hexdigest(), sha.hexdigest()
-
-
-def _verify_file(path: Path, *, md5: str | None = None, sha256: str | None = None) -> str:
-    """Check a file against the given checksums (each optional) and return its SHA-256.
-
-    Raises DataError naming the file, the expected and the actual value when one does not match.
-    """
-    got_md5, got_sha = _digests(path)
-    for algo, want, got in (("MD5", md5, got_md5), ("SHA-256", sha256, got_sha)):
-        if want is not None and want.strip().lower() != got:
-            raise DataError(f"{path}: {algo} checksum mismatch (expected {want}, got {got})")
-    return got_sha
-
-
-def _sidecar(zip_path: Path) -> Path:
-    return zip_path.with_name(zip_path.name + ".sha256")
-
-
-def _cached_ok(zip_path: Path, md5: str) -> bool:
-    """Whether an existing archive is the verified one (pinned SHA-256 if recorded, else published MD5)."""
-    side = _sidecar(zip_path)
-    try:
-        if side.is_file():
-            _verify_file(zip_path, sha256=side.read_text().split()[0])
-        else:
-            side.write_text(_verify_file(zip_path, md5=md5) + "\n")
-        return True
-    except (DataError, IndexError):
-        return False
-
-
-def download_movielens(variant: str, cache_dir: str | Path) -> Path:
-    """Download GroupLens' `ml-<variant>.zip` into `cache_dir` and return its path, verified.
-
-    Trust chain: the first download is checked against the MD5 GroupLens publishes (module constant `MD5`);
-    the SHA-256 of that verified file is then written to `<zip>.sha256` and every later use checks the
-    archive against it (SHA-256 has no practical collisions, MD5 does). An archive already in `cache_dir`
-    that passes the check is used without touching the network; one that fails is deleted and downloaded
-    again. A download that fails the MD5 check is deleted and raises DataError.
-    """
-    lay = _layout(variant)
-    cache = Path(cache_dir)
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create the MovieLens cache directory {cache}: {exc}") from exc
-    zip_path = cache / f"{lay.folder}.zip"
-    if zip_path.is_file():
-        if _cached_ok(zip_path, MD5[variant]):
-            return zip_path
-        zip_path.unlink()
-        _sidecar(zip_path).unlink(missing_ok=True)
-
-    url = URLS[variant]
-    part = zip_path.with_name(zip_path.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as resp, part.open("wb") as out:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                out.write(chunk)
-    except (urllib.error.URLError, OSError) as exc:
-        part.unlink(missing_ok=True)
-        raise DataError(
-            f"cannot download {url} ({exc}): download it by hand and pass the zip (or the extracted "
-            f"{lay.folder}/ directory) as the MovieLens path"
-        ) from exc
-    try:
-        sha = _verify_file(part, md5=MD5[variant])
-    except DataError as exc:
-        part.unlink(missing_ok=True)
-        raise DataError(
-            f"{exc}. The download of {url} is corrupt or was altered and has been deleted: retry, or "
-            f"download it by hand and check it against GroupLens' published {lay.folder}.zip.md5"
-        ) from None
-    part.replace(zip_path)
-    _sidecar(zip_path).write_text(sha + "\n")
-    return zip_path
-
-
-def resolve_movielens(path: str | Path | None, variant: str, cache_dir: str | Path) -> Path:
-    """Return the MovieLens location to load: `path` when given (it must exist), else a verified download."""
-    _layout(variant)
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.exists():
-            raise DataError(
-                f"MovieLens path {p} does not exist: fix the path, or leave it unset to download "
-                f"{URLS[variant]} into {cache_dir}"
-            )
-        return p
-    return download_movielens(variant, cache_dir)

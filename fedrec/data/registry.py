@@ -32,7 +32,8 @@ def _check_keys(dataset: str, params: dict[str, Any], known: set[str]) -> None:
 
 
 def _movielens(p: dict[str, Any]) -> Interactions:
-    from fedrec.data.movielens import load_movielens, resolve_movielens
+    from fedrec.data.movielens import load_movielens
+    from fedrec.data.movielens_download import resolve_movielens
 
     _check_keys("movielens", p, {"variant", "path", "cache_dir", "unknown_zip"})
     variant = str(p.get("variant", "100k"))

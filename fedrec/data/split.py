@@ -102,6 +102,40 @@ def split_silos(data: Interactions, cfg: SplitConfig) -> dict[str, SiloData]:
     return silos
 
 
+def _part_sizes(n: np.ndarray, cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Test and validation sizes for a user with `n` interactions (per row), leaving at least one to train."""
+    if cfg.method == "leave_last_out":
+        n_test = np.ones_like(n)
+        n_valid = np.full_like(n, 1 if cfg.valid_fraction > 0 else 0)
+    else:
+        n_test = np.maximum(1, np.floor(n * cfg.test_fraction + 0.5).astype(np.int64))
+        n_valid = np.floor(n * cfg.valid_fraction + 0.5).astype(np.int64)
+        if cfg.valid_fraction > 0:
+            n_valid = np.maximum(1, n_valid)
+    # Every evaluated user keeps at least one training interaction (test first, then validation, shrink).
+    n_test = np.minimum(n_test, n - 1)
+    n_valid = np.clip(np.minimum(n_valid, n - 1 - n_test), 0, None)
+    return n_test, n_valid
+
+
+def _repeated_targets(key: np.ndarray, is_train: np.ndarray, is_valid: np.ndarray, is_test: np.ndarray) -> np.ndarray:
+    """Validation/test rows whose (user, item) `key` the user already has in train (or valid, for test)."""
+    repeat_of_train = np.isin(key, key[is_train]) & ~is_train
+    repeat_of_valid = is_test & np.isin(key, key[is_valid])
+    return repeat_of_train | repeat_of_valid
+
+
+def _check_enough_users(region: str, counts: np.ndarray, cfg: SplitConfig) -> None:
+    """Fail when fewer than `min_users_per_silo` users have enough interactions to be evaluated."""
+    n_eval_users = int((counts >= cfg.min_user_interactions).sum())
+    if n_eval_users < cfg.min_users_per_silo:
+        raise DataError(
+            f"region {region!r} has {n_eval_users} users with >= {cfg.min_user_interactions} interactions, "
+            f"fewer than split.min_users_per_silo={cfg.min_users_per_silo}: too few users to split. "
+            "Merge it into another region, drop it from the data, or lower split.min_users_per_silo."
+        )
+
+
 def split_one_silo(
     region: str,
     user: np.ndarray,
@@ -118,38 +152,19 @@ def split_one_silo(
     order = np.lexsort((item, timestamp, local_user))  # by user, then time (item breaks ties stably)
     u, i, r = local_user[order], item[order], rating[order]
     counts = np.bincount(u, minlength=len(uniq))
+    _check_enough_users(region, counts, cfg)
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     pos = np.arange(len(u)) - starts[u]  # position of each interaction in its user's timeline
     n = counts[u]
-    if cfg.method == "leave_last_out":
-        n_test = np.ones_like(n)
-        n_valid = np.full_like(n, 1 if cfg.valid_fraction > 0 else 0)
-    else:
-        n_test = np.maximum(1, np.floor(n * cfg.test_fraction + 0.5).astype(np.int64))
-        n_valid = np.floor(n * cfg.valid_fraction + 0.5).astype(np.int64)
-        if cfg.valid_fraction > 0:
-            n_valid = np.maximum(1, n_valid)
-    # Every evaluated user keeps at least one training interaction (test first, then validation, shrink).
-    n_test = np.minimum(n_test, n - 1)
-    n_valid = np.clip(np.minimum(n_valid, n - 1 - n_test), 0, None)
+    n_test, n_valid = _part_sizes(n, cfg)
     evaluable = n >= cfg.min_user_interactions
     is_test = evaluable & (pos >= n - n_test)
     is_valid = evaluable & ~is_test & (pos >= n - n_test - n_valid)
     is_train = ~is_test & ~is_valid
     # Targets already seen earlier by the same user are not new: drop them from validation/test.
-    key = u * np.int64(n_items) + i
-    repeat_of_train = np.isin(key, key[is_train]) & ~is_train
-    repeat_of_valid = is_test & np.isin(key, key[is_valid])
-    dropped = repeat_of_train | repeat_of_valid
+    dropped = _repeated_targets(u * np.int64(n_items) + i, is_train, is_valid, is_test)
     is_test &= ~dropped
     is_valid &= ~dropped
-    n_eval_users = int((counts >= cfg.min_user_interactions).sum())
-    if n_eval_users < cfg.min_users_per_silo:
-        raise DataError(
-            f"region {region!r} has {n_eval_users} users with >= {cfg.min_user_interactions} interactions, "
-            f"fewer than split.min_users_per_silo={cfg.min_users_per_silo}: too few users to split. "
-            "Merge it into another region, drop it from the data, or lower split.min_users_per_silo."
-        )
     return SiloData(
         region=region,
         n_users=len(uniq),

@@ -95,20 +95,32 @@ def users_per_region(cfg: SyntheticWorldConfig) -> np.ndarray:
     return counts
 
 
-def generate_world(cfg: SyntheticWorldConfig, *, block: int = 2048) -> Interactions:
-    """Generate the world's interactions (implicit feedback with a 1-5 affinity rating) by seed.
+@dataclass(frozen=True)
+class _Items:
+    """Every item's latent factors, log-popularity and owner (-1: global, else the one region offering it)."""
 
-    Items: `n_items` global items plus `region_only_items` per region (available only to that region's
-    users). Item popularity follows a power law; users' tastes are shared latent factors plus their
-    region's shift, and region-only items lean toward their region's shift, so pooling data helps learn
-    the global items while regions still differ.
+    vec: np.ndarray
+    log_pop: np.ndarray
+    owner: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Users:
+    """Every user's region, taste factors and number of interactions to draw."""
+
+    region: np.ndarray
+    vec: np.ndarray
+    n_interactions: np.ndarray
+
+
+def _draw_items(cfg: SyntheticWorldConfig, rng: np.random.Generator) -> tuple[_Items, np.ndarray]:
+    """Items (power-law popularity in random rank order) and each region's taste shift.
+
+    Region-only items lean toward their region's shift. Returns the items and the shifts (regions x dim).
     """
-    rng = np.random.default_rng(cfg.seed)
     n_regions = len(cfg.region_sizes)
     n_items_total = cfg.n_items + n_regions * cfg.region_only_items
     d = cfg.dim
-
-    # Items: latent factors and a power-law popularity (random rank order so popularity is not id order).
     item_vec = rng.standard_normal((n_items_total, d)) / np.sqrt(d)
     ranks = rng.permutation(n_items_total) + 1
     log_pop = -cfg.popularity_exponent * np.log(ranks)
@@ -121,40 +133,59 @@ def generate_world(cfg: SyntheticWorldConfig, *, block: int = 2048) -> Interacti
         hi = lo + cfg.region_only_items
         owner[lo:hi] = r
         item_vec[lo:hi] += 2.0 * shifts[r]
+    return _Items(vec=item_vec, log_pop=log_pop, owner=owner), shifts
 
-    # Users: region membership by share, tastes = shared + region shift.
+
+def _draw_users(cfg: SyntheticWorldConfig, rng: np.random.Generator, shifts: np.ndarray) -> _Users:
+    """Users: region membership by share, tastes = shared + region shift, a log-normal history length."""
     counts = users_per_region(cfg)
-    user_region = np.repeat(np.arange(n_regions), counts)
-    user_vec = rng.standard_normal((cfg.n_users, d)) / np.sqrt(d) + shifts[user_region]
+    user_region = np.repeat(np.arange(len(cfg.region_sizes)), counts)
+    user_vec = rng.standard_normal((cfg.n_users, cfg.dim)) / np.sqrt(cfg.dim) + shifts[user_region]
     n_per_user = np.clip(
         rng.lognormal(np.log(cfg.mean_interactions) - 0.32, 0.8, size=cfg.n_users).round(),
         cfg.min_interactions,
         cfg.max_interactions,
     ).astype(np.int64)
+    return _Users(region=user_region, vec=user_vec, n_interactions=n_per_user)
 
-    users, items, ratings = [], [], []
-    for start in range(0, cfg.n_users, block):
-        stop = min(start + block, cfg.n_users)
-        regs = user_region[start:stop]
-        affinity = user_vec[start:stop] @ item_vec.T * np.sqrt(d)  # ~unit-scale scores
-        logits = cfg.taste_temperature * affinity + cfg.popularity_weight * log_pop
-        # Other regions' region-only items are not available to these users.
-        unavailable = (owner[None, :] >= 0) & (owner[None, :] != regs[:, None])
-        logits[unavailable] = -np.inf
-        perturbed = logits + rng.gumbel(size=logits.shape)
-        k = int(n_per_user[start:stop].max())
-        top = np.argpartition(-perturbed, k - 1, axis=1)[:, :k]
-        # argpartition leaves the k winners unordered: sort them so each user keeps its own best n_u.
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(perturbed, top, 1), axis=1), 1)
-        keep = np.arange(k)[None, :] < n_per_user[start:stop, None]
-        rows = np.broadcast_to(np.arange(start, stop)[:, None], top.shape)
-        users.append(rows[keep])
-        items.append(top[keep])
-        ratings.append(affinity[rows[keep] - start, top[keep]])
 
-    user = np.concatenate(users)
-    item = np.concatenate(items)
-    aff = np.concatenate(ratings)
+def _draw_block(
+    cfg: SyntheticWorldConfig, rng: np.random.Generator, items: _Items, users: _Users, start: int, stop: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Users `start..stop-1`'s items by Gumbel-top-k over their available items: (user, item, affinity)."""
+    regs = users.region[start:stop]
+    affinity = users.vec[start:stop] @ items.vec.T * np.sqrt(cfg.dim)  # ~unit-scale scores
+    logits = cfg.taste_temperature * affinity + cfg.popularity_weight * items.log_pop
+    # Other regions' region-only items are not available to these users.
+    unavailable = (items.owner[None, :] >= 0) & (items.owner[None, :] != regs[:, None])
+    logits[unavailable] = -np.inf
+    perturbed = logits + rng.gumbel(size=logits.shape)
+    n_per_user = users.n_interactions[start:stop]
+    k = int(n_per_user.max())
+    top = np.argpartition(-perturbed, k - 1, axis=1)[:, :k]
+    # argpartition leaves the k winners unordered: sort them so each user keeps its own best n_u.
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(perturbed, top, 1), axis=1), 1)
+    keep = np.arange(k)[None, :] < n_per_user[:, None]
+    rows = np.broadcast_to(np.arange(start, stop)[:, None], top.shape)
+    return rows[keep], top[keep], affinity[rows[keep] - start, top[keep]]
+
+
+def generate_world(cfg: SyntheticWorldConfig, *, block: int = 2048) -> Interactions:
+    """Generate the world's interactions (implicit feedback with a 1-5 affinity rating) by seed.
+
+    Items: `n_items` global items plus `region_only_items` per region (available only to that region's
+    users). Item popularity follows a power law; users' tastes are shared latent factors plus their
+    region's shift, and region-only items lean toward their region's shift, so pooling data helps learn
+    the global items while regions still differ.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    items, shifts = _draw_items(cfg, rng)
+    users = _draw_users(cfg, rng, shifts)
+    blocks = [
+        _draw_block(cfg, rng, items, users, start, min(start + block, cfg.n_users))
+        for start in range(0, cfg.n_users, block)
+    ]
+    user, item, aff = (np.concatenate(part) for part in zip(*blocks, strict=True))
     rating = np.clip(np.round(3.0 + (aff - aff.mean()) / (aff.std() + 1e-9)), 1, 5)
     # Timestamps: each user's interactions are spread over time in a random order.
     timestamp = 1_600_000_000 + rng.integers(0, 86_400 * 365, size=len(user))
@@ -165,8 +196,8 @@ def generate_world(cfg: SyntheticWorldConfig, *, block: int = 2048) -> Interacti
         item=item,
         rating=rating,
         timestamp=timestamp,
-        region_names=names[user_region[user]],
-        catalog=Catalog(n_items=n_items_total, source="synthetic generator (public)"),
+        region_names=names[users.region[user]],
+        catalog=Catalog(n_items=len(items.owner), source="synthetic generator (public)"),
         explicit=False,
         report=report,
         region_order=list(cfg.names),
