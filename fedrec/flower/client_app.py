@@ -1,39 +1,31 @@
-"""Flower ClientApp: one per silo. Thin: translate Message/Context into `silo` function calls.
+"""Flower ClientApp: one per silo. Thin: resolve the silo from Message/Context, hand it to `silo.handlers`.
 
 Per-user parameters live in `context.state` (the node's persistent state) between rounds and are never
-put in a reply; the reply content is built by `egress` only. Under `privacy=user_dp` a round goes through
-`private_silo` (ledger first, then release) and evaluation results stay in the silo's own log.
+put in a reply; the reply content is built by `egress` only. What a silo decides for each message (decline,
+re-send, a plain or a DP round, evaluate and review) is in `fedrec.silo.handlers`, Flower-free.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedrec.data.split import SiloData
 from fedrec.errors import FedrecError
 from fedrec.flower.egress_recorder import Mod
-from fedrec.messages import read_arrays, read_decline, read_int, read_version
 from fedrec.settings import RunSettings
-from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, train_reply
 from fedrec.silo.egress_ledger import egress_ledger_mod
 from fedrec.silo.error_replies import contain_errors
-from fedrec.silo.evaluation_log import log_evaluation
+from fedrec.silo.handlers import Silo, evaluate_message, train_message
 from fedrec.silo.policy import NODE_DP_KEYS, SiloIdentity
 from fedrec.silo.preflight import preflight_reply
-from fedrec.silo.private_round import private_train_round
-from fedrec.silo.round import check_received, evaluate_splits, silo_seed, train_round
-from fedrec.silo.secure_aggregation import PLAIN, aggregation_of, optional_secaggplus_mod
-from fedrec.silo.serving import RegionServing, advance_fork, review
+from fedrec.silo.secure_aggregation import optional_secaggplus_mod
 from fedrec.silo.state import SiloState
-from fedrec.training import Arrays
-from fedrec.versions import ModelRegistry
 
 
 def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | None = None,
@@ -61,11 +53,11 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return Message(train_message(_Silo.resolve(settings, context), msg, reproducible_noise), reply_to=msg)
+        return Message(train_message(_resolve(settings, context), msg.content, reproducible_noise), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        return Message(evaluate_message(_Silo.resolve(settings, context), msg), reply_to=msg)
+        return Message(evaluate_message(_resolve(settings, context), msg.content), reply_to=msg)
 
     return app
 
@@ -102,23 +94,13 @@ def _min_contributors(settings: RunSettings | None) -> Callable[[Context], int]:
     return lambda c: max(_settings(settings, c).secagg_min_contributors, _identity(settings, c).secagg_min_contributors)
 
 
-@dataclass(frozen=True)
-class _Silo:
-    """One message's view of the silo: the run's proposal, the jurisdiction's policy, its data and state."""
-
-    s: RunSettings
-    ident: SiloIdentity
-    data: SiloData
-    run_key: str
-    state: SiloState
-
-    @classmethod
-    def resolve(cls, settings: RunSettings | None, context: Context) -> _Silo:
-        s = _settings(settings, context)
-        torch.set_num_threads(s.client_threads)
-        ident = SiloIdentity.from_node_config(dict(context.node_config), s)
-        run_key = s.run_key(context.run_id)
-        return cls(s, ident, _load_silo_data(ident.data_path), run_key, SiloState(context, ident.state_dir, run_key))
+def _resolve(settings: RunSettings | None, context: Context) -> Silo:
+    """The silo a message is for: the run's proposal, the node's policy, its data (cached) and its state."""
+    s = _settings(settings, context)
+    torch.set_num_threads(s.client_threads)
+    ident = SiloIdentity.from_node_config(dict(context.node_config), s)
+    run_key = s.run_key(context.run_id)
+    return Silo(s, ident, _load_silo_data(ident.data_path), run_key, SiloState(context, ident.state_dir, run_key))
 
 
 def _load_silo_data(path: Path) -> SiloData:
@@ -134,113 +116,6 @@ def _load_silo_data(path: Path) -> SiloData:
 def _cached_silo_data(path: str, mtime_ns: int, size: int) -> SiloData:
     del mtime_ns, size  # the cache key: a rewritten file is read afresh
     return SiloData.load(Path(path))  # shared by the node's messages: training and evaluation only read it
-
-
-def train_message(silo: _Silo, msg: Message, reproducible_noise: bool = False) -> RecordDict:
-    """The reply to a training message: a cached reply re-sent the way it left, a decline, or a new update."""
-    s, ident = silo.s, silo.ident
-    rnd, version = read_int(msg.content, "config", "server-round"), read_version(msg.content)
-    how = aggregation_of(msg.content.config_records["config"])
-    if ident.require_secure_aggregation and how == PLAIN:
-        reason = "this jurisdiction requires secure aggregation (node config): it sends no update in the clear"
-        return decline_reply(region=ident.region, server_round=rnd, reason=reason)
-    cached = silo.state.cached_reply(rnd, version)
-    if cached is not None:  # asked again (a restarted coordinator): the same reply, not a second release ...
-        sent_as, content = cached
-        if sent_as != how:  # ... and only the way it left: never in the clear, or masked for another session
-            reason = (f"round {rnd} was already answered ({sent_as}); a silo answers a round once and never "
-                      f"again under another aggregation ({how})")
-            return decline_reply(region=ident.region, server_round=rnd, reason=reason)
-        return check_reply(content, private=s.privacy_settings().enabled)
-    arrays = read_arrays(msg.content)
-    check_received(arrays, s.model_spec, n_items=silo.data.n_items)
-    content = train_content(silo, rnd, version, arrays, reproducible_noise)
-    if read_decline(content) is None:
-        silo.state.cache_reply(rnd, version, content, how)
-    return content
-
-
-def train_content(silo: _Silo, rnd: int, version: str, arrays: Arrays, reproducible_noise: bool) -> RecordDict:
-    """A new training reply: the region's fork first, then a DP round, a refusal, or a plain round."""
-    s, ident, state = silo.s, silo.ident, silo.state
-    serving = serving_of(ident)
-    if serving is not None and ident.policy.kind == "fork":
-        fork = advance_fork(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
-                            received_version=version or f"round-{rnd - 1}", received_arrays=arrays,
-                            local=state.local(), seed=silo_seed(s.seed, ident.region + "/fork", rnd),
-                            run_id=silo.run_key)
-        if fork is not None and not ident.policy.contribute:
-            reason = "this region serves its own fork and does not contribute to the federation"
-            return decline_reply(region=ident.region, server_round=rnd, reason=reason)
-    if s.privacy_settings().enabled:
-        return private_train(s, ident, silo.data, state, silo.run_key, rnd, arrays, version,
-                             reproducible_noise=reproducible_noise)
-    if ident.requires_dp:
-        reason = ("this jurisdiction requires user-level DP (node config epsilon-budget / max-delta) but the "
-                  "run has privacy=none: nothing released")
-        return decline_reply(region=ident.region, server_round=rnd, reason=reason)
-    out = train_round(silo.data, s.model_spec, arrays, state.local(), s.train_config(),
-                      seed=silo_seed(s.seed, ident.region, rnd), optimizer_state=state.optimizer())
-    state.save_local(out.local_after)
-    state.save_optimizer(out.optimizer_after)
-    weight = float(out.n_examples) if s.weighting == "examples" else 1.0
-    return train_reply(out.global_after, region=ident.region, server_round=rnd, weight=weight, model_version=version,
-                       loss=out.loss)
-
-
-def evaluate_message(silo: _Silo, msg: Message) -> RecordDict:
-    """Evaluate the received version in the silo, let the region review it, reply (under DP: nothing but 'kept')."""
-    s, ident = silo.s, silo.ident
-    rnd = read_int(msg.content, "config", "server-round")
-    arrays = read_arrays(msg.content)
-    check_received(arrays, s.model_spec, n_items=silo.data.n_items)
-    local = silo.state.local()
-    seed = silo_seed(s.seed, ident.region, rnd)
-    serving = serving_of(ident)
-    splits = ("test", "valid") if serving is not None and ident.policy.kind == "if_better" else ("test",)
-    evals = evaluate_splits(silo.data, s.model_spec, arrays, local, s.train_config(), seed=seed, splits=splits)
-    ev = evals["test"]
-    if serving is not None:  # the region's own choice of model, decided and evaluated in the silo
-        rv = review(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
-                    candidate=read_version(msg.content) or f"round-{rnd}", candidate_arrays=arrays, local=local,
-                    candidate_test=ev, candidate_valid=evals.get("valid"), seed=seed,
-                    fetch=lambda v: fetch_version(s, v), run_id=silo.run_key)
-        log_evaluation(ident, run_id=silo.run_key, server_round=rnd, ev=ev, review=rv)
-    if s.privacy_settings().enabled or ident.requires_dp:
-        return evaluate_reply(None, region=ident.region, server_round=rnd)
-    return evaluate_reply(ev, region=ident.region, server_round=rnd)
-
-
-def serving_of(ident: SiloIdentity) -> RegionServing | None:
-    """The region's serving state (None for a silo without a state dir: it serves what the federation sends)."""
-    return RegionServing(ident.state_dir, ident.policy) if ident.state_dir is not None else None
-
-
-def fetch_version(s: RunSettings, version: str) -> tuple[str, Arrays] | None:
-    """A global version from the run's registry when this silo can read it (simulation); None otherwise."""
-    root = Path(s.registry_dir) if s.registry_dir else Path(s.output_dir) / "registry" if s.output_dir else None
-    if root is None or not (root / "versions").is_dir():
-        return None
-    try:
-        arrays, found = ModelRegistry(root, create=False).load(version)
-    except (FedrecError, ValueError):
-        return None
-    return found.id, arrays
-
-
-def private_train(s: RunSettings, ident: SiloIdentity, silo: SiloData, state: SiloState, run_key: str, rnd: int,
-                  arrays: Arrays, version: str = "", *, reproducible_noise: bool = False) -> RecordDict:
-    """A user-level DP round: recorded in the silo's ledger before its noised update is put in the reply."""
-    out = private_train_round(silo, s, ident, run_id=run_key, server_round=rnd, global_arrays=arrays,
-                              local=state.local(), optimizer_state=state.optimizer(),
-                              reproducible_noise=reproducible_noise)
-    if out.declined is not None:
-        return decline_reply(region=ident.region, server_round=rnd, reason=out.declined, privacy=out.report or None)
-    assert out.global_after is not None and out.local_after is not None and out.optimizer_after is not None
-    state.save_local(out.local_after)
-    state.save_optimizer(out.optimizer_after)
-    return train_reply(out.global_after, region=ident.region, server_round=rnd, weight=1.0, privacy=out.report,
-                       model_version=version)
 
 
 app = make_client_app()
