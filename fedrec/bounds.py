@@ -46,7 +46,7 @@ def train_centralized(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainCon
         lo, hi = int(offsets[r]), int(offsets[r]) + silos[r].n_users
         view = assemble_model(spec, silos[r], glob, {k: v[lo:hi] if k in PER_USER_KEYS else v
                                                      for k, v in users.items()}, seed=seed)
-        out[r] = evaluate_model(refit_users(view, silos[r], cfg, seed=seed), silos[r])
+        out[r] = evaluate_model(refit_users(view, silos[r], cfg, seed=seed), silos[r], rmse_too=cfg.loss == "mse")
     return out
 
 
@@ -65,7 +65,7 @@ def local_only_curve(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, epoch
         train_epochs(model, silo.train, n_items=silo.n_items, cfg=cfg, generator=gen, epochs=target - done,
                      optimizer=opt)
         done = target
-        out[target] = evaluate_model(refit_users(model, silo, cfg, seed=seed), silo)
+        out[target] = evaluate_model(refit_users(model, silo, cfg, seed=seed), silo, rmse_too=cfg.loss == "mse")
     return out
 
 

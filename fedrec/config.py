@@ -22,6 +22,8 @@ from fedrec.privacy.plan import PrivacySettings
 from fedrec.training import TrainConfig
 
 BOUNDS = ("centralized", "local_only")
+BASELINES = ("ease", "itemknn", "popularity")
+"""Strong simple baselines, pooled and local-only, tuned on validation (`fedrec.baselines`)."""
 STRATEGIES = ("fedavg", "fedavgm", "fedadam")
 WEIGHTINGS = ("uniform", "examples")
 SECURE_AGGREGATION = ("none", "secaggplus")
@@ -184,6 +186,7 @@ class ExperimentConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     bounds: tuple[str, ...] = BOUNDS
+    baselines: tuple[str, ...] = BASELINES
     seed: int = 0
     adoption: dict[str, dict[str, Any]] = field(default_factory=dict)
     registry_dir: str | None = None
@@ -197,6 +200,9 @@ class ExperimentConfig:
         bad = [b for b in self.bounds if b not in BOUNDS]
         if bad:
             raise ConfigError(f"bounds {bad} are unknown; choose from {BOUNDS}")
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise ConfigError(f"baselines {bad} are unknown; choose from {BASELINES}")
 
     def check_regions(self, regions: tuple[str, ...]) -> None:
         """Per-region settings must name regions of the world (a typo must not silently fall back)."""
@@ -255,6 +261,7 @@ def experiment_from_dict(cfg: dict[str, Any]) -> ExperimentConfig:
         privacy=_build(PrivacyConfig, "privacy", {**(p := dict(cfg.get("privacy") or {})),
                                                   "region_epsilon": dict(p.get("region_epsilon") or {})}),
         bounds=tuple(cfg.get("bounds", BOUNDS)),
+        baselines=tuple(cfg.get("baselines", BASELINES)),
         seed=int(cfg.get("seed", 0)),
         adoption={str(k): dict(v) if isinstance(v, dict) else v for k, v in (cfg.get("adoption") or {}).items()},
         registry_dir=cfg.get("registry_dir"),

@@ -32,8 +32,12 @@ class SiloEvaluation:
         return out
 
 
-def evaluate_model(model: RecModel, silo: SiloData, *, split: str = "test") -> SiloEvaluation:
-    """Full-ranking metrics on `split` (test excludes train+valid items; valid excludes train items)."""
+def evaluate_model(model: RecModel, silo: SiloData, *, split: str = "test", rmse_too: bool = False) -> SiloEvaluation:
+    """Full-ranking metrics on `split` (test excludes train+valid items; valid excludes train items).
+
+    `rmse_too`: also the squared rating error on explicit ratings, for a model trained to predict them
+    (`loss=mse`); a model trained to rank does not predict ratings, so its RMSE would mean nothing.
+    """
     model.eval()
     target = silo.test if split == "test" else silo.valid
     exclude = [silo.train[:2]] + ([silo.valid[:2]] if split == "test" else [])
@@ -41,7 +45,7 @@ def evaluate_model(model: RecModel, silo: SiloData, *, split: str = "test") -> S
         return SiloEvaluation(sums=dict.fromkeys(METRICS, 0.0), n_users=0)
     per_user = evaluate_full_ranking(model.score_all, n_items=silo.n_items, targets=target[:2], exclude=exclude)
     sums = {m: float(per_user[m].sum()) for m in METRICS}
-    sq, n = rmse(model.score_pairs, target) if silo.explicit else (0.0, 0)
+    sq, n = rmse(model.score_pairs, target) if silo.explicit and rmse_too else (0.0, 0)
     return SiloEvaluation(sums=sums, n_users=len(per_user["users"]), sq_error=sq, n_ratings=n)
 
 

@@ -1,4 +1,4 @@
-"""One experiment end to end: data → per-silo split → federated (Flower simulation) → bounds → results.json.
+"""One experiment end to end: data → per-silo split → federated → bounds and baselines → results.json.
 
 Plain function of a typed config and an output directory: the Hydra CLI, notebooks and tests all call
 `run_experiment`. The federation returns what the coordinator saw (`FederationHistory`); what only the
@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from fedrec.baselines import run_baselines
+from fedrec.baselines.summary import best_local, best_pooled, describe
 from fedrec.bounds import local_only_curve, popularity, train_centralized
 from fedrec.config import ExperimentConfig
 from fedrec.coordinator.history import FederationHistory
@@ -147,6 +149,31 @@ def reference_points(cfg: ExperimentConfig, world: PreparedWorld, rounds: list[d
     return out
 
 
+def baseline_points(cfg: ExperimentConfig, world: PreparedWorld, timings: dict[str, float]
+                    ) -> tuple[dict[str, Block], dict[str, Any]]:
+    """The strong simple baselines, pooled and local-only: their blocks for `final`, and what was chosen.
+
+    `final` gets `baselines.NAME.{centralized,local_only}` (or `{skipped: why}`), `local_baseline` (per region
+    the baseline that region's own validation picks: what it could deploy alone) and `pooled_baseline` (the
+    one pooled validation picks). Nothing is chosen on test.
+    """
+    if not cfg.baselines:
+        return {}, {}
+    t = time.perf_counter()
+    ran = run_baselines(world.silos, cfg.baselines)
+    final: dict[str, Any] = {"baselines": {
+        name: {"skipped": r.skipped} if r.skipped is not None else
+        {"centralized": _block(pool(r.centralized)), "local_only": _block(pool(r.local_only))}
+        for name, r in ran.items()}}
+    facts: dict[str, Any] = {name: describe(r) for name, r in ran.items()}
+    for key, pick in (("local_baseline", best_local(ran)), ("pooled_baseline", best_pooled(ran))):
+        if pick is not None:
+            final[key] = _block(pool(pick.test))
+            facts[key] = pick.names
+    timings["baselines_s"] = time.perf_counter() - t
+    return final, facts
+
+
 def dataset_facts(cfg: ExperimentConfig, data: Interactions, world: PreparedWorld) -> dict[str, Any]:
     """The `dataset` block of results.json: catalog, load report and each region's size."""
     return {
@@ -191,6 +218,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
     if served_last:
         final["served"] = _block(pool(served_last))
     final.update(reference_points(cfg, world, rounds, timings))
+    baseline_final, baseline_facts = baseline_points(cfg, world, timings)
+    final.update(baseline_final)
 
     results = {
         "config": resolved_config if resolved_config is not None else asdict(cfg),
@@ -204,6 +233,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
         "model_versions": history.versions,
         "round_log": history.round_log,
         "adoption": view.adoption(),
+        "baselines": baseline_facts,
         "stopped_early": history.stopped_early,
         "artifacts": {"global_model": "global_model.safetensors", "world": "world/",
                       "registry": settings.registry_dir or "registry/"},

@@ -15,12 +15,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-# Bars, left to right: the lower bound, what we train, the upper bound. Popularity is a reference marker.
-BAR_METHODS = ("local_only", "federated", "centralized")
+# Bars, left to right: alone (our model, the best simple baseline), federated, pooled (our model, the best
+# simple baseline). Popularity is a reference marker.
+BAR_METHODS = ("local_only", "local_baseline", "federated", "centralized", "pooled_baseline")
 METHOD_STYLE: dict[str, dict[str, Any]] = {
     "local_only": {"color": "#9e9e9e", "label": "local-only"},
+    "local_baseline": {"color": "#d9d9d9", "label": "best local baseline", "hatch": "//", "edgecolor": "#7f7f7f"},
     "federated": {"color": "#1f77b4", "label": "federated"},
     "centralized": {"color": "#2ca02c", "label": "centralized"},
+    "pooled_baseline": {"color": "#c7e9c0", "label": "best pooled baseline", "hatch": "//", "edgecolor": "#2ca02c"},
     "popularity": {"color": "#d62728", "label": "popularity"},
 }
 # Region lines avoid the method colours above, so a region is never mistaken for a reference line.
@@ -102,10 +105,12 @@ def plot_rounds(results: dict[str, Any], metric: str = "ndcg@20") -> Figure:
     ax.plot(xs, [float(r["overall"].get(metric, math.nan)) for r in rounds], color="black", linewidth=2.2,
             marker="o", markersize=4, label="overall (federated)")
     final = results["final"]
-    for m in ("centralized", "local_only"):
+    for m in ("centralized", "local_only", "pooled_baseline", "local_baseline"):
         if m in final:
-            ax.axhline(_value(final[m], "overall", metric), color=METHOD_STYLE[m]["color"], linestyle="--",
-                       linewidth=1.5, label=f"{METHOD_STYLE[m]['label']} (overall, final)")
+            style = "--" if m in ("centralized", "local_only") else ":"
+            ax.axhline(_value(final[m], "overall", metric), color=METHOD_STYLE[m].get("edgecolor",
+                       METHOD_STYLE[m]["color"]), linestyle=style, linewidth=1.5,
+                       label=f"{METHOD_STYLE[m]['label']} (overall, final)")
     if xs:
         ax.set_xticks(xs if len(xs) <= 20 else np.linspace(xs[0], xs[-1], 11).round().astype(int))
     ax.set_xlabel("federated round")

@@ -13,7 +13,11 @@ from rich.table import Table
 if TYPE_CHECKING:  # a type only: the table and progress bar need neither the coordinator nor Flower
     from fedrec.coordinator.round_loop import RoundCallback
 
-METHOD_ORDER = ("local_only", "federated", "centralized", "popularity")
+METHOD_ORDER = ("local_only", "local_baseline", "federated", "centralized", "pooled_baseline", "popularity")
+HEADERS = {"local_only": "local\nonly", "local_baseline": "local\nbaseline", "federated": "feder-\nated",
+           "centralized": "central-\nized", "pooled_baseline": "pooled\nbaseline", "popularity": "popu-\nlarity"}
+"""Columns of the end-of-run table: what a region gets alone (our model, the best simple baseline its own
+validation picks), federated, pooled (our model, the best pooled baseline), and per-silo popularity."""
 
 
 @contextmanager
@@ -67,7 +71,7 @@ def results_table(results: dict[str, Any], metric: str = "ndcg@20") -> Table:
     table.add_column("region")
     table.add_column("users", justify="right")
     for m in methods:
-        table.add_column(m.replace("_", "-"), justify="right")
+        table.add_column(HEADERS.get(m, m), justify="right")
     users = {r: d.get("test_users", 0) for r, d in results.get("dataset", {}).get("regions", {}).items()}
     regions = sorted(final["federated"]["per_region"])
     for r in regions:
@@ -75,6 +79,25 @@ def results_table(results: dict[str, Any], metric: str = "ndcg@20") -> Table:
     table.add_row("overall", str(sum(users.values()) or ""),
                   *(f"[bold]{final[m]['overall'][metric]:.4f}" for m in methods), end_section=True)
     return table
+
+
+def baselines_line(results: dict[str, Any]) -> str:
+    """Which baseline each region's own validation picked, and the pooled pick (chosen values in brackets)."""
+    facts = results.get("baselines") or {}
+    if "local_baseline" not in facts:
+        return ""
+
+    def chosen(name: str, region: str | None) -> str:
+        f = facts.get(name, {})
+        c = f.get("centralized") if region is None else f.get("local_only", {}).get(region)
+        value = (c or {}).get("value")
+        return f"{name}" + (f" {f['hyperparameter']}={value:g}" if value is not None else "")
+
+    local = ", ".join(f"{r} {chosen(n, r)}" for r, n in sorted(facts["local_baseline"].items()))
+    pooled = next(iter(facts.get("pooled_baseline", {}).values()), None)
+    skipped = [f"{n} skipped: {f['skipped']}" for n, f in facts.items() if isinstance(f, dict) and "skipped" in f]
+    return ("baselines chosen on validation: local " + local + (f"; pooled {chosen(pooled, None)}" if pooled else "")
+            + "".join(f"; {s}" for s in skipped))
 
 
 def adoption_table(results: dict[str, Any], metric: str = "ndcg@20") -> Table:
@@ -105,6 +128,8 @@ def print_summary(results: dict[str, Any], console: Console | None = None) -> No
     """The end-of-run table plus one line of timings."""
     console = console or Console()
     console.print(results_table(results))
+    if line := baselines_line(results):
+        console.print(line, highlight=False)
     if any(a.get("policy", {}).get("kind", "always") != "always" for a in results.get("adoption", {}).values()):
         console.print(adoption_table(results))
     if results.get("privacy"):

@@ -234,3 +234,16 @@ def test_rmse_returns_the_sum_of_squared_errors_and_the_count() -> None:
     # Assert: errors 0, -1, +1 -> squared sum 2 over 3 ratings
     assert sq_error == pytest.approx(2.0)
     assert count == 3
+
+
+def test_rmse_is_reported_only_for_a_model_trained_to_predict_ratings() -> None:
+    from fedrec.data.split import SiloData
+    from fedrec.evaluation import evaluate_model
+    from fedrec.models import ModelSpec, build_model
+
+    rng = np.random.default_rng(0)
+    part = lambda n: (rng.integers(0, 4, n), rng.integers(0, 10, n), rng.integers(1, 6, n).astype(np.float32))  # noqa: E731
+    silo = SiloData(region="r", n_users=4, n_items=10, explicit=True, train=part(20), valid=part(4), test=part(4))
+    model = build_model(ModelSpec(name="mf", dim=4), n_users=4, n_items=10)
+    assert "rmse" not in evaluate_model(model, silo).means()  # ranked, not rated: an RMSE would mean nothing
+    assert evaluate_model(model, silo, rmse_too=True).means()["rmse"] > 0

@@ -115,4 +115,4 @@ def evaluate_splits(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, loca
                     cfg: TrainConfig, *, seed: int, splits: tuple[str, ...]) -> dict[str, SiloEvaluation]:
     """`evaluate_round` on several splits from one re-fit (the re-fit costs a pass over the silo's data)."""
     fitted = refit_users(assemble_model(spec, silo, global_arrays, local, seed=seed), silo, cfg, seed=seed)
-    return {split: evaluate_model(fitted, silo, split=split) for split in splits}
+    return {split: evaluate_model(fitted, silo, split=split, rmse_too=cfg.loss == "mse") for split in splits}

@@ -164,7 +164,8 @@ def evaluate_fork(fork: Fork, silo: SiloData, spec: ModelSpec, cfg: TrainConfig,
                   split: str = "test") -> SiloEvaluation:
     """The fork's own model (its global-side arrays and its users), under the same protocol as a global one."""
     model = assemble_model(spec, silo, fork.global_arrays, fork.local, seed=seed)
-    return evaluate_model(refit_users(model, silo, cfg, seed=seed), silo, split=split)
+    return evaluate_model(refit_users(model, silo, cfg, seed=seed), silo, split=split,
+                          rmse_too=cfg.loss == "mse")
 
 
 def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
