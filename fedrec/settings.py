@@ -165,6 +165,12 @@ class RunSettings:
         """The run's proposed DP settings (parsed once)."""
         return self._privacy
 
+    def registry_root(self) -> Path | None:
+        """Where this run's global versions are registered: `registry-dir`, else `<output-dir>/registry`."""
+        if self.registry_dir:
+            return Path(self.registry_dir)
+        return Path(self.output_dir) / "registry" if self.output_dir else None
+
     def run_key(self, flower_run_id: int | str) -> str:
         """What silos and coordinator key this run's state by: `run-name` (resumable), else Flower's run id."""
         return self.run_name or str(flower_run_id)

@@ -162,7 +162,7 @@ class _Run:
         self.history = history if history is not None else FederationHistory()
         self.history.run_id = run_id
         self.last_aggregated = 0
-        root = s.registry_dir or (Path(s.output_dir) / "registry" if s.output_dir else None)
+        root = s.registry_root()
         self.registry = ModelRegistry(root) if root else None
         self.config_hash = hashlib.sha256(json.dumps(s.model_config(), sort_keys=True, default=str).encode()
                                           ).hexdigest()

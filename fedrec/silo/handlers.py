@@ -10,7 +10,6 @@ Every reply is built by `egress`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from flwr.app import RecordDict
 
@@ -123,7 +122,7 @@ def serving_of(ident: SiloIdentity) -> RegionServing | None:
 
 def fetch_version(s: RunSettings, version: str) -> tuple[str, Arrays] | None:
     """A global version from the run's registry when this silo can read it (simulation); None otherwise."""
-    root = Path(s.registry_dir) if s.registry_dir else Path(s.output_dir) / "registry" if s.output_dir else None
+    root = s.registry_root()
     if root is None or not (root / "versions").is_dir():
         return None
     try:
