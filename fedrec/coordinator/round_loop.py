@@ -14,21 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid
 
 from fedrec.coordinator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.preflight import preflight_failure, run_preflight
-from fedrec.coordinator.screen import ScreenRules
+from fedrec.coordinator.screen import ScreenRules, StatisticsScreen
 from fedrec.coordinator.strategies import build_strategy, restore_strategy_state, strategy_state
 from fedrec.coordinator.train_step import collect_train
 from fedrec.errors import ConfigError
 from fedrec.evaluation import SiloEvaluation, pool
-from fedrec.messages import read_float, read_int, read_region
+from fedrec.messages import read_arrays, read_float, read_int, read_region
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
 from fedrec.settings import RunSettings, read_manifest
+from fedrec.statistics import is_statistics_model, statistics_family, sum_statistics
 from fedrec.training import initial_global_arrays
 from fedrec.versions import ModelRegistry, ModelVersion, describe_version
 
@@ -102,12 +104,15 @@ class _Run:
                  context: Context | None, history: FederationHistory | None) -> None:
         self.grid, self.s, self.run_id, self.context = grid, s, run_id, context
         self.manifest = read_manifest(s.data_dir)
-        self.init = initial_global_arrays(s.model_spec, n_items=int(self.manifest["n_items"]), seed=s.seed)
+        self.n_items = int(self.manifest["n_items"])
+        self.init = initial_global_arrays(s.model_spec, n_items=self.n_items, seed=s.seed)
         self.arrays = ArrayRecord({k: Array(v) for k, v in self.init.items()})
         self.strategy = build_strategy(s)
         self.timeout = s.round_timeout if timeout is None else timeout
+        self.family = statistics_family(s.model_spec) if is_statistics_model(s.model_spec) else None
+        stats = StatisticsScreen(self.family.statistic_shapes(self.n_items), self.family.check) if self.family else None
         self.rules = ScreenRules(norm_factor=s.update_norm_factor, max_norm=s.max_update_norm,
-                                 uniform_weight=s.privacy_settings().enabled)
+                                 uniform_weight=s.privacy_settings().enabled, statistics=stats)
         self.history = history if history is not None else FederationHistory()
         self.history.run_id = run_id
         self.last_aggregated = 0
@@ -169,9 +174,7 @@ class _Run:
                        "round not aggregated")
             ok = []
         if ok:
-            aggregated, _ = self.strategy.aggregate_train(rnd, ok)
-            if aggregated is not None:
-                self.arrays = aggregated
+            self.aggregate(rnd, ok)
             self.last_aggregated = rnd
             self.current = self.name_version(rnd, self.current.id, step.contributors,
                                              {r: p["epsilon"] for r, p in step.privacy.items()
@@ -188,6 +191,21 @@ class _Run:
                            declined=step.declined, rejected=step.rejected, privacy=step.privacy,
                            failures=step.failures + eval_failures + ([too_few] if too_few else []),
                            train_loss=step.train_loss, round_time_s=time.perf_counter() - t0, stopped=stopped)
+
+    def aggregate(self, rnd: int, replies: list[Message]) -> None:
+        """The new global arrays: the strategy's average, or for a statistics model the solve of the replies' sum.
+
+        Statistics are summed unweighted, in region order, in float64 (`fedrec.statistics`); no server step.
+        """
+        if self.family is None:
+            aggregated, _ = self.strategy.aggregate_train(rnd, replies)
+            if aggregated is not None:
+                self.arrays = aggregated
+            return
+        current = {k: v.numpy() for k, v in self.arrays.items()}
+        summed = sum_statistics(read_arrays(r.content) for r in replies)
+        solved = self.family.solve(summed, current, self.s.model_spec, self.n_items)
+        self.arrays = ArrayRecord({k: Array(np.ascontiguousarray(solved[k])) for k in self.init})
 
     def evaluate(self, rnd: int) -> tuple[dict[str, dict[str, float]], dict[str, float], list[str]]:
         return evaluate_global(self.grid, self.strategy, rnd, self.arrays, self.timeout, self.current.id)
