@@ -80,10 +80,11 @@ class EASE(RecModel):
         rows[torch.as_tensor(users, dtype=torch.long), torch.as_tensor(items, dtype=torch.long)] = 1.0
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        return self.user.rows[users] @ self.item_item.weight
+        """x_u · B for each user; a user's row is sparse, so this costs O(interactions × n_items), not n_items²."""
+        return torch.sparse.mm(self.user.rows[users].to_sparse(), self.item_item.weight)
 
     def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.user.rows[users] @ self.item_item.weight[:, items]
+        return torch.sparse.mm(self.user.rows[users].to_sparse(), self.item_item.weight[:, items])
 
     def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         rows = self.user.rows[users]

@@ -81,9 +81,9 @@ def check_statistics_run(spec: ModelSpec, *, private: bool, strategy: str, secur
     build_model(spec, n_users=1, n_items=1)  # its own kwargs (EASE's λ), checked now rather than in round 1
     name = f"model={spec.name}"
     problems = [why for bad, why in [
-        (private, f"{name} sends each silo's exact statistics (XᵀX: its users' co-occurrence counts), which under "
-                  "privacy=user_dp would have to be noised and accounted; that DP variant is not implemented yet: "
-                  "use privacy=none, or model=mf / model=twotower with privacy=user_dp"),
+        (private, f"{name} sends each silo's exact sufficient statistics (EASE: XᵀX, its users' co-occurrence "
+                  "counts), which under privacy=user_dp would have to be noised and accounted; that DP variant is "
+                  "not implemented yet: use privacy=none, or model=mf / model=twotower with privacy=user_dp"),
         (strategy != "fedavg", f"{name} sums the silos' statistics and solves in closed form: strategy={strategy} "
                                "(a server optimizer) has no update to step; use strategy=fedavg"),
         (secure_aggregation != "none", f"{name} needs the exact sum of statistics; secure-aggregation="
