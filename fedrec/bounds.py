@@ -3,7 +3,9 @@
 - centralized: one model trained on all silos' training data pooled (what sovereignty costs);
 - local-only: each silo trains the same model alone (what federation buys each region);
 - popularity: each silo recommends its own most popular items (the floor a model must beat).
-All use the same number of passes over the data as the federated run.
+All use the same number of passes over the data as the federated run. A statistics model (`model=ease`) is
+solved instead of trained, with the federation's own functions (`fedrec.statistics`): centralized = solve(Σ
+every silo's statistics), local-only = each silo's solve of its own.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fedrec.evaluation import SiloEvaluation, evaluate_model
 from fedrec.metrics import METRICS, evaluate_full_ranking
 from fedrec.models import ModelSpec, build_model, global_state, local_state
 from fedrec.models.base import PER_USER_KEYS
+from fedrec.statistics import is_statistics_model, solve_silos
 from fedrec.training import (
     TrainConfig,
     assemble_model,
@@ -29,6 +32,8 @@ from fedrec.training import (
 def train_centralized(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainConfig, *, epochs: int,
                       seed: int) -> dict[str, SiloEvaluation]:
     """Pool every silo's training data (users kept distinct), train once, evaluate each region."""
+    if is_statistics_model(spec):
+        return solved_on(silos, spec, seed=seed)
     regions = sorted(silos)
     offsets = dict(zip(regions, np.cumsum([0] + [silos[r].n_users for r in regions[:-1]]), strict=True))
     n_items = silos[regions[0]].n_items
@@ -55,7 +60,10 @@ def local_only_curve(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, epoch
     """One silo alone from the federation's initial global parameters, evaluated after each of `epochs` passes.
 
     One training run, not one per checkpoint: the optimizer and generator carry across the checkpoints.
+    A statistics model is solved once: the same evaluation at every checkpoint.
     """
+    if is_statistics_model(spec):
+        return dict.fromkeys(epochs, solved_on({silo.region: silo}, spec, seed=seed)[silo.region])
     init = initial_global_arrays(spec, n_items=silo.n_items, seed=seed)
     model = assemble_model(spec, silo, init, None, seed=seed)
     opt = make_optimizer(model, cfg)
@@ -67,6 +75,13 @@ def local_only_curve(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, epoch
         done = target
         out[target] = evaluate_model(refit_users(model, silo, cfg, seed=seed), silo, rmse_too=cfg.loss == "mse")
     return out
+
+
+def solved_on(silos: dict[str, SiloData], spec: ModelSpec, *, seed: int) -> dict[str, SiloEvaluation]:
+    """A statistics model solved on these silos' data pooled, each region scored with its own users' histories."""
+    n_items = next(iter(silos.values())).n_items
+    glob = solve_silos(spec, [silos[r] for r in sorted(silos)], n_items=n_items, seed=seed)
+    return {r: evaluate_model(assemble_model(spec, silos[r], glob, None, seed=seed), silos[r]) for r in sorted(silos)}
 
 
 def popularity(silo: SiloData) -> SiloEvaluation:

@@ -19,6 +19,7 @@ from fedrec.errors import ConfigError
 from fedrec.metrics import METRICS
 from fedrec.models import ModelSpec, available_models
 from fedrec.privacy.plan import PrivacySettings
+from fedrec.statistics import check_model_catalog, check_statistics_run
 from fedrec.training import TrainConfig
 
 BOUNDS = ("centralized", "local_only")
@@ -197,6 +198,9 @@ class ExperimentConfig:
                 raise ConfigError(f"adoption.{region} must be a policy such as {{adopt: always}}, got {policy!r}")
             AdoptionPolicy.from_config(region, policy)
         check_model(self.model)
+        check_statistics_run(self.model, private=self.privacy.settings().enabled, strategy=self.strategy.name,
+                             secure_aggregation=self.federation.secure_aggregation,
+                             weighting=self.federation.weighting, loss=self.train.loss)
         bad = [b for b in self.bounds if b not in BOUNDS]
         if bad:
             raise ConfigError(f"bounds {bad} are unknown; choose from {BOUNDS}")
@@ -212,6 +216,10 @@ class ExperimentConfig:
             unknown = sorted(names - set(regions))
             if unknown:
                 raise ConfigError(f"{key} names unknown region(s) {unknown}; this world's regions: {list(regions)}")
+
+    def check_catalog(self, n_items: int) -> None:
+        """The model fits the world's catalog (EASE's dense item-item solve: at most 20,000 items)."""
+        check_model_catalog(self.model, n_items)
 
     @property
     def total_epochs(self) -> int:

@@ -118,6 +118,7 @@ def prepare(cfg: ExperimentConfig, out_dir: Path, log: Callable[[str], Any]) -> 
         for line in data.report.lines():
             log(line)
     cfg.check_regions(data.regions)
+    cfg.check_catalog(data.catalog.n_items)
     world = prepare_world(data, cfg.split, out_dir / "world")
     for r, s in world.silos.items():
         if s.n_train_only_users or s.n_repeats_removed:

@@ -25,6 +25,9 @@ DP_KEYS = ("dp-epsilon", "dp-delta", "dp-noise-multiplier", "dp-sample-rate", "d
 """Public DP metadata a silo attaches to every training reply (and to a decline): ε spent at its δ, the plan
 (σ, q, C, steps per release), this run's steps so far and the budget. Every value is public policy or a
 count the coordinator already knows; none depends on the silo's data."""
+STAT_PREFIX = "stat."
+"""Names of the arrays in a sufficient-statistics reply (`fedrec.statistics`, e.g. EASE's `stat.gram` = XᵀX):
+exact sums over a silo's users, which `silo/egress.py` lets out only in a non-private run."""
 META_KEYS = frozenset({"region", "server-round", "model-version", "declined", "kept-in-silo", PREFLIGHT_ERROR,
                        *DP_KEYS})
 EVAL_KEYS = frozenset({*(f"sum-{m}" for m in METRICS), "n-users", "sq-error", "n-ratings"})

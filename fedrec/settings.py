@@ -22,6 +22,7 @@ from fedrec.config import AdoptionPolicy, ExperimentConfig, FederationConfig, St
 from fedrec.errors import ConfigError
 from fedrec.models.base import ModelSpec
 from fedrec.privacy.plan import PrivacySettings
+from fedrec.statistics import check_statistics_run
 from fedrec.training import TrainConfig
 
 OPERATIONAL_KEYS = frozenset({"data-dir", "output-dir", "state-dir", "registry-dir", "resume",
@@ -97,6 +98,8 @@ class RunSettings:
         self.train_config()
         privacy = self.privacy_settings()
         check_model(self.model_spec)
+        check_statistics_run(self.model_spec, private=privacy.enabled, strategy=self.strategy,
+                             secure_aggregation=self.secure_aggregation, weighting=self.weighting, loss=self.loss)
         self.adoption_policies()
         # ... the run config checks only what exists in it alone.
         if not self.round_timeout > 0:

@@ -116,6 +116,9 @@ def train_epochs(
     Pass `optimizer` to continue from its state (a silo keeps its Adam moments across rounds); otherwise a
     fresh Adam over `params` (see `make_optimizer`) is used.
     """
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"{type(model).__name__} has no trainable parameters: it is solved in closed form from "
+                          "sufficient statistics (fedrec.statistics), not trained by SGD")
     users = torch.as_tensor(train[0], dtype=torch.long)
     items = torch.as_tensor(train[1], dtype=torch.long)
     ratings = torch.as_tensor(train[2], dtype=torch.float32)
@@ -152,10 +155,14 @@ def initial_global_arrays(spec: ModelSpec, *, n_items: int, seed: int) -> Arrays
 
 def assemble_model(spec: ModelSpec, silo: SiloData, global_arrays: Arrays, local: Tensors | None,
                    *, seed: int) -> RecModel:
-    """A silo's working model: received global parameters + its own per-user state (fresh on first use)."""
+    """A silo's working model: received global parameters + its own per-user state (fresh on first use).
+
+    A model whose per-user state is the silo's training history (EASE) gets it from `silo.train` here.
+    """
     torch.manual_seed(seed)
     model = build_model(spec, n_users=silo.n_users, n_items=silo.n_items)
     load_global_state(model, {k: torch.as_tensor(np.asarray(v)) for k, v in global_arrays.items()})
+    model.attach_history(silo.train[0], silo.train[1])
     if local is not None:
         model.load_state_dict(local, strict=False)
     return model
@@ -183,8 +190,11 @@ def optimizer_from_arrays(opt: torch.optim.Optimizer, arrays: Arrays | None) -> 
 
 
 def refit_users(model: RecModel, silo: SiloData, cfg: TrainConfig, *, seed: int) -> RecModel:
-    """A copy of `model` whose user-side parameters were re-fitted to its (frozen) global parameters."""
-    if cfg.refit_epochs == 0:
+    """A copy of `model` whose user-side parameters were re-fitted to its (frozen) global parameters.
+
+    A model without local parameters (EASE: its user state is the history itself) has nothing to re-fit.
+    """
+    if cfg.refit_epochs == 0 or not any(is_local(name) for name, _ in model.named_parameters()):
         return model
     fitted = copy.deepcopy(model)
     train_epochs(fitted, silo.train, n_items=silo.n_items, cfg=cfg, generator=torch.Generator().manual_seed(seed),

@@ -24,7 +24,7 @@ from fedrec.metrics import METRICS
 from fedrec.models import build_model, global_state, local_state
 from fedrec.models.base import PER_USER_KEYS
 from fedrec.settings import RunSettings
-from fedrec.silo.egress import EgressViolation, train_reply
+from fedrec.silo.egress import EgressViolation, check_reply, statistics_reply, train_reply
 from fedrec.silo.state import LOCAL_STATE_KEY, OPTIMIZER_STATE_KEY
 from fedrec.training import initial_global_arrays
 from fedrec.world import PreparedWorld, prepare_world
@@ -270,3 +270,61 @@ def test_a_node_without_its_silo_file_gets_a_config_error(tmp_path: Path, world:
     # Execute / Assert
     with pytest.raises(ConfigError, match=r"silo 'eu': node config has no data-path"):
         make_client_app(s)(instruction(MessageType.TRAIN, initial_arrays(s, world), 1), context)
+
+
+# --- statistics replies (model=ease) ---------------------------------------------------------------------------
+
+
+def test_a_statistics_round_sends_only_the_silo_s_gram_matrix_weight_and_metadata(world: PreparedWorld) -> None:
+    # Prepare
+    s = settings(world, model="ease")
+    silo = world.silos["na"]
+    x = np.zeros((silo.n_users, world.n_items))
+    x[silo.train[0], silo.train[1]] = 1.0
+
+    # Execute
+    context = node_context(1)
+    reply = make_client_app(s)(instruction(MessageType.TRAIN, initial_arrays(s, world), 1), context)
+
+    # Assert: XᵀX of na's binary training matrix (its users' co-occurrence counts), n_items × n_items: no
+    # per-user row, no parameter, no loss, no size; and nothing kept in the node (EASE keeps no user state)
+    assert set(reply.content.array_records) == {"arrays"} and set(reply_arrays(reply)) == {"stat.gram"}
+    gram = reply_arrays(reply)["stat.gram"]
+    assert gram.dtype == np.float32 and gram.shape == (world.n_items, world.n_items)
+    np.testing.assert_array_equal(gram, x.T @ x)
+    assert {k: dict(v) for k, v in reply.content.metric_records.items()} == {"metrics": {"weight": 1.0}}
+    assert {k: dict(v) for k, v in reply.content.config_records.items()} == {
+        "meta": {"region": "na", "server-round": 1, "model-version": INSTRUCTED_VERSION}}
+    assert not context.state.array_records
+
+
+def test_statistics_may_not_leave_a_private_run_and_never_with_per_user_names() -> None:
+    # Prepare
+    gram = {"stat.gram": np.eye(3, dtype=np.float32)}
+    content = statistics_reply(gram, region="eu", server_round=1)
+
+    # Execute / Assert: the same content passes only when the run is not private
+    assert check_reply(content, private=False) is content
+    with pytest.raises(EgressViolation, match=r"statistics \['stat\.gram'\] are exact sums"):
+        check_reply(content, private=True)
+    with pytest.raises(EgressViolation, match=r"only stat\.\* arrays, not \['user\.rows'\]"):
+        statistics_reply({**gram, "user.rows": np.ones((2, 3), np.float32)}, region="eu", server_round=1)
+    with pytest.raises(EgressViolation, match=r"not \['item_item\.weight'\]"):
+        statistics_reply({"item_item.weight": np.eye(3, dtype=np.float32)}, region="eu", server_round=1)
+    content["arrays"]["user.rows"] = Array(np.ones((2, 3), np.float32))
+    with pytest.raises(EgressViolation, match="per-user parameters must never leave"):
+        check_reply(content, private=False)
+
+
+def test_a_jurisdiction_that_requires_dp_sends_no_statistics(world: PreparedWorld, tmp_path: Path) -> None:
+    # Prepare: the run proposes model=ease without DP; na's own policy requires DP (an ε budget)
+    s = settings(world, model="ease")
+    node = {"region": "na", "data-path": str(world.data_dir / "silo_na.npz"), "state-dir": str(tmp_path / "na"),
+            "epsilon-budget": 1.0}
+    context = Context(run_id=1, node_id=SILO_NODE, node_config=node, state=RecordDict(), run_config={})
+
+    # Execute
+    reply = make_client_app(s)(instruction(MessageType.TRAIN, initial_arrays(s, world), 1), context)
+
+    # Assert
+    assert not reply.content.array_records and "requires user-level DP" in str(reply.content["meta"]["declined"])

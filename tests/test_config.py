@@ -74,6 +74,11 @@ def check_synthetic_dp(exp: ExperimentConfig) -> None:
     assert (exp.federation.rounds, exp.train.weight_decay) == (10, 0.001)
 
 
+def check_ease(exp: ExperimentConfig) -> None:
+    assert (exp.model.name, exp.model.kwargs, exp.federation.rounds) == ("ease", {"lam": 300}, 1)
+    assert exp.dataset.name == "synthetic"
+
+
 def check_distinct_region(exp: ExperimentConfig) -> None:
     assert tuple(exp.dataset.params["region_shift_scale"]) == (1.0, 1.0, 1.0, 4.0)
     assert (exp.dataset.params["n_users"], exp.federation.rounds, exp.adoption) == (8000, 10, {})
@@ -81,7 +86,7 @@ def check_distinct_region(exp: ExperimentConfig) -> None:
 
 EXPERIMENT_CHECKS = {"quick": check_quick, "ml100k": check_ml100k, "compare_strategies": check_compare_strategies,
                      "synthetic_large": check_synthetic_large, "synthetic_dp": check_synthetic_dp,
-                     "distinct_region": check_distinct_region}
+                     "distinct_region": check_distinct_region, "ease": check_ease}
 
 
 def test_adoption_policies_compose_per_region_into_the_run_config() -> None:
@@ -142,6 +147,7 @@ GROUP_OPTIONS: dict[tuple[str, str], Any] = {
     ("dataset", "file"): lambda e: e.dataset.name == "file" and e.dataset.params["path"] is None,
     ("model", "mf"): lambda e: (e.model.name, e.model.dim, e.model.kwargs) == ("mf", 32, {}),
     ("model", "twotower"): lambda e: (e.model.name, e.model.kwargs) == ("twotower", {"hidden": 64}),
+    ("model", "ease"): lambda e: (e.model.name, e.model.kwargs, e.federation.rounds) == ("ease", {"lam": 300}, 20),
     ("strategy", "fedavg"): lambda e: (e.strategy.name, e.strategy.server_momentum) == ("fedavg", 0.0),
     ("strategy", "fedavgm"): lambda e: (e.strategy.name, e.strategy.server_momentum) == ("fedavgm", 0.9),
     ("strategy", "fedadam"): lambda e: (e.strategy.name, e.strategy.server_lr) == ("fedadam", 0.01),

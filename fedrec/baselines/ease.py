@@ -16,8 +16,9 @@ import torch
 
 from fedrec.baselines.matrix import ItemModel, binary
 from fedrec.errors import ConfigError
+from fedrec.models.ease import MAX_ITEMS
 
-DEFAULT_MAX_ITEMS = 20_000
+DEFAULT_MAX_ITEMS = MAX_ITEMS  # the same limit as the federated model=ease
 LAMBDAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 PEAK_MATRICES = 4  # n_items² float32 matrices alive at once while fitting (Gram, factor/inverse, kept model)
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,16 @@ from flwr.serverapp import Grid
 from fedrec.coordinator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.preflight import preflight_failure, run_preflight
-from fedrec.coordinator.screen import ScreenRules, metadata_problem, screen
-from fedrec.coordinator.secure_aggregation import secure_train_round
+from fedrec.coordinator.screen import ScreenRules, StatisticsScreen
 from fedrec.coordinator.strategies import build_strategy, restore_strategy_state, strategy_state
+from fedrec.coordinator.train_step import collect_train
 from fedrec.errors import ConfigError
 from fedrec.evaluation import SiloEvaluation, pool
-from fedrec.messages import TRAIN_LOSS_KEY, read_decline, read_float, read_int, read_privacy, read_region
+from fedrec.messages import read_arrays, read_float, read_int, read_region
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
 from fedrec.settings import RunSettings, read_manifest
+from fedrec.statistics import is_statistics_model, statistics_family, sum_statistics
 from fedrec.training import initial_global_arrays
 from fedrec.versions import ModelRegistry, ModelVersion, describe_version
 
@@ -65,56 +66,6 @@ def evaluate_global(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord, ti
         rnd, arrays, ConfigRecord({"server-round": rnd, "model-version": version}), grid), timeout=timeout))
     per_region, overall = pool_evaluations(sorted((r for r in replies if not r.has_error()), key=_region))
     return per_region, overall, [str(r.error.reason)[:500] for r in replies if r.has_error()]
-
-
-@dataclass
-class TrainStep:
-    """A round's training replies, sorted out: what to aggregate, from whom, and who declined or was rejected."""
-
-    answered: list[Message]
-    to_aggregate: list[Message]
-    contributors: list[str]
-    declined: dict[str, str]
-    rejected: dict[str, str]
-    privacy: dict[str, dict[str, float]]
-    failures: list[str]
-    train_loss: dict[str, float] = field(default_factory=dict)
-
-
-def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: ArrayRecord, config: ConfigRecord,
-                  version: str, rules: ScreenRules, timeout: float, context: Context | None) -> TrainStep:
-    """Send the round's training messages and screen the replies (plain, or through SecAgg+)."""
-    messages = list(strategy.configure_train(rnd, arrays, config, grid))
-    secure = None
-    if s.secure_aggregation == "secaggplus":
-        if context is None:
-            raise ConfigError("secure-aggregation=secaggplus needs the ServerApp's context")
-        secure = secure_train_round(grid, context, messages, timeout=timeout,
-                                    clipping_range=s.secagg_clipping_range,
-                                    quantization_range=s.secagg_quantization_range,
-                                    min_contributors=s.secagg_min_contributors)
-        replies, failures = secure.replies, list(secure.failures)
-    else:
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
-        failures = [str(r.error.reason)[:500] for r in replies if r.has_error()]
-    answered = sorted((r for r in replies if not r.has_error()), key=_region)
-    declined = {_region(r): str(read_decline(r.content)) for r in answered if read_decline(r.content)}
-    privacy = {_region(r): p for r in answered if (p := read_privacy(r.content)) is not None}
-    contributing = [r for r in answered if _region(r) not in declined]
-    if secure is None:
-        ok, rejected = screen(contributing, {k: v.numpy() for k, v in arrays.items()}, version=version, rules=rules)
-        losses = {_region(r): read_float(r.content, "metrics", TRAIN_LOSS_KEY) for r in ok
-                  if TRAIN_LOSS_KEY in r.content.metric_records.get("metrics", {})}
-        return TrainStep(answered, ok, [_region(r) for r in ok], declined, rejected, privacy, failures, losses)
-    # SecAgg+: only the mean is visible; a bad reply cannot be taken out of it, so it voids the round
-    rejected = {_region(r): why for r in contributing if (why := metadata_problem(r, version=version))}
-    mean_ok = secure.arrays is not None and all(np.isfinite(a.numpy()).all() for a in secure.arrays.values())
-    if secure.arrays is not None and not mean_ok:
-        failures.append("SecAgg+ mean holds NaN or Inf: round not aggregated")
-    if rejected or not mean_ok:
-        return TrainStep(answered, [], [], declined, rejected, privacy, failures)
-    return TrainStep(answered, [secure.as_reply()], [_region(r) for r in contributing], declined, {}, privacy,
-                     failures)
 
 
 @dataclass(frozen=True)
@@ -153,12 +104,15 @@ class _Run:
                  context: Context | None, history: FederationHistory | None) -> None:
         self.grid, self.s, self.run_id, self.context = grid, s, run_id, context
         self.manifest = read_manifest(s.data_dir)
-        self.init = initial_global_arrays(s.model_spec, n_items=int(self.manifest["n_items"]), seed=s.seed)
+        self.n_items = int(self.manifest["n_items"])
+        self.init = initial_global_arrays(s.model_spec, n_items=self.n_items, seed=s.seed)
         self.arrays = ArrayRecord({k: Array(v) for k, v in self.init.items()})
         self.strategy = build_strategy(s)
         self.timeout = s.round_timeout if timeout is None else timeout
+        self.family = statistics_family(s.model_spec) if is_statistics_model(s.model_spec) else None
+        stats = StatisticsScreen(self.family.statistic_shapes(self.n_items), self.family.check) if self.family else None
         self.rules = ScreenRules(norm_factor=s.update_norm_factor, max_norm=s.max_update_norm,
-                                 uniform_weight=s.privacy_settings().enabled)
+                                 uniform_weight=s.privacy_settings().enabled, statistics=stats)
         self.history = history if history is not None else FederationHistory()
         self.history.run_id = run_id
         self.last_aggregated = 0
@@ -220,9 +174,7 @@ class _Run:
                        "round not aggregated")
             ok = []
         if ok:
-            aggregated, _ = self.strategy.aggregate_train(rnd, ok)
-            if aggregated is not None:
-                self.arrays = aggregated
+            self.aggregate(rnd, ok)
             self.last_aggregated = rnd
             self.current = self.name_version(rnd, self.current.id, step.contributors,
                                              {r: p["epsilon"] for r, p in step.privacy.items()
@@ -239,6 +191,21 @@ class _Run:
                            declined=step.declined, rejected=step.rejected, privacy=step.privacy,
                            failures=step.failures + eval_failures + ([too_few] if too_few else []),
                            train_loss=step.train_loss, round_time_s=time.perf_counter() - t0, stopped=stopped)
+
+    def aggregate(self, rnd: int, replies: list[Message]) -> None:
+        """The new global arrays: the strategy's average, or for a statistics model the solve of the replies' sum.
+
+        Statistics are summed unweighted, in region order, in float64 (`fedrec.statistics`); no server step.
+        """
+        if self.family is None:
+            aggregated, _ = self.strategy.aggregate_train(rnd, replies)
+            if aggregated is not None:
+                self.arrays = aggregated
+            return
+        current = {k: v.numpy() for k, v in self.arrays.items()}
+        summed = sum_statistics(read_arrays(r.content) for r in replies)
+        solved = self.family.solve(summed, current, self.s.model_spec, self.n_items)
+        self.arrays = ArrayRecord({k: Array(np.ascontiguousarray(solved[k])) for k in self.init})
 
     def evaluate(self, rnd: int) -> tuple[dict[str, dict[str, float]], dict[str, float], list[str]]:
         return evaluate_global(self.grid, self.strategy, rnd, self.arrays, self.timeout, self.current.id)

@@ -7,18 +7,33 @@ round's well-formed replies: an update (reply minus the sent global model) whose
 `norm_factor` times the round's median update norm (with at least 3 replies), or above an absolute
 `max_norm`, is rejected. This stops broken or crude attacks (NaN bombs, scaled updates, replays); it is
 not a Byzantine-robust aggregator: a hostile silo can still steer the average within those bounds.
+
+A statistics model's round (`model=ease`: silos send `stat.*` sums, `ScreenRules.statistics`) is screened for
+form only, see `malformed_statistics`.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 
 from fedrec.messages import WEIGHT_KEY, read_arrays, read_region, read_version
+
+Expected = dict[str, tuple[tuple[int, ...], str]]
+"""Array name → (shape, dtype name) a reply must hold."""
+
+
+@dataclass(frozen=True)
+class StatisticsScreen:
+    """What a statistics reply must hold: each `stat.*` array's shape and dtype, and the model's own check."""
+
+    expected: Expected
+    check: Callable[[dict[str, np.ndarray]], str | None]
 
 
 @dataclass(frozen=True)
@@ -28,26 +43,32 @@ class ScreenRules:
     norm_factor: float = 10.0
     max_norm: float = 0.0  # 0: no absolute bound
     uniform_weight: bool = False  # under DP every weight must be exactly 1
+    statistics: StatisticsScreen | None = None  # a statistics model's round: replies are sums, not updates
 
 
-def malformed(msg: Message, sent: dict[str, np.ndarray], *, version: str, uniform_weight: bool) -> str | None:
-    """Why this reply cannot be aggregated (None when it is well-formed)."""
-    content = msg.content
+def _arrays(content: RecordDict, expected: Expected, *, noun: str, owner: str
+            ) -> tuple[dict[str, np.ndarray], str | None]:
+    """The reply's arrays and what is wrong with them: names, shapes and dtypes as `expected`, finite values."""
     if "arrays" not in content.array_records:
-        return "no parameters in the reply"
+        return {}, f"no {noun}s in the reply"
     try:
         arrays = read_arrays(content)
     except Exception as exc:  # any undecodable payload is a rejection, not a crash
-        return f"parameters cannot be decoded ({type(exc).__name__})"
-    missing, extra = sorted(set(sent) - set(arrays)), sorted(set(arrays) - set(sent))
+        return {}, f"{noun}s cannot be decoded ({type(exc).__name__})"
+    missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
     if missing or extra:
-        return f"parameter names differ from the global model (missing {missing}, unexpected {extra})"
-    for name, ref in sent.items():
+        return arrays, f"{noun} names differ from the {owner} (missing {missing}, unexpected {extra})"
+    for name, (shape, dtype) in expected.items():
         got = arrays[name]
-        if got.shape != ref.shape or got.dtype != ref.dtype:
-            return f"{name}: {got.dtype}{list(got.shape)} where the global model has {ref.dtype}{list(ref.shape)}"
+        if got.shape != shape or got.dtype != np.dtype(dtype):
+            return arrays, f"{name}: {got.dtype}{list(got.shape)} where the {owner} has {dtype}{list(shape)}"
         if got.dtype.kind == "f" and not np.isfinite(got).all():
-            return f"{name}: holds NaN or Inf"
+            return arrays, f"{name}: holds NaN or Inf"
+    return arrays, None
+
+
+def _weight_or_version(content: RecordDict, *, version: str, uniform_weight: bool) -> str | None:
+    """What is wrong with a reply's aggregation weight or the version it was computed on."""
     metrics = content.metric_records.get("metrics")
     weight = metrics.get(WEIGHT_KEY) if metrics is not None else None
     if not isinstance(weight, int | float) or isinstance(weight, bool) or not math.isfinite(weight) or weight <= 0:
@@ -58,6 +79,26 @@ def malformed(msg: Message, sent: dict[str, np.ndarray], *, version: str, unifor
     if version and base != version:
         return f"stale: trained on version {base[:12] or '(none)'}, this round sent {version[:12]}"
     return None
+
+
+def malformed(msg: Message, sent: dict[str, np.ndarray], *, version: str, uniform_weight: bool) -> str | None:
+    """Why this reply cannot be aggregated (None when it is well-formed)."""
+    expected = {k: (v.shape, v.dtype.name) for k, v in sent.items()}
+    _, why = _arrays(msg.content, expected, noun="parameter", owner="global model")
+    return why or _weight_or_version(msg.content, version=version, uniform_weight=uniform_weight)
+
+
+def malformed_statistics(msg: Message, rules: StatisticsScreen, *, version: str) -> str | None:
+    """Why a statistics reply cannot be summed (None when it can).
+
+    Checked: the `stat.*` names, shapes and dtypes, finite values, the model's own check of their values
+    (EASE: a Gram matrix is symmetric and non-negative), the weight and the version. Not norms: a statistic
+    is a sum over the silo's users, so it grows with the silo, and comparing its size with the other silos'
+    would reject a large silo for being large. Like the norm bound for updates, this stops broken and crude
+    replies, not a silo that sends well-formed statistics of invented users.
+    """
+    arrays, why = _arrays(msg.content, rules.expected, noun="statistic", owner="model")
+    return why or rules.check(arrays) or _weight_or_version(msg.content, version=version, uniform_weight=False)
 
 
 def metadata_problem(msg: Message, *, version: str) -> str | None:
@@ -91,11 +132,14 @@ def screen(replies: list[Message], sent: dict[str, np.ndarray], *, version: str,
         region = read_region(msg.content)
         if region in rejected:
             continue
-        why = malformed(msg, sent, version=version, uniform_weight=rules.uniform_weight)
+        why = (malformed_statistics(msg, rules.statistics, version=version) if rules.statistics is not None
+               else malformed(msg, sent, version=version, uniform_weight=rules.uniform_weight))
         if why:
             rejected[region] = why
         else:
             well_formed.append(msg)
+    if rules.statistics is not None:  # sums over each silo's users: no norm comparison (see malformed_statistics)
+        return well_formed, rejected
     sent64 = {k: v.astype(np.float64) for k, v in sent.items()}
     norms = {read_region(m.content): update_norm(m, sent64) for m in well_formed}
     median = float(np.median(list(norms.values()))) if len(norms) >= 3 else math.inf

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -73,6 +74,13 @@ class RecModel(nn.Module):
     def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores of every user against every item of a shared item set, shape [B, K] (one matmul)."""
         raise NotImplementedError
+
+    def attach_history(self, users: np.ndarray, items: np.ndarray) -> None:
+        """Give the model its silo's training (user, item) pairs; a no-op for models that learn their user state.
+
+        A model whose per-user state *is* the history (EASE: x_u) keeps it here, as local state.
+        """
+        del users, items
 
     def regularizer(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """L2 penalty on the embedding rows a batch touched (untouched rows stay untouched)."""

@@ -7,11 +7,12 @@ from typing import Any
 
 from fedrec.errors import ConfigError
 from fedrec.models.base import ModelSpec, RecModel
+from fedrec.models.ease import EASE
 from fedrec.models.mf import BiasedMF
 from fedrec.models.twotower import TwoTower
 
 ModelFactory = Callable[..., RecModel]
-_MODELS: dict[str, ModelFactory] = {"mf": BiasedMF, "twotower": TwoTower}
+_MODELS: dict[str, ModelFactory] = {"ease": EASE, "mf": BiasedMF, "twotower": TwoTower}
 
 
 def register_model(name: str, factory: ModelFactory, *, force: bool = False) -> None:

@@ -3,6 +3,8 @@
 Allowed out of a silo (`../shared/design/trust-model.md`):
 - global (non-user) parameters — under `privacy=user_dp` only the clipped, noised ones a DP round produced,
   after the silo's ledger recorded the release;
+- sufficient statistics (`stat.*` arrays, e.g. EASE's XᵀX of the silo's training matrix) only when the run is
+  not private: they are exact sums over the silo's users;
 - public metadata: region, round, the DP plan (σ, q, C, δ, budget) and ε spent so far, a decline reason;
 - the aggregation weight: under DP always 1 (uniform: a silo's example count is private);
 - evaluation metric sums and user counts only when the run is not private. Under DP they are a release too,
@@ -21,7 +23,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedrec.evaluation import SiloEvaluation
-from fedrec.messages import DP_KEYS, EVAL_KEYS, META_KEYS, TRAIN_LOSS_KEY, WEIGHT_KEY
+from fedrec.messages import DP_KEYS, EVAL_KEYS, META_KEYS, STAT_PREFIX, TRAIN_LOSS_KEY, WEIGHT_KEY
 from fedrec.metrics import METRICS
 from fedrec.models.base import is_local
 
@@ -40,6 +42,10 @@ def check_reply(content: RecordDict, *, private: bool) -> RecordDict:
         leaking = [k for k in content.array_records["arrays"] if is_local(k)]
         if leaking:
             raise EgressViolation(f"per-user parameters must never leave a silo: {leaking}")
+        stats = [k for k in content.array_records["arrays"] if k.startswith(STAT_PREFIX)]
+        if stats and private:
+            raise EgressViolation(f"statistics {stats} are exact sums over the silo's users: under privacy=user_dp "
+                                  "they may not leave a silo (no DP variant of them exists yet)")
     if "metrics" in content:
         metrics = content.metric_records["metrics"]
         allowed = {WEIGHT_KEY} if private else {WEIGHT_KEY, TRAIN_LOSS_KEY, *EVAL_KEYS}
@@ -96,6 +102,24 @@ def train_reply(global_after: dict[str, np.ndarray], *, region: str, server_roun
                       **dp_metadata(privacy)),
     })
     return check_reply(content, private=privacy is not None)
+
+
+def statistics_reply(stats: dict[str, np.ndarray], *, region: str, server_round: int,
+                     model_version: str = "") -> RecordDict:
+    """Reply content of a statistics round (`fedrec.statistics`): the silo's `stat.*` arrays, weight 1, metadata.
+
+    Non-private runs only (`check_reply` refuses statistics under DP). The weight is uniform: statistics
+    are summed, never weighted, and a silo's size is not sent; no training loss (nothing was trained).
+    """
+    bad = [k for k in stats if not k.startswith(STAT_PREFIX) or is_local(k)]
+    if bad:  # before any tensor is copied into a record
+        raise EgressViolation(f"a statistics reply holds only {STAT_PREFIX}* arrays, not {bad}")
+    content = RecordDict({
+        "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in stats.items()}),
+        "metrics": MetricRecord({WEIGHT_KEY: 1.0}),
+        "meta": _meta(region, server_round, **({"model-version": model_version} if model_version else {})),
+    })
+    return check_reply(content, private=False)
 
 
 def decline_reply(*, region: str, server_round: int, reason: str,

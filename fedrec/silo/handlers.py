@@ -1,9 +1,10 @@
 """What a silo does with each message it receives, decided here and Flower-free (the ClientApp only adapts).
 
 A training message gets a cached reply re-sent the way it left, a decline (secure aggregation required,
-a region that forked and does not contribute, DP required but not proposed, a spent budget), or a new
-update (a DP round under `privacy=user_dp`). An evaluation message is evaluated in the silo, reviewed by
-the region's adoption policy, logged in the silo, and answered with metric sums only when not private.
+a region that forked and does not contribute, DP required but not proposed, a spent budget), a new
+update (a DP round under `privacy=user_dp`), or for a statistics model (`model=ease`) the silo's statistics.
+An evaluation message is evaluated in the silo, reviewed by the region's adoption policy, logged in the silo,
+and answered with metric sums only when not private.
 Every reply is built by `egress`.
 """
 
@@ -17,7 +18,7 @@ from fedrec.data.split import SiloData
 from fedrec.errors import FedrecError
 from fedrec.messages import read_arrays, read_decline, read_int, read_version
 from fedrec.settings import RunSettings
-from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, train_reply
+from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, statistics_reply, train_reply
 from fedrec.silo.evaluation_log import log_evaluation
 from fedrec.silo.policy import SiloIdentity
 from fedrec.silo.private_round import private_train_round
@@ -25,6 +26,7 @@ from fedrec.silo.round import check_received, evaluate_splits, silo_seed, train_
 from fedrec.silo.secure_aggregation import PLAIN, aggregation_of
 from fedrec.silo.serving import RegionServing, advance_fork, review
 from fedrec.silo.state import SiloState
+from fedrec.statistics import is_statistics_model, statistics_family
 from fedrec.training import Arrays
 from fedrec.versions import ModelRegistry
 
@@ -83,6 +85,9 @@ def train_content(silo: Silo, rnd: int, version: str, arrays: Arrays, reproducib
         reason = ("this jurisdiction requires user-level DP (node config epsilon-budget / max-delta) but the "
                   "run has privacy=none: nothing released")
         return decline_reply(region=ident.region, server_round=rnd, reason=reason)
+    if is_statistics_model(s.model_spec):  # EASE: the silo's sufficient statistics, summed at the coordinator
+        stats = statistics_family(s.model_spec).local_statistics(silo.data, arrays, s.model_spec)
+        return statistics_reply(stats, region=ident.region, server_round=rnd, model_version=version)
     out = train_round(silo.data, s.model_spec, arrays, state.local(), s.train_config(),
                       seed=silo_seed(s.seed, ident.region, rnd), optimizer_state=state.optimizer())
     state.save_local(out.local_after)

@@ -18,6 +18,7 @@ from fedrec.data.split import SiloData
 from fedrec.errors import FedrecError
 from fedrec.evaluation import SiloEvaluation, evaluate_model
 from fedrec.models import ModelSpec, build_model, global_state, local_state
+from fedrec.statistics import is_statistics_model, statistics_family, sum_statistics
 from fedrec.training import (
     Arrays,
     Tensors,
@@ -90,7 +91,12 @@ def train_round(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: T
     The silo's Adam moments (for global parameters too) continue across rounds from `optimizer_state`:
     they are computed from private data and never leave, and keeping them is what lets a silo's updates
     compound like centralized training instead of restarting every round.
+
+    A statistics model (EASE) is not trained: its round on this silo alone is a solve from the silo's own
+    statistics (`solve_alone`; a forked region's own line).
     """
+    if is_statistics_model(spec):
+        return solve_alone(silo, spec, global_arrays)
     model = assemble_model(spec, silo, global_arrays, local, seed=seed)
     opt = make_optimizer(model, cfg)
     optimizer_from_arrays(opt, optimizer_state)
@@ -103,6 +109,17 @@ def train_round(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: T
         n_examples=len(silo.train[0]),
         loss=loss,
     )
+
+
+def solve_alone(silo: SiloData, spec: ModelSpec, global_arrays: Arrays) -> RoundOutcome:
+    """A statistics model fitted on this silo's data only: solve from its own statistics.
+
+    Nothing to keep: its per-user state is the silo's history, rebuilt from its data when the model is assembled.
+    """
+    family = statistics_family(spec)
+    own = sum_statistics([family.local_statistics(silo, global_arrays, spec)])
+    return RoundOutcome(global_after=family.solve(own, global_arrays, spec, silo.n_items), local_after={},
+                        optimizer_after={}, n_examples=len(silo.train[0]), loss=float("nan"))
 
 
 def evaluate_round(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: Tensors | None,

@@ -1,0 +1,74 @@
+"""One round's training exchange at the coordinator: send, collect, sort out and screen the replies.
+
+Plain replies go through the update screen (`screen.py`; a statistics model's replies are screened for form
+only); under SecAgg+ only the mean is visible, so a bad reply voids the round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.serverapp import Grid
+
+from fedrec.coordinator.screen import ScreenRules, metadata_problem, screen
+from fedrec.coordinator.secure_aggregation import secure_train_round
+from fedrec.errors import ConfigError
+from fedrec.messages import TRAIN_LOSS_KEY, read_decline, read_float, read_privacy, read_region
+from fedrec.settings import RunSettings
+
+
+def _region(msg: Message) -> str:
+    return read_region(msg.content)
+
+
+@dataclass
+class TrainStep:
+    """A round's training replies, sorted out: what to aggregate, from whom, and who declined or was rejected."""
+
+    answered: list[Message]
+    to_aggregate: list[Message]
+    contributors: list[str]
+    declined: dict[str, str]
+    rejected: dict[str, str]
+    privacy: dict[str, dict[str, float]]
+    failures: list[str]
+    train_loss: dict[str, float] = field(default_factory=dict)
+
+
+def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: ArrayRecord, config: ConfigRecord,
+                  version: str, rules: ScreenRules, timeout: float, context: Context | None) -> TrainStep:
+    """Send the round's training messages and screen the replies (plain, or through SecAgg+)."""
+    messages = list(strategy.configure_train(rnd, arrays, config, grid))
+    secure = None
+    if s.secure_aggregation == "secaggplus":
+        if context is None:
+            raise ConfigError("secure-aggregation=secaggplus needs the ServerApp's context")
+        secure = secure_train_round(grid, context, messages, timeout=timeout,
+                                    clipping_range=s.secagg_clipping_range,
+                                    quantization_range=s.secagg_quantization_range,
+                                    min_contributors=s.secagg_min_contributors)
+        replies, failures = secure.replies, list(secure.failures)
+    else:
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        failures = [str(r.error.reason)[:500] for r in replies if r.has_error()]
+    answered = sorted((r for r in replies if not r.has_error()), key=_region)
+    declined = {_region(r): str(read_decline(r.content)) for r in answered if read_decline(r.content)}
+    privacy = {_region(r): p for r in answered if (p := read_privacy(r.content)) is not None}
+    contributing = [r for r in answered if _region(r) not in declined]
+    if secure is None:
+        ok, rejected = screen(contributing, {k: v.numpy() for k, v in arrays.items()}, version=version, rules=rules)
+        losses = {_region(r): read_float(r.content, "metrics", TRAIN_LOSS_KEY) for r in ok
+                  if TRAIN_LOSS_KEY in r.content.metric_records.get("metrics", {})}
+        return TrainStep(answered, ok, [_region(r) for r in ok], declined, rejected, privacy, failures, losses)
+    # SecAgg+: only the mean is visible; a bad reply cannot be taken out of it, so it voids the round
+    rejected = {_region(r): why for r in contributing if (why := metadata_problem(r, version=version))}
+    mean_ok = secure.arrays is not None and all(np.isfinite(a.numpy()).all() for a in secure.arrays.values())
+    if secure.arrays is not None and not mean_ok:
+        failures.append("SecAgg+ mean holds NaN or Inf: round not aggregated")
+    if rejected or not mean_ok:
+        return TrainStep(answered, [], [], declined, rejected, privacy, failures)
+    return TrainStep(answered, [secure.as_reply()], [_region(r) for r in contributing], declined, {}, privacy,
+                     failures)
