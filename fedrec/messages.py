@@ -28,6 +28,12 @@ count the coordinator already knows; none depends on the silo's data."""
 STAT_PREFIX = "stat."
 """Names of the arrays in a sufficient-statistics reply (`fedrec.statistics`, e.g. EASE's `stat.gram` = XᵀX):
 exact sums over a silo's users, which `silo/egress.py` lets out only in a non-private run."""
+MAX_ABS_RECEIVED = 1e3
+"""The largest magnitude a silo accepts in a received global parameter (trained models here stay below ~10).
+
+Public, and checked on the received arrays only: a crafted model with huge or non-finite values could
+otherwise overflow inside the silo for some users and not others, and make whether a release is finite a
+test of who is in the silo. The coordinator makes no version a silo would refuse (`fedrec.statistics`)."""
 META_KEYS = frozenset({"region", "server-round", "model-version", "declined", "kept-in-silo", PREFLIGHT_ERROR,
                        *DP_KEYS})
 EVAL_KEYS = frozenset({*(f"sum-{m}" for m in METRICS), "n-users", "sq-error", "n-ratings"})

@@ -23,14 +23,14 @@ from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.preflight import preflight_failure, run_preflight
 from fedrec.coordinator.screen import ScreenRules, StatisticsScreen
 from fedrec.coordinator.strategies import build_strategy, restore_strategy_state, strategy_state
-from fedrec.coordinator.train_step import collect_train
+from fedrec.coordinator.train_step import TrainStep, collect_train
 from fedrec.errors import ConfigError
 from fedrec.evaluation import SiloEvaluation, pool
 from fedrec.messages import read_arrays, read_float, read_int, read_region
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
 from fedrec.settings import RunSettings, read_manifest
-from fedrec.statistics import is_statistics_model, statistics_family, sum_statistics
+from fedrec.statistics import Arrays, is_statistics_model, solve_replies, statistics_family
 from fedrec.training import initial_global_arrays
 from fedrec.versions import ModelRegistry, ModelVersion, describe_version
 
@@ -168,13 +168,14 @@ class _Run:
         config = ConfigRecord({"server-round": rnd, "model-version": self.current.id})
         step = collect_train(self.grid, self.strategy, s, rnd, self.arrays, config, self.current.id, self.rules,
                              self.timeout, self.context)
+        solved = self.solve(step) if self.family is not None and step.to_aggregate else None
         ok, too_few = step.to_aggregate, ""
         if ok and len(step.contributors) < s.min_replies:
             too_few = (f"only {len(step.contributors)} acceptable update(s), min-replies is {s.min_replies}: "
                        "round not aggregated")
             ok = []
         if ok:
-            self.aggregate(rnd, ok)
+            self.aggregate(rnd, ok, solved)
             self.last_aggregated = rnd
             self.current = self.name_version(rnd, self.current.id, step.contributors,
                                              {r: p["epsilon"] for r, p in step.privacy.items()
@@ -192,19 +193,33 @@ class _Run:
                            failures=step.failures + eval_failures + ([too_few] if too_few else []),
                            train_loss=step.train_loss, round_time_s=time.perf_counter() - t0, stopped=stopped)
 
-    def aggregate(self, rnd: int, replies: list[Message]) -> None:
+    def solve(self, step: TrainStep) -> Arrays | None:
+        """A statistics model's new global arrays from the screened replies (`solve_replies`).
+
+        Replies whose statistics break the solve, or make a model the silos refuse, are moved from the
+        step's contributors to its rejected ones; when none can be kept the round is not aggregated.
+        """
+        assert self.family is not None
+        current = {k: v.numpy() for k, v in self.arrays.items()}
+        parts = [(_region(r), read_arrays(r.content)) for r in step.to_aggregate]
+        solved, left_out = solve_replies(self.family, parts, current, self.s.model_spec, self.n_items)
+        step.rejected.update(left_out)
+        step.to_aggregate = [r for r in step.to_aggregate if _region(r) not in left_out]
+        step.contributors = [c for c in step.contributors if c not in left_out]
+        return solved
+
+    def aggregate(self, rnd: int, replies: list[Message], solved: Arrays | None = None) -> None:
         """The new global arrays: the strategy's average, or for a statistics model the solve of the replies' sum.
 
-        Statistics are summed unweighted, in region order, in float64 (`fedrec.statistics`); no server step.
+        Statistics are summed unweighted, in region order, in float64 (`fedrec.statistics`), and solved in
+        `solve` (`solved`); no server step.
         """
         if self.family is None:
             aggregated, _ = self.strategy.aggregate_train(rnd, replies)
             if aggregated is not None:
                 self.arrays = aggregated
             return
-        current = {k: v.numpy() for k, v in self.arrays.items()}
-        summed = sum_statistics(read_arrays(r.content) for r in replies)
-        solved = self.family.solve(summed, current, self.s.model_spec, self.n_items)
+        assert solved is not None
         self.arrays = ArrayRecord({k: Array(np.ascontiguousarray(solved[k])) for k in self.init})
 
     def evaluate(self, rnd: int) -> tuple[dict[str, dict[str, float]], dict[str, float], list[str]]:

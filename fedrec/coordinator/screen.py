@@ -92,7 +92,8 @@ def malformed_statistics(msg: Message, rules: StatisticsScreen, *, version: str)
     """Why a statistics reply cannot be summed (None when it can).
 
     Checked: the `stat.*` names, shapes and dtypes, finite values, the model's own check of their values
-    (EASE: a Gram matrix is symmetric and non-negative), the weight and the version. Not norms: a statistic
+    (EASE: symmetric, whole non-negative counts below 2²⁴, G[i, j] ≤ G[i, i]; what still breaks the
+    solve is found there, `fedrec.statistics.solve_replies`), the weight and the version. Not norms: a statistic
     is a sum over the silo's users, so it grows with the silo, and comparing its size with the other silos'
     would reject a large silo for being large. Like the norm bound for updates, this stops broken and crude
     replies, not a silo that sends well-formed statistics of invented users.

@@ -17,6 +17,7 @@ import torch
 from fedrec.data.split import SiloData
 from fedrec.errors import FedrecError
 from fedrec.evaluation import SiloEvaluation, evaluate_model
+from fedrec.messages import MAX_ABS_RECEIVED
 from fedrec.models import ModelSpec, build_model, global_state, local_state
 from fedrec.statistics import is_statistics_model, statistics_family, sum_statistics
 from fedrec.training import (
@@ -36,13 +37,6 @@ def silo_seed(seed: int, region: str, round_: int) -> int:
     """A per-(run, silo, round) seed, stable across processes (no Python `hash`)."""
     return (seed * 1_000_003 + zlib.crc32(region.encode()) + 7919 * round_) % (2**31)
 
-
-MAX_ABS_RECEIVED = 1e3
-"""The largest magnitude a silo accepts in a received global parameter (trained models here stay below ~10).
-
-Public, and checked on the received arrays only: a crafted model with huge or non-finite values could
-otherwise overflow inside the silo for some users and not others, and make whether a release is finite a
-test of who is in the silo."""
 
 
 class InvalidGlobalModel(FedrecError):

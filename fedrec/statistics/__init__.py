@@ -8,10 +8,13 @@ functions on pooled or single-silo data (`solve_silos`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 from fedrec.data.split import SiloData
 from fedrec.errors import ConfigError
+from fedrec.messages import MAX_ABS_RECEIVED
 from fedrec.models import ModelSpec, build_model
 from fedrec.statistics.base import Arrays, StatisticsFamily, StatShapes, sum_statistics
 from fedrec.statistics.ease import EaseStatistics
@@ -25,6 +28,7 @@ __all__ = [
     "check_statistics_run",
     "is_statistics_model",
     "register_statistics",
+    "solve_replies",
     "solve_silos",
     "statistics_family",
     "sum_statistics",
@@ -65,6 +69,50 @@ def solve_silos(spec: ModelSpec, silos: Iterable[SiloData], *, n_items: int, see
         summed = sum_statistics(family.local_statistics(silo, current, spec) for silo in regions)
         arrays = family.solve(summed, current, spec, n_items)
     return arrays
+
+
+def _acceptable(family: StatisticsFamily, summed: Arrays, current: Arrays, spec: ModelSpec, n_items: int
+                ) -> tuple[Arrays | None, str]:
+    """The solve of `summed` when it is a model every silo accepts (finite, within ±`MAX_ABS_RECEIVED`)."""
+    try:
+        solved = family.solve(summed, current, spec, n_items)
+    except (RuntimeError, ValueError) as exc:  # torch.linalg.LinAlgError is a RuntimeError
+        return None, f"cannot be solved ({type(exc).__name__})"
+    bad = [k for k, v in solved.items()
+           if v.size and not (np.isfinite(v).all() and float(np.abs(v).max()) <= MAX_ABS_RECEIVED)]
+    if bad:
+        return None, f"solve to {bad} not finite or beyond ±{MAX_ABS_RECEIVED:g}, which every silo refuses"
+    return solved, ""
+
+
+def solve_replies(family: StatisticsFamily, parts: Sequence[tuple[str, Arrays]], current: Arrays, spec: ModelSpec,
+                  n_items: int) -> tuple[Arrays | None, dict[str, str]]:
+    """(the solve of Σ parts, {region: why} for the parts left out); None when no part can be kept.
+
+    A statistic that passed the screen (`family.check`) can still break the solve: EASE's needs Σ G + λI
+    positive definite, which a symmetric, non-negative but indefinite "Gram" breaks, and a well-conditioned one
+    can still give a B that every silo refuses (beyond ±`MAX_ABS_RECEIVED`), which would stop the federation.
+    Honest replies solve in one go. Otherwise each part is tried alone, scaled by the number of parts (for a
+    sum of positive semi-definite statistics plus a ridge, n·G_s + λI is positive definite for every honest
+    part, and the sum of such parts is too); parts that fail are left out and the rest solved again.
+    """
+    summed = sum_statistics(p for _, p in parts)
+    solved, _ = _acceptable(family, summed, current, spec, n_items)
+    if solved is not None:
+        return solved, {}
+    n, left_out = len(parts), {}
+    for region, part in parts:
+        _, why = _acceptable(family, {k: v.astype(np.float64) * n for k, v in part.items()}, current, spec, n_items)
+        if why:
+            left_out[region] = f"statistics that {why} (tried alone, x{n})"
+    kept = [(r, p) for r, p in parts if r not in left_out]
+    if not left_out or not kept:  # no single part to blame, or every part to blame: no model this round
+        why = "the round's summed statistics give no model the silos accept"
+        return None, {r: left_out.get(r, why) for r, _ in parts}
+    solved, why = _acceptable(family, sum_statistics(p for _, p in kept), current, spec, n_items)
+    if solved is None:
+        return None, {**left_out, **{r: f"the others' statistics {why}" for r, _ in kept}}
+    return solved, left_out
 
 
 def check_model_catalog(spec: ModelSpec, n_items: int) -> None:

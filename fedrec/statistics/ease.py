@@ -25,6 +25,7 @@ GRAM = STAT_PREFIX + "gram"
 WEIGHTS = "item_item.weight"
 EXACT_COUNTS = 2**24
 """float32 holds every integer below this exactly: the most users a silo may have for exact counts."""
+_BLOCK = 1024
 
 
 def ease_lambda(spec: ModelSpec) -> float:
@@ -51,12 +52,28 @@ class EaseStatistics:
         return {GRAM: gram(silo_matrix(silo)).numpy()}
 
     def check(self, stats: Arrays) -> str | None:
-        """A Gram matrix of a binary matrix is symmetric with non-negative entries."""
+        """What no Gram matrix of a binary matrix of fewer than `EXACT_COUNTS` users looks like.
+
+        XᵀX is symmetric with whole, non-negative counts below `EXACT_COUNTS` (a larger silo refuses to send
+        them), and no pair of items co-occurs more often than either item occurs: G[i, j] ≤ G[i, i].
+        These are necessary, not sufficient (a Gram is also positive semi-definite, too costly to check here:
+        `fedrec.statistics.solve_replies` finds a reply whose statistics break the solve). Row blocks keep
+        the temporaries small at 20,000 items.
+        """
         g = stats[GRAM]
-        if bool((g < 0).any()):
-            return f"{GRAM}: negative co-occurrence counts"
         if not np.array_equal(g, g.T):
             return f"{GRAM}: not symmetric"
+        diag = np.diagonal(g)
+        for start in range(0, g.shape[0], _BLOCK):
+            rows = g[start:start + _BLOCK]
+            if bool((rows < 0).any()):
+                return f"{GRAM}: negative co-occurrence counts"
+            if bool((rows >= EXACT_COUNTS).any()):
+                return f"{GRAM}: a count of {EXACT_COUNTS} or more (a silo that large does not send its counts)"
+            if not bool((np.floor(rows) == rows).all()):
+                return f"{GRAM}: co-occurrence counts must be whole numbers"
+            if bool((rows.max(axis=1) > diag[start:start + _BLOCK]).any()):
+                return f"{GRAM}: a pair's co-occurrence count is above an item's own count (G[i, j] > G[i, i])"
         return None
 
     def solve(self, summed: Arrays, global_arrays: Arrays, spec: ModelSpec, n_items: int) -> Arrays:
