@@ -5,7 +5,8 @@
 - popularity: each silo recommends its own most popular items (the floor a model must beat).
 All use the same number of passes over the data as the federated run. A statistics model (`model=ease`) is
 solved instead of trained, with the federation's own functions (`fedrec.statistics`): centralized = solve(Σ
-every silo's statistics), local-only = each silo's solve of its own.
+every silo's statistics), local-only = each silo's solve of its own. `split="valid"` scores the bounds on the
+validation split instead of test (for choosing hyperparameters: `benchmarks/tune_mf.py`).
 """
 
 from __future__ import annotations
@@ -30,10 +31,18 @@ from fedrec.training import (
 
 
 def train_centralized(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainConfig, *, epochs: int,
-                      seed: int) -> dict[str, SiloEvaluation]:
+                      seed: int, split: str = "test") -> dict[str, SiloEvaluation]:
     """Pool every silo's training data (users kept distinct), train once, evaluate each region."""
     if is_statistics_model(spec):
-        return solved_on(silos, spec, seed=seed)
+        return solved_on(silos, spec, seed=seed, split=split)
+    return centralized_curve(silos, spec, cfg, epochs=[epochs], seed=seed, split=split)[epochs]
+
+
+def centralized_curve(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainConfig, *, epochs: list[int],
+                      seed: int, split: str = "test") -> dict[int, dict[str, SiloEvaluation]]:
+    """`train_centralized` evaluated after each of `epochs` passes, in one training run (as `local_only_curve`)."""
+    if is_statistics_model(spec):
+        return dict.fromkeys(epochs, solved_on(silos, spec, seed=seed, split=split))
     regions = sorted(silos)
     offsets = dict(zip(regions, np.cumsum([0] + [silos[r].n_users for r in regions[:-1]]), strict=True))
     n_items = silos[regions[0]].n_items
@@ -42,28 +51,34 @@ def train_centralized(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainCon
              np.concatenate([silos[r].train[2] for r in regions]))
     torch.manual_seed(seed)
     model = build_model(spec, n_users=sum(s.n_users for s in silos.values()), n_items=n_items)
-    train_epochs(model, train, n_items=n_items, cfg=cfg, generator=torch.Generator().manual_seed(seed),
-                 epochs=epochs)
-    glob = {k: v.numpy() for k, v in global_state(model).items()}
-    users = local_state(model)
-    out = {}
-    for r in regions:
-        lo, hi = int(offsets[r]), int(offsets[r]) + silos[r].n_users
-        view = assemble_model(spec, silos[r], glob, {k: v[lo:hi] if k in PER_USER_KEYS else v
-                                                     for k, v in users.items()}, seed=seed)
-        out[r] = evaluate_model(refit_users(view, silos[r], cfg, seed=seed), silos[r], rmse_too=cfg.loss == "mse")
-    return out
+    opt = make_optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(seed)
+    curve, done = {}, 0
+    for target in sorted(set(epochs)):
+        train_epochs(model, train, n_items=n_items, cfg=cfg, generator=gen, epochs=target - done, optimizer=opt)
+        done = target
+        glob = {k: v.numpy() for k, v in global_state(model).items()}
+        users = local_state(model)
+        out = {}
+        for r in regions:
+            lo, hi = int(offsets[r]), int(offsets[r]) + silos[r].n_users
+            view = assemble_model(spec, silos[r], glob, {k: v[lo:hi] if k in PER_USER_KEYS else v
+                                                         for k, v in users.items()}, seed=seed)
+            out[r] = evaluate_model(refit_users(view, silos[r], cfg, seed=seed), silos[r], split=split,
+                                    rmse_too=cfg.loss == "mse")
+        curve[target] = out
+    return curve
 
 
 def local_only_curve(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, epochs: list[int],
-                     seed: int) -> dict[int, SiloEvaluation]:
+                     seed: int, split: str = "test") -> dict[int, SiloEvaluation]:
     """One silo alone from the federation's initial global parameters, evaluated after each of `epochs` passes.
 
     One training run, not one per checkpoint: the optimizer and generator carry across the checkpoints.
     A statistics model is solved once: the same evaluation at every checkpoint.
     """
     if is_statistics_model(spec):
-        return dict.fromkeys(epochs, solved_on({silo.region: silo}, spec, seed=seed)[silo.region])
+        return dict.fromkeys(epochs, solved_on({silo.region: silo}, spec, seed=seed, split=split)[silo.region])
     init = initial_global_arrays(spec, n_items=silo.n_items, seed=seed)
     model = assemble_model(spec, silo, init, None, seed=seed)
     opt = make_optimizer(model, cfg)
@@ -73,15 +88,18 @@ def local_only_curve(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, epoch
         train_epochs(model, silo.train, n_items=silo.n_items, cfg=cfg, generator=gen, epochs=target - done,
                      optimizer=opt)
         done = target
-        out[target] = evaluate_model(refit_users(model, silo, cfg, seed=seed), silo, rmse_too=cfg.loss == "mse")
+        out[target] = evaluate_model(refit_users(model, silo, cfg, seed=seed), silo, split=split,
+                                     rmse_too=cfg.loss == "mse")
     return out
 
 
-def solved_on(silos: dict[str, SiloData], spec: ModelSpec, *, seed: int) -> dict[str, SiloEvaluation]:
+def solved_on(silos: dict[str, SiloData], spec: ModelSpec, *, seed: int,
+              split: str = "test") -> dict[str, SiloEvaluation]:
     """A statistics model solved on these silos' data pooled, each region scored with its own users' histories."""
     n_items = next(iter(silos.values())).n_items
     glob = solve_silos(spec, [silos[r] for r in sorted(silos)], n_items=n_items, seed=seed)
-    return {r: evaluate_model(assemble_model(spec, silos[r], glob, None, seed=seed), silos[r]) for r in sorted(silos)}
+    return {r: evaluate_model(assemble_model(spec, silos[r], glob, None, seed=seed), silos[r], split=split)
+            for r in sorted(silos)}
 
 
 def popularity(silo: SiloData) -> SiloEvaluation:

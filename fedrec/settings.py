@@ -21,6 +21,7 @@ from typing import Any
 from fedrec.config import AdoptionPolicy, ExperimentConfig, FederationConfig, StrategyConfig, check_model
 from fedrec.errors import ConfigError
 from fedrec.models.base import ModelSpec
+from fedrec.privacy.dp_round import check_dp_loss
 from fedrec.privacy.plan import PrivacySettings
 from fedrec.statistics import check_statistics_run
 from fedrec.training import TrainConfig
@@ -117,6 +118,8 @@ class RunSettings:
                               "alone: the name is a directory in each silo's state dir)")
         if self.max_update_norm < 0:
             raise ConfigError(f"max-update-norm={self.max_update_norm} must be >= 0 (0: no absolute bound)")
+        if privacy.enabled:
+            check_dp_loss(self.loss)
         if privacy.enabled and self.weighting != "uniform":
             raise ConfigError(f"federation.weighting={self.weighting!r} would send each silo's example count "
                               "un-noised; under privacy=user_dp aggregation weights are uniform")

@@ -3,9 +3,11 @@
 Silos, the centralized bound and the local-only bound all share this code, so the three result columns
 differ only in whose data is used.
 
-Losses for implicit feedback aim at full-ranking quality: BPR (one uniform negative per positive) or
-sampled softmax (each positive against K uniform negatives shared by the whole batch, so the negatives cost
-one [B, d] x [d, K] matmul; accidental hits are masked); MSE on explicit ratings is an option.
+Losses for implicit feedback aim at full-ranking quality: BPR (one uniform negative per positive), sampled
+softmax (each positive against K uniform negatives shared by the whole batch, so the negatives cost one
+[B, d] x [d, K] matmul; accidental hits are masked) or full softmax (each positive against the whole
+catalog, one [B, d] x [d, n_items] matmul through `score_all`: exact, and cheap while the catalog is small);
+MSE on explicit ratings is an option.
 Batches are index tensors sliced from one shuffled permutation per epoch: no Python loop per example.
 """
 
@@ -25,13 +27,15 @@ from fedrec.models.base import RecModel, is_local
 
 Arrays = dict[str, np.ndarray]
 Tensors = dict[str, torch.Tensor]
-LOSSES = ("bpr", "softmax", "mse")
+LOSSES = ("bpr", "softmax", "full_softmax", "mse")
 PARAM_GROUPS = ("all", "local", "global")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings for one call of `train_epochs`.
+
+    `loss`: one of `LOSSES`; `n_negatives` is the sampled softmax's K (the other losses ignore it).
 
     `refit_epochs`: before evaluation, user-side parameters are re-fitted for this many passes with the
     global (item-side) parameters frozen, so users match the item side being evaluated (all methods).
@@ -79,6 +83,9 @@ def batch_loss(
         diff = model.score_pairs(users, items) - model.score_pairs(users, neg)
         loss = -F.logsigmoid(diff).mean()
         reg_items = torch.cat([items, neg])
+    elif cfg.loss == "full_softmax":  # every catalog item is a candidate: the exact softmax over the catalog
+        loss = F.cross_entropy(model.score_all(users), items)
+        reg_items = items
     else:  # sampled softmax: positive in column 0 against K uniform negatives shared by the batch
         neg = torch.randint(0, n_items, (cfg.n_negatives,), generator=generator)
         neg_logits = model.score_matrix(users, neg).masked_fill(neg.unsqueeze(0) == items.unsqueeze(1), -torch.inf)

@@ -52,7 +52,9 @@ def check_quick(exp: ExperimentConfig) -> None:
 def check_ml100k(exp: ExperimentConfig) -> None:
     assert exp.dataset.name == "movielens"
     assert exp.dataset.params["variant"] == "100k"
-    assert exp.federation.rounds == 30
+    assert exp.federation.rounds == 45
+    train = (exp.train.loss, exp.train.batch_size, exp.train.weight_decay, exp.model.dim)
+    assert train == ("full_softmax", 64, 0.03, 64)
 
 
 def check_compare_strategies(exp: ExperimentConfig) -> None:
@@ -253,6 +255,16 @@ def test_dp_runs_refuse_side_channels_in_the_run_settings() -> None:
     exp = typed(["privacy=user_dp", "federation.weighting=examples"])
     with pytest.raises(ConfigError, match="weighting='examples'"):
         RunSettings.from_experiment(exp, data_dir="/d", output_dir="/o", n_regions=5)
+
+
+def test_dp_refuses_a_loss_it_does_not_implement_before_training() -> None:
+    # experiment=ml100k trains with the full softmax; the DP step implements sampled softmax only
+    exp = typed(["experiment=ml100k", "privacy=user_dp"])
+    with pytest.raises(ConfigError, match=r"train\.loss='full_softmax' is not supported under privacy=user_dp.*"
+                                          r"implements softmax only"):
+        RunSettings.from_experiment(exp, data_dir="/d", output_dir="/o", n_regions=11)
+    ok = typed(["experiment=ml100k", "privacy=user_dp", "train.loss=softmax"])
+    assert RunSettings.from_experiment(ok, data_dir="/d", output_dir="/o", n_regions=11).loss == "softmax"
 
 
 def test_dp_settings_reach_the_flower_run_config() -> None:

@@ -168,7 +168,7 @@ def full_loss(model, silo: SiloData, cfg: TrainConfig) -> float:
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("loss", ["softmax", "bpr", "mse"])
+@pytest.mark.parametrize("loss", ["softmax", "full_softmax", "bpr", "mse"])
 def test_training_reduces_the_loss(name: str, loss: str, tiny_silo: SiloData) -> None:
     # Prepare
     torch.manual_seed(0)

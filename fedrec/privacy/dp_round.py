@@ -28,6 +28,18 @@ from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.sampling import CappedHistories, poisson_user_batch
 from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, optimizer_from_arrays, optimizer_to_arrays
 
+DP_LOSSES = ("softmax",)
+"""The losses user-level DP training implements: its closed-form per-user gradients are sampled softmax's
+(`dp_mf`, `dp_twotower`), drawing `train.n_negatives` shared negatives per step."""
+
+
+def check_dp_loss(loss: str) -> None:
+    """Refuse a `train.loss` the DP step does not implement (it must not silently train another loss)."""
+    if loss not in DP_LOSSES:
+        raise ConfigError(f"train.loss={loss!r} is not supported under privacy=user_dp: user-level DP training "
+                          f"implements {', '.join(DP_LOSSES)} only (sampled softmax with train.n_negatives "
+                          "negatives); set train.loss=softmax or use privacy=none")
+
 
 @dataclass(frozen=True)
 class DpTrainConfig:
@@ -80,6 +92,7 @@ def train_round_dp(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local
     public constant (the noisy sum is divided by `dp.normaliser`, never by a count of users), so each user's
     hidden state depends only on their own data and on what the silo releases.
     """
+    check_dp_loss(cfg.loss)
     noise = noise or NoiseSource("secure")
     model = assemble_model(spec, silo, global_arrays, local, seed=seed)
     if not isinstance(model, BiasedMF | TwoTower):
