@@ -19,7 +19,7 @@ from fedrec.evaluation import SiloEvaluation, evaluate_model
 from fedrec.metrics import METRICS, evaluate_full_ranking
 from fedrec.models import ModelSpec, build_model, global_state, local_state
 from fedrec.models.base import PER_USER_KEYS
-from fedrec.statistics import is_statistics_model, solve_silos
+from fedrec.statistics import is_statistics_model, solve_curve
 from fedrec.training import (
     TrainConfig,
     assemble_model,
@@ -34,7 +34,7 @@ def train_centralized(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainCon
                       seed: int, split: str = "test") -> dict[str, SiloEvaluation]:
     """Pool every silo's training data (users kept distinct), train once, evaluate each region."""
     if is_statistics_model(spec):
-        return solved_on(silos, spec, seed=seed, split=split)
+        return solved_on(silos, spec, seed=seed, split=split, rounds=[epochs])[epochs]
     return centralized_curve(silos, spec, cfg, epochs=[epochs], seed=seed, split=split)[epochs]
 
 
@@ -42,7 +42,7 @@ def centralized_curve(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainCon
                       seed: int, split: str = "test") -> dict[int, dict[str, SiloEvaluation]]:
     """`train_centralized` evaluated after each of `epochs` passes, in one training run (as `local_only_curve`)."""
     if is_statistics_model(spec):
-        return dict.fromkeys(epochs, solved_on(silos, spec, seed=seed, split=split))
+        return solved_on(silos, spec, seed=seed, split=split, rounds=epochs)
     regions = sorted(silos)
     offsets = dict(zip(regions, np.cumsum([0] + [silos[r].n_users for r in regions[:-1]]), strict=True))
     n_items = silos[regions[0]].n_items
@@ -78,7 +78,8 @@ def local_only_curve(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, epoch
     A statistics model is solved once: the same evaluation at every checkpoint.
     """
     if is_statistics_model(spec):
-        return dict.fromkeys(epochs, solved_on({silo.region: silo}, spec, seed=seed, split=split)[silo.region])
+        solved = solved_on({silo.region: silo}, spec, seed=seed, split=split, rounds=epochs)
+        return {e: by_region[silo.region] for e, by_region in solved.items()}
     init = initial_global_arrays(spec, n_items=silo.n_items, seed=seed)
     model = assemble_model(spec, silo, init, None, seed=seed)
     opt = make_optimizer(model, cfg)
@@ -93,13 +94,16 @@ def local_only_curve(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, epoch
     return out
 
 
-def solved_on(silos: dict[str, SiloData], spec: ModelSpec, *, seed: int,
-              split: str = "test") -> dict[str, SiloEvaluation]:
-    """A statistics model solved on these silos' data pooled, each region scored with its own users' histories."""
+def solved_on(silos: dict[str, SiloData], spec: ModelSpec, *, seed: int, split: str = "test",
+              rounds: list[int]) -> dict[int, dict[str, SiloEvaluation]]:
+    """A statistics model solved on these silos' data pooled, after each of `rounds` rounds (one run of solves).
+
+    Each region is scored with its own users' histories.
+    """
     n_items = next(iter(silos.values())).n_items
-    glob = solve_silos(spec, [silos[r] for r in sorted(silos)], n_items=n_items, seed=seed)
-    return {r: evaluate_model(assemble_model(spec, silos[r], glob, None, seed=seed), silos[r], split=split)
-            for r in sorted(silos)}
+    curve = solve_curve(spec, [silos[r] for r in sorted(silos)], n_items=n_items, seed=seed, rounds=rounds)
+    return {e: {r: evaluate_model(assemble_model(spec, silos[r], glob, None, seed=seed), silos[r], split=split)
+                for r in sorted(silos)} for e, glob in curve.items()}
 
 
 def popularity(silo: SiloData) -> SiloEvaluation:

@@ -200,7 +200,8 @@ class ExperimentConfig:
         check_model(self.model)
         check_statistics_run(self.model, private=self.privacy.settings().enabled, strategy=self.strategy.name,
                              secure_aggregation=self.federation.secure_aggregation,
-                             weighting=self.federation.weighting, loss=self.train.loss)
+                             weighting=self.federation.weighting, loss=self.train.loss,
+                             local_epochs=self.federation.local_epochs)
         bad = [b for b in self.bounds if b not in BOUNDS]
         if bad:
             raise ConfigError(f"bounds {bad} are unknown; choose from {BOUNDS}")

@@ -100,7 +100,8 @@ class RunSettings:
         privacy = self.privacy_settings()
         check_model(self.model_spec)
         check_statistics_run(self.model_spec, private=privacy.enabled, strategy=self.strategy,
-                             secure_aggregation=self.secure_aggregation, weighting=self.weighting, loss=self.loss)
+                             secure_aggregation=self.secure_aggregation, weighting=self.weighting, loss=self.loss,
+                             local_epochs=self.local_epochs)
         self.adoption_policies()
         # ... the run config checks only what exists in it alone.
         if not self.round_timeout > 0:

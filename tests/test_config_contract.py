@@ -7,6 +7,7 @@ flat run config is derived from the typed one (never maintained beside it).
 
 from __future__ import annotations
 
+import inspect
 import tomllib
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 from fedrec.config import ExperimentConfig, FederationConfig, PrivacyConfig, StrategyConfig
 from fedrec.data.split import SplitConfig
 from fedrec.models import ModelSpec
+from fedrec.models.registry import model_factory
 from fedrec.settings import RunSettings
 from fedrec.training import TrainConfig
 from tests.test_config import typed
@@ -75,3 +77,13 @@ def test_user_dp_from_hydra_and_from_the_flat_run_config_are_one_mechanism() -> 
     hydra = RunSettings.from_experiment(typed(["privacy=user_dp"]), data_dir="", output_dir="", n_regions=2)
     flat = RunSettings.from_run_config({**RunSettings().to_run_config(), "privacy": "user_dp"})
     assert hydra.privacy_settings() == flat.privacy_settings()
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
+def test_each_model_preset_states_its_class_s_defaults(option: str) -> None:
+    stated = _yaml("model", option)
+    params = inspect.signature(model_factory(stated["name"])).parameters
+    for key, value in {**stated.get("kwargs", {}), **({"dim": stated["dim"]} if "dim" in stated else {})}.items():
+        assert key in params, f"conf/model/{option}.yaml sets {key}, which {stated['name']} does not take"
+        assert value == params[key].default, (f"conf/model/{option}.yaml says {key}={value!r}, the class's "
+                                              f"default is {params[key].default!r}")

@@ -104,7 +104,7 @@ def test_a_catalog_above_20000_items_is_refused_before_anything_is_built(tmp_pat
     assert not (tmp_path / "world").exists()
     with pytest.raises(ConfigError, match="20001 > 20000"):
         build_model(EASE, n_users=1, n_items=20_001)
-    statistics_family(EASE).check_catalog(20_000)
+    statistics_family(EASE).check_catalog(20_000, EASE)
 
 
 def test_a_silo_refuses_a_b_beyond_its_bounds_like_any_global_model() -> None:

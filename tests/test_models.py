@@ -187,7 +187,7 @@ def test_training_reduces_the_loss(name: str, loss: str, tiny_silo: SiloData) ->
 
 
 def test_unknown_model_is_a_config_error_listing_the_available_ones() -> None:
-    with pytest.raises(ConfigError, match=r"'nope'.*available: ease, mf, twotower"):
+    with pytest.raises(ConfigError, match=r"'nope'.*available: ease, ials, mf, twotower"):
         build_model(ModelSpec(name="nope"), n_users=2, n_items=3)
 
 

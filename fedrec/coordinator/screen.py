@@ -8,8 +8,9 @@ round's well-formed replies: an update (reply minus the sent global model) whose
 `max_norm`, is rejected. This stops broken or crude attacks (NaN bombs, scaled updates, replays); it is
 not a Byzantine-robust aggregator: a hostile silo can still steer the average within those bounds.
 
-A statistics model's round (`model=ease`: silos send `stat.*` sums, `ScreenRules.statistics`) is screened for
-form only, see `malformed_statistics`.
+A statistics model's round (`model=ease` / `ials`: silos send `stat.*` sums, `ScreenRules.statistics`) is
+screened for form only (and what no users' statistics could be, the family's `check`), see
+`malformed_statistics`.
 """
 
 from __future__ import annotations

@@ -8,11 +8,12 @@ from typing import Any
 from fedrec.errors import ConfigError
 from fedrec.models.base import ModelSpec, RecModel
 from fedrec.models.ease import EASE
+from fedrec.models.ials import IALS
 from fedrec.models.mf import BiasedMF
 from fedrec.models.twotower import TwoTower
 
 ModelFactory = Callable[..., RecModel]
-_MODELS: dict[str, ModelFactory] = {"ease": EASE, "mf": BiasedMF, "twotower": TwoTower}
+_MODELS: dict[str, ModelFactory] = {"ease": EASE, "ials": IALS, "mf": BiasedMF, "twotower": TwoTower}
 
 
 def register_model(name: str, factory: ModelFactory, *, force: bool = False) -> None:
@@ -25,6 +26,13 @@ def register_model(name: str, factory: ModelFactory, *, force: bool = False) -> 
 def available_models() -> list[str]:
     """Registered model names."""
     return sorted(_MODELS)
+
+
+def model_factory(name: str) -> ModelFactory:
+    """The constructor registered under `name` (its signature holds the model's defaults)."""
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    return _MODELS[name]
 
 
 def build_model(spec: ModelSpec, *, n_users: int, n_items: int) -> RecModel:

@@ -3,8 +3,9 @@
 Allowed out of a silo (`../shared/design/trust-model.md`):
 - global (non-user) parameters — under `privacy=user_dp` only the clipped, noised ones a DP round produced,
   after the silo's ledger recorded the release;
-- sufficient statistics (`stat.*` arrays, e.g. EASE's XᵀX of the silo's training matrix) only when the run is
-  not private: they are exact sums over the silo's users;
+- sufficient statistics (`stat.*` arrays: EASE's XᵀX of the silo's training matrix; iALS's per-item sums of
+  its users' factors, Σ w wᵀ and Σ w, with item and user counts) only when the run is not private: they are
+  exact sums over the silo's users;
 - public metadata: region, round, the DP plan (σ, q, C, δ, budget) and ε spent so far, a decline reason;
 - the aggregation weight: under DP always 1 (uniform: a silo's example count is private);
 - evaluation metric sums and user counts only when the run is not private. Under DP they are a release too,
@@ -109,7 +110,8 @@ def statistics_reply(stats: dict[str, np.ndarray], *, region: str, server_round:
     """Reply content of a statistics round (`fedrec.statistics`): the silo's `stat.*` arrays, weight 1, metadata.
 
     Non-private runs only (`check_reply` refuses statistics under DP). The weight is uniform: statistics
-    are summed, never weighted, and a silo's size is not sent; no training loss (nothing was trained).
+    are summed, never weighted (iALS's statistics include the silo's user count, which its ridge needs); no
+    training loss (nothing was trained).
     """
     bad = [k for k in stats if not k.startswith(STAT_PREFIX) or is_local(k)]
     if bad:  # before any tensor is copied into a record

@@ -2,7 +2,7 @@
 
 A training message gets a cached reply re-sent the way it left, a decline (secure aggregation required,
 a region that forked and does not contribute, DP required but not proposed, a spent budget), a new
-update (a DP round under `privacy=user_dp`), or for a statistics model (`model=ease`) the silo's statistics.
+update (a DP round under `privacy=user_dp`), or for a statistics model (`model=ease` / `ials`) the silo's statistics.
 An evaluation message is evaluated in the silo, reviewed by the region's adoption policy, logged in the silo,
 and answered with metric sums only when not private.
 Every reply is built by `egress`.
@@ -85,7 +85,7 @@ def train_content(silo: Silo, rnd: int, version: str, arrays: Arrays, reproducib
         reason = ("this jurisdiction requires user-level DP (node config epsilon-budget / max-delta) but the "
                   "run has privacy=none: nothing released")
         return decline_reply(region=ident.region, server_round=rnd, reason=reason)
-    if is_statistics_model(s.model_spec):  # EASE: the silo's sufficient statistics, summed at the coordinator
+    if is_statistics_model(s.model_spec):  # EASE / iALS: its statistics, summed at the coordinator
         stats = statistics_family(s.model_spec).local_statistics(silo.data, arrays, s.model_spec)
         return statistics_reply(stats, region=ident.region, server_round=rnd, model_version=version)
     out = train_round(silo.data, s.model_spec, arrays, state.local(), s.train_config(),

@@ -86,7 +86,7 @@ def train_round(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: T
     they are computed from private data and never leave, and keeping them is what lets a silo's updates
     compound like centralized training instead of restarting every round.
 
-    A statistics model (EASE) is not trained: its round on this silo alone is a solve from the silo's own
+    A statistics model (EASE, iALS) is not trained: its round on this silo alone is a solve from the silo's own
     statistics (`solve_alone`; a forked region's own line).
     """
     if is_statistics_model(spec):

@@ -1,4 +1,4 @@
-"""Models fitted from sums of silos' sufficient statistics (`model=ease`), Flower-free and below both sides.
+"""Models fitted from sums of silos' sufficient statistics (`model=ease`, `model=ials`), Flower-free, below both sides.
 
 The silo computes `local_statistics` and sends them as `stat.*` arrays (`silo/egress.py`: only in a
 non-private run); the coordinator sums the accepted replies and `solve`s for the new global arrays, which
@@ -18,6 +18,7 @@ from fedrec.messages import MAX_ABS_RECEIVED
 from fedrec.models import ModelSpec, build_model
 from fedrec.statistics.base import Arrays, StatisticsFamily, StatShapes, sum_statistics
 from fedrec.statistics.ease import EaseStatistics
+from fedrec.statistics.ials import IalsStatistics
 from fedrec.training import initial_global_arrays
 
 __all__ = [
@@ -28,13 +29,14 @@ __all__ = [
     "check_statistics_run",
     "is_statistics_model",
     "register_statistics",
+    "solve_curve",
     "solve_replies",
     "solve_silos",
     "statistics_family",
     "sum_statistics",
 ]
 
-_FAMILIES: dict[str, StatisticsFamily] = {"ease": EaseStatistics()}
+_FAMILIES: dict[str, StatisticsFamily] = {"ease": EaseStatistics(), "ials": IalsStatistics()}
 
 
 def register_statistics(name: str, family: StatisticsFamily, *, force: bool = False) -> None:
@@ -56,19 +58,35 @@ def statistics_family(spec: ModelSpec) -> StatisticsFamily:
     return _FAMILIES[spec.name]
 
 
-def solve_silos(spec: ModelSpec, silos: Iterable[SiloData], *, n_items: int, seed: int) -> Arrays:
-    """The global arrays these silos' data give when pooled: `rounds_needed` times solve(Σ local statistics).
+def solve_silos(spec: ModelSpec, silos: Iterable[SiloData], *, n_items: int, seed: int, rounds: int = 1) -> Arrays:
+    """The global arrays these silos' data give when pooled after `rounds` rounds of solve(Σ local statistics).
 
-    With every silo this is the centralized bound (for EASE, the federation's own solve); with one silo,
-    that silo alone. Starts from the federation's initial global arrays.
+    With every silo this is the centralized bound (the federation's own solves); with one silo, that silo
+    alone. Starts from the federation's initial global arrays.
+    """
+    return solve_curve(spec, silos, n_items=n_items, seed=seed, rounds=[rounds])[rounds]
+
+
+def solve_curve(spec: ModelSpec, silos: Iterable[SiloData], *, n_items: int, seed: int,
+                rounds: Sequence[int]) -> dict[int, Arrays]:
+    """`solve_silos` after each of `rounds`, from one run of solves.
+
+    A model that converges in `rounds_needed` rounds (EASE: 1) stops there: later checkpoints are the same.
     """
     family, regions = statistics_family(spec), list(silos)
+    if any(r < 1 for r in rounds):
+        raise ValueError(f"rounds {list(rounds)} must be >= 1")
     arrays = initial_global_arrays(spec, n_items=n_items, seed=seed)
-    for _ in range(family.rounds_needed):
-        current = arrays
-        summed = sum_statistics(family.local_statistics(silo, current, spec) for silo in regions)
-        arrays = family.solve(summed, current, spec, n_items)
-    return arrays
+    out: dict[int, Arrays] = {}
+    done = 0
+    for target in sorted(set(rounds)):
+        stop = target if family.rounds_needed is None else min(target, family.rounds_needed)
+        for _ in range(done, stop):
+            summed = sum_statistics(family.local_statistics(silo, arrays, spec) for silo in regions)
+            arrays = family.solve(summed, arrays, spec, n_items)
+        done = max(done, stop)
+        out[target] = arrays
+    return out
 
 
 def _acceptable(family: StatisticsFamily, summed: Arrays, current: Arrays, spec: ModelSpec, n_items: int
@@ -118,11 +136,11 @@ def solve_replies(family: StatisticsFamily, parts: Sequence[tuple[str, Arrays]],
 def check_model_catalog(spec: ModelSpec, n_items: int) -> None:
     """Refuse a catalog the model cannot handle (EASE: above 20,000 items), before anything is built."""
     if is_statistics_model(spec):
-        statistics_family(spec).check_catalog(n_items)
+        statistics_family(spec).check_catalog(n_items, spec)
 
 
 def check_statistics_run(spec: ModelSpec, *, private: bool, strategy: str, secure_aggregation: str,
-                         weighting: str, loss: str) -> None:
+                         weighting: str, loss: str, local_epochs: int = 1) -> None:
     """Refuse, saying why, run settings that make no sense for a statistics model (no-op for other models)."""
     if not is_statistics_model(spec):
         return
@@ -139,6 +157,8 @@ def check_statistics_run(spec: ModelSpec, *, private: bool, strategy: str, secur
         (weighting != "uniform", f"{name} sums statistics unweighted; weighting={weighting} would only reveal "
                                  "each silo's size"),
         (loss == "mse", f"{name} ranks and predicts no ratings: train.loss=mse (RMSE) does not apply"),
+        (local_epochs != 1, f"{name} takes one solve per round: federation.local_epochs={local_epochs} has no "
+                            "meaning for it (set 1; more rounds = more solves)"),
     ] if bad]
     if problems:
         raise ConfigError("; ".join(problems))

@@ -24,10 +24,11 @@ StatShapes = dict[str, tuple[tuple[int, ...], str]]
 class StatisticsFamily(Protocol):
     """How one model is fitted from summed statistics; registered by model name in `fedrec.statistics`."""
 
-    rounds_needed: int
-    """Rounds after which another round gives the same model (EASE: 1; an alternating solver: more)."""
+    rounds_needed: int | None
+    """Rounds after which another round gives the same model (EASE: 1); None: every round is another step of
+    an alternating solver (iALS), and a bound runs as many as the federation."""
 
-    def statistic_shapes(self, n_items: int) -> StatShapes:
+    def statistic_shapes(self, n_items: int, spec: ModelSpec) -> StatShapes:
         """The `stat.*` arrays every silo sends: names, shapes and dtypes (public: they depend on the catalog)."""
         ...
 
@@ -43,7 +44,7 @@ class StatisticsFamily(Protocol):
         """The new global arrays (float32, the model's global names and shapes) from the summed statistics."""
         ...
 
-    def check_catalog(self, n_items: int) -> None:
+    def check_catalog(self, n_items: int, spec: ModelSpec) -> None:
         """Raise `ConfigError` when the model cannot be solved for a catalog this large."""
         ...
 

@@ -38,9 +38,10 @@ def ease_lambda(spec: ModelSpec) -> float:
 class EaseStatistics:
     """`StatisticsFamily` of `model=ease`: one round, statistic `stat.gram`, global array `item_item.weight`."""
 
-    rounds_needed = 1
+    rounds_needed: int | None = 1
 
-    def statistic_shapes(self, n_items: int) -> StatShapes:
+    def statistic_shapes(self, n_items: int, spec: ModelSpec) -> StatShapes:
+        del spec
         return {GRAM: ((n_items, n_items), "float32")}
 
     def local_statistics(self, silo: SiloData, global_arrays: Arrays, spec: ModelSpec) -> Arrays:
@@ -85,5 +86,6 @@ class EaseStatistics:
         b = ease_weights(g, ease_lambda(spec))
         return {WEIGHTS: b.numpy().astype(np.float32)}
 
-    def check_catalog(self, n_items: int) -> None:
+    def check_catalog(self, n_items: int, spec: ModelSpec) -> None:
+        del spec
         check_catalog(n_items)

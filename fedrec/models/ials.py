@@ -1,0 +1,180 @@
+"""iALS (implicit alternating least squares; Hu et al. 2008, as revisited by Rendle et al., RecSys 2022).
+
+Objective over a binary matrix of observed (user, item) pairs S, user factors W and item factors H:
+
+    Σ_{(u,i)∈S} (⟨w_u, h_i⟩ − 1)²  +  α₀ Σ_u Σ_i ⟨w_u, h_i⟩²  +  λ Σ_u c_u^ν ‖w_u‖²  +  λ Σ_i c_i^ν ‖h_i‖²,
+
+with c_u = |I_u| + α₀·n_items and c_i = |U_i| + α₀·n_users (Rendle's frequency-scaled regularisation; ν=0 is
+plain L2). Fixing one side, each row of the other is a ridge regression with a closed form:
+
+    w_u = (Σ_{i∈I_u} h_i h_iᵀ + α₀ HᵀH + λ c_u^ν I)⁻¹ Σ_{i∈I_u} h_i          (and symmetrically h_i).
+
+As a fedrec model: global (travels) `item.weight`, H [n_items, dim], solved at the coordinator from the silos'
+summed statistics (`fedrec.statistics.ials`); local: nothing persisted. A silo's user factors are solved from
+its own users' histories and the received H whenever they are needed (`user_factors`): they never leave and
+there is nothing to keep between rounds. Like EASE, the training loop refuses this model (buffers, no
+parameters).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from fedrec.errors import ConfigError
+from fedrec.models.base import RecModel
+
+DEFAULT_ALPHA0 = 0.1
+DEFAULT_LAMBDA = 0.01
+DEFAULT_NU = 1.0
+INIT_STD = 0.1
+"""Initial item factors ~ N(0, (INIT_STD/√dim)²), as in Rendle et al.'s iALS benchmarks."""
+_CHUNK = 4096
+"""Rows whose packed outer products (or unpacked systems) are formed at once: [_CHUNK, d, d] float64 at most
+(134 MB at d=64)."""
+
+
+def check_hyperparameters(alpha0: object, lam: object, nu: object, dim: int) -> None:
+    """α₀ > 0, λ > 0, ν ≥ 0, dim ≥ 1, each a number: say which one is wrong and what it means."""
+    for name, value, ok, what in [
+        ("alpha0", alpha0, lambda v: v > 0, "the weight of unobserved pairs, a number > 0 (e.g. 0.1)"),
+        ("lam", lam, lambda v: v > 0, "the L2 strength, a number > 0 (e.g. 0.01)"),
+        ("nu", nu, lambda v: v >= 0, "the frequency-scaling exponent, a number >= 0 (0: plain L2, 1: scaled)"),
+    ]:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+            raise ConfigError(f"model.kwargs.{name}={value!r} is invalid: iALS's {name} is {what}")
+    if dim < 1:
+        raise ConfigError(f"model.dim={dim} is invalid: iALS needs at least one factor")
+
+
+def packed_size(dim: int) -> int:
+    """Entries of a d×d symmetric matrix's upper triangle."""
+    return dim * (dim + 1) // 2
+
+
+def pack(mats: torch.Tensor) -> torch.Tensor:
+    """Upper triangles of [..., d, d] symmetric matrices, row by row: [..., d(d+1)/2]."""
+    i, j = torch.triu_indices(mats.shape[-1], mats.shape[-1])
+    return mats[..., i, j]
+
+
+def unpack(packed: torch.Tensor, dim: int) -> torch.Tensor:
+    """The symmetric [..., d, d] matrices of `pack`'s output."""
+    i, j = torch.triu_indices(dim, dim)
+    out = torch.zeros(*packed.shape[:-1], dim, dim, dtype=packed.dtype)
+    out[..., i, j] = packed
+    out[..., j, i] = packed
+    return out
+
+
+def pairs_matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csc_matrix:
+    """The binary [n_rows, n_cols] matrix with a 1 at each (row, col) pair (pairs given once each)."""
+    return sp.csc_matrix((np.ones(len(rows)), (rows, cols)), shape=shape)
+
+
+def packed_grams(matrix: sp.csc_matrix, fixed: np.ndarray) -> np.ndarray:
+    """Σ_{c: matrix[r, c]=1} f_c f_cᵀ for every row r, packed: [n_rows, d(d+1)/2] float64.
+
+    One sparse-dense product per `_CHUNK` rows of `fixed` (its packed outer products): memory n_rows·d²/2
+    plus one chunk, and about 10x faster than forming one d×d matrix per pair (`benchmarks/ials_rounds.py`).
+    """
+    d = fixed.shape[1]
+    i, j = (t.numpy() for t in torch.triu_indices(d, d))
+    out = np.zeros((matrix.shape[0], len(i)))
+    for lo in range(0, fixed.shape[0], _CHUNK):
+        f = fixed[lo:lo + _CHUNK]
+        out += matrix[:, lo:lo + _CHUNK] @ (f[:, i] * f[:, j])
+    return out
+
+
+def ridge_rows(grams: np.ndarray, rhs: np.ndarray, shared: np.ndarray, ridge: np.ndarray) -> np.ndarray:
+    """Solve (unpack(grams[r]) + shared + ridge[r]·I) x_r = rhs[r] for every row r, by batched Cholesky.
+
+    `shared` (α₀ times the other side's Gram) is positive semi-definite and ridge > 0, so each system is
+    positive definite when `grams` holds true Gram matrices. `_CHUNK` rows are unpacked at a time.
+    """
+    d = rhs.shape[1]
+    out = np.empty((len(rhs), d))
+    eye, base = torch.eye(d, dtype=torch.float64), torch.as_tensor(shared, dtype=torch.float64)
+    for lo in range(0, len(rhs), _CHUNK):
+        systems = unpack(torch.as_tensor(grams[lo:lo + _CHUNK]), d) + base
+        systems += torch.as_tensor(ridge[lo:lo + _CHUNK]).view(-1, 1, 1) * eye
+        factor = torch.linalg.cholesky(systems)
+        out[lo:lo + _CHUNK] = torch.cholesky_solve(torch.as_tensor(rhs[lo:lo + _CHUNK]).unsqueeze(2),
+                                                   factor).squeeze(2).numpy()
+    return out
+
+
+def solve_side(matrix: sp.csc_matrix, fixed: np.ndarray, *, alpha0: float, lam: float, nu: float) -> np.ndarray:
+    """One half-step of ALS: every row's factors given the other side's `fixed` factors (float64 throughout).
+
+    `matrix` is binary [n_rows, n_fixed]; a row without pairs gets 0 (its right-hand side is 0).
+    """
+    fixed = np.asarray(fixed, dtype=np.float64)
+    counts = np.asarray(matrix.sum(axis=1)).ravel()
+    ridge = lam * (counts + alpha0 * fixed.shape[0]) ** nu
+    return ridge_rows(packed_grams(matrix, fixed), matrix @ fixed, alpha0 * fixed.T @ fixed, ridge)
+
+
+class NoUserState(nn.Module):
+    """iALS keeps nothing per user between rounds: user factors are re-solved from the history when needed."""
+
+
+class ItemFactors(nn.Module):
+    """The global item factors H (a buffer: solved, not trained)."""
+
+    def __init__(self, n_items: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.randn(n_items, dim) * (INIT_STD / dim**0.5))
+        self.weight: torch.Tensor
+
+
+class IALS(RecModel):
+    """Scores ⟨w_u, h_i⟩; w_u solved inside the silo from its users' histories and the current H."""
+
+    user: NoUserState  # type: ignore[assignment]  # no per-user tensors: they are derived, never stored
+
+    def __init__(self, n_users: int, n_items: int, dim: int = 64, *, alpha0: float = DEFAULT_ALPHA0,
+                 lam: float = DEFAULT_LAMBDA, nu: float = DEFAULT_NU) -> None:
+        super().__init__()
+        check_hyperparameters(alpha0, lam, nu, dim)
+        self.alpha0, self.lam, self.nu = float(alpha0), float(lam), float(nu)
+        self.user = NoUserState()
+        self.item = ItemFactors(n_items, dim)
+        self.history = pairs_matrix(np.zeros(0, np.int64), np.zeros(0, np.int64), (n_users, n_items))
+        self._cached: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def attach_history(self, users: np.ndarray, items: np.ndarray) -> None:
+        """Keep the silo's binary user × item training matrix (repeats count once, as in EASE)."""
+        pairs = np.unique(np.stack([np.asarray(users, np.int64), np.asarray(items, np.int64)]), axis=1)
+        self.history = pairs_matrix(pairs[0], pairs[1], self.history.shape)
+        self._cached = None
+
+    def user_factors(self) -> torch.Tensor:
+        """W [n_users, dim] (float64) solved from the history and the current H; cached until H changes."""
+        h = self.item.weight
+        key = (h.data_ptr(), h._version)
+        if self._cached is None or self._cached[0] != key:
+            w = solve_side(self.history, h.numpy(), alpha0=self.alpha0, lam=self.lam, nu=self.nu)
+            self._cached = (key, torch.from_numpy(w))
+        return self._cached[1]
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return self.user_factors()[users].to(self.item.weight.dtype) @ self.item.weight.T
+
+    def score_matrix(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.user_factors()[users].to(self.item.weight.dtype) @ self.item.weight[items].T
+
+    def score_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        w = self.user_factors()[users].to(self.item.weight.dtype)
+        if items.dim() == 2:
+            return torch.einsum("nd,nkd->nk", w, self.item.weight[items])
+        return (w * self.item.weight[items]).sum(-1)
+
+    def regularizer(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(())
+
+    def item_rows(self, items: torch.Tensor) -> torch.Tensor:
+        return self.item.weight[items]

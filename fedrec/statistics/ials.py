@@ -1,0 +1,136 @@
+"""iALS from per-item sufficient statistics: the silos solve their users, the coordinator solves the items.
+
+A round (one ALS sweep): each silo receives the item factors H, solves its users' factors W_s inside the silo
+(`fedrec.models.ials.solve_side`) and sends, over its own users:
+- `stat.item_gram`  [n_items, d(d+1)/2]: Σ_{u∈U_i} w_u w_uᵀ for each item, upper triangle packed row by row;
+- `stat.item_rhs`   [n_items, d]: Σ_{u∈U_i} w_u;
+- `stat.user_gram`  [d(d+1)/2]: Σ_u w_u w_uᵀ over all its users (the α₀ term), packed;
+- `stat.item_users` [n_items]: |U_i|, its users with item i; `stat.users` [1]: its number of users (both enter
+  the frequency-scaled ridge λ(|U_i| + α₀|U|)^ν).
+Each is a sum over users, so the silos' sum is the pooled data's statistic and the coordinator's item solve is
+the pooled ALS half-step: after R rounds the federation holds the item factors of R sweeps of centralized
+iALS on the pooled data (to float32 transmission). Users' factors never leave; the counts are what EASE's
+Gram diagonal already tells the coordinator in a non-private run, plus the silo's number of users.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedrec.data.split import SiloData
+from fedrec.errors import ConfigError
+from fedrec.messages import STAT_PREFIX
+from fedrec.models import ModelSpec, build_model
+from fedrec.models.ials import IALS, pack, packed_grams, packed_size, ridge_rows, unpack
+from fedrec.statistics.base import Arrays, StatShapes
+
+ITEM_GRAM = STAT_PREFIX + "item_gram"
+ITEM_RHS = STAT_PREFIX + "item_rhs"
+USER_GRAM = STAT_PREFIX + "user_gram"
+ITEM_USERS = STAT_PREFIX + "item_users"
+USERS = STAT_PREFIX + "users"
+FACTORS = "item.weight"
+EXACT_COUNTS = 2**24
+"""float32 holds every integer below this exactly: the most users a silo may have for exact counts."""
+PSD_TOLERANCE = 1e-4
+"""Relative slack (of the largest eigenvalue) for float32 rounding when checking positive semi-definiteness."""
+_CHUNK = 4096
+"""Items whose d×d matrices the screen unpacks at once."""
+MAX_BYTES = 2 * 2**30
+"""Largest `stat.item_gram` a silo sends (n_items · d(d+1)/2 float32): beyond it, lower model.dim."""
+
+
+def _model(spec: ModelSpec) -> IALS:
+    model = build_model(spec, n_users=1, n_items=1)
+    assert isinstance(model, IALS)
+    return model
+
+
+class IalsStatistics:
+    """`StatisticsFamily` of `model=ials`: one ALS sweep per round, as many rounds as the run has."""
+
+    rounds_needed: int | None = None
+
+    def statistic_shapes(self, n_items: int, spec: ModelSpec) -> StatShapes:
+        p = packed_size(spec.dim)
+        return {ITEM_GRAM: ((n_items, p), "float32"), ITEM_RHS: ((n_items, spec.dim), "float32"),
+                USER_GRAM: ((p,), "float32"), ITEM_USERS: ((n_items,), "float32"), USERS: ((1,), "float32")}
+
+    def local_statistics(self, silo: SiloData, global_arrays: Arrays, spec: ModelSpec) -> Arrays:
+        """The silo's users' factors solved from the received H, then their per-item sums (float64 → float32)."""
+        if silo.n_users >= EXACT_COUNTS:
+            raise ConfigError(f"silo {silo.region!r} has {silo.n_users} users: float32 counts are exact only "
+                              f"below {EXACT_COUNTS}")
+        model = IALS(silo.n_users, silo.n_items, spec.dim, **spec.kwargs)
+        model.item.weight.copy_(torch.as_tensor(np.asarray(global_arrays[FACTORS])))
+        model.attach_history(silo.train[0], silo.train[1])
+        w = model.user_factors().numpy()
+        by_item = model.history.T.tocsc()  # [n_items, n_users]
+        return {ITEM_GRAM: packed_grams(by_item, w).astype(np.float32),
+                ITEM_RHS: (by_item @ w).astype(np.float32),
+                USER_GRAM: pack(torch.from_numpy(w.T @ w)).numpy().astype(np.float32),
+                ITEM_USERS: np.asarray(by_item.sum(axis=1)).ravel().astype(np.float32),
+                USERS: np.array([silo.n_users], dtype=np.float32)}
+
+    def check(self, stats: Arrays) -> str | None:
+        """What no honest silo's statistics look like (necessary conditions, checked on float64 copies).
+
+        Counts are whole, in [0, 2²⁴), |U_i| ≤ |U|. Each item's Gram A_i = Σ_{u∈U_i} w_u w_uᵀ is positive
+        semi-definite and so is G − A_i (G = Σ_u w_u w_uᵀ ⪰ A_i); an item nobody has has A_i = 0 and b_i = 0;
+        and ‖b_i‖² ≤ |U_i| tr(A_i) (Cauchy–Schwarz on b_i = Σ w_u). A silo can still send any statistics of
+        users it invented (a co-silo's steering is issue 16's), but not ones no users could have.
+        """
+        counts, users = stats[ITEM_USERS].astype(np.float64), float(stats[USERS][0])
+        for name, c in ((ITEM_USERS, counts), (USERS, np.array([users]))):
+            if bool((c < 0).any()) or bool((c >= EXACT_COUNTS).any()) or not bool((np.floor(c) == c).all()):
+                return f"{name}: counts must be whole numbers in [0, {EXACT_COUNTS})"
+        if bool((counts > users).any()):
+            return f"{ITEM_USERS}: an item has more users than the silo ({STAT_PREFIX}users)"
+        dim = stats[ITEM_RHS].shape[1]
+        g = unpack(torch.from_numpy(stats[USER_GRAM].astype(np.float64)), dim)
+        eig = torch.linalg.eigvalsh(g)
+        slack = PSD_TOLERANCE * max(1.0, float(eig.max()))
+        if float(eig.min()) < -slack:
+            return f"{USER_GRAM}: not positive semi-definite (no sum of w wᵀ is)"
+        for lo in range(0, len(counts), _CHUNK):  # [_CHUNK, d, d] float64 at a time
+            why = self._check_items(stats, counts[lo:lo + _CHUNK], slice(lo, lo + _CHUNK), g, slack)
+            if why:
+                return why
+        return None
+
+    @staticmethod
+    def _check_items(stats: Arrays, counts: np.ndarray, rows: slice, g: torch.Tensor, slack: float) -> str | None:
+        rhs = torch.from_numpy(stats[ITEM_RHS][rows].astype(np.float64))
+        a = unpack(torch.from_numpy(stats[ITEM_GRAM][rows].astype(np.float64)), rhs.shape[1])
+        if bool((torch.linalg.eigvalsh(a).min(dim=1).values < -slack).any()):
+            return f"{ITEM_GRAM}: an item's matrix is not positive semi-definite"
+        if bool((torch.linalg.eigvalsh(g - a).min(dim=1).values < -slack).any()):
+            return f"{ITEM_GRAM}: an item's matrix exceeds {USER_GRAM} (its users are among the silo's users)"
+        empty = torch.from_numpy(counts == 0)
+        if bool(a[empty].abs().gt(0).any()) or bool(rhs[empty].abs().gt(0).any()):
+            return f"{ITEM_GRAM}/{ITEM_RHS}: non-zero for an item no user has"
+        trace = a.diagonal(dim1=1, dim2=2).sum(1)
+        if bool((rhs.pow(2).sum(1) > torch.from_numpy(counts) * trace * (1 + PSD_TOLERANCE) + slack).any()):
+            return f"{ITEM_RHS}: larger than its users' factors allow (‖Σ w‖² ≤ |U_i|·Σ‖w‖²)"
+        return None
+
+    def solve(self, summed: Arrays, global_arrays: Arrays, spec: ModelSpec, n_items: int) -> Arrays:
+        """Each item's ridge regression on the summed statistics (float64), stored as float32 factors."""
+        del global_arrays
+        model, dim = _model(spec), spec.dim
+        rhs = np.asarray(summed[ITEM_RHS], dtype=np.float64)
+        if rhs.shape != (n_items, dim):
+            raise ValueError(f"{ITEM_RHS} is {rhs.shape}, expected {(n_items, dim)}")
+        g = unpack(torch.from_numpy(np.asarray(summed[USER_GRAM], dtype=np.float64)), dim).numpy()
+        counts = np.asarray(summed[ITEM_USERS], dtype=np.float64)
+        ridge = model.lam * (counts + model.alpha0 * float(summed[USERS][0])) ** model.nu
+        h = ridge_rows(np.asarray(summed[ITEM_GRAM], dtype=np.float64), rhs, model.alpha0 * g, ridge)
+        return {FACTORS: h.astype(np.float32)}
+
+    def check_catalog(self, n_items: int, spec: ModelSpec) -> None:
+        size = n_items * packed_size(spec.dim) * 4
+        if size > MAX_BYTES:
+            raise ConfigError(f"model=ials with model.dim={spec.dim} and {n_items} items sends a per-item Gram of "
+                              f"{size / 2**30:.1f} GiB per silo per round (limit {MAX_BYTES / 2**30:.0f} GiB): "
+                              "lower model.dim")
