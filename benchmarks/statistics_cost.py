@@ -1,16 +1,17 @@
-"""What one `model=ease` round costs each party, next to one MF round: time, peak memory, bytes on the wire.
+"""What one round of a statistics model (`model=ease` or `model=ials`) costs each party, next to one MF round:
+time, peak memory, bytes on the wire.
 
 Each step runs in a fresh process, so its peak RSS (`ru_maxrss`) is its own (imports and the silo's data
 included; the RSS before the step is printed too):
-- silo statistics: XᵀX of the largest silo's training matrix (`fedrec.statistics`), 1 torch thread as a
-  ClientApp (`client-threads` 1);
-- coordinator: receive (load) every silo's Gram, sum in float64 and solve B (torch's default threads);
-- silo evaluation of B on the largest silo (its users' histories x B, full ranking), 1 thread;
+- silo statistics (`fedrec.statistics`), 1 torch thread as a ClientApp (`client-threads` 1): EASE's XᵀX of
+  the silo's training matrix; iALS's user solve from the item factors, then its per-item sums;
+- coordinator: receive (load) every silo's statistics, sum in float64 and solve (torch's default threads);
+- silo evaluation of the solved model on the largest silo (full ranking; iALS solves its users first), 1 thread;
 - for comparison, one MF round of the same silo (one local epoch, `fedrec`'s defaults) and its evaluation
   (user re-fit + full ranking), 1 thread. The MF coordinator's FedAvg of a few kB per silo is negligible.
 
-Usage: python benchmarks/ease_cost.py --ml100k /tmp/fedrec-ml-100k
-       python benchmarks/ease_cost.py --items 20000 --users 20000 --regions 3 --skip-mf
+Usage: python benchmarks/statistics_cost.py --ml100k /tmp/fedrec-ml-100k [--model ials --dim 64]
+       python benchmarks/statistics_cost.py --items 20000 --users 20000 --regions 3 --skip-mf
 """
 
 from __future__ import annotations
@@ -29,6 +30,19 @@ from typing import Any
 import numpy as np
 
 LAM = 300.0
+IALS_KWARGS = {"alpha0": 0.3, "lam": 0.01, "nu": 1.0}
+
+
+def spec_of(model: str, dim: int) -> Any:
+    from fedrec.models import ModelSpec
+
+    return ModelSpec("ease", kwargs={"lam": LAM}) if model == "ease" else ModelSpec("ials", dim, IALS_KWARGS)
+
+
+def initial(model: str, dim: int, n_items: int) -> dict[str, np.ndarray]:
+    from fedrec.training import initial_global_arrays
+
+    return initial_global_arrays(spec_of(model, dim), n_items=n_items, seed=0)
 
 
 def _rss_mib() -> float:
@@ -61,39 +75,41 @@ def run(name: str, step: Callable[..., Any], *args: Any, threads: int | None = 1
     return extra
 
 
-def silo_statistics(world: Path, region: str, out: Path) -> str:
+def silo_statistics(world: Path, region: str, out: Path, model: str, dim: int) -> str:
     from fedrec.data.split import SiloData
-    from fedrec.models import ModelSpec
     from fedrec.statistics import statistics_family
 
     silo = SiloData.load(world / f"silo_{region}.npz")
-    spec = ModelSpec("ease", kwargs={"lam": LAM})
-    stats = statistics_family(spec).local_statistics(silo, {}, spec)
-    np.save(out / f"gram_{region}.npy", stats["stat.gram"])
-    return f"reply {stats['stat.gram'].nbytes / 2**20:.1f} MiB"
+    spec = spec_of(model, dim)
+    stats = statistics_family(spec).local_statistics(silo, initial(model, dim, silo.n_items), spec)
+    np.savez(out / f"stats_{region}.npz", **stats)
+    return f"reply {sum(v.nbytes for v in stats.values()) / 2**20:.1f} MiB"
 
 
-def coordinator(world: Path, regions: list[str], out: Path) -> str:
-    from fedrec.models import ModelSpec
+def coordinator(world: Path, regions: list[str], out: Path, model: str, dim: int) -> str:
     from fedrec.statistics import statistics_family, sum_statistics
 
-    spec = ModelSpec("ease", kwargs={"lam": LAM})
-    summed = sum_statistics({"stat.gram": np.load(out / f"gram_{r}.npy")} for r in regions)
-    n_items = summed["stat.gram"].shape[0]
-    b = statistics_family(spec).solve(summed, {}, spec, n_items)["item_item.weight"]
-    np.save(out / "b.npy", b)
-    return f"B {b.nbytes / 2**20:.1f} MiB (sent to every silo, twice a round)"
+    spec = spec_of(model, dim)
+    family = statistics_family(spec)
+    parts = (dict(np.load(out / f"stats_{r}.npz")) for r in regions)
+    if model == "ials":  # the screen's check is part of the coordinator's round for iALS (eigenvalues)
+        parts = (p for p in parts if family.check(p) is None)
+    summed = sum_statistics(parts)
+    n_items = len(summed["stat.item_users"]) if model == "ials" else summed["stat.gram"].shape[0]
+    solved = family.solve(summed, initial(model, dim, n_items), spec, n_items)
+    np.savez(out / "solved.npz", **solved)
+    return f"global model {sum(v.nbytes for v in solved.values()) / 2**20:.1f} MiB (sent to every silo, twice a round)"
 
 
-def silo_evaluation(world: Path, region: str, out: Path, model: str) -> str:
+def silo_evaluation(world: Path, region: str, out: Path, model: str, dim: int) -> str:
     from fedrec.data.split import SiloData
     from fedrec.models import ModelSpec
     from fedrec.silo.round import evaluate_round
     from fedrec.training import TrainConfig
 
     silo = SiloData.load(world / f"silo_{region}.npz")
-    spec = ModelSpec("ease", kwargs={"lam": LAM}) if model == "ease" else ModelSpec()
-    arrays = {"item_item.weight": np.load(out / "b.npy")} if model == "ease" else dict(np.load(out / "mf.npz"))
+    spec = spec_of(model, dim) if model != "mf" else ModelSpec()
+    arrays = dict(np.load(out / ("mf.npz" if model == "mf" else "solved.npz")))
     ev = evaluate_round(silo, spec, arrays, None, TrainConfig(), seed=0)
     return f"ndcg@20 {ev.means()['ndcg@20']:.4f} on {ev.n_users} users"
 
@@ -135,18 +151,21 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--regions", type=int, default=3)
     ap.add_argument("--skip-mf", action="store_true")
+    ap.add_argument("--model", choices=["ease", "ials"], default="ease")
+    ap.add_argument("--dim", type=int, default=64, help="iALS factors")
     args = ap.parse_args()
+    what = f"λ={LAM:g}" if args.model == "ease" else f"dim={args.dim} {IALS_KWARGS}"
     print(f"{datetime.now(UTC).isoformat(timespec='seconds')} {platform.machine()} python "
-          f"{platform.python_version()}; λ={LAM:g}")
-    out = Path(tempfile.mkdtemp(prefix="fedrec-ease-cost-"))
+          f"{platform.python_version()}; model={args.model} {what}")
+    out = Path(tempfile.mkdtemp(prefix="fedrec-statistics-cost-"))
     world, regions, largest = prepare(args, out)
     for r in regions:
-        run(f"silo statistics ({r})", silo_statistics, world, r, out)
-    run("coordinator: sum + solve", coordinator, world, regions, out, threads=None)
-    run(f"silo evaluation, EASE ({largest})", silo_evaluation, world, largest, out, "ease")
+        run(f"silo statistics ({r})", silo_statistics, world, r, out, args.model, args.dim)
+    run("coordinator: sum + solve", coordinator, world, regions, out, args.model, args.dim, threads=None)
+    run(f"silo evaluation, {args.model} ({largest})", silo_evaluation, world, largest, out, args.model, args.dim)
     if not args.skip_mf:
         run(f"MF round, 1 epoch ({largest})", mf_round, world, largest, out)
-        run(f"silo evaluation, MF ({largest})", silo_evaluation, world, largest, out, "mf")
+        run(f"silo evaluation, MF ({largest})", silo_evaluation, world, largest, out, "mf", 0)
 
 
 if __name__ == "__main__":
