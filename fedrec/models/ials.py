@@ -26,7 +26,7 @@ from torch import nn
 from fedrec.errors import ConfigError
 from fedrec.models.base import RecModel
 
-DEFAULT_ALPHA0 = 0.1
+DEFAULT_ALPHA0 = 0.3
 DEFAULT_LAMBDA = 0.01
 DEFAULT_NU = 1.0
 INIT_STD = 0.1
@@ -39,7 +39,7 @@ _CHUNK = 4096
 def check_hyperparameters(alpha0: object, lam: object, nu: object, dim: int) -> None:
     """α₀ > 0, λ > 0, ν ≥ 0, dim ≥ 1, each a number: say which one is wrong and what it means."""
     for name, value, ok, what in [
-        ("alpha0", alpha0, lambda v: v > 0, "the weight of unobserved pairs, a number > 0 (e.g. 0.1)"),
+        ("alpha0", alpha0, lambda v: v > 0, "the weight of unobserved pairs, a number > 0 (e.g. 0.3)"),
         ("lam", lam, lambda v: v > 0, "the L2 strength, a number > 0 (e.g. 0.01)"),
         ("nu", nu, lambda v: v >= 0, "the frequency-scaling exponent, a number >= 0 (0: plain L2, 1: scaled)"),
     ]:
