@@ -93,7 +93,7 @@ def coordinator(world: Path, regions: list[str], out: Path, model: str, dim: int
     family = statistics_family(spec)
     parts = (dict(np.load(out / f"stats_{r}.npz")) for r in regions)
     if model == "ials":  # the screen's check is part of the coordinator's round for iALS (eigenvalues)
-        parts = (p for p in parts if family.check(p) is None)
+        parts = (p for p in parts if family.check(p, spec) is None)
     summed = sum_statistics(parts)
     n_items = len(summed["stat.item_users"]) if model == "ials" else summed["stat.gram"].shape[0]
     solved = family.solve(summed, initial(model, dim, n_items), spec, n_items)

@@ -172,7 +172,9 @@ def test_a_gram_that_breaks_the_solve_is_rejected_and_the_federation_goes_on(wor
 
 
 def test_the_screen_refuses_grams_no_binary_matrix_has() -> None:
-    check = EaseStatistics().check
+    def check(stats: dict[str, np.ndarray]) -> str | None:
+        return EaseStatistics().check(stats, ModelSpec("ease", kwargs={"lam": 100.0}))
+
     ok = np.array([[3, 1], [1, 2]], dtype=np.float32)
     assert check({"stat.gram": ok}) is None
     assert "count" in str(check({"stat.gram": np.array([[0, 5], [5, 2]], dtype=np.float32)}))

@@ -122,7 +122,7 @@ def test_the_summed_statistics_are_the_pooled_data_s(silos: dict[str, SiloData])
     np.testing.assert_allclose(unpack(torch.from_numpy(summed[USER_GRAM]), 6).numpy(), w.T @ w, atol=1e-5)
     np.testing.assert_array_equal(summed[ITEM_USERS], x.sum(0))
     assert summed[USERS][0] == x.shape[0]
-    assert all(family.check(p) is None for p in parts)
+    assert all(family.check(p, SPEC) is None for p in parts)
 
 
 def tampered(silo: SiloData, change: str) -> dict[str, np.ndarray]:
@@ -160,7 +160,7 @@ def tampered(silo: SiloData, change: str) -> dict[str, np.ndarray]:
     ("an item nobody has", "no user has"),
 ])
 def test_the_screen_refuses_statistics_no_users_could_have(silos: dict[str, SiloData], change: str, why: str) -> None:
-    assert why in (statistics_family(SPEC).check(tampered(silos["apac"], change)) or "")
+    assert why in (statistics_family(SPEC).check(tampered(silos["apac"], change), SPEC) or "")
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

@@ -6,6 +6,7 @@ private) and never a user id.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -110,8 +111,8 @@ class _Run:
         self.strategy = build_strategy(s)
         self.timeout = s.round_timeout if timeout is None else timeout
         self.family = statistics_family(s.model_spec) if is_statistics_model(s.model_spec) else None
-        stats = (StatisticsScreen(self.family.statistic_shapes(self.n_items, s.model_spec), self.family.check)
-                 if self.family else None)
+        stats = (StatisticsScreen(self.family.statistic_shapes(self.n_items, s.model_spec),
+                                  functools.partial(self.family.check, spec=s.model_spec)) if self.family else None)
         self.rules = ScreenRules(norm_factor=s.update_norm_factor, max_norm=s.max_update_norm,
                                  uniform_weight=s.privacy_settings().enabled, statistics=stats)
         self.history = history if history is not None else FederationHistory()

@@ -36,8 +36,11 @@ class StatisticsFamily(Protocol):
         """The silo's statistics of its own training split, given the round's global arrays."""
         ...
 
-    def check(self, stats: Arrays) -> str | None:
-        """What is wrong with a well-shaped, finite reply's statistics (None: they can be summed)."""
+    def check(self, stats: Arrays, spec: ModelSpec) -> str | None:
+        """What is wrong with a well-shaped, finite reply's statistics (None: they can be summed).
+
+        `spec` (public: the run's model) bounds what honest statistics can hold (iALS: its users' factors).
+        """
         ...
 
     def solve(self, summed: Arrays, global_arrays: Arrays, spec: ModelSpec, n_items: int) -> Arrays:

@@ -52,7 +52,7 @@ class EaseStatistics:
                               f"below {EXACT_COUNTS}")
         return {GRAM: gram(silo_matrix(silo)).numpy()}
 
-    def check(self, stats: Arrays) -> str | None:
+    def check(self, stats: Arrays, spec: ModelSpec) -> str | None:
         """What no Gram matrix of a binary matrix of fewer than `EXACT_COUNTS` users looks like.
 
         XᵀX is symmetric with whole, non-negative counts below `EXACT_COUNTS` (a larger silo refuses to send
@@ -61,6 +61,7 @@ class EaseStatistics:
         `fedrec.statistics.solve_replies` finds a reply whose statistics break the solve). Row blocks keep
         the temporaries small at 20,000 items.
         """
+        del spec
         g = stats[GRAM]
         if not np.array_equal(g, g.T):
             return f"{GRAM}: not symmetric"

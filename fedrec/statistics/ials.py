@@ -37,6 +37,8 @@ PSD_TOLERANCE = 1e-4
 """Relative slack (of the largest eigenvalue) for float32 rounding when checking positive semi-definiteness."""
 _CHUNK = 4096
 """Items whose d×d matrices the screen unpacks at once."""
+_SUBNORMAL = 2.0**-149
+"""Twice float32's largest absolute rounding error among subnormals."""
 MAX_BYTES = 2 * 2**30
 """Largest `stat.item_gram` a silo sends (n_items · d(d+1)/2 float32): beyond it, lower model.dim."""
 
@@ -45,6 +47,16 @@ def _model(spec: ModelSpec) -> IALS:
     model = build_model(spec, n_users=1, n_items=1)
     assert isinstance(model, IALS)
     return model
+
+
+def max_user_norm2(n_items: int, *, alpha0: float, lam: float, nu: float) -> float:
+    """The largest ‖w_u‖² an honest silo's user can have: max over |I_u| = k ∈ [1, n_items] of k / (λ(k + α₀n)^ν).
+
+    w_u minimises Σ_{i∈I_u} (⟨w, h_i⟩ − 1)² + α₀ Σ_i ⟨w, h_i⟩² + λ c_u^ν ‖w‖², whose value at w = 0 is k, so
+    λ c_u^ν ‖w_u‖² ≤ k whatever the item factors: a bound from public hyperparameters and the catalog only.
+    """
+    k = np.arange(1, max(n_items, 1) + 1, dtype=np.float64)
+    return float((k / (lam * (k + alpha0 * n_items) ** nu)).max())
 
 
 def _psd(mats: torch.Tensor, slack: float) -> bool:
@@ -79,13 +91,17 @@ class IalsStatistics:
                 ITEM_USERS: np.asarray(by_item.sum(axis=1)).ravel().astype(np.float32),
                 USERS: np.array([silo.n_users], dtype=np.float32)}
 
-    def check(self, stats: Arrays) -> str | None:
+    def check(self, stats: Arrays, spec: ModelSpec) -> str | None:
         """What no honest silo's statistics look like (necessary conditions, checked on float64 copies).
 
         Counts are whole, in [0, 2²⁴), |U_i| ≤ |U|. Each item's Gram A_i = Σ_{u∈U_i} w_u w_uᵀ is positive
         semi-definite and so is G − A_i (G = Σ_u w_u w_uᵀ ⪰ A_i); an item nobody has has A_i = 0 and b_i = 0;
-        and ‖b_i‖² ≤ |U_i| tr(A_i) (Cauchy–Schwarz on b_i = Σ w_u). A silo can still send any statistics of
-        users it invented (a co-silo's steering is issue 16's), but not ones no users could have.
+        ‖b_i‖² ≤ |U_i| tr(A_i), and in every direction, |U_i|·A_i − b_i b_iᵀ ⪰ 0 (Cauchy–Schwarz on
+        b_i = Σ w_u, in matrix form: the trace form alone lets b_i point where A_i has nothing, paying the
+        trace in another direction). Every honest user's factors are bounded by the model's public
+        hyperparameters (`max_user_norm2`), so tr(A_i) ≤ |U_i|·B and tr(G) ≤ |U|·B: a huge eigenvalue cannot
+        be invented to widen the float32 tolerances. A silo can still send any statistics of users it
+        invented within these bounds (a co-silo's steering is issue 16's), but not ones no users could have.
         """
         counts, users = stats[ITEM_USERS].astype(np.float64), float(stats[USERS][0])
         for name, c in ((ITEM_USERS, counts), (USERS, np.array([users]))):
@@ -94,19 +110,24 @@ class IalsStatistics:
         if bool((counts > users).any()):
             return f"{ITEM_USERS}: an item has more users than the silo ({STAT_PREFIX}users)"
         dim = stats[ITEM_RHS].shape[1]
+        model = _model(spec)
+        bound = max_user_norm2(len(counts), alpha0=model.alpha0, lam=model.lam, nu=model.nu) * (1 + PSD_TOLERANCE)
         g = unpack(torch.from_numpy(stats[USER_GRAM].astype(np.float64)), dim)
+        if float(g.diagonal().sum()) > users * bound:
+            return f"{USER_GRAM}: larger than {STAT_PREFIX}users users' factors can be (‖w_u‖² ≤ {bound:.4g})"
         eig = torch.linalg.eigvalsh(g)
         slack = PSD_TOLERANCE * max(1.0, float(eig.max()))
         if float(eig.min()) < -slack:
             return f"{USER_GRAM}: not positive semi-definite (no sum of w wᵀ is)"
         for lo in range(0, len(counts), _CHUNK):  # [_CHUNK, d, d] float64 at a time
-            why = self._check_items(stats, counts[lo:lo + _CHUNK], slice(lo, lo + _CHUNK), g, slack)
+            why = self._check_items(stats, counts[lo:lo + _CHUNK], slice(lo, lo + _CHUNK), g, slack, bound)
             if why:
                 return why
         return None
 
     @staticmethod
-    def _check_items(stats: Arrays, counts: np.ndarray, rows: slice, g: torch.Tensor, slack: float) -> str | None:
+    def _check_items(stats: Arrays, counts: np.ndarray, rows: slice, g: torch.Tensor, slack: float,
+                     bound: float) -> str | None:
         rhs = torch.from_numpy(stats[ITEM_RHS][rows].astype(np.float64))
         a = unpack(torch.from_numpy(stats[ITEM_GRAM][rows].astype(np.float64)), rhs.shape[1])
         if not _psd(a, slack):
@@ -116,9 +137,21 @@ class IalsStatistics:
         empty = torch.from_numpy(counts == 0)
         if bool(a[empty].abs().gt(0).any()) or bool(rhs[empty].abs().gt(0).any()):
             return f"{ITEM_GRAM}/{ITEM_RHS}: non-zero for an item no user has"
-        trace = a.diagonal(dim1=1, dim2=2).sum(1)
-        if bool((rhs.pow(2).sum(1) > torch.from_numpy(counts) * trace * (1 + PSD_TOLERANCE) + slack).any()):
+        trace, c = a.diagonal(dim1=1, dim2=2).sum(1), torch.from_numpy(counts)
+        if bool((trace > c * bound).any()):
+            return f"{ITEM_GRAM}: larger than its users' factors can be (‖w_u‖² ≤ {bound:.4g})"
+        if bool((rhs.pow(2).sum(1) > c * trace * (1 + PSD_TOLERANCE) + slack).any()):
             return f"{ITEM_RHS}: larger than its users' factors allow (‖Σ w‖² ≤ |U_i|·Σ‖w‖²)"
+        # |U_i|·A_i − b_i b_iᵀ ⪰ 0 up to float32 rounding, |fl(x) − x| ≤ 2⁻²⁴|x| + 2⁻¹⁵⁰ (subnormals: a model
+        # regularised towards 0 underflows A_i before b_i): in norm below 2⁻²⁴(|U_i| tr A_i + 2‖b_i‖²) +
+        # 2⁻¹⁴⁹(|U_i| d + 2‖b_i‖√d). The relative part is taken from the item's own statistics, not from G's
+        # largest eigenvalue, which a silo could inflate in a direction nobody uses.
+        norm_b, d = rhs.norm(dim=1), rhs.shape[1]
+        tol = (PSD_TOLERANCE * (c * trace + 2 * norm_b**2) + _SUBNORMAL * (c * d + 2 * norm_b * d**0.5)
+               + torch.finfo(torch.float64).tiny)
+        cov = c.view(-1, 1, 1) * a - rhs.unsqueeze(2) * rhs.unsqueeze(1)
+        if bool(torch.linalg.cholesky_ex(cov + tol.view(-1, 1, 1) * torch.eye(d, dtype=a.dtype)).info.any()):
+            return f"{ITEM_RHS}: points where its users' factors do not (|U_i|·A_i − b_i b_iᵀ is not PSD)"
         return None
 
     def solve(self, summed: Arrays, global_arrays: Arrays, spec: ModelSpec, n_items: int) -> Arrays:
