@@ -47,13 +47,18 @@ def silos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SiloData]:
     return world.silos
 
 
-def reference_half_step(x: np.ndarray, fixed: np.ndarray, alpha0: float, lam: float, nu: float) -> np.ndarray:
-    """Each row r of binary x: argmin Σ_j x_rj (f_j·w − 1)² + α₀ Σ_j (f_j·w)² + λ(Σ_j x_rj + α₀ n_cols)^ν ‖w‖²."""
+def reference_half_step(x: np.ndarray, fixed: np.ndarray, alpha0: float, lam: float, nu: float,
+                        n_cols: int | None = None) -> np.ndarray:
+    """Each row r of binary x: argmin Σ_j x_rj (f_j·w − 1)² + α₀ Σ_j (f_j·w)² + λ(Σ_j x_rj + α₀ n_cols)^ν ‖w‖².
+
+    n_cols: x's columns by default (users: the catalog); for items, the users with at least one pair.
+    """
+    n_cols = x.shape[1] if n_cols is None else n_cols
     d = fixed.shape[1]
     out = np.zeros((x.shape[0], d))
     for r in range(x.shape[0]):
         seen = fixed[x[r] > 0]
-        a = seen.T @ seen + alpha0 * fixed.T @ fixed + lam * (x[r].sum() + alpha0 * x.shape[1]) ** nu * np.eye(d)
+        a = seen.T @ seen + alpha0 * fixed.T @ fixed + lam * (x[r].sum() + alpha0 * n_cols) ** nu * np.eye(d)
         out[r] = np.linalg.solve(a, seen.sum(0))
     return out
 
@@ -98,7 +103,7 @@ def test_federated_sweeps_are_centralized_ials_on_the_pooled_matrix_and_lower_it
     losses = []
     for _ in range(3):
         w = reference_half_step(x, h, **KW)
-        h = reference_half_step(x.T, w, **KW)
+        h = reference_half_step(x.T, w, **KW, n_cols=int((x.sum(1) > 0).sum()))
         losses.append(objective(x, w, h, **KW))
 
     # Execute: three rounds of silos' statistics summed and solved (what the coordinator does)
@@ -145,6 +150,9 @@ def tampered(silo: SiloData, change: str) -> dict[str, np.ndarray]:
         stats[ITEM_GRAM] = pack(a).numpy()
     elif change == "boosted right-hand side":
         stats[ITEM_RHS][used] *= 50.0
+    elif change == "more users than pairs":
+        stats[USERS][0] = stats[ITEM_USERS].sum() + 1
+        stats[ITEM_USERS][:] = np.minimum(stats[ITEM_USERS], stats[USERS][0])
     elif change == "an item nobody has":
         stats[ITEM_RHS][unused[0] if len(unused) else used] += 1.0
         stats[ITEM_USERS][unused[0] if len(unused) else used] = 0.0
@@ -158,6 +166,7 @@ def tampered(silo: SiloData, change: str) -> dict[str, np.ndarray]:
     ("item gram above the user gram", f"exceeds {USER_GRAM}"),
     ("boosted right-hand side", "larger than its users' factors allow"),
     ("an item nobody has", "no user has"),
+    ("more users than pairs", "more users with training data than user-item pairs"),
 ])
 def test_the_screen_refuses_statistics_no_users_could_have(silos: dict[str, SiloData], change: str, why: str) -> None:
     assert why in (statistics_family(SPEC).check(tampered(silos["apac"], change), SPEC) or "")
@@ -168,6 +177,8 @@ def test_the_screen_refuses_statistics_no_users_could_have(silos: dict[str, Silo
     ({"lam": -1.0}, "lam=-1.0 is invalid"),
     ({"nu": "one"}, "nu='one' is invalid"),
     ({"beta": 1}, "rejected its arguments"),
+    ({"nu": 3.0}, "nu=3.0 is invalid"),
+    ({"lam": 1e-12, "alpha0": 1e-3}, "below 1e-08"),
 ])
 def test_bad_hyperparameters_are_config_errors(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -255,3 +266,20 @@ def test_a_co_silo_s_impossible_statistics_are_rejected_and_the_others_solve(tmp
         arrays = family.solve(summed, arrays, spec, n_items)
     got, _, _ = load_global_model(tmp_path / "out" / "global_model.safetensors")
     np.testing.assert_allclose(got["item.weight"], arrays["item.weight"], atol=1e-6)
+
+
+def test_a_dimension_beyond_the_limit_is_refused_before_any_solve() -> None:
+    with pytest.raises(ConfigError, match="model.dim=513 is invalid: iALS takes 1 to 512"):
+        build_model(ModelSpec("ials", 513), n_users=2, n_items=3)
+    with pytest.raises(ConfigError, match="per-item Gram of .* GiB"):  # the reply, checked by the silo too
+        build_model(ModelSpec("ials", 512), n_users=2, n_items=40_000)
+
+
+def test_users_solved_in_small_chunks_are_the_same_factors(silos: dict[str, SiloData],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    silo = silos["eu"]
+    init = initial_global_arrays(SPEC, n_items=silo.n_items, seed=2)
+    whole = assemble_model(SPEC, silo, init, None, seed=2).user_factors().clone()  # type: ignore[operator]
+    monkeypatch.setattr("fedrec.models.ials._CHUNK_BYTES", 8 * 6 * 6 * 7)  # 7 rows at a time
+    chunked = assemble_model(SPEC, silo, init, None, seed=2).user_factors()  # type: ignore[operator]
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)

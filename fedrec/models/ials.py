@@ -31,22 +31,52 @@ DEFAULT_LAMBDA = 0.01
 DEFAULT_NU = 1.0
 INIT_STD = 0.1
 """Initial item factors ~ N(0, (INIT_STD/√dim)²), as in Rendle et al.'s iALS benchmarks."""
-_CHUNK = 4096
-"""Rows whose packed outer products (or unpacked systems) are formed at once: [_CHUNK, d, d] float64 at most
-(134 MB at d=64)."""
+_CHUNK_BYTES = 128 * 2**20
+"""Memory for one chunk of rows' packed outer products or unpacked d×d systems (float64): rows per chunk
+= _CHUNK_BYTES / (8 d²), so a silo's solve holds a bounded working set whatever its number of users."""
+MAX_DIM = 512
+"""Largest model.dim: a user's solve costs d³ and its statistics d² per item (a run config cannot ask more)."""
+MAX_REPLY_BYTES = 2 * 2**30
+"""Largest `stat.item_gram` a silo sends (n_items · d(d+1)/2 float32): beyond it, lower model.dim."""
+MIN_RIDGE = 1e-8
+"""Smallest ridge λ(α₀·n)^ν a row's system may get: below it a rank-deficient H leaves the system singular."""
 
 
 def check_hyperparameters(alpha0: object, lam: object, nu: object, dim: int) -> None:
-    """α₀ > 0, λ > 0, ν ≥ 0, dim ≥ 1, each a number: say which one is wrong and what it means."""
+    """α₀ > 0, λ > 0, 0 ≤ ν ≤ 2, 1 ≤ dim ≤ MAX_DIM, each a number: say which one is wrong and what it means."""
     for name, value, ok, what in [
         ("alpha0", alpha0, lambda v: v > 0, "the weight of unobserved pairs, a number > 0 (e.g. 0.3)"),
         ("lam", lam, lambda v: v > 0, "the L2 strength, a number > 0 (e.g. 0.01)"),
-        ("nu", nu, lambda v: v >= 0, "the frequency-scaling exponent, a number >= 0 (0: plain L2, 1: scaled)"),
+        ("nu", nu, lambda v: 0 <= v <= 2, "the frequency-scaling exponent, a number in [0, 2] (0: plain L2, "
+                                          "1: scaled)"),
     ]:
         if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
             raise ConfigError(f"model.kwargs.{name}={value!r} is invalid: iALS's {name} is {what}")
-    if dim < 1:
-        raise ConfigError(f"model.dim={dim} is invalid: iALS needs at least one factor")
+    if not 1 <= dim <= MAX_DIM:
+        raise ConfigError(f"model.dim={dim} is invalid: iALS takes 1 to {MAX_DIM} factors (a user's solve "
+                          "costs dim³, its statistics dim² per item)")
+
+
+def check_ridge(alpha0: float, lam: float, nu: float, n_items: int) -> None:
+    """The user side's smallest ridge λ(α₀·n_items)^ν must keep every system solvable (≥ `MIN_RIDGE`)."""
+    if lam * (alpha0 * n_items) ** nu < MIN_RIDGE:
+        raise ConfigError(f"model.kwargs lam={lam:g}, alpha0={alpha0:g}, nu={nu:g} give a ridge "
+                          f"λ(α₀·n_items)^ν = {lam * (alpha0 * n_items) ** nu:.3g} below {MIN_RIDGE:g} for "
+                          f"{n_items} items: the solves would be singular; raise lam or alpha0")
+
+
+def rows_per_chunk(dim: int) -> int:
+    """Rows of d×d float64 matrices that fit in `_CHUNK_BYTES`."""
+    return max(1, _CHUNK_BYTES // (8 * dim * dim))
+
+
+def check_reply_size(n_items: int, dim: int) -> None:
+    """A silo's per-item Gram (n_items · d(d+1)/2 float32) must stay under `MAX_REPLY_BYTES`."""
+    size = n_items * packed_size(dim) * 4
+    if size > MAX_REPLY_BYTES:
+        raise ConfigError(f"model=ials with model.dim={dim} and {n_items} items sends a per-item Gram of "
+                          f"{size / 2**30:.1f} GiB per silo per round (limit {MAX_REPLY_BYTES / 2**30:.0f} GiB): "
+                          "lower model.dim")
 
 
 def packed_size(dim: int) -> int:
@@ -77,15 +107,16 @@ def pairs_matrix(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> 
 def packed_grams(matrix: sp.csc_matrix, fixed: np.ndarray) -> np.ndarray:
     """Σ_{c: matrix[r, c]=1} f_c f_cᵀ for every row r, packed: [n_rows, d(d+1)/2] float64.
 
-    One sparse-dense product per `_CHUNK` rows of `fixed` (its packed outer products): memory n_rows·d²/2
+    One sparse-dense product per `rows_per_chunk(d)` rows of `fixed` (its packed outer products): memory n_rows·d²/2
     plus one chunk, and about 10x faster than forming one d×d matrix per pair (`benchmarks/ials_rounds.py`).
     """
     d = fixed.shape[1]
     i, j = (t.numpy() for t in torch.triu_indices(d, d))
     out = np.zeros((matrix.shape[0], len(i)))
-    for lo in range(0, fixed.shape[0], _CHUNK):
-        f = fixed[lo:lo + _CHUNK]
-        out += matrix[:, lo:lo + _CHUNK] @ (f[:, i] * f[:, j])
+    step = rows_per_chunk(d)
+    for lo in range(0, fixed.shape[0], step):
+        f = fixed[lo:lo + step]
+        out += matrix[:, lo:lo + step] @ (f[:, i] * f[:, j])
     return out
 
 
@@ -93,29 +124,41 @@ def ridge_rows(grams: np.ndarray, rhs: np.ndarray, shared: np.ndarray, ridge: np
     """Solve (unpack(grams[r]) + shared + ridge[r]·I) x_r = rhs[r] for every row r, by batched Cholesky.
 
     `shared` (α₀ times the other side's Gram) is positive semi-definite and ridge > 0, so each system is
-    positive definite when `grams` holds true Gram matrices. `_CHUNK` rows are unpacked at a time.
+    positive definite when `grams` holds true Gram matrices. A bounded chunk of rows is unpacked at a time.
     """
     d = rhs.shape[1]
     out = np.empty((len(rhs), d))
     eye, base = torch.eye(d, dtype=torch.float64), torch.as_tensor(shared, dtype=torch.float64)
-    for lo in range(0, len(rhs), _CHUNK):
-        systems = unpack(torch.as_tensor(grams[lo:lo + _CHUNK]), d) + base
-        systems += torch.as_tensor(ridge[lo:lo + _CHUNK]).view(-1, 1, 1) * eye
+    step = rows_per_chunk(d)
+    for lo in range(0, len(rhs), step):
+        systems = unpack(torch.as_tensor(grams[lo:lo + step]), d) + base
+        systems += torch.as_tensor(ridge[lo:lo + step]).view(-1, 1, 1) * eye
         factor = torch.linalg.cholesky(systems)
-        out[lo:lo + _CHUNK] = torch.cholesky_solve(torch.as_tensor(rhs[lo:lo + _CHUNK]).unsqueeze(2),
-                                                   factor).squeeze(2).numpy()
+        out[lo:lo + step] = torch.cholesky_solve(torch.as_tensor(rhs[lo:lo + step]).unsqueeze(2),
+                                                 factor).squeeze(2).numpy()
     return out
 
 
-def solve_side(matrix: sp.csc_matrix, fixed: np.ndarray, *, alpha0: float, lam: float, nu: float) -> np.ndarray:
+def solve_side(matrix: sp.spmatrix, fixed: np.ndarray, *, alpha0: float, lam: float, nu: float,
+               n_fixed: int | None = None) -> np.ndarray:
     """One half-step of ALS: every row's factors given the other side's `fixed` factors (float64 throughout).
 
-    `matrix` is binary [n_rows, n_fixed]; a row without pairs gets 0 (its right-hand side is 0).
+    `matrix` is binary [n_rows, len(fixed)]; a row without pairs gets 0 (its right-hand side is 0). The
+    frequency-scaled ridge is λ(|row's pairs| + α₀·n_fixed)^ν, n_fixed defaulting to len(fixed) (for users,
+    the catalog size; the item side counts only users with a pair, `fedrec.statistics.ials`). Rows are solved
+    in chunks of `rows_per_chunk(dim)`, so memory stays bounded however many rows there are.
     """
     fixed = np.asarray(fixed, dtype=np.float64)
-    counts = np.asarray(matrix.sum(axis=1)).ravel()
-    ridge = lam * (counts + alpha0 * fixed.shape[0]) ** nu
-    return ridge_rows(packed_grams(matrix, fixed), matrix @ fixed, alpha0 * fixed.T @ fixed, ridge)
+    by_row = sp.csr_matrix(matrix)
+    shared = alpha0 * fixed.T @ fixed
+    n = len(fixed) if n_fixed is None else n_fixed
+    out = np.empty((by_row.shape[0], fixed.shape[1]))
+    step = rows_per_chunk(fixed.shape[1])
+    for lo in range(0, by_row.shape[0], step):
+        part = by_row[lo:lo + step]
+        ridge = lam * (np.asarray(part.sum(axis=1)).ravel() + alpha0 * n) ** nu
+        out[lo:lo + step] = ridge_rows(packed_grams(part.tocsc(), fixed), part @ fixed, shared, ridge)
+    return out
 
 
 class NoUserState(nn.Module):
@@ -140,6 +183,8 @@ class IALS(RecModel):
                  lam: float = DEFAULT_LAMBDA, nu: float = DEFAULT_NU) -> None:
         super().__init__()
         check_hyperparameters(alpha0, lam, nu, dim)
+        check_ridge(float(alpha0), float(lam), float(nu), n_items)
+        check_reply_size(n_items, dim)
         self.alpha0, self.lam, self.nu = float(alpha0), float(lam), float(nu)
         self.user = NoUserState()
         self.item = ItemFactors(n_items, dim)

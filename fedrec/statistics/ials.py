@@ -16,13 +16,23 @@ Gram diagonal already tells the coordinator in a non-private run, plus the silo'
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from fedrec.data.split import SiloData
 from fedrec.errors import ConfigError
 from fedrec.messages import STAT_PREFIX
 from fedrec.models import ModelSpec, build_model
-from fedrec.models.ials import IALS, pack, packed_grams, packed_size, ridge_rows, unpack
+from fedrec.models.ials import (
+    IALS,
+    check_reply_size,
+    pack,
+    packed_grams,
+    packed_size,
+    ridge_rows,
+    rows_per_chunk,
+    unpack,
+)
 from fedrec.statistics.base import Arrays, StatShapes
 
 ITEM_GRAM = STAT_PREFIX + "item_gram"
@@ -35,12 +45,8 @@ EXACT_COUNTS = 2**24
 """float32 holds every integer below this exactly: the most users a silo may have for exact counts."""
 PSD_TOLERANCE = 1e-4
 """Relative slack (of the largest eigenvalue) for float32 rounding when checking positive semi-definiteness."""
-_CHUNK = 4096
-"""Items whose d×d matrices the screen unpacks at once."""
 _SUBNORMAL = 2.0**-149
 """Twice float32's largest absolute rounding error among subnormals."""
-MAX_BYTES = 2 * 2**30
-"""Largest `stat.item_gram` a silo sends (n_items · d(d+1)/2 float32): beyond it, lower model.dim."""
 
 
 def _model(spec: ModelSpec) -> IALS:
@@ -57,6 +63,15 @@ def max_user_norm2(n_items: int, *, alpha0: float, lam: float, nu: float) -> flo
     """
     k = np.arange(1, max(n_items, 1) + 1, dtype=np.float64)
     return float((k / (lam * (k + alpha0 * n_items) ** nu)).max())
+
+
+def active_users(model: IALS) -> int:
+    """Users with at least one training pair: the |U| of the item side's ridge.
+
+    A user without any has w = 0 and no part in any sum, so counting them would only let a silo inflate every
+    item's ridge for free (`check` also holds |U| ≤ Σ_i |U_i|).
+    """
+    return int((np.diff(sp.csr_matrix(model.history).indptr) > 0).sum())
 
 
 def _psd(mats: torch.Tensor, slack: float) -> bool:
@@ -89,7 +104,7 @@ class IalsStatistics:
                 ITEM_RHS: (by_item @ w).astype(np.float32),
                 USER_GRAM: pack(torch.from_numpy(w.T @ w)).numpy().astype(np.float32),
                 ITEM_USERS: np.asarray(by_item.sum(axis=1)).ravel().astype(np.float32),
-                USERS: np.array([silo.n_users], dtype=np.float32)}
+                USERS: np.array([active_users(model)], dtype=np.float32)}
 
     def check(self, stats: Arrays, spec: ModelSpec) -> str | None:
         """What no honest silo's statistics look like (necessary conditions, checked on float64 copies).
@@ -109,6 +124,9 @@ class IalsStatistics:
                 return f"{name}: counts must be whole numbers in [0, {EXACT_COUNTS})"
         if bool((counts > users).any()):
             return f"{ITEM_USERS}: an item has more users than the silo ({STAT_PREFIX}users)"
+        if users > counts.sum():
+            return (f"{USERS}: more users with training data than user-item pairs ({ITEM_USERS} sums to "
+                    f"{counts.sum():g})")
         dim = stats[ITEM_RHS].shape[1]
         model = _model(spec)
         bound = max_user_norm2(len(counts), alpha0=model.alpha0, lam=model.lam, nu=model.nu) * (1 + PSD_TOLERANCE)
@@ -119,8 +137,9 @@ class IalsStatistics:
         slack = PSD_TOLERANCE * max(1.0, float(eig.max()))
         if float(eig.min()) < -slack:
             return f"{USER_GRAM}: not positive semi-definite (no sum of w wᵀ is)"
-        for lo in range(0, len(counts), _CHUNK):  # [_CHUNK, d, d] float64 at a time
-            why = self._check_items(stats, counts[lo:lo + _CHUNK], slice(lo, lo + _CHUNK), g, slack, bound)
+        step = rows_per_chunk(dim)  # a bounded number of d×d float64 matrices at a time
+        for lo in range(0, len(counts), step):
+            why = self._check_items(stats, counts[lo:lo + step], slice(lo, lo + step), g, slack, bound)
             if why:
                 return why
         return None
@@ -168,8 +187,4 @@ class IalsStatistics:
         return {FACTORS: h.astype(np.float32)}
 
     def check_catalog(self, n_items: int, spec: ModelSpec) -> None:
-        size = n_items * packed_size(spec.dim) * 4
-        if size > MAX_BYTES:
-            raise ConfigError(f"model=ials with model.dim={spec.dim} and {n_items} items sends a per-item Gram of "
-                              f"{size / 2**30:.1f} GiB per silo per round (limit {MAX_BYTES / 2**30:.0f} GiB): "
-                              "lower model.dim")
+        check_reply_size(n_items, spec.dim)
