@@ -269,9 +269,9 @@ def test_a_co_silo_s_impossible_statistics_are_rejected_and_the_others_solve(tmp
 
 
 def test_a_dimension_beyond_the_limit_is_refused_before_any_solve() -> None:
-    with pytest.raises(ConfigError, match="model.dim=513 is invalid: iALS takes 1 to 512"):
+    with pytest.raises(ConfigError, match=r"model\.dim=513 is invalid: iALS takes 1 to 512"):
         build_model(ModelSpec("ials", 513), n_users=2, n_items=3)
-    with pytest.raises(ConfigError, match="per-item Gram of .* GiB"):  # the reply, checked by the silo too
+    with pytest.raises(ConfigError, match=r"per-item Gram of .* GiB"):  # the reply, checked by the silo too
         build_model(ModelSpec("ials", 512), n_users=2, n_items=40_000)
 
 

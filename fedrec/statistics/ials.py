@@ -137,40 +137,45 @@ class IalsStatistics:
         slack = PSD_TOLERANCE * max(1.0, float(eig.max()))
         if float(eig.min()) < -slack:
             return f"{USER_GRAM}: not positive semi-definite (no sum of w wᵀ is)"
-        step = rows_per_chunk(dim)  # a bounded number of d×d float64 matrices at a time
-        for lo in range(0, len(counts), step):
-            why = self._check_items(stats, counts[lo:lo + step], slice(lo, lo + step), g, slack, bound)
+        empty = counts == 0
+        if bool(stats[ITEM_GRAM][empty].any()) or bool(stats[ITEM_RHS][empty].any()):
+            return f"{ITEM_GRAM}/{ITEM_RHS}: non-zero for an item no user has"
+        held, step = np.flatnonzero(~empty), rows_per_chunk(dim)  # d×d float64 matrices, a bounded chunk at a time
+        for lo in range(0, len(held), step):
+            why = self._check_items(stats, counts, held[lo:lo + step], g, slack, bound)
             if why:
                 return why
         return None
 
     @staticmethod
-    def _check_items(stats: Arrays, counts: np.ndarray, rows: slice, g: torch.Tensor, slack: float,
+    def _check_items(stats: Arrays, counts: np.ndarray, rows: np.ndarray, g: torch.Tensor, slack: float,
                      bound: float) -> str | None:
+        """The per-item conditions on items some user holds (|U_i| > 0).
+
+        One batched Cholesky each for |U_i|·A_i − b_i b_iᵀ ⪰ 0 (which implies A_i ⪰ 0) and G − A_i ⪰ 0; more
+        only to name a failure.
+        """
         rhs = torch.from_numpy(stats[ITEM_RHS][rows].astype(np.float64))
         a = unpack(torch.from_numpy(stats[ITEM_GRAM][rows].astype(np.float64)), rhs.shape[1])
-        if not _psd(a, slack):
-            return f"{ITEM_GRAM}: an item's matrix is not positive semi-definite"
-        if not _psd(g - a, slack):
-            return f"{ITEM_GRAM}: an item's matrix exceeds {USER_GRAM} (its users are among the silo's users)"
-        empty = torch.from_numpy(counts == 0)
-        if bool(a[empty].abs().gt(0).any()) or bool(rhs[empty].abs().gt(0).any()):
-            return f"{ITEM_GRAM}/{ITEM_RHS}: non-zero for an item no user has"
-        trace, c = a.diagonal(dim1=1, dim2=2).sum(1), torch.from_numpy(counts)
-        if bool((trace > c * bound).any()):
-            return f"{ITEM_GRAM}: larger than its users' factors can be (‖w_u‖² ≤ {bound:.4g})"
-        if bool((rhs.pow(2).sum(1) > c * trace * (1 + PSD_TOLERANCE) + slack).any()):
-            return f"{ITEM_RHS}: larger than its users' factors allow (‖Σ w‖² ≤ |U_i|·Σ‖w‖²)"
+        trace, c = a.diagonal(dim1=1, dim2=2).sum(1), torch.from_numpy(counts[rows])
         # |U_i|·A_i − b_i b_iᵀ ⪰ 0 up to float32 rounding, |fl(x) − x| ≤ 2⁻²⁴|x| + 2⁻¹⁵⁰ (subnormals: a model
         # regularised towards 0 underflows A_i before b_i): in norm below 2⁻²⁴(|U_i| tr A_i + 2‖b_i‖²) +
         # 2⁻¹⁴⁹(|U_i| d + 2‖b_i‖√d). The relative part is taken from the item's own statistics, not from G's
         # largest eigenvalue, which a silo could inflate in a direction nobody uses.
         norm_b, d = rhs.norm(dim=1), rhs.shape[1]
-        tol = (PSD_TOLERANCE * (c * trace + 2 * norm_b**2) + _SUBNORMAL * (c * d + 2 * norm_b * d**0.5)
+        tol = (PSD_TOLERANCE * (c * trace.abs() + 2 * norm_b**2) + _SUBNORMAL * (c * d + 2 * norm_b * d**0.5)
                + torch.finfo(torch.float64).tiny)
         cov = c.view(-1, 1, 1) * a - rhs.unsqueeze(2) * rhs.unsqueeze(1)
         if bool(torch.linalg.cholesky_ex(cov + tol.view(-1, 1, 1) * torch.eye(d, dtype=a.dtype)).info.any()):
+            if not _psd(a, slack):
+                return f"{ITEM_GRAM}: an item's matrix is not positive semi-definite"
+            if bool((rhs.pow(2).sum(1) > c * trace * (1 + PSD_TOLERANCE) + slack).any()):
+                return f"{ITEM_RHS}: larger than its users' factors allow (‖Σ w‖² ≤ |U_i|·Σ‖w‖²)"
             return f"{ITEM_RHS}: points where its users' factors do not (|U_i|·A_i − b_i b_iᵀ is not PSD)"
+        if not _psd(g - a, slack):
+            return f"{ITEM_GRAM}: an item's matrix exceeds {USER_GRAM} (its users are among the silo's users)"
+        if bool((trace > c * bound).any()):
+            return f"{ITEM_GRAM}: larger than its users' factors can be (‖w_u‖² ≤ {bound:.4g})"
         return None
 
     def solve(self, summed: Arrays, global_arrays: Arrays, spec: ModelSpec, n_items: int) -> Arrays:
