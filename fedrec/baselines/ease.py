@@ -34,9 +34,12 @@ def ease_weights(g: torch.Tensor, lam: float) -> torch.Tensor:
     a = g.clone()
     a.diagonal().add_(lam)
     factor = torch.linalg.cholesky(a)
-    del a
-    p = torch.cholesky_inverse(factor)
-    del factor
+    a.zero_()
+    a.diagonal().fill_(1.0)  # reused as the identity: no extra n² matrix
+    # cholesky_solve against I, not cholesky_inverse: similar medians, but cholesky_inverse's time spiked to
+    # several seconds whenever other processes kept the 2 cores busy (`benchmarks/ease_solve.py`)
+    p = torch.cholesky_solve(a, factor)
+    del a, factor
     p.div_(p.diagonal().clone())  # column j divided by P_jj
     p.neg_()
     p.diagonal().zero_()
