@@ -1,7 +1,8 @@
 """What one round of a statistics model (`model=ease` or `model=ials`) costs each party, next to one MF round:
 time, peak memory, bytes on the wire.
 
-Each step runs in a fresh process, so its peak RSS (`ru_maxrss`) is its own (imports and the silo's data
+Each step runs in a fresh process, so its peak RSS (VmHWM, which execve resets; not `ru_maxrss`, which a
+spawned child inherits from its parent's high-water mark) is its own (imports and the silo's data
 included; the RSS before the step is printed too):
 - silo statistics (`fedrec.statistics`), 1 torch thread as a ClientApp (`client-threads` 1): EASE's XᵀX of
   the silo's training matrix; iALS's user solve from the item factors, then its per-item sums;
@@ -45,6 +46,14 @@ def initial(model: str, dim: int, n_items: int) -> dict[str, np.ndarray]:
     return initial_global_arrays(spec_of(model, dim), n_items=n_items, seed=0)
 
 
+def _peak_mib() -> float:
+    """This process's peak resident set (VmHWM) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _rss_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
 
@@ -60,7 +69,7 @@ def _child(step: Callable[..., Any], args: tuple, threads: int | None, q: Any) -
     before = _rss_mib()
     t = time.perf_counter()
     extra = step(*args)
-    q.put((time.perf_counter() - t, before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, extra))
+    q.put((time.perf_counter() - t, before, _peak_mib(), extra))
 
 
 def run(name: str, step: Callable[..., Any], *args: Any, threads: int | None = 1) -> Any:
