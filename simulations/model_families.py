@@ -9,8 +9,8 @@ column is computed on the same split by the same harness, then prints from each 
 - the federated wall time and the mean time per round.
 
 Usage:
-  python benchmarks/model_families.py --out /tmp/families -- experiment=ml100k dataset.path=/tmp/fedrec-ml-100k
-  python benchmarks/model_families.py --models mf:federation.rounds=20 ease:federation.rounds=1 ials --out DIR
+  python simulations/model_families.py --out /tmp/families -- experiment=ml100k dataset.path=/tmp/fedrec-ml-100k
+  python simulations/model_families.py --models mf:federation.rounds=20 ease:federation.rounds=1 ials --out DIR
 A model may carry its own overrides after a colon, comma-separated (`ials:federation.rounds=8`).
 """
 
