@@ -283,3 +283,22 @@ def test_users_solved_in_small_chunks_are_the_same_factors(silos: dict[str, Silo
     monkeypatch.setattr("fedrec.models.ials._CHUNK_BYTES", 8 * 6 * 6 * 7)  # 7 rows at a time
     chunked = assemble_model(SPEC, silo, init, None, seed=2).user_factors()  # type: ignore[operator]
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
+
+
+def test_a_forked_region_serves_ials_of_its_own_data(tmp_path: Path) -> None:
+    # Prepare: apac forks at version 0 and does not contribute; its line is one sweep of its own data per round
+    dataset = {"name": "synthetic", "n_users": 300, "n_items": 60, "region_only_items": 4,
+               "region_sizes": [2.0, 1.0, 1.0], "seed": 5}
+    cfg = experiment_from_dict({"dataset": dataset, "model": {"name": "ials", "dim": 8, "kwargs": KW},
+                                "federation": {"rounds": 3}, "baselines": [],
+                                "adoption": {"apac": {"fork": 0, "contribute": False}}})
+
+    # Execute
+    res = run_experiment(cfg, tmp_path, log=lambda *_: None, engine=run_in_process)
+
+    # Assert: the others federate; apac serves exactly local-only iALS after as many sweeps
+    assert [e["participants"] for e in res["round_log"]] == [["eu", "na"]] * 3
+    assert res["adoption"]["apac"]["serving"].startswith("fork:")
+    served = res["final"]["served"]["per_region"]["apac"]
+    assert served == pytest.approx(res["final"]["local_only"]["per_region"]["apac"], abs=1e-9, rel=0)
+    assert served != pytest.approx(res["final"]["federated"]["per_region"]["apac"], abs=1e-6, rel=0)
