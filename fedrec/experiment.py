@@ -111,9 +111,16 @@ def final_privacy(privacy_rounds: list[dict[str, Any]]) -> dict[str, dict[str, f
     return dict(sorted(final.items()))
 
 
-def prepare(cfg: ExperimentConfig, out_dir: Path, log: Callable[[str], Any]) -> tuple[Interactions, PreparedWorld]:
-    """Load the dataset, check its regions against the config, split each silo and write the world."""
+DataTransform = Callable[[Interactions], Interactions]
+"""A change to the loaded data before it is split (the privacy audit plants its canaries with one)."""
+
+
+def prepare(cfg: ExperimentConfig, out_dir: Path, log: Callable[[str], Any], transform: DataTransform | None = None
+            ) -> tuple[Interactions, PreparedWorld]:
+    """Load the dataset (then `transform` it), check its regions against the config, split and write the world."""
     data = load_dataset(cfg.dataset.name, cfg.dataset.params)
+    if transform is not None:
+        data = transform(data)
     if data.report is not None:
         for line in data.report.lines():
             log(line)
@@ -190,16 +197,16 @@ def dataset_facts(cfg: ExperimentConfig, data: Interactions, world: PreparedWorl
 
 def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallback | None = None,
                    resolved_config: dict[str, Any] | None = None, log: Any = print,
-                   engine: Engine = run_simulation) -> dict[str, Any]:
+                   engine: Engine = run_simulation, transform: DataTransform | None = None) -> dict[str, Any]:
     """Run federated training and the bounds on the same split; write and return `results.json`'s content.
 
     `engine` runs the federation: Flower's simulation engine (default), or any function with its signature
-    (the tests' in-process grid).
+    (the tests' in-process grid). `transform` changes the loaded data before the split (`fedrec.privacy_audit`).
     """
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    data, world = prepare(cfg, out_dir, log)
+    data, world = prepare(cfg, out_dir, log, transform)
     timings = {"prepare_s": time.perf_counter() - t}
 
     t = time.perf_counter()

@@ -18,6 +18,7 @@ Commands:
                                             (`-m` sweeps); output in outputs/DATE/TIME/
   fedrec models list|show|diff|export       inspect and export global model versions (default: the newest run's)
   fedrec audit verify PATH                  verify a silo's egress ledger (hash chain and ε totals)
+  fedrec audit privacy --region R [OVR]     empirical ε lower bound from canaries planted in silo R
   fedrec deploy local|certs|key|check-node  run and check one Flower SuperNode per jurisdiction
 `fedrec COMMAND --help` lists a command's options; the experiment's config groups follow.
 """

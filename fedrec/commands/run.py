@@ -28,6 +28,27 @@ def conf_dir() -> str:
     raise FileNotFoundError(f"fedrec's conf/ directory not found next to {here}")
 
 
+def compose_experiment(overrides: list[str]) -> Any:
+    """The `ExperimentConfig` that `fedrec OVERRIDES` would run (Hydra's compose API over `conf/`).
+
+    A bad override is a `ConfigError` (one line, exit 2), not Hydra's traceback.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from fedrec.config import experiment_from_dict
+    from fedrec.errors import ConfigError
+
+    try:
+        with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+            cfg = compose("config", overrides=list(overrides))
+    except HydraException as exc:
+        raise ConfigError(f"bad override in {overrides}: {exc}") from exc
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    return experiment_from_dict({str(k): v for k, v in container.items() if k not in ("progress", "experiment")})
+
+
 def progress_enabled(setting: Any, env: dict[str, str]) -> bool:
     """`auto` shows progress unless running under CI (CI=true)."""
     if isinstance(setting, bool):
