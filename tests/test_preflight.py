@@ -89,3 +89,14 @@ def test_a_federation_with_a_bad_silo_stops_before_training(world, tmp_path) -> 
     assert all(f"(region {r})" in history["stopped_early"] for r in world.regions)
     assert history["round_log"] == [] and history["model_versions"] == []
     assert not (tmp_path / "out" / "global_model.safetensors").exists()
+
+
+def test_a_budget_no_noise_can_meet_is_named_before_round_one(world, tmp_path) -> None:
+    # ε=1000 for this silo: even the smallest noise multiplier spends less, so σ cannot be calibrated. The
+    # preflight says so in words (it used to surface as dp-accounting's NoBracketIntervalFoundError inside
+    # round 1, reported as "no silo replied")
+    s = RunSettings(data_dir=str(world.data_dir), privacy="user_dp", privacy_epsilon=1000.0, num_rounds=2)
+    _, problem = check_silo(s, node(world, tmp_path, **{"epsilon-budget": 1000.0}))
+    assert problem is not None and "privacy.epsilon=1000 is more than" in problem and "protects nothing" in problem
+    spent = RunSettings(data_dir=str(world.data_dir), privacy="user_dp", privacy_epsilon=4.0)
+    assert check_silo(spent, node(world, tmp_path)) == ("eu", None)

@@ -16,6 +16,8 @@ from typing import Any
 import dp_accounting
 from dp_accounting import pld, rdp
 
+from fedrec.errors import ConfigError
+
 ACCOUNTANTS = ("pld", "rdp")
 PLD_DISCRETIZATION = 1e-3
 """Grid step of the PLD: pessimistic (ε is rounded up); 1e-3 vs the library default 1e-4 changed ε by
@@ -116,6 +118,10 @@ class SiloAccountant:
         return acc
 
 
+MIN_NOISE_MULTIPLIER = 0.2
+"""The smallest σ the calibration considers: a budget only a smaller σ would spend is refused as meaningless."""
+
+
 def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
                                kind: str = "pld", prior: list[GaussianSteps] | None = None) -> float:
     """The smallest σ (to ~1e-3 relative) whose `steps` subsampled Gaussian steps stay within target ε.
@@ -136,9 +142,16 @@ def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_ra
         return dp_accounting.ComposedDpEvent(
             [e.dp_event() for e in merge_events([*prior, GaussianSteps(sample_rate, sigma, steps)])])
 
-    sigma = float(dp_accounting.calibrate_dp_mechanism(
-        lambda: _new_accountant(kind), event, target_epsilon, delta,
-        bracket_interval=dp_accounting.LowerEndpointAndGuess(0.2, 1.0), tol=1e-3))
+    try:
+        sigma = float(dp_accounting.calibrate_dp_mechanism(
+            lambda: _new_accountant(kind), event, target_epsilon, delta,
+            bracket_interval=dp_accounting.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER, 1.0), tol=1e-3))
+    except dp_accounting.mechanism_calibration.NoBracketIntervalFoundError as exc:
+        spent = epsilon_of([*prior, GaussianSteps(sample_rate, MIN_NOISE_MULTIPLIER, steps)], delta=delta, kind=kind)
+        raise ConfigError(f"privacy.epsilon={target_epsilon:g} is more than {steps} steps at q={sample_rate:g} "
+                          f"can spend even with noise multiplier σ={MIN_NOISE_MULTIPLIER} (ε={spent:.3g} at "
+                          f"δ={delta:g}): a budget that large protects nothing; lower privacy.epsilon or run "
+                          "privacy=none") from exc
     while epsilon_of([*prior, GaussianSteps(sample_rate, sigma, steps)], delta=delta, kind=kind) > target_epsilon:
         sigma *= 1.001
     return sigma

@@ -10,6 +10,8 @@ state dir is writable, opens its privacy ledger under DP and validates its adopt
 
 from __future__ import annotations
 
+import contextlib
+
 from flwr.app import ConfigRecord, RecordDict
 
 from fedrec.data.split import SiloData
@@ -33,9 +35,17 @@ def check_silo(s: RunSettings, node_config: dict[str, object]) -> tuple[str, str
             probe.write_text("ok")
             probe.unlink()
         if s.privacy_settings().enabled:
+            from fedrec.privacy.plan import BudgetSpent, make_plan
             from fedrec.silo.private_round import open_ledger
 
-            open_ledger(s, ident).epsilon_spent()  # also refuses a δ above the jurisdiction's maximum
+            ledger = open_ledger(s, ident)  # also refuses a δ above the jurisdiction's maximum
+            ledger.epsilon_spent()
+            p = s.privacy_settings()
+            # calibrating σ now (not stored) surfaces a budget no noise can meet before round 1; a spent
+            # budget is the silo's decline in round 1, not a broken configuration
+            with contextlib.suppress(BudgetSpent):
+                make_plan(p, budget=ledger.budget_epsilon, delta=min(p.delta, ledger.accountant.delta),
+                          rounds=s.num_rounds, prior=list(ledger.accountant.events))
         elif ident.requires_dp:
             return region, ("this jurisdiction requires user-level DP (node config epsilon-budget / max-delta) "
                             "but the run has privacy=none")
