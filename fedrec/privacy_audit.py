@@ -5,10 +5,12 @@ One-run auditing (Steinke, Nasr & Jagielski, NeurIPS 2023; the statistics in `fe
   `interactions` interactions with canary item j and nothing else, included with probability 1/2 each (the
   auditor's own seeded coin, independent of the mechanism);
 - the experiment runs as configured (the real federation: DP rounds, ledgers, adoption);
-- the auditor plays the coordinator and sees only what left the silos: the final global model. It scores
-  canary j by what the model learnt about canary item j alone: MF and the two-tower's global item bias
-  (zero at version 0, and only canary j's user ever holds item j), so an included canary's positive
-  interaction pushes it up while an excluded one only ever appears as a negative;
+- the auditor plays the coordinator and sees only what left the silos. It scores canary j by what was
+  learnt about canary item j alone: MF and the two-tower's global item bias (only canary j's user ever
+  holds item j), so an included canary's positive interactions push it up while an excluded one only ever
+  appears as a negative. `observe="releases"` (default, white-box: what a coordinator without SecAgg sees)
+  sums, over every training reply of the audited silo (recorded as it left, `egress_recorder`), the reply's
+  item bias minus the global model it trained on; `observe="final"` (black-box) reads the final global model;
 - the guesses give an empirical ε lower bound at the chosen confidence, reported next to the ε the silo's
   accountant claims. A bound above the claimed ε means the implementation leaks more than its analysis
   allows; a run without DP is the positive control (its bound must be clearly above 0, or the audit's
@@ -17,6 +19,7 @@ One-run auditing (Steinke, Nasr & Jagielski, NeurIPS 2023; the statistics in `fe
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,11 +31,16 @@ from fedrec.config import ExperimentConfig
 from fedrec.data.schema import Catalog, Interactions, make_interactions
 from fedrec.errors import ConfigError
 from fedrec.experiment import Engine, run_experiment
+from fedrec.flower.egress_recorder import egress_recorder, read_recorded
+from fedrec.flower.simulation import run_simulation
 from fedrec.model_io import load_global_model
 from fedrec.privacy.audit import AuditResult, audit_scores
+from fedrec.settings import RunSettings
+from fedrec.versions import ModelRegistry
 
 SCORED_ARRAY = "item_bias.weight"
 """The global array a canary is scored by (MF, two-tower): its item's learnt bias."""
+OBSERVE = ("releases", "final")
 
 
 @dataclass(frozen=True)
@@ -95,12 +103,38 @@ def canary_scores(global_arrays: dict[str, np.ndarray], canaries: Canaries) -> n
     return np.asarray(global_arrays[SCORED_ARRAY], dtype=np.float64).reshape(-1)[canaries.items]
 
 
+def release_scores(replies_dir: Path, registry_dir: Path, region: str, canaries: Canaries) -> np.ndarray:
+    """Σ over the region's training replies of (its item bias − the sent model's) at each canary item."""
+    registry = ModelRegistry(registry_dir, create=False)
+    total = np.zeros(len(canaries.items))
+    seen = 0
+    for reply in read_recorded(replies_dir):
+        meta = reply.records.get("meta", {})
+        if reply.message_type != "train" or reply.has_error or meta.get("region") != region:
+            continue
+        arrays = reply.arrays.get("arrays", {})
+        if SCORED_ARRAY not in arrays or not meta.get("model-version"):
+            continue  # a decline or a cached re-send without parameters
+        sent, _ = registry.load(str(meta["model-version"]))
+        delta = np.asarray(arrays[SCORED_ARRAY], np.float64) - np.asarray(sent[SCORED_ARRAY], np.float64)
+        total += delta.reshape(-1)[canaries.items]
+        seen += 1
+    if seen == 0:
+        raise ConfigError(f"no training reply of {region} with parameters was recorded: nothing to audit")
+    return total
+
+
 def run_privacy_audit(cfg: ExperimentConfig, out_dir: Path, plan: CanaryPlan, *, confidence: float = 0.95,
-                      log: Any = print, engine: Engine | None = None) -> dict[str, Any]:
+                      observe: str = "releases", log: Any = print, engine: Engine | None = None) -> dict[str, Any]:
     """Plant, run the experiment, score, bound; write `privacy_audit.json` next to `results.json`."""
     if cfg.model.name not in ("mf", "twotower"):
         raise ConfigError(f"the privacy audit scores canaries by their learnt item bias: model={cfg.model.name} "
                           "has none; audit model=mf or model=twotower")
+    if observe not in OBSERVE:
+        raise ConfigError(f"observe={observe!r}: choose one of {', '.join(OBSERVE)}")
+    if observe == "releases" and cfg.federation.secure_aggregation != "none":
+        raise ConfigError("under secure aggregation the coordinator never sees one silo's release: audit with "
+                          "observe='final' (the released global model)")
     found: dict[str, Canaries] = {}
 
     def plant(data: Interactions) -> Interactions:
@@ -108,22 +142,27 @@ def run_privacy_audit(cfg: ExperimentConfig, out_dir: Path, plan: CanaryPlan, *,
         return planted
 
     audited = replace(cfg, baselines=())  # the baselines see the canaries too but tell the audit nothing
-    kwargs: dict[str, Any] = {"log": log, "transform": plant}
-    if engine is not None:
-        kwargs["engine"] = engine
-    results = run_experiment(audited, out_dir, **kwargs)
+    replies = out_dir / "audit_replies"
+    run = functools.partial(engine or run_simulation, client_mods=[egress_recorder(replies)])
+    results = run_experiment(audited, out_dir, log=log, transform=plant, engine=run)
     canaries = found["canaries"]
-    arrays, _, _ = load_global_model(out_dir / "global_model.safetensors")
+    if observe == "releases":
+        root = RunSettings.from_experiment(audited, data_dir="", output_dir=str(out_dir), n_regions=1).registry_root()
+        if root is None:
+            raise ConfigError("observe='releases' reads the sent models from the run's registry, which is off")
+        scores = release_scores(replies, Path(root), plan.region, canaries)
+    else:
+        arrays, _, _ = load_global_model(out_dir / "global_model.safetensors")
+        scores = canary_scores(arrays, canaries)
     privacy = results["privacy"].get(plan.region, {})
     delta = float(privacy.get("delta", 0.0))
-    result: AuditResult = audit_scores(canary_scores(arrays, canaries), canaries.included, delta=delta,
-                                       confidence=confidence)
-    report = {"region": plan.region, "plan": plan.__dict__, "audit": result.to_dict(),
+    result: AuditResult = audit_scores(scores, canaries.included, delta=delta, confidence=confidence)
+    report = {"region": plan.region, "plan": plan.__dict__, "observe": observe, "audit": result.to_dict(),
               "claimed_epsilon": privacy.get("epsilon"), "private": bool(results["privacy"]),
               "federated_ndcg@20": results["final"]["federated"]["overall"].get("ndcg@20")}
     (out_dir / "privacy_audit.json").write_text(json.dumps(report, indent=1, default=float))
     claimed = "no DP (positive control)" if privacy.get("epsilon") is None else f"claimed ε={privacy['epsilon']:.3f}"
-    log(f"privacy audit of {plan.region}: {result.correct}/{result.guesses} guesses right on {result.canaries} "
-        f"canaries ({result.included} included) → empirical ε ≥ {result.epsilon_lower_bound:.3f} at "
+    log(f"privacy audit of {plan.region} ({observe}): {result.correct}/{result.guesses} guesses right on "
+        f"{result.canaries} canaries ({result.included} included) → empirical ε ≥ {result.epsilon_lower_bound:.3f} at "
         f"{confidence:.0%} confidence; {claimed}")
     return report

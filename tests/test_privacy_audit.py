@@ -128,3 +128,23 @@ def test_the_audit_catches_a_dp_round_whose_noise_is_switched_off(tmp_path: Path
     monkeypatch.setattr(NoiseSource, "normal", lambda self, shape, std: torch.zeros(shape))
     report = audit(tmp_path, {"name": "user_dp", "epsilon": 2.0})
     assert report["audit"]["epsilon_lower_bound"] > report["claimed_epsilon"]
+
+
+def test_the_final_model_alone_also_reveals_the_canaries_without_dp(tmp_path: Path) -> None:
+    cfg = experiment_from_dict({"dataset": DATASET, "federation": {"rounds": 10}, "baselines": [], "bounds": []})
+    report = run_privacy_audit(cfg, tmp_path, CanaryPlan(region="eu", canaries=200), observe="final",
+                               log=lambda *_: None, engine=run_in_process)
+    assert report["observe"] == "final" and report["audit"]["epsilon_lower_bound"] > 2.0
+
+
+@pytest.mark.parametrize(("overrides", "observe", "match"), [
+    ({}, "gradients", "choose one of releases, final"),
+    ({"federation": {"secure_aggregation": "secaggplus"}}, "releases", "never sees one silo's release"),
+    ({"model": {"name": "ease"}, "federation": {"rounds": 1}}, "final", "has none; audit model=mf"),
+])
+def test_audits_that_cannot_work_are_refused_before_running(tmp_path: Path, overrides: dict, observe: str,
+                                                            match: str) -> None:
+    cfg = experiment_from_dict({"dataset": DATASET, "baselines": [], **overrides})
+    with pytest.raises(ConfigError, match=match):
+        run_privacy_audit(cfg, tmp_path, CanaryPlan(region="eu", canaries=20), observe=observe,
+                          engine=run_in_process)

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--canary-interactions", type=int, default=10, help="interactions of a canary with its item")
     p.add_argument("--confidence", type=float, default=0.95, help="of the lower bound")
     p.add_argument("--seed", type=int, default=0, help="the auditor's coin flips")
+    p.add_argument("--observe", default="releases", choices=("releases", "final"),
+                   help="score by the silo's own releases (what a coordinator without SecAgg sees) or the final model")
     p.add_argument("--out", type=Path, default=None, help="output directory (default outputs/privacy-audit-TIME)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the audited experiment, as for `fedrec`")
     return parser
@@ -49,7 +51,7 @@ def _privacy(args: argparse.Namespace, console: Console) -> int:
     out = args.out or Path("outputs") / f"privacy-audit-{datetime.now():%Y-%m-%d_%H-%M-%S}"
     console.print(f"fedrec audit privacy: {plan.canaries} canaries in {plan.region}, model={exp.model.name}, "
                   f"privacy={exp.privacy.name} → {out}", highlight=False)
-    run_privacy_audit(exp, out, plan, confidence=args.confidence, log=console.print)
+    run_privacy_audit(exp, out, plan, confidence=args.confidence, observe=args.observe, log=console.print)
     console.print(f"report: {out / 'privacy_audit.json'}", highlight=False)
     return 0
 
