@@ -213,3 +213,34 @@ def save_figures(results: dict[str, Any], out_dir: Path | str, metric: str = "nd
         fig.savefig(path, dpi=120)
         paths.append(path)
     return paths
+
+
+def plot_sweep(summary: Any, metric: str = "ndcg@20", region: str = "overall") -> Figure:
+    """A collected sweep (`fedrec.collect.summarize`): each configuration's methods side by side, mean ± 95% CI.
+
+    Configurations are the swept overrides other than the seed; bars are the methods of `BAR_METHODS` present.
+    """
+    rows = summary[(summary["metric"] == metric) & (summary["region"] == region)]
+    config_cols = [c for c in summary.columns
+                   if c not in ("method", "region", "metric", "mean", "std", "seeds", "ci95")]
+    labels = [" ".join(f"{c}={v}" for c, v in zip(config_cols, key, strict=True)) or "all runs"
+              for key in (rows[config_cols].drop_duplicates().itertuples(index=False) if config_cols else [()])]
+    methods = [m for m in BAR_METHODS if m in set(rows["method"])]
+    fig = Figure(figsize=(max(6.0, 1.2 * len(labels) * max(1, len(methods)) / 2), 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(methods))
+    x = np.arange(len(labels))
+    for i, method in enumerate(methods):
+        sub = rows[rows["method"] == method]
+        means, errs = [], []
+        for label in labels:
+            match = sub[[" ".join(f"{c}={v}" for c, v in zip(config_cols, r, strict=True)) == label
+                         for r in sub[config_cols].itertuples(index=False)]] if config_cols else sub
+            means.append(float(match["mean"].iloc[0]) if len(match) else math.nan)
+            errs.append(float(match["ci95"].iloc[0]) if len(match) else 0.0)
+        style = {k: v for k, v in METHOD_STYLE[method].items()}
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=errs, capsize=2, **style)
+    ax.set_xticks(x, labels, rotation=20, ha="right")
+    ax.set_ylabel(f"{metric} ({region}), mean ± 95% CI over seeds")
+    ax.legend(fontsize="small", ncols=min(3, max(1, len(methods))))
+    return fig

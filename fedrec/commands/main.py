@@ -1,4 +1,4 @@
-"""The `fedrec` command: `models`, `audit` and `deploy` by name, anything else is an experiment (Hydra).
+"""The `fedrec` command: `models`, `audit`, `deploy` and `collect` by name, anything else is an experiment (Hydra).
 
 Each command lives in its own module of this package and parses its arguments the same way
 (`fedrec.commands.parsing`); `fedrec --help` lists them all before Hydra's own help.
@@ -16,6 +16,7 @@ fedrec: one recommender trained across sovereign data silos (Flower + Hydra).
 Commands:
   fedrec [OVERRIDES]                        run an experiment, e.g. `fedrec model=twotower federation.rounds=30`
                                             (`-m` sweeps); output in outputs/DATE/TIME/
+  fedrec collect SWEEP_DIR                  a sweep's results in one table (CSV, Parquet), mean ± CI over seeds
   fedrec models list|show|diff|export       inspect and export global model versions (default: the newest run's)
   fedrec audit verify PATH                  verify a silo's egress ledger (hash chain and ε totals)
   fedrec audit privacy --region R [OVR]     empirical ε lower bound from canaries planted in silo R
@@ -23,7 +24,7 @@ Commands:
 `fedrec COMMAND --help` lists a command's options; the experiment's config groups follow.
 """
 HELP_FLAGS = ("--help", "-h")
-SUBCOMMANDS = ("models", "audit", "deploy")
+SUBCOMMANDS = ("models", "audit", "deploy", "collect")
 
 
 def wants_help(argv: list[str]) -> bool:
@@ -42,6 +43,10 @@ def main() -> None:
         from fedrec.commands.deploy import deploy_main
 
         sys.exit(deploy_main(argv[1:]))
+    if argv and argv[0] == "collect":
+        from fedrec.commands.collect import collect_main
+
+        sys.exit(collect_main(argv[1:]))
     if argv and argv[0] == "models":
         from fedrec.commands.models import models_main
 
