@@ -221,8 +221,8 @@ def plot_sweep(summary: Any, metric: str = "ndcg@20", region: str = "overall") -
     Configurations are the swept overrides other than the seed; bars are the methods of `BAR_METHODS` present.
     """
     rows = summary[(summary["metric"] == metric) & (summary["region"] == region)]
-    config_cols = [c for c in summary.columns
-                   if c not in ("method", "region", "metric", "mean", "std", "seeds", "ci95")]
+    config_cols = [c for c in summary.columns if c not in ("method", "region", "metric", "mean", "std", "seeds", "ci95")
+                   and rows[c].nunique(dropna=False) > 1]  # what every run shares does not label a bar
     labels = [" ".join(f"{c}={v}" for c, v in zip(config_cols, key, strict=True)) or "all runs"
               for key in (rows[config_cols].drop_duplicates().itertuples(index=False) if config_cols else [()])]
     methods = [m for m in BAR_METHODS if m in set(rows["method"])]

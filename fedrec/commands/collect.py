@@ -37,8 +37,13 @@ def _collect(args: argparse.Namespace, console: Console) -> int:
         regions = sorted(set(summary["region"]))
         raise ConfigError(f"no {args.metric} for region {args.region!r} in this sweep; metrics: {', '.join(metrics)};"
                           f" regions: {', '.join(regions)}")
-    configs = [c for c in summary.columns if c not in ("method", "region", "metric", "mean", "std", "seeds", "ci95")]
+    configs = [c for c in summary.columns if c not in ("method", "region", "metric", "mean", "std", "seeds", "ci95")
+               and rows[c].nunique(dropna=False) > 1]  # overrides every run shares are not worth a column
     methods = [m for m in SHOWN if m in set(rows["method"])]
+    shared = {c: rows[c].iloc[0] for c in summary.columns if c not in (*configs, "method", "region", "metric", "mean",
+                                                                        "std", "seeds", "ci95")}
+    if shared:
+        console.print("every run: " + " ".join(f"{k}={v}" for k, v in shared.items()), highlight=False)
     out = Table(title=f"{args.metric} ({args.region}): mean ± 95% CI over seeds (n)")
     for c in [*configs, *methods]:
         out.add_column(c, justify="left" if c in configs else "right")
@@ -47,7 +52,7 @@ def _collect(args: argparse.Namespace, console: Console) -> int:
         cells = []
         for m in methods:
             r = group[group["method"] == m]
-            cells.append("" if r.empty else f"{r['mean'].iloc[0]:.4f} ± {r['ci95'].iloc[0]:.4f} ({r['seeds'].iloc[0]})")
+            cells.append("" if r.empty else f"{r['mean'].iloc[0]:.4f}±{r['ci95'].iloc[0]:.3f} ({r['seeds'].iloc[0]})")
         out.add_row(*[str(v) for v in values], *cells)
     console.print(out)
     figure = (args.out or args.sweep) / f"sweep_{args.metric.replace('@', '_at_')}_{args.region}.png"
