@@ -31,7 +31,7 @@ USERS = {  # user id -> zip code
     7: "55455-1234",  # ZIP+4 -> zip5
 }
 ITEM_IDS = [10, 20, 30, 40]  # item-file order defines ids 0..3
-RELEASE_DATES = ["01-Jan-1995", "15-Dec-1995", "", "01-Jan-1979"]  # Fargo's missing: the median year is used
+RELEASE_DATES = ["01-Jan-1995", "15-Dec-1995", "", ""]  # Alien: the title's year; Fargo: neither, the median
 GENRE_FLAGS = [  # u.item's 19 flags: unknown, Action, Adventure, Animation, Children's, Comedy, Crime, ...
     [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],  # Comedy
     [0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0],  # Action, Crime, Thriller
@@ -48,7 +48,7 @@ RATINGS = [  # user, item, rating, timestamp
 def _ml100k_texts(ratings: list[tuple[int, int, int, int]] = RATINGS) -> dict[str, bytes]:
     data = "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ratings).encode()
     user = "".join(f"{u}|30|M|other|{z}\n" for u, z in USERS.items()).encode()
-    titles = ["Café (1995)", "Heat (1995)", "Fargo (1996)", "Alien (1979)"]
+    titles = ["Café (1995)", "Heat (1995)", "Fargo", "Alien (1979)"]
     item = "".join(
         f"{i}|{t}|{d}||http://x|{'|'.join(map(str, g))}\n"
         for i, t, d, g in zip(ITEM_IDS, titles, RELEASE_DATES, GENRE_FLAGS, strict=True)
@@ -172,7 +172,7 @@ def test_load_movielens_reads_ml1m_layout(tmp_path: Path) -> None:
 def test_load_movielens_100k_catalog_carries_genres_and_release_year(tmp_path: Path) -> None:
     # Execute
     data = load_movielens(write_ml100k(tmp_path / "ml-100k"))
-    # Assert: 19 genre flags then the year, in item-file order; Fargo's missing date gets the median year
+    # Assert: 19 genre flags then the year, in item-file order (Alien's from its title, Fargo's the median)
     cat = data.catalog
     assert cat.features is not None and cat.features.dtype == np.float32 and cat.features.shape == (4, 20)
     assert cat.feature_names == FEATURE_NAMES and cat.feature_names[-1] == "year"
@@ -721,3 +721,5 @@ def test_real_ml100k_when_present() -> None:
     assert data.regions == (*(f"zip{d}" for d in range(10)), "zip_other")
     assert sum(data.users_per_region().values()) == 943
     assert data.catalog.features is not None and data.catalog.features.shape == (1682, 20)
+    assert data.catalog.features[:, 8].sum() == 725  # genre:Drama, the most frequent genre
+    assert data.catalog.features[:, 19].min() >= 1920 and data.catalog.features[:, 19].max() <= 1998

@@ -301,12 +301,15 @@ def _item_features(src: _Source, variant: str, lay: Layout, items: pd.DataFrame,
                    report: LoadReport) -> np.ndarray:
     """Public item features from the item file: 19 genre flags and the release year ([n_items, 20] float32).
 
-    ML-100K: the flags of u.item and the year of its release date; ML-1M: movies.dat's genre names and the
-    year in the title's "(YYYY)". An item without a year gets the catalog's median year (counted in the report).
+    ML-100K: the flags of u.item and the year of its release date (else of the title's "(YYYY)"); ML-1M:
+    movies.dat's genre names and the year in the title's "(YYYY)". An item without a year gets the catalog's
+    median year (counted in the report).
     """
     if variant == "100k":
         genres = _ml100k_genres(src, lay.items, items)
         years = _release_years(items[2], r"(\d{4})\s*$")
+        from_title = _release_years(items[1], r"\((\d{4})\)\s*$")
+        years = np.where(np.isnan(years), from_title, years)  # no release date: the title's "(YYYY)"
     else:
         genres = _ml1m_genres(src, lay.items, items[2], items.index)
         years = _release_years(items[1], r"\((\d{4})\)\s*$")
