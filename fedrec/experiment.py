@@ -188,6 +188,7 @@ def dataset_facts(cfg: ExperimentConfig, data: Interactions, world: PreparedWorl
         "name": cfg.dataset.name,
         "n_items": world.n_items,
         "catalog": data.catalog.source,
+        "item_features": list(data.catalog.feature_names or ()),  # public; world/catalog_features.npy
         "load_report": data.report.lines() if data.report else [],
         "regions": {r: {"users": s.n_users, "test_users": int(np.unique(s.test[0]).size),
                         "train_interactions": len(s.train[0]), "train_only_users": s.n_train_only_users}

@@ -86,8 +86,18 @@ def check_distinct_region(exp: ExperimentConfig) -> None:
     assert (exp.dataset.params["n_users"], exp.federation.rounds, exp.adoption) == (8000, 10, {})
 
 
+def check_sovereign_dp(exp: ExperimentConfig) -> None:
+    d = exp.dataset.params
+    assert (exp.dataset.name, d["n_users"], d["n_items"], d["region_only_items"]) == ("synthetic", 79000, 5000, 100)
+    assert tuple(d["region_sizes"]) == (50.0, 14.0, 6.0, 4.0, 3.0, 2.0)
+    assert (d["mean_interactions"], d["min_interactions"], d["item_features"]) == (15.0, 5, 32)
+    assert (d["dim"], d["region_shift"], d["taste_temperature"]) == (32, 0.2, 3.0)
+    assert exp.federation.eval_every == 5
+
+
 EXPERIMENT_CHECKS = {"quick": check_quick, "ml100k": check_ml100k, "compare_strategies": check_compare_strategies,
                      "synthetic_large": check_synthetic_large, "synthetic_dp": check_synthetic_dp,
+                     "sovereign_dp": check_sovereign_dp,
                      "distinct_region": check_distinct_region, "ease": check_ease}
 
 

@@ -18,6 +18,7 @@ import yaml
 
 from fedrec.config import ExperimentConfig, FederationConfig, PrivacyConfig, StrategyConfig
 from fedrec.data.split import SplitConfig
+from fedrec.data.synthetic import SyntheticWorldConfig
 from fedrec.models import ModelSpec
 from fedrec.models.registry import model_factory
 from fedrec.settings import RunSettings
@@ -55,6 +56,19 @@ def test_each_config_group_states_exactly_the_dataclass_defaults(group: str, opt
     for key, value in stated.items():
         assert value == defaults[key], (f"conf/{group}/{option}.yaml says {key}={value!r}, "
                                         f"{cls.__name__} says {defaults[key]!r}")
+
+
+def test_the_synthetic_dataset_group_states_exactly_the_world_defaults() -> None:
+    stated = _yaml("dataset", "synthetic")
+    assert stated.pop("name") == "synthetic"
+    assert stated.pop("seed") == "${seed}"  # the experiment's seed; the class's default is 0
+    defaults = {f.name: getattr(SyntheticWorldConfig(), f.name) for f in fields(SyntheticWorldConfig)
+                if f.init and f.name != "seed"}
+    assert set(stated) == set(defaults), "conf/dataset/synthetic.yaml and SyntheticWorldConfig list other keys"
+    for key, value in stated.items():
+        want = defaults[key]
+        got = (tuple(value) if isinstance(value, list) else value) if value is not None else ()
+        assert got == want, f"conf/dataset/synthetic.yaml says {key}={value!r}, SyntheticWorldConfig says {want!r}"
 
 
 def test_the_default_composition_is_the_default_experiment() -> None:

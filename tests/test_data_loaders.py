@@ -15,7 +15,7 @@ import pytest
 
 from fedrec.data import movielens_download
 from fedrec.data.files import load_interactions_file
-from fedrec.data.movielens import load_movielens, zip_regions
+from fedrec.data.movielens import FEATURE_NAMES, GENRES, load_movielens, zip_regions
 from fedrec.data.movielens_download import download_movielens, resolve_movielens
 from fedrec.errors import ConfigError, DataError
 
@@ -31,6 +31,13 @@ USERS = {  # user id -> zip code
     7: "55455-1234",  # ZIP+4 -> zip5
 }
 ITEM_IDS = [10, 20, 30, 40]  # item-file order defines ids 0..3
+RELEASE_DATES = ["01-Jan-1995", "15-Dec-1995", "", ""]  # Alien: the title's year; Fargo: neither, the median
+GENRE_FLAGS = [  # u.item's 19 flags: unknown, Action, Adventure, Animation, Children's, Comedy, Crime, ...
+    [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],  # Comedy
+    [0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0],  # Action, Crime, Thriller
+    [0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0],  # Crime, Drama, Thriller
+    [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 0],  # Action, Horror, Sci-Fi, Thriller, War
+]
 RATINGS = [  # user, item, rating, timestamp
     (1, 10, 5, 100), (1, 20, 3, 101), (2, 30, 4, 102), (3, 10, 1, 103), (3, 40, 2, 104),
     (4, 20, 5, 105), (4, 30, 4, 106), (5, 10, 3, 107), (6, 40, 2, 108), (6, 10, 1, 109),
@@ -41,9 +48,10 @@ RATINGS = [  # user, item, rating, timestamp
 def _ml100k_texts(ratings: list[tuple[int, int, int, int]] = RATINGS) -> dict[str, bytes]:
     data = "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ratings).encode()
     user = "".join(f"{u}|30|M|other|{z}\n" for u, z in USERS.items()).encode()
-    titles = ["Café (1995)", "Heat (1995)", "Fargo (1996)", "Alien (1979)"]
+    titles = ["Café (1995)", "Heat (1995)", "Fargo", "Alien (1979)"]
     item = "".join(
-        f"{i}|{t}|01-Jan-1995||http://x|0|1|0\n" for i, t in zip(ITEM_IDS, titles, strict=True)
+        f"{i}|{t}|{d}||http://x|{'|'.join(map(str, g))}\n"
+        for i, t, d, g in zip(ITEM_IDS, titles, RELEASE_DATES, GENRE_FLAGS, strict=True)
     ).encode("latin-1")
     return {"u.data": data, "u.user": user, "u.item": item}
 
@@ -156,6 +164,69 @@ def test_load_movielens_reads_ml1m_layout(tmp_path: Path) -> None:
     assert data.item.tolist() == [0, 1, 1]
     assert data.catalog.titles == ("Toy Story (1995)", "Amélie (2001)")
     assert data.catalog.source == "movielens-1m movies.dat"
+
+
+# --- MovieLens: public item features (genres, release year) -----------------------------------------------
+
+
+def test_load_movielens_100k_catalog_carries_genres_and_release_year(tmp_path: Path) -> None:
+    # Execute
+    data = load_movielens(write_ml100k(tmp_path / "ml-100k"))
+    # Assert: 19 genre flags then the year, in item-file order (Alien's from its title, Fargo's the median)
+    cat = data.catalog
+    assert cat.features is not None and cat.features.dtype == np.float32 and cat.features.shape == (4, 20)
+    assert cat.feature_names == FEATURE_NAMES and cat.feature_names[-1] == "year"
+    assert cat.feature_names[5] == "genre:Comedy" and len(GENRES) == 19
+    np.testing.assert_array_equal(cat.features[:, :19], np.array(GENRE_FLAGS, dtype=np.float32))
+    assert cat.features[:, 19].tolist() == [1995.0, 1995.0, 1995.0, 1979.0]
+    assert data.report is not None
+    assert any("1 items without a release year" in n and "median, 1995" in n for n in data.report.notes)
+
+
+def test_load_movielens_1m_catalog_carries_genres_and_year_from_the_title(tmp_path: Path) -> None:
+    # Prepare
+    root = tmp_path / "ml-1m"
+    root.mkdir()
+    (root / "ratings.dat").write_text("1::1::5::978300760\n2::2::3::978302109\n")
+    (root / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
+    (root / "movies.dat").write_bytes("1::Toy Story (1995)::Animation|Children's|Comedy\n"
+                                      "2::Amélie (2001)::Romance\n".encode("latin-1"))
+    # Execute
+    cat = load_movielens(root, variant="1m").catalog
+    # Assert
+    assert cat.features is not None and cat.features.shape == (2, 20)
+    on = [[n for n, v in zip(FEATURE_NAMES[:19], row, strict=True) if v] for row in cat.features[:, :19]]
+    assert on == [["genre:Animation", "genre:Children's", "genre:Comedy"], ["genre:Romance"]]
+    assert cat.features[:, 19].tolist() == [1995.0, 2001.0]
+
+
+def test_load_movielens_bad_genre_flag_names_the_line(tmp_path: Path) -> None:
+    # Prepare: line 3's Crime flag is "x"; an 8-field u.item (flags missing) fails the same way
+    lines = _ml100k_texts()["u.item"].decode("latin-1").splitlines()
+    fields = lines[2].split("|")
+    fields[11] = "x"
+    lines[2] = "|".join(fields)
+    root = write_ml100k(tmp_path / "ml-100k", **{"u.item": ("\n".join(lines) + "\n").encode("latin-1")})
+    short = write_ml100k(tmp_path / "short", **{"u.item": b"10|A (1995)|01-Jan-1995||http://x|0|1|0\n"
+                                                         b"20|B|||x|0|0|0\n30|C|||x|0|0|0\n40|D|||x|0|0|0\n"})
+    # Execute / Assert
+    with pytest.raises(DataError, match=r"u\.item line 3: genre flag 7 \(Crime, field 12\) is 'x', expected 0 or 1"):
+        load_movielens(root)
+    with pytest.raises(DataError, match=r"u\.item line 1: genre flag 4 \(Animation, field 9\) is '', "
+                                        r"expected 0 or 1: u\.item needs 24 fields"):
+        load_movielens(short)
+
+
+def test_load_movielens_1m_unknown_genre_names_the_line(tmp_path: Path) -> None:
+    # Prepare
+    root = tmp_path / "ml-1m"
+    root.mkdir()
+    (root / "ratings.dat").write_text("1::1::5::978300760\n")
+    (root / "users.dat").write_text("1::F::1::10::48067\n")
+    (root / "movies.dat").write_text("1::Toy Story (1995)::Animation\n2::Heat (1995)::Action|Heist\n")
+    # Execute / Assert
+    with pytest.raises(DataError, match=r"movies\.dat line 2: unknown genre 'Heist'"):
+        load_movielens(root, variant="1m")
 
 
 # --- MovieLens: bad input -----------------------------------------------------------------------------------
@@ -569,6 +640,68 @@ def test_file_loader_unreadable_parquet(tmp_path: Path) -> None:
         load_interactions_file(path, items_public=True)
 
 
+# --- dataset=file: public item features ---------------------------------------------------------------------
+
+FEATURES = pd.DataFrame({"item": [10, 3, 2, 1], "year": [1999, 2001, 1987, 2010], "is_drama": [1, 0, 0, 1],
+                         "price": [9.5, 3.0, 4.25, 0.0]})
+
+
+@pytest.mark.parametrize("name", ["features.csv", "features.parquet"])
+def test_file_loader_reads_public_item_features_in_catalog_order(tmp_path: Path, name: str) -> None:
+    # Prepare: the catalog's order is 1, 2, 3, 10; the feature file lists the items in another order
+    path = _write(INTERACTIONS, tmp_path / "inter.csv")
+    features = _write(FEATURES, tmp_path / name)
+    # Execute
+    data = load_interactions_file(path, items_public=True, item_features_path=features)
+    # Assert
+    cat = data.catalog
+    assert cat.feature_names == ("year", "is_drama", "price")
+    assert cat.features is not None and cat.features.dtype == np.float32
+    np.testing.assert_array_equal(cat.features, np.array(
+        [[2010, 1, 0.0], [1987, 0, 4.25], [2001, 0, 3.0], [1999, 1, 9.5]], dtype=np.float32))
+    assert data.report is not None and any("public item features: 3 columns" in n for n in data.report.notes)
+
+
+def test_file_loader_feature_file_missing_a_catalog_item(tmp_path: Path) -> None:
+    # Prepare
+    path = _write(INTERACTIONS, tmp_path / "inter.csv")
+    features = _write(FEATURES[FEATURES["item"] != 2], tmp_path / "features.csv")
+    # Execute / Assert
+    with pytest.raises(DataError, match=r"features\.csv: 1 of 4 catalog items have no row; the first is item '2': "
+                                        r"add a row for every catalog item"):
+        load_interactions_file(path, items_public=True, item_features_path=features)
+
+
+def test_file_loader_feature_file_non_numeric_value_names_the_row(tmp_path: Path) -> None:
+    # Prepare
+    bad = FEATURES.astype({"year": object})
+    bad.loc[2, "year"] = "late eighties"
+    path = _write(INTERACTIONS, tmp_path / "inter.csv")
+    features = _write(bad, tmp_path / "features.csv")
+    # Execute / Assert
+    with pytest.raises(DataError, match=r"features\.csv: column 'year' has a non-numeric or missing value "
+                                        r"'late eighties' at data row 3 \(line 4 of the file"):
+        load_interactions_file(path, items_public=True, item_features_path=features)
+
+
+@pytest.mark.parametrize(("frame", "match"), [
+    (pd.concat([FEATURES, pd.DataFrame({"item": [77], "year": [1], "is_drama": [0], "price": [1.0]})]),
+     r"item '77' at data row 5 \(line 6 of the file, line 1 being the header\) is not in the catalog"),
+    (pd.concat([FEATURES, FEATURES.iloc[[1]]]), r"item '3' has two rows \(data row 2 .* and data row 5"),
+    (FEATURES.rename(columns={"item": "movie"}), r"has no column 'item'"),
+    (FEATURES[["item"]], r"has only the 'item' column"),
+    (FEATURES.assign(year=[1999, 2001, 1e300, 2010]), r"non-finite values .* item row 1, feature column 0"),
+])
+def test_file_loader_feature_file_errors_name_file_row_and_fix(tmp_path: Path, frame: pd.DataFrame,
+                                                                 match: str) -> None:
+    # Prepare
+    path = _write(INTERACTIONS, tmp_path / "inter.csv")
+    features = _write(frame, tmp_path / "features.csv")
+    # Execute / Assert
+    with pytest.raises(DataError, match=match):
+        load_interactions_file(path, items_public=True, item_features_path=features)
+
+
 # --- the real ML-100K, when a copy is at hand ---------------------------------------------------------------
 
 
@@ -587,3 +720,6 @@ def test_real_ml100k_when_present() -> None:
     assert data.catalog.n_items == 1682
     assert data.regions == (*(f"zip{d}" for d in range(10)), "zip_other")
     assert sum(data.users_per_region().values()) == 943
+    assert data.catalog.features is not None and data.catalog.features.shape == (1682, 20)
+    assert data.catalog.features[:, 8].sum() == 725  # genre:Drama, the most frequent genre
+    assert data.catalog.features[:, 19].min() >= 1920 and data.catalog.features[:, 19].max() <= 1998

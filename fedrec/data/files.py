@@ -194,6 +194,59 @@ def _item_catalog(
     )
 
 
+def _item_features_file(features_path: Path, keys: pd.Index, catalog: Catalog) -> Catalog:
+    """The catalog with public item features read from `features_path`: an `item` column + numeric columns.
+
+    Every catalog item needs exactly one row; every other column is a feature (finite numbers). Errors name
+    the file, the row and the fix.
+    """
+    what = "item feature file (dataset.item_features_path)"
+    df = read_frame(features_path, what)
+    is_csv = features_path.suffix.lower() in (".csv", ".tsv")
+    if "item" not in df.columns:
+        raise DataError(
+            f"{what} {features_path} has no column 'item' (it has {list(map(str, df.columns))}): it needs an "
+            f"'item' column with the catalog's item ids, every other column being a numeric feature"
+        )
+    columns = [c for c in df.columns if c != "item"]
+    if not columns:
+        raise DataError(f"{what} {features_path} has only the 'item' column: add at least one numeric feature column")
+    if df.empty:
+        raise DataError(f"{what} {features_path} has no rows: it needs one row per catalog item")
+    df = df.reset_index(drop=True)
+    ids = id_keys(df["item"], path=features_path, name="item", is_csv=is_csv)
+    dup = ids.duplicated()
+    if dup.any():
+        i = int(dup.to_numpy().argmax())
+        first = int(np.flatnonzero((ids == ids.iloc[i]).to_numpy())[0])
+        raise DataError(
+            f"{what} {features_path}: item {ids.iloc[i]!r} has two rows ({row_ref(first, is_csv)} and "
+            f"{row_ref(i, is_csv)}): give each catalog item exactly one row"
+        )
+    pos = keys.get_indexer(ids)
+    if (pos < 0).any():
+        i = int((pos < 0).argmax())
+        raise DataError(
+            f"{what} {features_path}: item {ids.iloc[i]!r} at {row_ref(i, is_csv)} is not in the catalog "
+            f"{catalog.source} ({int((pos < 0).sum())} such rows): remove those rows or use the catalog the "
+            f"features were written for"
+        )
+    if len(ids) < len(keys):
+        missing = np.setdiff1d(np.arange(len(keys)), pos)
+        raise DataError(
+            f"{what} {features_path}: {len(missing):,} of {len(keys):,} catalog items have no row; the first is "
+            f"item {keys[int(missing[0])]!r}: add a row for every catalog item (fill unknown values, e.g. with 0)"
+        )
+    values = np.column_stack([
+        numeric_values(df[c], path=features_path, name=str(c), is_csv=is_csv, unit="numeric item features")
+        for c in columns
+    ])
+    features = np.empty_like(values)
+    features[pos] = values  # catalog order
+    return Catalog(n_items=catalog.n_items, titles=catalog.titles, source=catalog.source,
+                   features=features, feature_names=tuple(map(str, columns)))
+
+
 def _catalog_index(keys: pd.Index, catalog: Catalog, item: pd.Series, path: Path, is_csv: bool) -> np.ndarray:
     """Each row's item as an index into the catalog; an item the catalog lacks fails with its row."""
     item_index = keys.get_indexer(item)
@@ -216,6 +269,7 @@ def load_interactions_file(
     items_public: bool = False,
     implicit: bool = False,
     region_column_default: str | None = None,
+    item_features_path: str | Path | None = None,
 ) -> Interactions:
     """Load interactions from CSV/TSV/Parquet with logical columns user, item, rating, timestamp, region.
 
@@ -223,6 +277,8 @@ def load_interactions_file(
     (every interaction then counts 1.0); `region` may be absent when `region_column_default` names the one
     region all rows belong to. The item id space is `catalog_path` (a public catalog file) or, only when
     the operator declares the ids public (`items_public=True`), the file's own distinct item ids.
+    `item_features_path` (optional) is a public item-feature file: an `item` column and numeric feature
+    columns, one row per catalog item; the features travel in the catalog (`Catalog.features`).
     """
     path = Path(path).expanduser()
     mapping = _column_mapping(columns)
@@ -244,6 +300,9 @@ def load_interactions_file(
     _check_duplicates(user, item, timestamp, path, is_csv)
     _check_one_region(user, region, path)
     keys, catalog = _item_catalog(item, path, catalog_path, items_public, report)
+    if item_features_path is not None:
+        catalog = _item_features_file(Path(item_features_path).expanduser(), keys, catalog)
+        report.notes.append(f"public item features: {catalog.n_features} columns from {Path(item_features_path).name}")
     item_index = _catalog_index(keys, catalog, item, path, is_csv)
     _, user_code = np.unique(user.to_numpy(dtype=str), return_inverse=True)
     return make_interactions(

@@ -26,6 +26,11 @@ UNKNOWN_ZIP_MODES = ("own_silo", "drop")
 OTHER_REGION = "zip_other"
 REGIONS = (*(f"zip{d}" for d in range(10)), OTHER_REGION)
 _US_ZIP = r"\d{5}(?:-\d{4})?"
+# GroupLens' 19 genres in u.item's flag order (ML-1M's movies.dat names 18 of them, never "unknown").
+GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+          "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
+FEATURE_NAMES = (*(f"genre:{g}" for g in GENRES), "year")
+_ML100K_GENRE_FIELD = 5  # u.item: id | title | release date | video release date | IMDb URL | 19 flags
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,12 @@ class _Source:
             raise DataError(f"cannot read {self.where(name)}: {exc}") from exc
 
 
-def _read_table(src: _Source, name: str, sep: str, n_fields: int, *, exact: bool) -> pd.DataFrame:
+def _read_table(src: _Source, name: str, sep: str, n_fields: int, *, exact: bool,
+                keep: int | None = None) -> pd.DataFrame:
     """Read a header-less GroupLens file as strings; index = line number - 1, blank lines removed.
 
-    `exact` requires exactly `n_fields` fields per line; otherwise at least `n_fields` (only those are kept).
+    `exact` requires exactly `n_fields` non-empty fields per line; otherwise at least `n_fields` non-empty
+    fields, of which the first `keep` (default `n_fields`) are kept, absent ones as "" (checked by the caller).
     """
     raw = src.read(name)
     if sep == "::":
@@ -139,7 +146,10 @@ def _read_table(src: _Source, name: str, sep: str, n_fields: int, *, exact: bool
             f"{src.where(name)} line {line}: unparsable row (expected {n_fields} non-empty fields separated "
             f"by {shown_sep}): fix or remove that line, or re-download the data"
         )
-    return df.iloc[:, :n_fields].set_axis(range(n_fields), axis=1)
+    keep = n_fields if keep is None else keep
+    for j in range(df.shape[1], keep):
+        df[j] = ""
+    return df.iloc[:, :keep].set_axis(range(keep), axis=1)
 
 
 def _ints(src: _Source, name: str, col: pd.Series, what: str) -> np.ndarray:
@@ -252,12 +262,76 @@ def _keep_us_users(user: np.ndarray, region: np.ndarray, report: LoadReport) -> 
     return keep
 
 
+def _release_years(col: pd.Series, pattern: str) -> np.ndarray:
+    """The 4-digit year `pattern` captures in each row of `col` (float; NaN where there is none)."""
+    return pd.to_numeric(col.str.extract(pattern, expand=False), errors="coerce").to_numpy(dtype=np.float64, copy=True)
+
+
+def _ml100k_genres(src: _Source, name: str, items: pd.DataFrame) -> np.ndarray:
+    """u.item's 19 genre flags (fields 6-24) as a 0/1 matrix; a missing or non-0/1 flag fails with its line."""
+    flags = items.iloc[:, _ML100K_GENRE_FIELD:_ML100K_GENRE_FIELD + len(GENRES)].apply(lambda c: c.str.strip())
+    bad = ~flags.isin(["0", "1"]).to_numpy()
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        value = flags.iat[row, col]
+        raise DataError(
+            f"{src.where(name)} line {items.index[row] + 1}: genre flag {col + 1} ({GENRES[col]}, field "
+            f"{_ML100K_GENRE_FIELD + col + 1}) is {value!r}, expected 0 or 1: u.item needs 24 fields "
+            f"separated by '|' (id, title, release date, video release date, URL, 19 genre flags); re-download it"
+        )
+    return (flags.to_numpy() == "1").astype(np.float32)
+
+
+def _ml1m_genres(src: _Source, name: str, col: pd.Series, lines: pd.Index) -> np.ndarray:
+    """movies.dat's '|'-separated genre names as 0/1 flags over `GENRES`; an unknown name fails with its line."""
+    out = np.zeros((len(col), len(GENRES)), dtype=np.float32)
+    index = {g: j for j, g in enumerate(GENRES)}
+    for row, text in enumerate(col.tolist()):
+        for genre in filter(None, (g.strip() for g in text.split("|"))):
+            if genre not in index:
+                raise DataError(
+                    f"{src.where(name)} line {lines[row] + 1}: unknown genre {genre!r}; MovieLens genres are "
+                    f"{', '.join(GENRES[1:])}: fix that line or re-download the data"
+                )
+            out[row, index[genre]] = 1.0
+    return out
+
+
+def _item_features(src: _Source, variant: str, lay: Layout, items: pd.DataFrame,
+                   report: LoadReport) -> np.ndarray:
+    """Public item features from the item file: 19 genre flags and the release year ([n_items, 20] float32).
+
+    ML-100K: the flags of u.item and the year of its release date (else of the title's "(YYYY)"); ML-1M:
+    movies.dat's genre names and the year in the title's "(YYYY)". An item without a year gets the catalog's
+    median year (counted in the report).
+    """
+    if variant == "100k":
+        genres = _ml100k_genres(src, lay.items, items)
+        years = _release_years(items[2], r"(\d{4})\s*$")
+        from_title = _release_years(items[1], r"\((\d{4})\)\s*$")
+        years = np.where(np.isnan(years), from_title, years)  # no release date: the title's "(YYYY)"
+    else:
+        genres = _ml1m_genres(src, lay.items, items[2], items.index)
+        years = _release_years(items[1], r"\((\d{4})\)\s*$")
+    missing = np.isnan(years)
+    if missing.all():
+        years[:] = 0.0
+        report.notes.append(f"{src.where(lay.items)}: no item has a release year: feature 'year' is 0")
+    elif missing.any():
+        median = float(np.median(years[~missing]))
+        years[missing] = median
+        report.notes.append(f"{src.where(lay.items)}: {int(missing.sum())} items without a release year: "
+                            f"feature 'year' set to the catalog's median, {median:g}")
+    return np.column_stack([genres, years.astype(np.float32)])
+
+
 def load_movielens(path: str | Path, *, variant: str = "100k", unknown_zip: str = "own_silo") -> Interactions:
     """Load GroupLens' MovieLens from a directory or its distributed zip, one region per zip-code digit.
 
     Users whose zip code is not a valid US one (Canadian codes, malformed ones, `00000`) go to region
     `zip_other` when `unknown_zip="own_silo"`, or are dropped (counted in the LoadReport) with `"drop"`.
     Item ids are remapped to 0..n-1 in item-file order (the public catalog); user ids are kept as given.
+    The catalog carries the item file's public features: 19 genre flags and the release year (`FEATURE_NAMES`).
     """
     lay = layout(variant)
     _check_unknown_zip_mode(unknown_zip)
@@ -265,7 +339,8 @@ def load_movielens(path: str | Path, *, variant: str = "100k", unknown_zip: str 
     _require_files(src, variant, lay)
     ratings = _read_table(src, lay.ratings, lay.rating_sep, 4, exact=True)
     users = _read_table(src, lay.users, lay.meta_sep, 5, exact=True)
-    items = _read_table(src, lay.items, lay.meta_sep, 2, exact=False)
+    items = _read_table(src, lay.items, lay.meta_sep, 2, exact=False,
+                        keep=_ML100K_GENRE_FIELD + len(GENRES) if variant == "100k" else 3)
 
     user, item_raw, rating, timestamp = _rating_columns(src, lay, ratings)
     user_ids = _ints(src, lay.users, users[0], "user id")
@@ -284,7 +359,8 @@ def load_movielens(path: str | Path, *, variant: str = "100k", unknown_zip: str 
             a[keep] for a in (user, item_index, rating, timestamp, region)
         )
     titles = tuple(items[1].tolist())
-    catalog = Catalog(n_items=len(item_ids), titles=titles, source=f"movielens-{variant} {lay.items}")
+    catalog = Catalog(n_items=len(item_ids), titles=titles, source=f"movielens-{variant} {lay.items}",
+                      features=_item_features(src, variant, lay, items, report), feature_names=FEATURE_NAMES)
     return make_interactions(
         user=user,
         item=item_index,

@@ -44,7 +44,8 @@ def _movielens(p: dict[str, Any]) -> Interactions:
 def _file(p: dict[str, Any]) -> Interactions:
     from fedrec.data.files import load_interactions_file
 
-    _check_keys("file", p, {"path", "columns", "catalog_path", "items_public", "implicit", "region_default"})
+    _check_keys("file", p, {"path", "columns", "catalog_path", "items_public", "implicit", "region_default",
+                            "item_features_path"})
     if not p.get("path"):
         raise ConfigError("dataset=file needs dataset.path=FILE (a CSV, TSV or Parquet file of interactions)")
     return load_interactions_file(
@@ -54,6 +55,7 @@ def _file(p: dict[str, Any]) -> Interactions:
         items_public=bool(p.get("items_public", False)),
         implicit=bool(p.get("implicit", False)),
         region_column_default=p.get("region_default"),
+        item_features_path=p.get("item_features_path"),
     )
 
 

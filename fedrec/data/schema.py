@@ -15,23 +15,90 @@ import numpy as np
 from fedrec.errors import DataError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Catalog:
-    """The public item catalog: the global item id space silos agree on.
+    """The public item catalog: the global item id space silos agree on, and optionally public item features.
 
     It must come from public information (a catalog file, a generator), never from the union of private
     interactions, because the catalog's shape travels with the model (see the trust model).
+
+    `features` ([n_items, n_features] float32, finite) is public item metadata (MovieLens genres and year,
+    an operator's item-feature file, the generator's tags): public like the catalog, so silos and the
+    coordinator may all read it and using it costs no privacy. `feature_names` names its columns
+    (default `f0`, `f1`, ...). Any numeric array is accepted and stored as C-contiguous float32.
     """
 
     n_items: int
     titles: tuple[str, ...] | None = None
     source: str = "generated"
+    features: np.ndarray | None = None
+    feature_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.n_items <= 0:
             raise DataError(f"catalog has {self.n_items} items; a catalog needs at least one item")
         if self.titles is not None and len(self.titles) != self.n_items:
             raise DataError(f"catalog has {self.n_items} items but {len(self.titles)} titles")
+        if self.features is None:
+            if self.feature_names is not None:
+                raise DataError("catalog has feature_names but no features: give both or neither")
+            return
+        features, names = check_item_features(self.features, self.n_items, self.feature_names, what=self.source)
+        object.__setattr__(self, "features", features)
+        object.__setattr__(self, "feature_names", names)
+
+    @property
+    def n_features(self) -> int:
+        """Number of public item features (0 when the catalog has none)."""
+        return 0 if self.features is None else int(self.features.shape[1])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Catalog):
+            return NotImplemented
+        same_features = (self.features is None and other.features is None) or (
+            self.features is not None and other.features is not None
+            and np.array_equal(self.features, other.features))
+        return (same_features and (self.n_items, self.titles, self.source, self.feature_names)
+                == (other.n_items, other.titles, other.source, other.feature_names))
+
+    __hash__ = None  # type: ignore[assignment]  # holds an array: compared by value, not hashable
+
+
+def check_item_features(features: object, n_items: int, names: tuple[str, ...] | None = None, *,
+                        what: str = "catalog") -> tuple[np.ndarray, tuple[str, ...]]:
+    """Validate public item features: numeric, [n_items, n_features], finite; return float32 and names.
+
+    Errors are `DataError`s naming `what` (the catalog's source), the shape expected and, for a value that is
+    not finite, the first item row and feature column holding one.
+    """
+    try:
+        arr = np.asarray(features)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{what}: item features are not an array: {exc}") from exc
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{what}: item features must be numeric (bool, int or float), got dtype {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[0] != n_items or arr.shape[1] < 1:
+        raise DataError(
+            f"{what}: item features have shape {arr.shape}, expected [{n_items}, n_features >= 1] "
+            f"(one row per catalog item, in catalog order)"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below, with its row
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise DataError(
+            f"{what}: item features hold {int(bad.sum())} non-finite values (NaN or inf, also a float64 value "
+            f"beyond float32's range); the first is item row {row}, feature column {col}: fill or drop them"
+        )
+    if names is None:
+        names = tuple(f"f{j}" for j in range(arr.shape[1]))
+    names = tuple(str(n) for n in names)
+    if len(names) != arr.shape[1]:
+        raise DataError(f"{what}: {len(names)} feature names for {arr.shape[1]} feature columns")
+    if len(set(names)) != len(names):
+        raise DataError(f"{what}: feature names {list(names)} are not unique")
+    return arr, names
 
 
 @dataclass

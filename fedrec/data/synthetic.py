@@ -4,6 +4,11 @@ Why synthetic: it needs no download, is deterministic by seed, and lets experime
 federation worth it (small silos, a shared catalog) and what makes it hard (regional taste shift,
 region-only items). Generation is vectorised: users are drawn in blocks and their items chosen with the
 Gumbel-top-k trick (sampling without replacement from a softmax) in one matrix operation per block.
+
+Public item features (`item_features` > 0): a noisy random projection of each item's latent factors onto
+`item_features` binary tags (or a dense vector), drawn from their own random stream, so turning them on or
+changing their noise never changes the interactions of a seed. They are what a public catalog's metadata
+is in real data (genres, tags, a release year): informative about tastes, but only partly.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from fedrec.data.schema import Catalog, Interactions, LoadReport, make_interacti
 from fedrec.errors import ConfigError
 
 DEFAULT_REGION_NAMES = ("eu", "na", "apac", "latam", "mena", "africa", "oceania", "caribbean")
+FEATURE_KINDS = ("binary", "dense")
+_FEATURE_STREAM = 0x5EED_FEA7  # the features' own random stream: (seed, this) never touches the interactions'
+_TAG_THRESHOLD = 1.0  # a binary tag is on when its standardised noisy projection exceeds this (~16% of items)
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,9 @@ class SyntheticWorldConfig:
     `region_sizes` are relative user shares; the default (5 regions) makes the smallest 10x smaller than
     the largest. `region_shift` scales how far each region's tastes move away from the shared ones;
     `region_shift_scale` (one factor per region, default all 1) makes some regions differ more than others.
+    `item_features` public item features (0: none) of `item_feature_kind` "binary" (tags) or "dense", each a
+    random projection of the item's latent factors plus Gaussian noise of `item_feature_noise` times the
+    signal's standard deviation (0: exact; large: nearly pure noise).
     """
 
     n_users: int = 6000
@@ -41,6 +52,9 @@ class SyntheticWorldConfig:
     mean_interactions: float = 40.0
     min_interactions: int = 8
     max_interactions: int = 300
+    item_features: int = 32
+    item_feature_kind: str = "binary"
+    item_feature_noise: float = 1.0
     seed: int = 0
     _names: tuple[str, ...] = field(init=False, repr=False, default=())
 
@@ -58,6 +72,9 @@ class SyntheticWorldConfig:
             (not self.region_shift_scale or len(self.region_shift_scale) == len(self.region_sizes),
              "region_shift_scale", "one factor per region (as many as region_sizes)"),
             (all(f >= 0 for f in self.region_shift_scale or ()), "region_shift_scale", "factors >= 0"),
+            (self.item_features >= 0, "item_features", ">= 0 (0: no item features)"),
+            (self.item_feature_kind in FEATURE_KINDS, "item_feature_kind", f"one of {FEATURE_KINDS}"),
+            (self.item_feature_noise >= 0, "item_feature_noise", ">= 0"),
         ]
         for ok, key, need in checks:
             if not ok:
@@ -152,22 +169,62 @@ def _draw_users(cfg: SyntheticWorldConfig, rng: np.random.Generator, shifts: np.
 def _draw_block(
     cfg: SyntheticWorldConfig, rng: np.random.Generator, items: _Items, users: _Users, start: int, stop: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Users `start..stop-1`'s items by Gumbel-top-k over their available items: (user, item, affinity)."""
+    """Users `start..stop-1`'s items by Gumbel-top-k over their available items: (user, item, affinity).
+
+    Written to allocate few [block, n_items] arrays (the cost of large catalogs); every operation gives the
+    same floating-point values, in the same random-draw order, as the plain formula
+    `top-k(temperature * affinity + popularity_weight * log_pop + Gumbel)`.
+    """
     regs = users.region[start:stop]
-    affinity = users.vec[start:stop] @ items.vec.T * np.sqrt(cfg.dim)  # ~unit-scale scores
-    logits = cfg.taste_temperature * affinity + cfg.popularity_weight * items.log_pop
+    affinity = users.vec[start:stop] @ items.vec.T
+    affinity *= np.sqrt(cfg.dim)  # ~unit-scale scores
+    logits = cfg.taste_temperature * affinity
+    logits += cfg.popularity_weight * items.log_pop
     # Other regions' region-only items are not available to these users.
-    unavailable = (items.owner[None, :] >= 0) & (items.owner[None, :] != regs[:, None])
-    logits[unavailable] = -np.inf
-    perturbed = logits + rng.gumbel(size=logits.shape)
+    owned = np.flatnonzero(items.owner >= 0)
+    if owned.size:
+        cols = logits[:, owned]
+        cols[items.owner[owned][None, :] != regs[:, None]] = -np.inf
+        logits[:, owned] = cols
+    perturbed = rng.gumbel(size=logits.shape)
+    perturbed += logits
+    del logits
     n_per_user = users.n_interactions[start:stop]
     k = int(n_per_user.max())
-    top = np.argpartition(-perturbed, k - 1, axis=1)[:, :k]
+    n_all = perturbed.shape[1]
+    top = np.argpartition(perturbed, n_all - k, axis=1)[:, n_all - k:]
     # argpartition leaves the k winners unordered: sort them so each user keeps its own best n_u.
     top = np.take_along_axis(top, np.argsort(-np.take_along_axis(perturbed, top, 1), axis=1), 1)
     keep = np.arange(k)[None, :] < n_per_user[:, None]
     rows = np.broadcast_to(np.arange(start, stop)[:, None], top.shape)
     return rows[keep], top[keep], affinity[rows[keep] - start, top[keep]]
+
+
+def latent_item_factors(cfg: SyntheticWorldConfig) -> np.ndarray:
+    """The world's latent item factors [n_items, dim] (hidden from every party; for tests and studies)."""
+    return _draw_items(cfg, np.random.default_rng(cfg.seed))[0].vec
+
+
+def item_features(cfg: SyntheticWorldConfig, item_vec: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]] | None:
+    """Public item features from latent factors: a noisy random projection, as tags or a dense vector.
+
+    z = item_vec · W · sqrt(dim) / |W's column| (about unit variance per feature) plus `item_feature_noise`
+    times unit Gaussian noise, standardised back to unit variance; "binary" keeps z > 1 as a tag (about 16%
+    of items carry each tag), "dense" keeps z. Drawn from the seed's own feature stream. None when
+    `item_features` is 0.
+    """
+    if cfg.item_features == 0:
+        return None
+    rng = np.random.default_rng([cfg.seed, _FEATURE_STREAM])
+    proj = rng.standard_normal((cfg.dim, cfg.item_features))
+    proj /= np.linalg.norm(proj, axis=0, keepdims=True)
+    z = item_vec @ proj * np.sqrt(cfg.dim)
+    z += cfg.item_feature_noise * rng.standard_normal(z.shape)
+    z /= np.sqrt(1.0 + cfg.item_feature_noise**2)
+    width = len(str(cfg.item_features - 1))
+    if cfg.item_feature_kind == "binary":
+        return (z > _TAG_THRESHOLD).astype(np.float32), tuple(f"tag{j:0{width}d}" for j in range(cfg.item_features))
+    return z.astype(np.float32), tuple(f"f{j:0{width}d}" for j in range(cfg.item_features))
 
 
 def generate_world(cfg: SyntheticWorldConfig, *, block: int = 2048) -> Interactions:
@@ -176,7 +233,8 @@ def generate_world(cfg: SyntheticWorldConfig, *, block: int = 2048) -> Interacti
     Items: `n_items` global items plus `region_only_items` per region (available only to that region's
     users). Item popularity follows a power law; users' tastes are shared latent factors plus their
     region's shift, and region-only items lean toward their region's shift, so pooling data helps learn
-    the global items while regions still differ.
+    the global items while regions still differ. The catalog carries the public item features
+    (`item_features`), when configured.
     """
     rng = np.random.default_rng(cfg.seed)
     items, shifts = _draw_items(cfg, rng)
@@ -190,6 +248,11 @@ def generate_world(cfg: SyntheticWorldConfig, *, block: int = 2048) -> Interacti
     # Timestamps: each user's interactions are spread over time in a random order.
     timestamp = 1_600_000_000 + rng.integers(0, 86_400 * 365, size=len(user))
     names = np.asarray(cfg.names)
+    features = item_features(cfg, items.vec)
+    catalog = Catalog(
+        n_items=len(items.owner), source="synthetic generator (public)",
+        features=None if features is None else features[0], feature_names=None if features is None else features[1],
+    )
     report = LoadReport(source=f"synthetic world (seed {cfg.seed})", rows_read=len(user))
     return make_interactions(
         user=user,
@@ -197,7 +260,7 @@ def generate_world(cfg: SyntheticWorldConfig, *, block: int = 2048) -> Interacti
         rating=rating,
         timestamp=timestamp,
         region_names=names[users.region[user]],
-        catalog=Catalog(n_items=len(items.owner), source="synthetic generator (public)"),
+        catalog=catalog,
         explicit=False,
         report=report,
         region_order=list(cfg.names),
