@@ -82,8 +82,10 @@ def plant_canaries(data: Interactions, plan: CanaryPlan) -> tuple[Interactions, 
     canary_items = np.repeat(chosen, plan.interactions)
     t0 = int(data.timestamp.max()) + 1
     titles = None if data.catalog.titles is None else (*data.catalog.titles, *(f"canary {j}" for j in range(m)))
-    catalog = Catalog(n_items=n_items + m, titles=titles,
-                      source=f"{data.catalog.source} + {m} audit canary items")
+    features = data.catalog.features  # a canary item's public metadata: none (zeros)
+    catalog = Catalog(n_items=n_items + m, titles=titles, source=f"{data.catalog.source} + {m} audit canary items",
+                      features=None if features is None else np.vstack([features, np.zeros((m, features.shape[1]))]),
+                      feature_names=data.catalog.feature_names)
     region_names = np.asarray(data.regions)[data.region]
     planted = make_interactions(
         user=np.concatenate([data.user, users]),

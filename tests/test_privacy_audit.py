@@ -79,6 +79,8 @@ def test_planted_canaries_are_new_items_held_only_by_new_users_of_one_region() -
         holders = planted.user[planted.item == item]
         assert len(holders) == 3 and len(set(holders)) == 1 and holders[0] > data.user.max()
     assert 10 < canaries.included.sum() < 30
+    assert planted.catalog.features is not None and planted.catalog.features.shape == (n + 40, data.catalog.n_features)
+    assert not planted.catalog.features[n:].any()  # canary items carry no public metadata
     with pytest.raises(ConfigError, match="not a region of this dataset"):
         plant_canaries(data, CanaryPlan(region="mars", canaries=40))
 
