@@ -113,10 +113,10 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
 
 def write_collected(sweep_dir: Path, out_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
     """Collect and summarize; write `collected.csv`, `collected.parquet` and `summary.csv` (into the sweep)."""
+    table = collect_sweep(sweep_dir)  # first: a wrong path must not leave a directory behind
+    summary = summarize(table)
     out = Path(out_dir or sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = collect_sweep(sweep_dir)
-    summary = summarize(table)
     paths = [out / "collected.csv", out / "collected.parquet", out / "summary.csv"]
     table.to_csv(paths[0], index=False)
     table.to_parquet(paths[1], index=False)

@@ -73,6 +73,9 @@ def test_the_command_writes_the_tables_and_a_figure(sweep: Path, tmp_path: Path,
 
 
 def test_a_directory_without_runs_or_with_a_broken_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is not a directory"):
+        write_collected(tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
     with pytest.raises(ConfigError, match=r"no results\.json under"):
         collect_sweep(tmp_path)
     (tmp_path / "7").mkdir()
