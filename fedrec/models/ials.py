@@ -108,7 +108,7 @@ def packed_grams(matrix: sp.csc_matrix, fixed: np.ndarray) -> np.ndarray:
     """Σ_{c: matrix[r, c]=1} f_c f_cᵀ for every row r, packed: [n_rows, d(d+1)/2] float64.
 
     One sparse-dense product per `rows_per_chunk(d)` rows of `fixed` (its packed outer products): memory n_rows·d²/2
-    plus one chunk, and about 10x faster than forming one d×d matrix per pair (`benchmarks/ials_rounds.py`).
+    plus one chunk, never one d×d matrix per pair.
     """
     d = fixed.shape[1]
     i, j = (t.numpy() for t in torch.triu_indices(d, d))
@@ -139,24 +139,22 @@ def ridge_rows(grams: np.ndarray, rhs: np.ndarray, shared: np.ndarray, ridge: np
     return out
 
 
-def solve_side(matrix: sp.spmatrix, fixed: np.ndarray, *, alpha0: float, lam: float, nu: float,
-               n_fixed: int | None = None) -> np.ndarray:
+def solve_side(matrix: sp.spmatrix, fixed: np.ndarray, *, alpha0: float, lam: float, nu: float) -> np.ndarray:
     """One half-step of ALS: every row's factors given the other side's `fixed` factors (float64 throughout).
 
     `matrix` is binary [n_rows, len(fixed)]; a row without pairs gets 0 (its right-hand side is 0). The
-    frequency-scaled ridge is λ(|row's pairs| + α₀·n_fixed)^ν, n_fixed defaulting to len(fixed) (for users,
-    the catalog size; the item side counts only users with a pair, `fedrec.statistics.ials`). Rows are solved
+    frequency-scaled ridge is λ(|row's pairs| + α₀·len(fixed))^ν (for users: the catalog size; the item side,
+    solved at the coordinator, counts only users with a pair: `fedrec.statistics.ials`). Rows are solved
     in chunks of `rows_per_chunk(dim)`, so memory stays bounded however many rows there are.
     """
     fixed = np.asarray(fixed, dtype=np.float64)
     by_row = sp.csr_matrix(matrix)
     shared = alpha0 * fixed.T @ fixed
-    n = len(fixed) if n_fixed is None else n_fixed
     out = np.empty((by_row.shape[0], fixed.shape[1]))
     step = rows_per_chunk(fixed.shape[1])
     for lo in range(0, by_row.shape[0], step):
         part = by_row[lo:lo + step]
-        ridge = lam * (np.asarray(part.sum(axis=1)).ravel() + alpha0 * n) ** nu
+        ridge = lam * (np.asarray(part.sum(axis=1)).ravel() + alpha0 * len(fixed)) ** nu
         out[lo:lo + step] = ridge_rows(packed_grams(part.tocsc(), fixed), part @ fixed, shared, ridge)
     return out
 
