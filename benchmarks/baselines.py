@@ -23,13 +23,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from fedrec.baselines import BaselineResult, binary, ease_weights, pooled_matrix, run_baselines
 from fedrec.baselines.ease import gram
-from fedrec.commands.run import conf_dir
-from fedrec.config import experiment_from_dict
+from fedrec.commands.run import compose_experiment
 from fedrec.data.registry import load_dataset
 from fedrec.data.split import SiloData
 from fedrec.evaluation import pool
@@ -39,11 +36,7 @@ NAMES = ["ease", "itemknn", "popularity"]
 
 
 def build_world(overrides: list[str]) -> dict[str, SiloData]:
-    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        cfg = compose("config", overrides=overrides)
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(raw, dict)
-    exp = experiment_from_dict({k: v for k, v in raw.items() if k not in ("progress", "experiment", "hydra")})
+    exp = compose_experiment(overrides)
     data = load_dataset(exp.dataset.name, exp.dataset.params)
     return prepare_world(data, exp.split, Path(tempfile.mkdtemp(prefix="fedrec-bl-"))).silos
 

@@ -33,12 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from fedrec.bounds import centralized_curve, local_only_curve, popularity
-from fedrec.commands.run import conf_dir
-from fedrec.config import ExperimentConfig, experiment_from_dict
+from fedrec.commands.run import compose_experiment
+from fedrec.config import ExperimentConfig
 from fedrec.data.registry import load_dataset
 from fedrec.data.split import SiloData
 from fedrec.evaluation import SiloEvaluation, pool
@@ -75,11 +73,7 @@ GRIDS: dict[str, list[Setting]] = {
 
 
 def build(overrides: list[str]) -> tuple[ExperimentConfig, dict[str, SiloData]]:
-    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        cfg = compose("config", overrides=overrides)
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(raw, dict)
-    exp = experiment_from_dict({k: v for k, v in raw.items() if k not in ("progress", "experiment", "hydra")})
+    exp = compose_experiment(overrides)
     data = load_dataset(exp.dataset.name, exp.dataset.params)
     return exp, prepare_world(data, exp.split, Path(tempfile.mkdtemp(prefix="fedrec-tune-"))).silos
 
