@@ -147,11 +147,10 @@ def calibrate_noise_multiplier(*, target_epsilon: float, delta: float, sample_ra
             lambda: _new_accountant(kind), event, target_epsilon, delta,
             bracket_interval=dp_accounting.LowerEndpointAndGuess(MIN_NOISE_MULTIPLIER, 1.0), tol=1e-3))
     except dp_accounting.mechanism_calibration.NoBracketIntervalFoundError as exc:
-        spent = epsilon_of([*prior, GaussianSteps(sample_rate, MIN_NOISE_MULTIPLIER, steps)], delta=delta, kind=kind)
-        raise ConfigError(f"privacy.epsilon={target_epsilon:g} is more than {steps} steps at q={sample_rate:g} "
-                          f"can spend even with noise multiplier σ={MIN_NOISE_MULTIPLIER} (ε={spent:.3g} at "
-                          f"δ={delta:g}): a budget that large protects nothing; lower privacy.epsilon or run "
-                          "privacy=none") from exc
+        # only what the run proposed is named: not the silo's budget, nor anything computed from its ledger
+        raise ConfigError(f"the ε budget is more than {steps} steps at q={sample_rate:g} can spend even with noise "
+                          f"multiplier σ={MIN_NOISE_MULTIPLIER}: a budget that large protects nothing; lower "
+                          "privacy.epsilon or run privacy=none") from exc
     while epsilon_of([*prior, GaussianSteps(sample_rate, sigma, steps)], delta=delta, kind=kind) > target_epsilon:
         sigma *= 1.001
     return sigma
