@@ -158,7 +158,7 @@ class PrivacyConfig:
     clip_norm: float = PrivacySettings.clip_norm
     sample_rate: float = PrivacySettings.sample_rate
     steps_per_round: int | None = PrivacySettings.steps_per_round
-    max_per_user: int = PrivacySettings.max_per_user
+    max_per_user: int | None = None
     normaliser: float = PrivacySettings.normaliser
     accountant: str = PrivacySettings.accountant
     state_dir: str | None = None
@@ -170,7 +170,7 @@ class PrivacyConfig:
         """The validated run-wide settings."""
         return PrivacySettings(mode=self.name, epsilon=self.epsilon, region_epsilon=dict(self.region_epsilon),
                                delta=self.delta, clip_norm=self.clip_norm, sample_rate=self.sample_rate,
-                               steps_per_round=self.steps_per_round or 0, max_per_user=self.max_per_user,
+                               steps_per_round=self.steps_per_round or 0, max_per_user=self.max_per_user or 0,
                                normaliser=self.normaliser,
                                accountant=self.accountant)
 

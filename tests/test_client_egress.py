@@ -305,7 +305,7 @@ def test_statistics_may_not_leave_a_private_run_and_never_with_per_user_names() 
 
     # Execute / Assert: the same content passes only when the run is not private
     assert check_reply(content, private=False) is content
-    with pytest.raises(EgressViolation, match=r"statistics \['stat\.gram'\] are exact sums"):
+    with pytest.raises(EgressViolation, match=r"statistics \['stat\.gram'\] may not leave a silo under privacy"):
         check_reply(content, private=True)
     with pytest.raises(EgressViolation, match=r"only stat\.\* arrays, not \['user\.rows'\]"):
         statistics_reply({**gram, "user.rows": np.ones((2, 3), np.float32)}, region="eu", server_round=1)

@@ -74,7 +74,7 @@ def test_lambda_must_be_positive_and_unknown_arguments_are_refused() -> None:
 
 
 @pytest.mark.parametrize(("overrides", "match"), [
-    (["privacy=user_dp"], "privacy=user_dp would have to be noised and accounted; that DP variant is not implemented"),
+    (["privacy=user_dp"], "privacy=user_dp would have to be noised and accounted; no DP variant exists for it"),
     (["strategy=fedadam"], "strategy=fedadam .a server optimizer. has no update to step"),
     (["strategy=fedavgm"], "strategy=fedavgm"),
     (["federation.weighting=examples"], "weighting=examples would only reveal each silo's size"),

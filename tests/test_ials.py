@@ -186,7 +186,6 @@ def test_bad_hyperparameters_are_config_errors(kwargs: dict[str, Any], match: st
 
 
 @pytest.mark.parametrize(("overrides", "match"), [
-    (["model=ials", "privacy=user_dp"], "privacy=user_dp"),
     (["model=ials", "federation.local_epochs=2"], "local_epochs=2 has no meaning"),
     (["model=ials", "strategy=fedadam"], "strategy=fedadam"),
 ])

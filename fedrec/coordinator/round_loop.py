@@ -110,7 +110,8 @@ class _Run:
         self.arrays = ArrayRecord({k: Array(v) for k, v in self.init.items()})
         self.strategy = build_strategy(s)
         self.timeout = s.round_timeout if timeout is None else timeout
-        self.family = statistics_family(s.model_spec) if is_statistics_model(s.model_spec) else None
+        self.family = (statistics_family(s.model_spec, private=s.privacy_settings().enabled)
+                       if is_statistics_model(s.model_spec) else None)
         stats = (StatisticsScreen(self.family.statistic_shapes(self.n_items, s.model_spec),
                                   functools.partial(self.family.check, spec=s.model_spec)) if self.family else None)
         self.rules = ScreenRules(norm_factor=s.update_norm_factor, max_norm=s.max_update_norm,

@@ -26,6 +26,15 @@ DEFAULT_DELTA = 1e-6
 DEFAULT_MAX_DELTA = 1e-5
 """The largest δ a silo accepts when its jurisdiction sets none (node config `max-delta`)."""
 
+MECHANISMS = ("dp_sgd", "dp_statistics")
+"""How a silo releases: noised clipped gradient steps (mf, twotower) or one noised statistics release per round
+(iALS, `fedrec.statistics.dp_ials`)."""
+
+DEFAULT_MAX_PER_USER = {"dp_sgd": 64, "dp_statistics": 16}
+"""`privacy.max_per_user` when the run leaves it unset (0): a DP-SGD step samples a user's interactions for its
+gradient; a statistics release adds each kept pair to a sum, so its noise grows with √k and a cap near a
+typical user's history (about 15 on `experiment=sovereign_dp`) spends the budget better (benchmarks/README.md)."""
+
 
 @dataclass(frozen=True)
 class PrivacySettings:
@@ -38,7 +47,7 @@ class PrivacySettings:
     clip_norm: float = 1.0
     sample_rate: float = 0.1
     steps_per_round: int = 50
-    max_per_user: int = 64
+    max_per_user: int = 0
     normaliser: float = 100.0
     accountant: str = "pld"
 
@@ -56,7 +65,8 @@ class PrivacySettings:
         need(self.clip_norm > 0, "clip_norm", self.clip_norm, "> 0")
         need(0 < self.sample_rate <= 1, "sample_rate", self.sample_rate, "in (0, 1]")
         need(self.steps_per_round >= 0, "steps_per_round", self.steps_per_round, ">= 0 (0 = 1/sample_rate)")
-        need(self.max_per_user >= 1, "max_per_user", self.max_per_user, ">= 1")
+        need(self.max_per_user >= 0, "max_per_user", self.max_per_user,
+             f">= 1 (or unset: {DEFAULT_MAX_PER_USER} by mechanism)")
         need(self.normaliser > 0, "normaliser", self.normaliser, "> 0 (a public constant: q x a typical silo's users)")
         need(self.accountant in ACCOUNTANTS, "accountant", self.accountant, f"one of {ACCOUNTANTS}")
 
@@ -69,6 +79,10 @@ class PrivacySettings:
     def steps(self) -> int:
         """DP steps per round: as configured, else one expected pass over the users (⌈1/q⌉)."""
         return self.steps_per_round or math.ceil(1.0 / self.sample_rate)
+
+    def cap(self, mechanism: str) -> int:
+        """Interactions per user a release may use: as configured, else the mechanism's default."""
+        return self.max_per_user or DEFAULT_MAX_PER_USER[mechanism]
 
     def budget_for(self, region: str, node_budget: float | None = None) -> float:
         """The region's ε budget: its entry in `region_epsilon`, else `epsilon`.
@@ -98,6 +112,7 @@ class PrivacyPlan:
     rounds: int
     accountant: str
     normaliser: float = PrivacySettings.normaliser
+    mechanism: str = "dp_sgd"
 
     def event(self) -> GaussianSteps:
         """The cost of one round's release."""
@@ -113,13 +128,20 @@ class BudgetSpent(Exception):
 
 
 def make_plan(p: PrivacySettings, *, budget: float, delta: float, rounds: int,
-              prior: list[GaussianSteps]) -> PrivacyPlan:
-    """Calibrate σ so that `prior` + `rounds` rounds of `p.steps` steps spend at most `budget` at `delta`."""
+              prior: list[GaussianSteps], mechanism: str = "dp_sgd") -> PrivacyPlan:
+    """Calibrate σ so that `prior` + `rounds` rounds spend at most `budget` at `delta`.
+
+    A `dp_sgd` round is `p.steps` Poisson-sampled steps at rate `p.sample_rate`; a `dp_statistics` round is
+    one Gaussian release over every user (rate 1, one step), whatever `sample_rate` and `steps_per_round` say.
+    """
+    if mechanism not in MECHANISMS:
+        raise ValueError(f"mechanism={mechanism!r} is unknown; choose one of {MECHANISMS}")
     spent = epsilon_of(prior, delta=delta, kind=p.accountant)
     if spent >= budget:
         raise BudgetSpent(f"budget exhausted before this run: spent ε={spent:.3f} of ε={budget:g} (δ={delta:g})")
-    sigma = calibrate_noise_multiplier(target_epsilon=budget, delta=delta, sample_rate=p.sample_rate,
-                                       steps=p.steps * rounds, kind=p.accountant, prior=prior)
-    return PrivacyPlan(budget_epsilon=budget, delta=delta, noise_multiplier=sigma, sample_rate=p.sample_rate,
-                       steps_per_round=p.steps, clip_norm=p.clip_norm, max_per_user=p.max_per_user,
-                       normaliser=p.normaliser, rounds=rounds, accountant=p.accountant)
+    rate, steps = (p.sample_rate, p.steps) if mechanism == "dp_sgd" else (1.0, 1)
+    sigma = calibrate_noise_multiplier(target_epsilon=budget, delta=delta, sample_rate=rate,
+                                       steps=steps * rounds, kind=p.accountant, prior=prior)
+    return PrivacyPlan(budget_epsilon=budget, delta=delta, noise_multiplier=sigma, sample_rate=rate,
+                       steps_per_round=steps, clip_norm=p.clip_norm, max_per_user=p.cap(mechanism),
+                       normaliser=p.normaliser, rounds=rounds, accountant=p.accountant, mechanism=mechanism)

@@ -5,7 +5,9 @@ Allowed out of a silo (`../shared/design/trust-model.md`):
   after the silo's ledger recorded the release;
 - sufficient statistics (`stat.*` arrays: EASE's XᵀX of the silo's training matrix; iALS's per-item sums of
   its users' factors, Σ w wᵀ and Σ w, with item and user counts) only when the run is not private: they are
-  exact sums over the silo's users;
+  exact sums over the silo's users. Under `privacy=user_dp` only iALS's DP release (`DP_RELEASE`: noised
+  sums with a bounded part per user, `fedrec.statistics.dp_ials`), in a reply that carries the silo's DP
+  report, after its ledger recorded the release;
 - public metadata: region, round, the DP plan (σ, q, C, δ, budget) and ε spent so far, a decline reason;
 - the aggregation weight: under DP always 1 (uniform: a silo's example count is private);
 - evaluation metric sums and user counts only when the run is not private. Under DP they are a release too,
@@ -27,6 +29,7 @@ from fedrec.evaluation import SiloEvaluation
 from fedrec.messages import DP_KEYS, EVAL_KEYS, META_KEYS, STAT_PREFIX, TRAIN_LOSS_KEY, WEIGHT_KEY
 from fedrec.metrics import METRICS
 from fedrec.models.base import is_local
+from fedrec.statistics.dp_ials import DP_RELEASE
 
 
 class EgressViolation(RuntimeError):
@@ -43,10 +46,11 @@ def check_reply(content: RecordDict, *, private: bool) -> RecordDict:
         leaking = [k for k in content.array_records["arrays"] if is_local(k)]
         if leaking:
             raise EgressViolation(f"per-user parameters must never leave a silo: {leaking}")
-        stats = [k for k in content.array_records["arrays"] if k.startswith(STAT_PREFIX)]
-        if stats and private:
-            raise EgressViolation(f"statistics {stats} are exact sums over the silo's users: under privacy=user_dp "
-                                  "they may not leave a silo (no DP variant of them exists yet)")
+        stats = {k for k in content.array_records["arrays"] if k.startswith(STAT_PREFIX)}
+        meta = content.config_records.get("meta")
+        if stats and private and (stats != DP_RELEASE or meta is None or not set(DP_KEYS) <= set(meta)):
+            raise EgressViolation(f"statistics {sorted(stats)} may not leave a silo under privacy=user_dp: only a DP "
+                                  f"release ({sorted(DP_RELEASE)}) with the silo's DP report does")
     if "metrics" in content:
         metrics = content.metric_records["metrics"]
         allowed = {WEIGHT_KEY} if private else {WEIGHT_KEY, TRAIN_LOSS_KEY, *EVAL_KEYS}
@@ -106,12 +110,12 @@ def train_reply(global_after: dict[str, np.ndarray], *, region: str, server_roun
 
 
 def statistics_reply(stats: dict[str, np.ndarray], *, region: str, server_round: int,
-                     model_version: str = "") -> RecordDict:
+                     model_version: str = "", privacy: dict[str, float] | None = None) -> RecordDict:
     """Reply content of a statistics round (`fedrec.statistics`): the silo's `stat.*` arrays, weight 1, metadata.
 
-    Non-private runs only (`check_reply` refuses statistics under DP). The weight is uniform: statistics
-    are summed, never weighted (iALS's statistics include the silo's user count, which its ridge needs); no
-    training loss (nothing was trained).
+    `privacy` (the silo's report after its ledger recorded the release) marks a DP release; without it the
+    run must be non-private (`check_reply` refuses exact statistics under DP). The weight is uniform:
+    statistics are summed, never weighted; no training loss (nothing was trained).
     """
     bad = [k for k in stats if not k.startswith(STAT_PREFIX) or is_local(k)]
     if bad:  # before any tensor is copied into a record
@@ -119,9 +123,10 @@ def statistics_reply(stats: dict[str, np.ndarray], *, region: str, server_round:
     content = RecordDict({
         "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in stats.items()}),
         "metrics": MetricRecord({WEIGHT_KEY: 1.0}),
-        "meta": _meta(region, server_round, **({"model-version": model_version} if model_version else {})),
+        "meta": _meta(region, server_round, **({"model-version": model_version} if model_version else {}),
+                      **dp_metadata(privacy)),
     })
-    return check_reply(content, private=False)
+    return check_reply(content, private=privacy is not None)
 
 
 def decline_reply(*, region: str, server_round: int, reason: str,

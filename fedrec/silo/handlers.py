@@ -145,6 +145,9 @@ def private_train(s: RunSettings, ident: SiloIdentity, silo: SiloData, state: Si
                               reproducible_noise=reproducible_noise)
     if out.declined is not None:
         return decline_reply(region=ident.region, server_round=rnd, reason=out.declined, privacy=out.report or None)
+    if out.statistics is not None:  # iALS: the round's noised statistics, recorded in the ledger already
+        return statistics_reply(out.statistics, region=ident.region, server_round=rnd, model_version=version,
+                                privacy=out.report)
     assert out.global_after is not None and out.local_after is not None and out.optimizer_after is not None
     state.save_local(out.local_after)
     state.save_optimizer(out.optimizer_after)

@@ -36,7 +36,7 @@ def check_silo(s: RunSettings, node_config: dict[str, object]) -> tuple[str, str
             probe.unlink()
         if s.privacy_settings().enabled:
             from fedrec.privacy.plan import BudgetSpent, make_plan
-            from fedrec.silo.private_round import open_ledger
+            from fedrec.silo.private_round import mechanism_of, open_ledger
 
             ledger = open_ledger(s, ident)  # also refuses a δ above the jurisdiction's maximum
             ledger.epsilon_spent()
@@ -45,7 +45,7 @@ def check_silo(s: RunSettings, node_config: dict[str, object]) -> tuple[str, str
             # budget is the silo's decline in round 1, not a broken configuration
             with contextlib.suppress(BudgetSpent):
                 make_plan(p, budget=ledger.budget_epsilon, delta=min(p.delta, ledger.accountant.delta),
-                          rounds=s.num_rounds, prior=list(ledger.accountant.events))
+                          rounds=s.num_rounds, prior=list(ledger.accountant.events), mechanism=mechanism_of(s))
         elif ident.requires_dp:
             return region, ("this jurisdiction requires user-level DP (node config epsilon-budget / max-delta) "
                             "but the run has privacy=none")

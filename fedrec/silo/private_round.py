@@ -23,6 +23,8 @@ from fedrec.settings import RunSettings
 from fedrec.silo.policy import PolicyRefusal, SiloIdentity
 from fedrec.silo.round import silo_seed
 from fedrec.silo.state_dir import StateDir
+from fedrec.statistics import is_statistics_model
+from fedrec.statistics.dp_ials import release as release_statistics
 from fedrec.training import Arrays, Tensors
 
 PRIVACY_LEDGER_FILE = StateDir.PRIVACY_LEDGER
@@ -45,19 +47,29 @@ def open_ledger(s: RunSettings, ident: SiloIdentity) -> BudgetLedger:
                         delta=ident.delta_for(p.delta), accountant=p.accountant)
 
 
+def mechanism_of(s: RunSettings) -> str:
+    """How this run's model releases under DP: one statistics release per round (iALS) or DP-SGD steps."""
+    return "dp_statistics" if is_statistics_model(s.model_spec) else "dp_sgd"
+
+
 def run_plan(ledger: BudgetLedger, s: RunSettings, run_id: str) -> PrivacyPlan | Decline:
     """The plan this silo fixed for `run_id` (calibrated and stored on first use), or why it cannot train.
 
     σ is calibrated at the run's proposed δ when it is tighter than the ledger's (never looser: the
     jurisdiction refused that in `open_ledger`), so the run keeps its promise at both.
     """
+    mechanism = mechanism_of(s)
     stored = ledger.plan_for(run_id)
     if stored is not None:
-        return PrivacyPlan(**stored)
+        plan = PrivacyPlan(**stored)
+        if plan.mechanism != mechanism:  # a run id is one run: its model cannot change under the plan
+            return Decline(f"run {run_id!r} was planned for {plan.mechanism}, this message asks for {mechanism}",
+                           ledger.epsilon_spent())
+        return plan
     p = s.privacy_settings()
     try:
         plan = make_plan(p, budget=ledger.budget_epsilon, delta=min(p.delta, ledger.accountant.delta),
-                         rounds=s.num_rounds, prior=list(ledger.accountant.events))
+                         rounds=s.num_rounds, prior=list(ledger.accountant.events), mechanism=mechanism)
     except BudgetSpent as exc:
         return Decline(str(exc), ledger.epsilon_spent())
     try:
@@ -92,6 +104,8 @@ class PrivateRound:
     """Outcome of a private round: either a recorded release (arrays + report + state to keep) or a decline."""
 
     report: dict[str, float]
+    statistics: Arrays | None = None
+    """A statistics model's noised release (`stat.*`), instead of global parameters."""
     global_after: Arrays | None = None
     local_after: Tensors | None = None
     optimizer_after: Arrays | None = None
@@ -122,6 +136,12 @@ def private_train_round(silo: SiloData, s: RunSettings, ident: SiloIdentity, *, 
     # Spent from here on, whatever happens: a round that fails (out of memory, say) is not a free probe.
     seed = silo_seed(s.seed, ident.region, server_round)
     noise = NoiseSource("seeded", seed=seed) if reproducible_noise else NoiseSource("secure")
+    if plan.mechanism == "dp_statistics":
+        assert release.event == plan.event() and plan.event().sample_rate == 1.0  # one release over every user
+        stats = release_statistics(silo, global_arrays, s.model_spec, clip_norm=plan.clip_norm,
+                                   max_per_user=plan.max_per_user, noise_multiplier=plan.noise_multiplier,
+                                   noise=noise)
+        return PrivateRound(report=privacy_report(ledger, plan, run_id, release.epsilon_after), statistics=stats)
     dp = DpTrainConfig(clip_norm=plan.clip_norm, noise_multiplier=plan.noise_multiplier,
                        sample_rate=plan.sample_rate, steps_per_round=plan.steps_per_round,
                        max_per_user=plan.max_per_user, normaliser=plan.normaliser)

@@ -17,6 +17,7 @@ from fedrec.errors import ConfigError
 from fedrec.messages import MAX_ABS_RECEIVED
 from fedrec.models import ModelSpec, build_model
 from fedrec.statistics.base import Arrays, StatisticsFamily, StatShapes, sum_statistics
+from fedrec.statistics.dp_ials import DpIalsStatistics
 from fedrec.statistics.ease import EaseStatistics
 from fedrec.statistics.ials import IalsStatistics
 from fedrec.training import initial_global_arrays
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 _FAMILIES: dict[str, StatisticsFamily] = {"ease": EaseStatistics(), "ials": IalsStatistics()}
+_DP_FAMILIES: dict[str, StatisticsFamily] = {"ials": DpIalsStatistics()}
+"""The families with a user-level DP release (`privacy=user_dp`): what the coordinator screens and solves."""
 
 
 def register_statistics(name: str, family: StatisticsFamily, *, force: bool = False) -> None:
@@ -51,10 +54,15 @@ def is_statistics_model(spec: ModelSpec) -> bool:
     return spec.name in _FAMILIES
 
 
-def statistics_family(spec: ModelSpec) -> StatisticsFamily:
-    """The statistics protocol of a statistics model."""
+def statistics_family(spec: ModelSpec, *, private: bool = False) -> StatisticsFamily:
+    """The statistics protocol of a statistics model (`private`: its user-level DP release's)."""
     if spec.name not in _FAMILIES:
         raise ConfigError(f"model {spec.name!r} is trained by SGD, not solved from statistics")
+    if private:
+        if spec.name not in _DP_FAMILIES:
+            raise ConfigError(f"model={spec.name} has no user-level DP release: use privacy=none, or model=ials, "
+                              "model=mf or model=twotower with privacy=user_dp")
+        return _DP_FAMILIES[spec.name]
     return _FAMILIES[spec.name]
 
 
@@ -147,9 +155,10 @@ def check_statistics_run(spec: ModelSpec, *, private: bool, strategy: str, secur
     build_model(spec, n_users=1, n_items=1)  # its own kwargs (EASE's λ), checked now rather than in round 1
     name = f"model={spec.name}"
     problems = [why for bad, why in [
-        (private, f"{name} sends each silo's exact sufficient statistics (EASE: XᵀX, its users' co-occurrence "
-                  "counts), which under privacy=user_dp would have to be noised and accounted; that DP variant is "
-                  "not implemented yet: use privacy=none, or model=mf / model=twotower with privacy=user_dp"),
+        (private and spec.name not in _DP_FAMILIES,
+         f"{name} sends each silo's exact sufficient statistics (EASE: XᵀX, its users' co-occurrence counts), "
+         "which under privacy=user_dp would have to be noised and accounted; no DP variant exists for it: use "
+         "privacy=none, or model=ials / model=mf / model=twotower with privacy=user_dp"),
         (strategy != "fedavg", f"{name} sums the silos' statistics and solves in closed form: strategy={strategy} "
                                "(a server optimizer) has no update to step; use strategy=fedavg"),
         (secure_aggregation != "none", f"{name} needs the exact sum of statistics; secure-aggregation="
