@@ -31,16 +31,22 @@ from fedrec.training import (
 
 
 def train_centralized(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainConfig, *, epochs: int,
-                      seed: int, split: str = "test") -> dict[str, SiloEvaluation]:
+                      seed: int, split: str = "test", item_features: np.ndarray | None = None
+                      ) -> dict[str, SiloEvaluation]:
     """Pool every silo's training data (users kept distinct), train once, evaluate each region."""
-    return centralized_curve(silos, spec, cfg, epochs=[epochs], seed=seed, split=split)[epochs]
+    return centralized_curve(silos, spec, cfg, epochs=[epochs], seed=seed, split=split,
+                             item_features=item_features)[epochs]
 
 
 def centralized_curve(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainConfig, *, epochs: list[int],
-                      seed: int, split: str = "test") -> dict[int, dict[str, SiloEvaluation]]:
-    """`train_centralized` evaluated after each of `epochs` passes, in one training run (as `local_only_curve`)."""
+                      seed: int, split: str = "test", item_features: np.ndarray | None = None
+                      ) -> dict[int, dict[str, SiloEvaluation]]:
+    """`train_centralized` evaluated after each of `epochs` passes, in one training run (as `local_only_curve`).
+
+    `item_features` (the catalog's public features) for a model that starts from them, as the federation does.
+    """
     if is_statistics_model(spec):
-        return solved_on(silos, spec, seed=seed, split=split, rounds=epochs)
+        return solved_on(silos, spec, seed=seed, split=split, rounds=epochs, item_features=item_features)
     regions = sorted(silos)
     offsets = dict(zip(regions, np.cumsum([0] + [silos[r].n_users for r in regions[:-1]]), strict=True))
     n_items = silos[regions[0]].n_items
@@ -69,16 +75,18 @@ def centralized_curve(silos: dict[str, SiloData], spec: ModelSpec, cfg: TrainCon
 
 
 def local_only_curve(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, epochs: list[int],
-                     seed: int, split: str = "test") -> dict[int, SiloEvaluation]:
+                     seed: int, split: str = "test", item_features: np.ndarray | None = None
+                     ) -> dict[int, SiloEvaluation]:
     """One silo alone from the federation's initial global parameters, evaluated after each of `epochs` passes.
 
     One training run, not one per checkpoint: the optimizer and generator carry across the checkpoints.
     A statistics model runs one solve per round up to the last checkpoint (EASE: one solve in all).
     """
     if is_statistics_model(spec):
-        solved = solved_on({silo.region: silo}, spec, seed=seed, split=split, rounds=epochs)
+        solved = solved_on({silo.region: silo}, spec, seed=seed, split=split, rounds=epochs,
+                           item_features=item_features)
         return {e: by_region[silo.region] for e, by_region in solved.items()}
-    init = initial_global_arrays(spec, n_items=silo.n_items, seed=seed)
+    init = initial_global_arrays(spec, n_items=silo.n_items, seed=seed, item_features=item_features)
     model = assemble_model(spec, silo, init, None, seed=seed)
     opt = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(seed)
@@ -93,13 +101,14 @@ def local_only_curve(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, epoch
 
 
 def solved_on(silos: dict[str, SiloData], spec: ModelSpec, *, seed: int, split: str = "test",
-              rounds: list[int]) -> dict[int, dict[str, SiloEvaluation]]:
+              rounds: list[int], item_features: np.ndarray | None = None) -> dict[int, dict[str, SiloEvaluation]]:
     """A statistics model solved on these silos' data pooled, after each of `rounds` rounds (one run of solves).
 
     Each region is scored with its own users' histories.
     """
     n_items = next(iter(silos.values())).n_items
-    curve = solve_curve(spec, [silos[r] for r in sorted(silos)], n_items=n_items, seed=seed, rounds=rounds)
+    curve = solve_curve(spec, [silos[r] for r in sorted(silos)], n_items=n_items, seed=seed, rounds=rounds,
+                        item_features=item_features)
     return {e: {r: evaluate_model(assemble_model(spec, silos[r], glob, None, seed=seed), silos[r], split=split)
                 for r in sorted(silos)} for e, glob in curve.items()}
 

@@ -141,13 +141,15 @@ def reference_points(cfg: ExperimentConfig, world: PreparedWorld, rounds: list[d
     if "centralized" in cfg.bounds:
         t = time.perf_counter()
         out["centralized"] = _block(pool(train_centralized(world.silos, cfg.model, cfg.train,
-                                                           epochs=cfg.total_epochs, seed=cfg.seed)))
+                                                           epochs=cfg.total_epochs, seed=cfg.seed,
+                                                           item_features=world.item_features)))
         timings["centralized_s"] = time.perf_counter() - t
     if "local_only" in cfg.bounds:
         t = time.perf_counter()
         le = cfg.federation.local_epochs
         checkpoints = sorted({e["round"] * le for e in rounds} | {cfg.total_epochs})
-        curves = {r: local_only_curve(s, cfg.model, cfg.train, epochs=checkpoints, seed=cfg.seed)
+        curves = {r: local_only_curve(s, cfg.model, cfg.train, epochs=checkpoints, seed=cfg.seed,
+                                      item_features=world.item_features)
                   for r, s in world.silos.items()}
         out["local_only"] = _block(pool({r: c[cfg.total_epochs] for r, c in curves.items()}))
         for entry in rounds:

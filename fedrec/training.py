@@ -154,10 +154,22 @@ def train_epochs(
 # ---- a silo's working model, shared by silos, the DP round and the bounds -----------------------------
 
 
-def initial_global_arrays(spec: ModelSpec, *, n_items: int, seed: int) -> Arrays:
-    """The coordinator's first global model: global parameters of a freshly seeded model."""
+def initial_global_arrays(spec: ModelSpec, *, n_items: int, seed: int,
+                          item_features: np.ndarray | None = None) -> Arrays:
+    """The coordinator's first global model: global parameters of a freshly seeded model.
+
+    A model that starts from the catalog's public item features (`model.kwargs.init=features`, iALS) takes them
+    from `item_features` (the world's `catalog_features.npy`); without them that is a configuration error.
+    """
     torch.manual_seed(seed)
-    return {k: v.numpy() for k, v in global_state(build_model(spec, n_users=1, n_items=n_items)).items()}
+    model = build_model(spec, n_users=1, n_items=n_items)
+    if getattr(model, "wants_features", False):
+        if item_features is None:
+            raise ConfigError(f"model={spec.name} with model.kwargs.init=features needs the catalog's public item "
+                              "features, and this dataset has none (synthetic: dataset.item_features > 0; "
+                              "MovieLens: genres and year; dataset=file: dataset.item_features_path)")
+        model.init_from_features(item_features)  # type: ignore[operator]
+    return {k: v.numpy() for k, v in global_state(model).items()}
 
 
 def assemble_model(spec: ModelSpec, silo: SiloData, global_arrays: Arrays, local: Tensors | None,

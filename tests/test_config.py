@@ -160,8 +160,8 @@ GROUP_OPTIONS: dict[tuple[str, str], Any] = {
     ("model", "mf"): lambda e: (e.model.name, e.model.dim, e.model.kwargs) == ("mf", 32, {}),
     ("model", "twotower"): lambda e: (e.model.name, e.model.kwargs) == ("twotower", {"hidden": 64}),
     ("model", "ease"): lambda e: (e.model.name, e.model.kwargs, e.federation.rounds) == ("ease", {"lam": 300}, 20),
-    ("model", "ials"): lambda e: (e.model.name, e.model.dim, sorted(e.model.kwargs)) == ("ials", 64,
-                                                                                         ["alpha0", "lam", "nu"]),
+    ("model", "ials"): lambda e: (e.model.name, e.model.dim, sorted(e.model.kwargs)) == (
+        "ials", 64, ["alpha0", "init", "lam", "nu"]),
     ("strategy", "fedavg"): lambda e: (e.strategy.name, e.strategy.server_momentum) == ("fedavg", 0.0),
     ("strategy", "fedavgm"): lambda e: (e.strategy.name, e.strategy.server_momentum) == ("fedavgm", 0.9),
     ("strategy", "fedadam"): lambda e: (e.strategy.name, e.strategy.server_lr) == ("fedadam", 0.01),

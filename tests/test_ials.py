@@ -27,7 +27,7 @@ from fedrec.errors import ConfigError
 from fedrec.experiment import run_experiment
 from fedrec.model_io import load_global_model
 from fedrec.models import ModelSpec, build_model, global_state, local_state
-from fedrec.models.ials import pack, unpack
+from fedrec.models.ials import feature_factors, pack, unpack
 from fedrec.settings import RunSettings
 from fedrec.statistics import solve_silos, statistics_family, sum_statistics
 from fedrec.statistics.ials import ITEM_GRAM, ITEM_RHS, ITEM_USERS, USER_GRAM, USERS
@@ -301,3 +301,32 @@ def test_a_forked_region_serves_ials_of_its_own_data(tmp_path: Path) -> None:
     served = res["final"]["served"]["per_region"]["apac"]
     assert served == pytest.approx(res["final"]["local_only"]["per_region"]["apac"], abs=1e-9, rel=0)
     assert served != pytest.approx(res["final"]["federated"]["per_region"]["apac"], abs=1e-6, rel=0)
+
+
+def test_feature_factors_are_the_public_features_principal_directions_by_weight() -> None:
+    # Prepare: 6 features of rank 4 (two are combinations of others), shifted by a constant
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(50, 4))
+    features = np.hstack([base, base[:, :2] @ rng.normal(size=(2, 2))]) + 3.0
+
+    # Execute
+    h = feature_factors(features, 6)
+
+    # Assert: orthogonal columns, the first of norm 1, norms falling, zero beyond the rank; the shift is ignored
+    norms = np.linalg.norm(h, axis=0)
+    gram = h.T @ h
+    np.testing.assert_allclose(gram - np.diag(np.diag(gram)), 0.0, atol=1e-10)
+    assert norms[0] == pytest.approx(1.0) and bool((np.diff(norms[:4]) <= 0).all()) and bool((norms[:4] > 0).all())
+    np.testing.assert_allclose(norms[4:], 0.0, atol=1e-12)
+    np.testing.assert_allclose(np.abs(feature_factors(features - 3.0, 6)), np.abs(h), atol=1e-10)
+
+
+def test_the_first_item_factors_come_from_public_features_when_asked() -> None:
+    spec = ModelSpec(name="ials", dim=3, kwargs={"init": "features"})
+    features = np.random.default_rng(1).normal(size=(20, 5)).astype(np.float32)
+    arrays = initial_global_arrays(spec, n_items=20, seed=0, item_features=features)
+    np.testing.assert_allclose(arrays["item.weight"], feature_factors(features, 3), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="needs the catalog's public item features"):
+        initial_global_arrays(spec, n_items=20, seed=0)
+    with pytest.raises(ConfigError, match=r"model.kwargs.init='tags' is invalid"):
+        initial_global_arrays(ModelSpec(name="ials", dim=3, kwargs={"init": "tags"}), n_items=20, seed=0)

@@ -34,6 +34,7 @@ from fedrec.settings import RunSettings, read_manifest
 from fedrec.statistics import Arrays, is_statistics_model, solve_replies, statistics_family
 from fedrec.training import initial_global_arrays
 from fedrec.versions import ModelRegistry, ModelVersion, describe_version
+from fedrec.world import load_catalog_features
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -106,7 +107,9 @@ class _Run:
         self.grid, self.s, self.run_id, self.context = grid, s, run_id, context
         self.manifest = read_manifest(s.data_dir)
         self.n_items = int(self.manifest["n_items"])
-        self.init = initial_global_arrays(s.model_spec, n_items=self.n_items, seed=s.seed)
+        features = load_catalog_features(s.data_dir)  # public: the catalog's item features, if it has any
+        self.init = initial_global_arrays(s.model_spec, n_items=self.n_items, seed=s.seed,
+                                          item_features=None if features is None else features.features)
         self.arrays = ArrayRecord({k: Array(v) for k, v in self.init.items()})
         self.strategy = build_strategy(s)
         self.timeout = s.round_timeout if timeout is None else timeout

@@ -42,6 +42,24 @@ MIN_RIDGE = 1e-8
 """Smallest ridge λ(α₀·n)^ν a row's system may get: below it a rank-deficient H leaves the system singular."""
 
 
+INITS = ("random", "features")
+"""Where the first item factors come from: seeded noise, or the catalog's public item features (`feature_factors`)."""
+
+
+def feature_factors(features: np.ndarray, dim: int) -> np.ndarray:
+    """Item factors [n_items, dim] from public item features: their principal directions, largest first.
+
+    Column j is the j-th left singular vector of the centred feature matrix times s_j/s_0 (the first has the
+    norm 1, the others their share); columns beyond the features' rank are zero. Public: no interaction enters.
+    """
+    centred = np.asarray(features, dtype=np.float64) - np.asarray(features, dtype=np.float64).mean(axis=0)
+    u, sv, _ = np.linalg.svd(centred, full_matrices=False)
+    out = np.zeros((len(centred), dim))
+    k = min(dim, int((sv > sv[0] * 1e-9).sum()) if sv.size and sv[0] > 0 else 0)
+    out[:, :k] = u[:, :k] * (sv[:k] / sv[0])
+    return out
+
+
 def check_hyperparameters(alpha0: object, lam: object, nu: object, dim: int) -> None:
     """α₀ > 0, λ > 0, 0 ≤ ν ≤ 2, 1 ≤ dim ≤ MAX_DIM, each a number: say which one is wrong and what it means."""
     for name, value, ok, what in [
@@ -178,9 +196,13 @@ class IALS(RecModel):
     user: NoUserState  # type: ignore[assignment]  # no per-user tensors: they are derived, never stored
 
     def __init__(self, n_users: int, n_items: int, dim: int = 64, *, alpha0: float = DEFAULT_ALPHA0,
-                 lam: float = DEFAULT_LAMBDA, nu: float = DEFAULT_NU) -> None:
+                 lam: float = DEFAULT_LAMBDA, nu: float = DEFAULT_NU, init: str = "random") -> None:
         super().__init__()
         check_hyperparameters(alpha0, lam, nu, dim)
+        if init not in INITS:
+            raise ConfigError(f"model.kwargs.init={init!r} is invalid: choose one of {INITS} (features: the first "
+                              "item factors from the catalog's public item features)")
+        self.init = init
         check_ridge(float(alpha0), float(lam), float(nu), n_items)
         check_reply_size(n_items, dim)
         self.alpha0, self.lam, self.nu = float(alpha0), float(lam), float(nu)
@@ -218,6 +240,17 @@ class IALS(RecModel):
 
     def regularizer(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return torch.zeros(())
+
+    @property
+    def wants_features(self) -> bool:
+        """Whether the first item factors come from public item features (`init_from_features`)."""
+        return self.init == "features"
+
+    def init_from_features(self, features: np.ndarray) -> None:
+        """Set H from the catalog's public item features (`feature_factors`)."""
+        if len(features) != self.item.weight.shape[0]:
+            raise ConfigError(f"{len(features)} item feature rows for a catalog of {self.item.weight.shape[0]} items")
+        self.item.weight.copy_(torch.from_numpy(feature_factors(features, self.item.weight.shape[1])))
 
     def item_rows(self, items: torch.Tensor) -> torch.Tensor:
         return self.item.weight[items]

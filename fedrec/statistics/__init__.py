@@ -66,17 +66,18 @@ def statistics_family(spec: ModelSpec, *, private: bool = False) -> StatisticsFa
     return _FAMILIES[spec.name]
 
 
-def solve_silos(spec: ModelSpec, silos: Iterable[SiloData], *, n_items: int, seed: int, rounds: int = 1) -> Arrays:
+def solve_silos(spec: ModelSpec, silos: Iterable[SiloData], *, n_items: int, seed: int, rounds: int = 1,
+                item_features: np.ndarray | None = None) -> Arrays:
     """The global arrays these silos' data give when pooled after `rounds` rounds of solve(Σ local statistics).
 
     With every silo this is the centralized bound (the federation's own solves); with one silo, that silo
     alone. Starts from the federation's initial global arrays.
     """
-    return solve_curve(spec, silos, n_items=n_items, seed=seed, rounds=[rounds])[rounds]
+    return solve_curve(spec, silos, n_items=n_items, seed=seed, rounds=[rounds], item_features=item_features)[rounds]
 
 
 def solve_curve(spec: ModelSpec, silos: Iterable[SiloData], *, n_items: int, seed: int,
-                rounds: Sequence[int]) -> dict[int, Arrays]:
+                rounds: Sequence[int], item_features: np.ndarray | None = None) -> dict[int, Arrays]:
     """`solve_silos` after each of `rounds`, from one run of solves.
 
     A model that converges in `rounds_needed` rounds (EASE: 1) stops there: later checkpoints are the same.
@@ -84,7 +85,7 @@ def solve_curve(spec: ModelSpec, silos: Iterable[SiloData], *, n_items: int, see
     family, regions = statistics_family(spec), list(silos)
     if any(r < 1 for r in rounds):
         raise ValueError(f"rounds {list(rounds)} must be >= 1")
-    arrays = initial_global_arrays(spec, n_items=n_items, seed=seed)
+    arrays = initial_global_arrays(spec, n_items=n_items, seed=seed, item_features=item_features)
     out: dict[int, Arrays] = {}
     done = 0
     for target in sorted(set(rounds)):
