@@ -1,9 +1,11 @@
 """Privacy-utility of federated training: NDCG@20 at each silo's ε budget, next to the non-private run.
 
-For each ε in --epsilons (and `inf` = privacy=none, the non-private reference, run with its bounds), composes
-the real Hydra config with the given overrides plus `privacy=user_dp privacy.epsilon=ε`, runs
-`run_experiment` (real Flower simulation) and prints: overall and per-region NDCG@20, the ratio to the
-non-private federated run, and each silo's accountant ε (at its δ) next to the target, with σ, q, steps, C.
+For each ε in --epsilons (and `inf` = privacy=none, the non-private reference, run with its bounds and
+baselines), composes the real Hydra config with the given overrides plus `privacy=user_dp privacy.epsilon=ε`,
+runs `run_experiment` (real Flower simulation) and prints: overall and per-region NDCG@20 of the DP global
+model and of what each region serves (with an adoption policy that adapts), the ratio to the non-private
+federated run, and each silo's accountant ε (at its δ) next to the target, with σ, q, steps, C. `--out DIR`
+writes the per-region table (`fedrec.privacy_utility.utility_rows`), the runs and the privacy-utility figure.
 
 Usage:
   python benchmarks/privacy_utility.py -- experiment=synthetic_dp
@@ -16,6 +18,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import platform
@@ -30,6 +33,7 @@ from omegaconf import OmegaConf
 from fedrec.commands.run import conf_dir
 from fedrec.config import experiment_from_dict
 from fedrec.experiment import run_experiment
+from fedrec.privacy_utility import plot_privacy_utility, utility_rows
 
 
 def run(overrides: list[str]) -> dict[str, Any]:
@@ -45,26 +49,31 @@ def run(overrides: list[str]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epsilons", nargs="+", default=["inf", "1", "2", "4", "8", "16"])
-    ap.add_argument("--out", type=Path, help="also write every run's summary as JSON here")
+    ap.add_argument("--out", type=Path, help="write rows.csv (per region, ε), runs.json, privacy_utility.png here")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     print(f"{datetime.now(UTC).isoformat(timespec='seconds')} {platform.machine()} python {platform.python_version()}"
           f" overrides={args.overrides}", flush=True)
     reference = None
-    summaries = []
+    summaries, rows = [], []
     for eps in args.epsilons:
         private = not math.isinf(float(eps))
-        extra = ["privacy=user_dp", f"privacy.epsilon={eps}", "bounds=[]"] if private else []
+        extra = ["privacy=user_dp", f"privacy.epsilon={eps}", "bounds=[]", "baselines=[]"] if private else []
         res = run([*args.overrides, *extra])
+        rows += utility_rows(res, float(eps))
         fed = res["final"]["federated"]
         ndcg = fed["overall"]["ndcg@20"]
         if not private:
             reference = ndcg
-            bounds = {m: round(res["final"][m]["overall"]["ndcg@20"], 4) for m in res["final"] if m != "federated"}
+            bounds = {m: round(b["overall"]["ndcg@20"], 4) for m, b in res["final"].items()
+                      if m != "federated" and isinstance(b, dict) and "overall" in b}
         ratio = f"{ndcg / reference:.3f}x non-DP" if reference else ""
         per_region = {r: round(m["ndcg@20"], 4) for r, m in fed["per_region"].items()}
         print(f"eps {eps:>4}: NDCG@20 {ndcg:.4f} {ratio}  per region {per_region}  wall {res['wall_time_s']:.0f}s",
               flush=True)
+        if "served" in res["final"]:
+            served = {r: round(m["ndcg@20"], 4) for r, m in res["final"]["served"]["per_region"].items()}
+            print(f"          served {res['final']['served']['overall']['ndcg@20']:.4f}  per region {served}")
         if not private:
             print(f"          bounds {bounds}", flush=True)
         for region, p in res["privacy"].items():
@@ -72,9 +81,16 @@ def main() -> None:
                   f"delta {p['delta']:g})  sigma {p['noise_multiplier']:.3f}  q {p['sample_rate']:g}  "
                   f"steps {int(p['steps'])}  C {p['clip_norm']:g}", flush=True)
         summaries.append({"epsilon": eps, "ndcg@20": ndcg, "per_region": per_region, "privacy": res["privacy"],
-                          "wall_time_s": res["wall_time_s"]})
+                          "wall_time_s": res["wall_time_s"], "timings": res.get("timings", {})})
     if args.out:
-        args.out.write_text(json.dumps(summaries, indent=1))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "runs.json").write_text(json.dumps(summaries, indent=1))
+        with open(args.out / "rows.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        plot_privacy_utility(rows).savefig(args.out / "privacy_utility.png", dpi=120)
+        print(f"wrote {args.out}/rows.csv, runs.json, privacy_utility.png")
 
 
 if __name__ == "__main__":

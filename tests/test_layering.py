@@ -21,7 +21,7 @@ LAYERS = {
     "model_io": 2, "bounds": 2, "world": 2, "baselines": 2, "statistics": 2,
     "silo": 3, "coordinator": 3,
     "flower": 4, "deploy": 4,
-    "experiment": 5, "report": 5, "plots": 5, "privacy_audit": 5, "collect": 5,
+    "experiment": 5, "report": 5, "plots": 5, "privacy_audit": 5, "collect": 5, "privacy_utility": 5,
     "commands": 6, "conf": 6,
 }
 SIDES = ("silo", "coordinator")
