@@ -1,0 +1,232 @@
+"""A hostile coordinator and a hostile co-silo against DP iALS (`model=ials`, `privacy=user_dp`).
+
+The coordinator chooses the run config (model kwargs α₀, λ, ν, dim; privacy.clip_norm, max_per_user; the
+run name and the rounds) and every H it sends (finite float32 within ±`MAX_ABS_RECEIVED`, which the silo
+checks). It reads every reply, every error, and may send evaluation messages as often as it likes (they are
+not accounted). Each test plays one attack on `fedrec.statistics.dp_ials` and the silo around it; a co-silo
+plays the last ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakegrid import run_in_process
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType
+
+from fedrec.data.split import SiloData, SplitConfig
+from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
+from fedrec.errors import ConfigError
+from fedrec.flower.client_app import make_client_app
+from fedrec.models import ModelSpec
+from fedrec.privacy.noise import NoiseSource
+from fedrec.privacy.plan import PrivacySettings, make_plan
+from fedrec.settings import RunSettings
+from fedrec.silo.round import evaluate_splits
+from fedrec.statistics.dp_ials import NOISE_VAR, bounded_statistics, release, sensitivity
+from fedrec.statistics.ials import FACTORS, ITEM_RHS, USER_GRAM, USERS
+from fedrec.training import TrainConfig, initial_global_arrays
+from fedrec.world import prepare_world
+from tests.test_client_egress import instruction
+from tests.test_dp_ials import weighted
+from tests.test_hostile_coordinator import ctx, deployed, meta, run_config
+from tests.test_hostile_coordinator import world as world
+
+EMPTY = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+def silo_of(users: np.ndarray, items: np.ndarray, n_items: int, n_users: int | None = None,
+            test: tuple[np.ndarray, np.ndarray] | None = None) -> SiloData:
+    users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
+    test_part = EMPTY if test is None else (np.asarray(test[0], np.int64), np.asarray(test[1], np.int64),
+                                            np.ones(len(test[0]), np.float32))
+    return SiloData(region="eu", n_users=int(users.max()) + 1 if n_users is None else n_users, n_items=n_items,
+                    explicit=False, train=(users, items, np.ones(len(users), np.float32)), valid=EMPTY,
+                    test=test_part)
+
+
+# ---- 1. a solve that fails only when some user has many of the coordinator's chosen items ---------------
+
+
+PROBE_ITEMS = 400
+PROBE = ModelSpec(name="ials", dim=8, kwargs={"alpha0": 1e-30, "lam": 1e-8, "nu": 0.0})
+"""The smallest ridge `check_ridge` allows (λ(α₀·n)^ν = 1e-8), and almost no weight on unobserved pairs."""
+
+
+def probe_silo(heavy: bool) -> tuple[SiloData, dict[str, np.ndarray]]:
+    """Ten light users on items 0..99; with `heavy`, one more user with the 400 items the coordinator probes."""
+    n_items = 100 + PROBE_ITEMS
+    users, items = np.repeat(np.arange(10), 5), np.random.default_rng(0).integers(0, 100, 50)
+    if heavy:
+        users = np.concatenate([users, np.full(PROBE_ITEMS, 10)])
+        items = np.concatenate([items, np.arange(100, n_items)])
+    h = np.random.default_rng(1).normal(0, 0.5, (n_items, PROBE.dim)).astype(np.float32)
+    h[100:] = 1e3  # the largest values a silo accepts, all along one direction
+    silo = silo_of(users, items, n_items, n_users=11, test=(np.arange(10), np.full(10, 99)))
+    return silo, {FACTORS: h}
+
+
+@pytest.mark.parametrize("heavy", [False, True])
+def test_whether_a_user_has_many_probed_items_does_not_decide_whether_the_silo_fails(heavy: bool) -> None:
+    # The coordinator sends H with 400 rows of 1e3 along one direction, α₀ = 1e-30, λ = 1e-8, ν = 0: a user
+    # with ≥ ~300 of those items gets a system whose ridge is below float64's resolution, and the batched
+    # Cholesky raised. The error reply (fixed code, but an error) then said whether such a user is in the
+    # silo: un-noised, and free through evaluation messages, which the ledger does not count.
+    silo, arrays = probe_silo(heavy)
+
+    # Execute / Assert: a release and an evaluation both complete, heavy user or not
+    stats = bounded_statistics(silo, arrays, PROBE, clip_norm=1.0, max_per_user=16, noise=NoiseSource("seeded"))
+    assert np.isfinite(stats[ITEM_RHS]).all()
+    evaluate_splits(silo, PROBE, arrays, None, TrainConfig(), seed=0, splits=("test",))
+
+
+# ---- 2. factors in the subnormal range: a user's part beyond the sensitivity ------------------------------
+
+
+def test_a_user_whose_factors_are_subnormal_still_moves_the_release_by_at_most_the_sensitivity() -> None:
+    # The coordinator sets λ = 1e132 (no upper bound) and gives only TARGET a non-zero row, tiny but normal in
+    # float32: users of TARGET get w = h/λ ≈ 1e-162, whose squares are subnormal in float64. Each
+    # component whose square is below half the smallest subnormal counts 0 in ‖w‖, so w·C/‖w‖ was up to √(d/2)
+    # times longer than C (5.5x at d = 64): the release's Δ, and so the silo's ε, did not hold for them.
+    n_items, target, dim = 30, 7, 64
+    rng = np.random.default_rng(0)
+    users, items = np.repeat(np.arange(20), 5), rng.choice(np.delete(np.arange(n_items), target), 100)
+    users, items = np.append(users, [20, 20, 20]), np.append(items, [target, 1, 2])
+    h = np.zeros((n_items, dim), np.float32)
+    h[target, 0], h[target, 1:] = 2.7e-30, 1.5e-30
+    spec = ModelSpec(name="ials", dim=dim, kwargs={"alpha0": 0.3, "lam": 1e132, "nu": 0.0})
+    RunSettings(model="ials", dim=dim, model_kwargs=json.dumps(spec.kwargs), privacy="user_dp")  # accepted
+
+    def stats(keep: np.ndarray) -> np.ndarray:
+        silo = silo_of(users[keep], items[keep], n_items, n_users=21)
+        return weighted(bounded_statistics(silo, {FACTORS: h}, spec, clip_norm=1.0, max_per_user=16,
+                                           noise=NoiseSource("seeded")), 1.0)
+
+    moved = np.linalg.norm(stats(np.ones(len(users), bool)) - stats(users != 20))
+    assert moved <= sensitivity(1.0, 16) * (1 + 1e-9)
+
+
+# ---- 3. a clip norm whose noise underflows ----------------------------------------------------------------
+
+
+def test_a_clip_norm_that_underflows_the_grams_noise_is_refused() -> None:
+    # The Gram block's noise has standard deviation σΔ/ω = σ·C²·√(k·1.09 + 0.18)/0.3: for C = 1e-24 it is
+    # ~1e-47, below float32's smallest subnormal, and rounds to exactly 0, while 3,000 users' Σ w̃w̃ᵀ (3e-45)
+    # does not: the Gram left the silo as a deterministic function of the users (not DP). C = inf passed too.
+    n = 3000
+    silo = silo_of(np.arange(n), np.zeros(n), n_items=5)
+    h = np.zeros((5, 4), np.float32)
+    h[0, 0] = 1.0  # every user's factors point along e₁
+    spec = ModelSpec(name="ials", dim=4, kwargs={})
+    for clip in (1e-24, float("inf")):
+        with pytest.raises(ConfigError, match="clip_norm"):
+            make_plan(PrivacySettings(mode="user_dp", clip_norm=clip), budget=8.0, delta=1e-6, rounds=5, prior=[],
+                      mechanism="dp_statistics")
+    try:
+        grams = [release(silo, {FACTORS: h}, spec, clip_norm=1e-24, max_per_user=16, noise_multiplier=1.0,
+                         noise=NoiseSource("secure"))[USER_GRAM] for _ in range(3)]
+    except ValueError:
+        return  # refused before anything private is computed
+    assert grams[0][0] > 0 and not all(np.array_equal(grams[0], g) for g in grams[1:])
+
+
+# ---- 4. float32 noise: the output's low bits name the true sums ----------------------------------------
+
+
+def test_where_noise_and_sums_cancel_the_output_does_not_tell_the_true_sums_from_a_neighbours() -> None:
+    # Noise drawn in float32 lies on float32's grid at its own magnitude. Where the noisy sum is much smaller
+    # than the noise (x + n ≈ 0), the float32 output is finer than that grid, so out − x is exactly such a
+    # float32 number for the true sums x, and for a neighbour's x' (one user less) only by chance: a coordinator
+    # who knows everyone else's data tells which (Mironov, CCS 2012, for the same effect in the sampler).
+    rng = np.random.default_rng(0)
+    n_items, dim = 200, 8
+    users = np.concatenate([np.zeros(100, np.int64), np.repeat(np.arange(1, 60), 6)])
+    items = np.concatenate([np.arange(100), rng.integers(0, n_items, 59 * 6)])
+    arrays = {FACTORS: rng.normal(0, 0.5, (n_items, dim)).astype(np.float32)}
+    spec, cap = ModelSpec(name="ials", dim=dim, kwargs={}), 200
+
+    def sums(keep: np.ndarray) -> np.ndarray:
+        silo = silo_of(users[keep], items[keep], n_items, n_users=60)
+        return bounded_statistics(silo, arrays, spec, clip_norm=1.0, max_per_user=cap,
+                                  noise=NoiseSource("seeded"))[ITEM_RHS]
+
+    x, neighbour = sums(np.ones(len(users), bool)), sums(users != 0)
+    touched = x != neighbour
+    noise = NoiseSource("seeded", seed=3)
+    hits = {"true": 0, "neighbour": 0, "events": 0}
+    for _ in range(20):
+        out = release(silo_of(users, items, n_items, n_users=60), arrays, spec, clip_norm=1.0, max_per_user=cap,
+                      noise_multiplier=0.02, noise=noise)[ITEM_RHS]
+        half_ulp = np.spacing(np.abs(out)).astype(np.float64) / 2
+        out64 = out.astype(np.float64)
+        cancel = touched & (np.abs(out64) < np.abs(out64 - x) / 8)
+
+        def on_grid(c: np.ndarray, out64: np.ndarray = out64, half_ulp: np.ndarray = half_ulp) -> np.ndarray:
+            r = out64 - c
+            return np.abs(r - r.astype(np.float32).astype(np.float64)) <= half_ulp
+
+        hits["events"] += int(cancel.sum())
+        hits["true"] += int(on_grid(x)[cancel].sum())
+        hits["neighbour"] += int(on_grid(neighbour)[cancel].sum())
+    assert hits["events"] > 200
+    assert abs(hits["true"] - hits["neighbour"]) < 0.2 * hits["events"], hits
+
+
+# ---- 5. what still holds (regressions) -----------------------------------------------------------------
+
+
+def test_a_run_name_planned_for_dp_sgd_is_declined_for_a_statistics_release(world, tmp_path: Path) -> None:
+    node = deployed(world, tmp_path)
+    cfg = run_config(world, tmp_path, **{"run-name": "one-run"})
+    arrays = initial_global_arrays(ModelSpec("mf", 8), n_items=world.n_items, seed=0)
+    assert "declined" not in meta(make_client_app()(instruction(MessageType.TRAIN, arrays, 1), ctx(node, cfg)))
+    ials = {**cfg, "model": "ials", "dim": 4}
+    h = initial_global_arrays(ModelSpec("ials", 4), n_items=world.n_items, seed=0)
+    reply = make_client_app()(instruction(MessageType.TRAIN, h, 2), ctx(node, ials))
+    assert "was planned for dp_sgd" in meta(reply)["declined"]
+
+
+def test_a_replayed_ials_round_with_other_item_factors_is_no_second_release(world, tmp_path: Path) -> None:
+    node = deployed(world, tmp_path)
+    cfg = run_config(world, tmp_path, **{"run-name": "ials-run", "model": "ials", "dim": 4})
+    h = initial_global_arrays(ModelSpec("ials", 4), n_items=world.n_items, seed=0)
+    first = make_client_app()(instruction(MessageType.TRAIN, h, 1), ctx(node, cfg))
+    other = {FACTORS: (h[FACTORS] * 2).astype(np.float32)}
+    again = make_client_app()(instruction(MessageType.TRAIN, other, 1, version="55" * 32), ctx(node, cfg))
+    assert set(first.content["arrays"]) >= {NOISE_VAR, USERS}
+    assert "already released" in meta(again)["declined"] and "arrays" not in again.content
+
+
+# ---- 6. a hostile co-silo ------------------------------------------------------------------------------
+
+
+WORLD = SyntheticWorldConfig(n_users=150, n_items=40, region_only_items=2, region_sizes=(3.0, 2.0, 1.0),
+                             mean_interactions=12.0, min_interactions=5)
+
+
+def loud_noise_mod(msg: Message, context: Context, call_next) -> Message:  # type: ignore[no-untyped-def]
+    """apac declares a noise variance 1e12 times its real one (its DP report unchanged), every round."""
+    reply = call_next(msg, context)
+    meta_ = reply.content.config_records.get("meta")
+    if msg.metadata.message_type != "train" or meta_ is None or meta_["region"] != "apac":
+        return reply
+    stats = {k: v.numpy() for k, v in reply.content.array_records["arrays"].items()}
+    stats[NOISE_VAR] = (stats[NOISE_VAR] * 1e12).astype(np.float32)
+    reply.content["arrays"] = ArrayRecord({k: Array(v) for k, v in stats.items()})
+    return reply
+
+
+def test_a_co_silo_declaring_more_noise_than_its_dp_report_gives_is_left_out(tmp_path: Path) -> None:
+    # The coordinator's solve adds NOISE_RIDGE·√(Σ noise_var) to every item's ridge: one silo's declared
+    # variance, unchecked beyond > 0 and finite, shrank every item to ~0 for everyone. The reply's public DP
+    # report (σ, C) and the run's cap give the variance an honest silo declares: (σ·Δ(C, k))².
+    world = prepare_world(generate_world(WORLD), SplitConfig(), tmp_path / "world")
+    s = RunSettings(data_dir=str(world.data_dir), output_dir=str(tmp_path / "out"), num_rounds=2, min_nodes=3,
+                    model="ials", dim=4, privacy="user_dp", privacy_epsilon=8.0)
+    run_in_process(s, client_mods=[loud_noise_mod])
+    log = json.loads((tmp_path / "out" / "federated_history.json").read_text())["round_log"]
+    assert [e["participants"] for e in log] == [["eu", "na"], ["eu", "na"]], log
+    assert all("noise" in e["rejected"]["apac"] for e in log), log
