@@ -74,6 +74,21 @@ def _model(spec: ModelSpec) -> IALS:
     return model
 
 
+def on_sphere(w: np.ndarray, radius: float) -> np.ndarray:
+    """Each row of `w` scaled to L2 norm `radius`; a row that is zero or not finite becomes 0.
+
+    Each row is divided by its largest |entry| before its norm is taken: ‖w‖ computed directly squares the
+    entries, and a crafted H with a huge λ gives factors near 1e-162 whose squares are subnormal (components
+    below ~1.6e-162 then count 0), which made w·C/‖w‖ up to √(d/2) times longer than C.
+    """
+    scale = np.max(np.abs(w), axis=1) if w.size else np.zeros(len(w))
+    active = np.isfinite(scale) & (scale > 0)
+    out = np.zeros_like(w, dtype=np.float64)
+    unit = w[active] / scale[active, None]  # largest |entry| 1: the norm lies in [1, √d], no under- or overflow
+    out[active] = unit * (radius / np.linalg.norm(unit, axis=1))[:, None]
+    return out
+
+
 def bounded_statistics(silo: SiloData, global_arrays: Arrays, spec: ModelSpec, *, clip_norm: float,
                        max_per_user: int | None = None, noise: NoiseSource | None = None) -> Arrays:
     """The sums a silo's release noises (float64), before noise: steps 1-3 of the module docstring.
@@ -84,10 +99,8 @@ def bounded_statistics(silo: SiloData, global_arrays: Arrays, spec: ModelSpec, *
     model = IALS(silo.n_users, silo.n_items, spec.dim, **spec.kwargs)
     model.item.weight.copy_(torch.as_tensor(np.asarray(global_arrays[FACTORS])))
     model.attach_history(silo.train[0], silo.train[1])
-    w = model.user_factors().numpy()
-    norms = np.linalg.norm(w, axis=1)
-    active = norms > 0
-    w = np.where(active[:, None], w * (clip_norm / np.where(active, norms, 1.0))[:, None], 0.0)
+    w = on_sphere(model.user_factors().numpy(), clip_norm)
+    active = np.any(w != 0, axis=1)
     pairs = sp.coo_matrix(sp.csr_matrix(model.history))  # user-major: each user's pairs (and keys) together
     users, items = pairs.row.astype(np.int64), pairs.col.astype(np.int64)
     if max_per_user is not None:
