@@ -37,6 +37,7 @@ from fedrec.messages import STAT_PREFIX
 from fedrec.models import ModelSpec, build_model
 from fedrec.models.ials import IALS, check_reply_size, pack, packed_size, pairs_matrix, unpack
 from fedrec.privacy.noise import NoiseSource
+from fedrec.privacy.plan import STATISTICS_CLIP_RANGE
 from fedrec.privacy.sampling import CappedHistories
 from fedrec.statistics.base import Arrays, StatShapes
 from fedrec.statistics.ials import FACTORS, ITEM_RHS, ITEM_USERS, USER_GRAM, USERS
@@ -122,6 +123,8 @@ def release(silo: SiloData, global_arrays: Arrays, spec: ModelSpec, *, clip_norm
     """A silo's DP release for one round (float32 `stat.*` arrays): bounded sums plus Gaussian noise."""
     if noise_multiplier <= 0:
         raise ValueError(f"noise_multiplier={noise_multiplier} must be > 0 (no noise is not DP)")
+    if not STATISTICS_CLIP_RANGE[0] <= clip_norm <= STATISTICS_CLIP_RANGE[1]:
+        raise ValueError(f"clip_norm={clip_norm} must lie in {STATISTICS_CLIP_RANGE} (the Gram's noise scales as C²)")
     stats = bounded_statistics(silo, global_arrays, spec, clip_norm=clip_norm, max_per_user=max_per_user,
                                noise=noise)
     std = noise_multiplier * sensitivity(clip_norm, max_per_user)
