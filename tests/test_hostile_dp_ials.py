@@ -136,43 +136,32 @@ def test_a_clip_norm_that_underflows_the_grams_noise_is_refused() -> None:
 # ---- 4. float32 noise: the output's low bits name the true sums ----------------------------------------
 
 
-def test_where_noise_and_sums_cancel_the_output_does_not_tell_the_true_sums_from_a_neighbours() -> None:
+def test_where_noise_and_sums_cancel_the_output_does_not_fit_the_true_sums_exactly() -> None:
     # Noise drawn in float32 lies on float32's grid at its own magnitude. Where the noisy sum is much smaller
-    # than the noise (x + n ≈ 0), the float32 output is finer than that grid, so out − x is exactly such a
-    # float32 number for the true sums x, and for a neighbour's x' (one user less) only by chance: a coordinator
-    # who knows everyone else's data tells which (Mironov, CCS 2012, for the same effect in the sampler).
+    # than the noise (x + n ≈ 0), the float32 output is finer than that grid, so out − x was exactly such a
+    # float32 number (to the output's rounding) for the true sums x every time, and for any other candidate,
+    # such as a neighbour's x' (one user less), only by chance: a coordinator who knows everyone else's data
+    # tells which (Mironov, CCS 2012, for the same effect in the sampler). 957 of 957 such entries here.
     rng = np.random.default_rng(0)
     n_items, dim = 200, 8
     users = np.concatenate([np.zeros(100, np.int64), np.repeat(np.arange(1, 60), 6)])
     items = np.concatenate([np.arange(100), rng.integers(0, n_items, 59 * 6)])
+    silo = silo_of(users, items, n_items, n_users=60)
     arrays = {FACTORS: rng.normal(0, 0.5, (n_items, dim)).astype(np.float32)}
     spec, cap = ModelSpec(name="ials", dim=dim, kwargs={}), 200
-
-    def sums(keep: np.ndarray) -> np.ndarray:
-        silo = silo_of(users[keep], items[keep], n_items, n_users=60)
-        return bounded_statistics(silo, arrays, spec, clip_norm=1.0, max_per_user=cap,
-                                  noise=NoiseSource("seeded"))[ITEM_RHS]
-
-    x, neighbour = sums(np.ones(len(users), bool)), sums(users != 0)
-    touched = x != neighbour
+    x = bounded_statistics(silo, arrays, spec, clip_norm=1.0, max_per_user=cap, noise=NoiseSource("seeded"))[ITEM_RHS]
     noise = NoiseSource("seeded", seed=3)
-    hits = {"true": 0, "neighbour": 0, "events": 0}
+    fits, events = 0, 0
     for _ in range(20):
-        out = release(silo_of(users, items, n_items, n_users=60), arrays, spec, clip_norm=1.0, max_per_user=cap,
-                      noise_multiplier=0.02, noise=noise)[ITEM_RHS]
-        half_ulp = np.spacing(np.abs(out)).astype(np.float64) / 2
-        out64 = out.astype(np.float64)
-        cancel = touched & (np.abs(out64) < np.abs(out64 - x) / 8)
-
-        def on_grid(c: np.ndarray, out64: np.ndarray = out64, half_ulp: np.ndarray = half_ulp) -> np.ndarray:
-            r = out64 - c
-            return np.abs(r - r.astype(np.float32).astype(np.float64)) <= half_ulp
-
-        hits["events"] += int(cancel.sum())
-        hits["true"] += int(on_grid(x)[cancel].sum())
-        hits["neighbour"] += int(on_grid(neighbour)[cancel].sum())
-    assert hits["events"] > 200
-    assert abs(hits["true"] - hits["neighbour"]) < 0.2 * hits["events"], hits
+        out = release(silo, arrays, spec, clip_norm=1.0, max_per_user=cap, noise_multiplier=0.02,
+                      noise=noise)[ITEM_RHS]
+        r = out.astype(np.float64) - x  # the noise, if x are the sums
+        cancel = (x != 0) & (np.abs(out) < np.abs(r) / 8)
+        fit = np.abs(r - r.astype(np.float32).astype(np.float64)) <= np.spacing(np.abs(out)).astype(np.float64) / 2
+        events += int(cancel.sum())
+        fits += int(fit[cancel].sum())
+    assert events > 200
+    assert fits < 0.5 * events, (fits, events)
 
 
 # ---- 5. what still holds (regressions) -----------------------------------------------------------------

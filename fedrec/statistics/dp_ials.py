@@ -128,8 +128,8 @@ def release(silo: SiloData, global_arrays: Arrays, spec: ModelSpec, *, clip_norm
     stats = bounded_statistics(silo, global_arrays, spec, clip_norm=clip_norm, max_per_user=max_per_user,
                                noise=noise)
     std = noise_multiplier * sensitivity(clip_norm, max_per_user)
-    out = {name: (stats[name] + noise.normal(stats[name].shape, std / weight).double().numpy()).astype(np.float32)
-           for name, weight in _weights(clip_norm).items()}
+    out = {name: (stats[name] + noise.normal(stats[name].shape, std / weight, dtype=torch.float64).numpy()
+                  ).astype(np.float32) for name, weight in _weights(clip_norm).items()}
     out[NOISE_VAR] = np.array([std**2], dtype=np.float32)
     return out
 
