@@ -134,6 +134,27 @@ def release(silo: SiloData, global_arrays: Arrays, spec: ModelSpec, *, clip_norm
     return out
 
 
+def declared_noise_problem(stats: Arrays, privacy: dict[str, float] | None, *, max_per_user: int) -> str | None:
+    """What is wrong with a release's declared noise variance (None when it is the one its DP report gives).
+
+    An honest silo declares (σ·Δ(C, k))², from its plan's σ and C (in its reply's DP report) and the run's cap
+    k. The coordinator's solve adds a ridge that grows with the summed declared variances, so one silo that
+    declared more than its report gives would shrink every item for everyone. A silo whose report claims a
+    huge σ still passes (a tiny budget legitimately gives one): weighing silos by their noise is issue 16's.
+    """
+    if privacy is None:
+        return "a DP release without the silo's DP report"
+    try:
+        expected = (privacy["noise_multiplier"] * sensitivity(privacy["clip_norm"], max_per_user)) ** 2
+    except (KeyError, ValueError, OverflowError):
+        return "its DP report gives no valid noise multiplier and clip norm"
+    declared = float(stats[NOISE_VAR][0])
+    if not math.isclose(declared, expected, rel_tol=1e-5):
+        return (f"declared noise variance {declared:.6g} is not the {expected:.6g} its DP report gives "
+                f"(σ={privacy['noise_multiplier']:g}, C={privacy['clip_norm']:g}, k={max_per_user})")
+    return None
+
+
 class DpIalsStatistics:
     """`StatisticsFamily` of `model=ials` under `privacy=user_dp`: what the coordinator screens and solves.
 
