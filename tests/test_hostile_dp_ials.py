@@ -25,7 +25,7 @@ from fedrec.models import ModelSpec
 from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.plan import PrivacySettings, make_plan
 from fedrec.settings import RunSettings
-from fedrec.silo.round import evaluate_splits
+from fedrec.silo.round import evaluate_splits, solve_alone
 from fedrec.statistics.dp_ials import NOISE_VAR, bounded_statistics, release, sensitivity
 from fedrec.statistics.ials import FACTORS, ITEM_RHS, USER_GRAM, USERS
 from fedrec.training import TrainConfig, initial_global_arrays
@@ -81,6 +81,19 @@ def test_whether_a_user_has_many_probed_items_does_not_decide_whether_the_silo_f
     stats = bounded_statistics(silo, arrays, PROBE, clip_norm=1.0, max_per_user=16, noise=NoiseSource("seeded"))
     assert np.isfinite(stats[ITEM_RHS]).all()
     evaluate_splits(silo, PROBE, arrays, None, TrainConfig(), seed=0, splits=("test",))
+
+
+@pytest.mark.parametrize("fans", [0, 300])
+def test_whether_an_item_has_many_users_does_not_decide_whether_a_forked_regions_solve_fails(fans: int) -> None:
+    # A region that forked solves its own line in the silo on every training message (`advance_fork` →
+    # `solve_alone`), before any DP round and outside the ledger. With H = 3.5e-5 everywhere, α₀ = 1e-30,
+    # λ = 1e-8, ν = 0, every user's factors are ~5e3 along one direction, and the item solve of an item with
+    # ≥ ~100 users did not factor: the error reply said so, for free.
+    users = np.concatenate([np.arange(10), 10 + np.arange(fans)])
+    items = np.concatenate([np.arange(10), np.full(fans, 20)])
+    silo = silo_of(users, items, 50, n_users=400)
+    out = solve_alone(silo, PROBE, {FACTORS: np.full((50, PROBE.dim), 3.5e-5, np.float32)})
+    assert set(out.global_after) == {FACTORS}
 
 
 # ---- 2. factors in the subnormal range: a user's part beyond the sensitivity ------------------------------
