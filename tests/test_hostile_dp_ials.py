@@ -180,6 +180,24 @@ def test_where_noise_and_sums_cancel_the_output_does_not_fit_the_true_sums_exact
 # ---- 5. what still holds (regressions) -----------------------------------------------------------------
 
 
+def test_a_user_with_repeated_pairs_moves_the_release_by_at_most_the_sensitivity() -> None:
+    # The cap draws its keys over the user's distinct pairs (the binary history), not over raw interaction
+    # rows: a pair kept three times would put 3C in one item's sum, beyond the √k·C of k distinct items.
+    rng = np.random.default_rng(0)
+    users = np.concatenate([np.repeat(np.arange(1, 20), 4), [0, 0, 0, 0, 0, 0]])
+    items = np.concatenate([rng.integers(0, 12, 76), [3, 3, 3, 3, 5, 5]])
+    arrays = {FACTORS: rng.normal(0, 0.5, (12, 4)).astype(np.float32)}
+    spec = ModelSpec(name="ials", dim=4, kwargs={})
+
+    def stats(keep: np.ndarray) -> np.ndarray:
+        silo = silo_of(users[keep], items[keep], 12, n_users=20)
+        return weighted(bounded_statistics(silo, arrays, spec, clip_norm=1.0, max_per_user=4,
+                                           noise=NoiseSource("seeded")), 1.0)
+
+    moved = np.linalg.norm(stats(np.ones(len(users), bool)) - stats(users != 0))
+    assert moved <= sensitivity(1.0, 4) * (1 + 1e-9)
+
+
 def test_a_run_name_planned_for_dp_sgd_is_declined_for_a_statistics_release(world, tmp_path: Path) -> None:
     node = deployed(world, tmp_path)
     cfg = run_config(world, tmp_path, **{"run-name": "one-run"})
