@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fakegrid import run_in_process
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 
@@ -22,6 +23,7 @@ from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError
 from fedrec.flower.client_app import make_client_app
 from fedrec.models import ModelSpec
+from fedrec.models.ials import IALS
 from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.plan import PrivacySettings, make_plan
 from fedrec.settings import RunSettings
@@ -196,6 +198,21 @@ def test_a_user_with_repeated_pairs_moves_the_release_by_at_most_the_sensitivity
 
     moved = np.linalg.norm(stats(np.ones(len(users), bool)) - stats(users != 0))
     assert moved <= sensitivity(1.0, 4) * (1 + 1e-9)
+
+
+def test_a_users_factors_do_not_depend_on_another_users_history() -> None:
+    # Each user's system is their own pairs plus α₀HᵀH and a ridge from their own count (H is public): one
+    # user joining must leave every other user's factors, hence their part of the release, as they were.
+    silo, arrays = probe_silo(heavy=True)
+    spec = ModelSpec(name="ials", dim=PROBE.dim, kwargs={"alpha0": 0.3, "lam": 0.05, "nu": 1.0})
+
+    def factors(keep: np.ndarray) -> np.ndarray:
+        model = IALS(11, silo.n_items, spec.dim, **spec.kwargs)
+        model.item.weight.copy_(torch.from_numpy(arrays[FACTORS]))
+        model.attach_history(silo.train[0][keep], silo.train[1][keep])
+        return model.user_factors().numpy()
+
+    np.testing.assert_array_equal(factors(np.ones(len(silo.train[0]), bool))[:10], factors(silo.train[0] != 10)[:10])
 
 
 def test_a_run_name_planned_for_dp_sgd_is_declined_for_a_statistics_release(world, tmp_path: Path) -> None:
