@@ -32,6 +32,7 @@ from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
 from fedrec.settings import RunSettings, read_manifest
 from fedrec.statistics import Arrays, is_statistics_model, solve_replies, statistics_family
+from fedrec.statistics.dp_ials import DpIalsStatistics, declared_noise_problem
 from fedrec.training import initial_global_arrays
 from fedrec.versions import ModelRegistry, ModelVersion, describe_version
 from fedrec.world import load_catalog_features
@@ -115,8 +116,12 @@ class _Run:
         self.timeout = s.round_timeout if timeout is None else timeout
         self.family = (statistics_family(s.model_spec, private=s.privacy_settings().enabled)
                        if is_statistics_model(s.model_spec) else None)
+        private = s.privacy_settings()
+        report = (functools.partial(declared_noise_problem, max_per_user=private.cap("dp_statistics"))
+                  if isinstance(self.family, DpIalsStatistics) else None)
         stats = (StatisticsScreen(self.family.statistic_shapes(self.n_items, s.model_spec),
-                                  functools.partial(self.family.check, spec=s.model_spec)) if self.family else None)
+                                  functools.partial(self.family.check, spec=s.model_spec), report)
+                 if self.family else None)
         self.rules = ScreenRules(norm_factor=s.update_norm_factor, max_norm=s.max_update_norm,
                                  uniform_weight=s.privacy_settings().enabled, statistics=stats)
         self.history = history if history is not None else FederationHistory()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Message, RecordDict
 
-from fedrec.messages import WEIGHT_KEY, read_arrays, read_region, read_version
+from fedrec.messages import WEIGHT_KEY, read_arrays, read_privacy, read_region, read_version
 
 Expected = dict[str, tuple[tuple[int, ...], str]]
 """Array name → (shape, dtype name) a reply must hold."""
@@ -31,10 +31,14 @@ Expected = dict[str, tuple[tuple[int, ...], str]]
 
 @dataclass(frozen=True)
 class StatisticsScreen:
-    """What a statistics reply must hold: each `stat.*` array's shape and dtype, and the model's own check."""
+    """What a statistics reply must hold: each `stat.*` array's shape and dtype, and the model's own check.
+
+    `check_report`, for a DP release: its arrays against the reply's public DP report (`read_privacy`).
+    """
 
     expected: Expected
     check: Callable[[dict[str, np.ndarray]], str | None]
+    check_report: Callable[[dict[str, np.ndarray], dict[str, float] | None], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,19 @@ def malformed_statistics(msg: Message, rules: StatisticsScreen, *, version: str)
     replies, not a silo that sends well-formed statistics of invented users.
     """
     arrays, why = _arrays(msg.content, rules.expected, noun="statistic", owner="model")
-    return why or rules.check(arrays) or _weight_or_version(msg.content, version=version, uniform_weight=False)
+    return (why or rules.check(arrays) or _report_problem(msg, arrays, rules)
+            or _weight_or_version(msg.content, version=version, uniform_weight=False))
+
+
+def _report_problem(msg: Message, arrays: dict[str, np.ndarray], rules: StatisticsScreen) -> str | None:
+    """What is wrong with a DP release's arrays given its DP report (None without a `check_report`)."""
+    if rules.check_report is None:
+        return None
+    try:
+        privacy = read_privacy(msg.content)
+    except Exception:  # any unreadable report is a rejection, not a crash
+        return "its DP report cannot be read"
+    return rules.check_report(arrays, privacy)
 
 
 def metadata_problem(msg: Message, *, version: str) -> str | None:

@@ -138,11 +138,16 @@ def packed_grams(matrix: sp.csc_matrix, fixed: np.ndarray) -> np.ndarray:
     return out
 
 
-def ridge_rows(grams: np.ndarray, rhs: np.ndarray, shared: np.ndarray, ridge: np.ndarray) -> np.ndarray:
+def ridge_rows(grams: np.ndarray, rhs: np.ndarray, shared: np.ndarray, ridge: np.ndarray, *,
+               singular_to_zero: bool = False) -> np.ndarray:
     """Solve (unpack(grams[r]) + shared + ridge[r]·I) x_r = rhs[r] for every row r, by batched Cholesky.
 
     `shared` (α₀ times the other side's Gram) is positive semi-definite and ridge > 0, so each system is
-    positive definite when `grams` holds true Gram matrices. A bounded chunk of rows is unpacked at a time.
+    positive definite when `grams` holds true Gram matrices; in floating point it can still fail to factor
+    when the ridge is below the Gram's resolution (item factors of ±1e3 against λ = 1e-8). By default that
+    raises (the coordinator's item solve: statistics that break it are rejected); `singular_to_zero` gives
+    such a row 0 instead (a silo's user solve, where whether it raised would depend on one user's history).
+    A bounded chunk of rows is unpacked at a time.
     """
     d = rhs.shape[1]
     out = np.empty((len(rhs), d))
@@ -151,16 +156,26 @@ def ridge_rows(grams: np.ndarray, rhs: np.ndarray, shared: np.ndarray, ridge: np
     for lo in range(0, len(rhs), step):
         systems = unpack(torch.as_tensor(grams[lo:lo + step]), d) + base
         systems += torch.as_tensor(ridge[lo:lo + step]).view(-1, 1, 1) * eye
-        factor = torch.linalg.cholesky(systems)
-        out[lo:lo + step] = torch.cholesky_solve(torch.as_tensor(rhs[lo:lo + step]).unsqueeze(2),
-                                                 factor).squeeze(2).numpy()
+        if not singular_to_zero:
+            factor = torch.linalg.cholesky(systems)
+            out[lo:lo + step] = torch.cholesky_solve(torch.as_tensor(rhs[lo:lo + step]).unsqueeze(2),
+                                                     factor).squeeze(2).numpy()
+            continue
+        factor, info = torch.linalg.cholesky_ex(systems)
+        failed = info != 0
+        factor[failed] = eye  # a well-defined solve for the failed rows, overwritten with 0 below
+        x = torch.cholesky_solve(torch.as_tensor(rhs[lo:lo + step]).unsqueeze(2), factor).squeeze(2)
+        x[failed] = 0.0
+        out[lo:lo + step] = x.numpy()
     return out
 
 
 def solve_side(matrix: sp.spmatrix, fixed: np.ndarray, *, alpha0: float, lam: float, nu: float) -> np.ndarray:
     """One half-step of ALS: every row's factors given the other side's `fixed` factors (float64 throughout).
 
-    `matrix` is binary [n_rows, len(fixed)]; a row without pairs gets 0 (its right-hand side is 0). The
+    `matrix` is binary [n_rows, len(fixed)]; a row without pairs gets 0 (its right-hand side is 0), and so does
+    a row whose system does not factor in float64 (only crafted `fixed` and hyperparameters give one): a silo
+    solves its users' rows here, and an error that depends on one user's history would be a release. The
     frequency-scaled ridge is λ(|row's pairs| + α₀·len(fixed))^ν (for users: the catalog size; the item side,
     solved at the coordinator, counts only users with a pair: `fedrec.statistics.ials`). Rows are solved
     in chunks of `rows_per_chunk(dim)`, so memory stays bounded however many rows there are.
@@ -173,7 +188,8 @@ def solve_side(matrix: sp.spmatrix, fixed: np.ndarray, *, alpha0: float, lam: fl
     for lo in range(0, by_row.shape[0], step):
         part = by_row[lo:lo + step]
         ridge = lam * (np.asarray(part.sum(axis=1)).ravel() + alpha0 * len(fixed)) ** nu
-        out[lo:lo + step] = ridge_rows(packed_grams(part.tocsc(), fixed), part @ fixed, shared, ridge)
+        out[lo:lo + step] = ridge_rows(packed_grams(part.tocsc(), fixed), part @ fixed, shared, ridge,
+                                       singular_to_zero=True)
     return out
 
 

@@ -38,13 +38,19 @@ class NoiseSource:
             return torch.rand(n, generator=self.generator)
         return torch.from_numpy(_urandom_uniform(n))
 
-    def normal(self, shape: tuple[int, ...] | torch.Size, std: float) -> torch.Tensor:
-        """Gaussian noise N(0, std²) of `shape`, float32."""
+    def normal(self, shape: tuple[int, ...] | torch.Size, std: float, *,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Gaussian noise N(0, std²) of `shape`, float32 unless `dtype` says float64.
+
+        Noise that is added to float64 sums should be drawn in float64: float32 noise lies on float32's grid
+        at its own magnitude, and where the noisy sum cancels to much less than the noise its float32 rounding
+        keeps the sum's low bits (the true sums fit that grid exactly, a neighbour's only by chance).
+        """
         if self.kind == "seeded":
-            return std * torch.randn(shape, generator=self.generator)
+            return std * torch.randn(shape, generator=self.generator, dtype=dtype)
         n = math.prod(shape)
         z = (_urandom_normal(n) + _urandom_normal(n)) / math.sqrt(2.0)
-        return torch.from_numpy((std * z).astype(np.float32)).reshape(shape)
+        return torch.from_numpy(std * z).to(dtype).reshape(shape)
 
 
 def _urandom_uniform(n: int) -> np.ndarray:

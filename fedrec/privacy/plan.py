@@ -36,6 +36,12 @@ gradient; a statistics release adds each kept pair to a sum, so its noise grows 
 typical user's history (about 15 on `experiment=sovereign_dp`) spends the budget better (benchmarks/README.md)."""
 
 
+STATISTICS_CLIP_RANGE = (1e-6, 1e6)
+"""The clip norms C a `dp_statistics` release accepts. Its blocks scale as C (sums of factors), 1 (counts) and C²
+(the users' Gram, and that block's noise: σ·Δ·C/0.3); outside this range float32 loses the Gram's noise
+(C = 1e-24: exactly 0, leaving the Gram a deterministic function of the users) or every block overflows."""
+
+
 @dataclass(frozen=True)
 class PrivacySettings:
     """The public, run-wide DP settings (`privacy=user_dp`); every field is validated with its fix."""
@@ -136,6 +142,10 @@ def make_plan(p: PrivacySettings, *, budget: float, delta: float, rounds: int,
     """
     if mechanism not in MECHANISMS:
         raise ValueError(f"mechanism={mechanism!r} is unknown; choose one of {MECHANISMS}")
+    low, high = STATISTICS_CLIP_RANGE
+    if mechanism == "dp_statistics" and not low <= p.clip_norm <= high:
+        raise ConfigError(f"privacy.clip_norm={p.clip_norm!r} is invalid for a statistics release: must lie in "
+                          f"[{low:g}, {high:g}] (the noise on its Gram scales as C² and would leave float32)")
     spent = epsilon_of(prior, delta=delta, kind=p.accountant)
     if spent >= budget:
         raise BudgetSpent(f"budget exhausted before this run: spent ε={spent:.3f} of ε={budget:g} (δ={delta:g})")

@@ -109,11 +109,18 @@ def solve_alone(silo: SiloData, spec: ModelSpec, global_arrays: Arrays) -> Round
     """A statistics model fitted on this silo's data only: solve from its own statistics.
 
     Nothing to keep: its per-user state is the silo's history, rebuilt from its data when the model is assembled.
+    A solve that fails (a system that does not factor: whether it does depends on the silo's data once the
+    received arrays and hyperparameters are crafted) keeps the received arrays: an error here would leave the
+    silo as an error reply, outside any DP release.
     """
     family = statistics_family(spec)
     own = sum_statistics([family.local_statistics(silo, global_arrays, spec)])
-    return RoundOutcome(global_after=family.solve(own, global_arrays, spec, silo.n_items), local_after={},
-                        optimizer_after={}, n_examples=len(silo.train[0]), loss=float("nan"))
+    try:
+        solved = family.solve(own, global_arrays, spec, silo.n_items)
+    except (RuntimeError, ValueError):  # torch.linalg.LinAlgError is a RuntimeError
+        solved = {k: np.asarray(v) for k, v in global_arrays.items()}
+    return RoundOutcome(global_after=solved, local_after={}, optimizer_after={}, n_examples=len(silo.train[0]),
+                        loss=float("nan"))
 
 
 def evaluate_round(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: Tensors | None,

@@ -37,6 +37,7 @@ from fedrec.messages import STAT_PREFIX
 from fedrec.models import ModelSpec, build_model
 from fedrec.models.ials import IALS, check_reply_size, pack, packed_size, pairs_matrix, unpack
 from fedrec.privacy.noise import NoiseSource
+from fedrec.privacy.plan import STATISTICS_CLIP_RANGE
 from fedrec.privacy.sampling import CappedHistories
 from fedrec.statistics.base import Arrays, StatShapes
 from fedrec.statistics.ials import FACTORS, ITEM_RHS, ITEM_USERS, USER_GRAM, USERS
@@ -74,6 +75,21 @@ def _model(spec: ModelSpec) -> IALS:
     return model
 
 
+def on_sphere(w: np.ndarray, radius: float) -> np.ndarray:
+    """Each row of `w` scaled to L2 norm `radius`; a row that is zero or not finite becomes 0.
+
+    Each row is divided by its largest |entry| before its norm is taken: ‖w‖ computed directly squares the
+    entries, and a crafted H with a huge λ gives factors near 1e-162 whose squares are subnormal (components
+    below ~1.6e-162 then count 0), which made w·C/‖w‖ up to √(d/2) times longer than C.
+    """
+    scale = np.max(np.abs(w), axis=1) if w.size else np.zeros(len(w))
+    active = np.isfinite(scale) & (scale > 0)
+    out = np.zeros_like(w, dtype=np.float64)
+    unit = w[active] / scale[active, None]  # largest |entry| 1: the norm lies in [1, √d], no under- or overflow
+    out[active] = unit * (radius / np.linalg.norm(unit, axis=1))[:, None]
+    return out
+
+
 def bounded_statistics(silo: SiloData, global_arrays: Arrays, spec: ModelSpec, *, clip_norm: float,
                        max_per_user: int | None = None, noise: NoiseSource | None = None) -> Arrays:
     """The sums a silo's release noises (float64), before noise: steps 1-3 of the module docstring.
@@ -84,10 +100,8 @@ def bounded_statistics(silo: SiloData, global_arrays: Arrays, spec: ModelSpec, *
     model = IALS(silo.n_users, silo.n_items, spec.dim, **spec.kwargs)
     model.item.weight.copy_(torch.as_tensor(np.asarray(global_arrays[FACTORS])))
     model.attach_history(silo.train[0], silo.train[1])
-    w = model.user_factors().numpy()
-    norms = np.linalg.norm(w, axis=1)
-    active = norms > 0
-    w = np.where(active[:, None], w * (clip_norm / np.where(active, norms, 1.0))[:, None], 0.0)
+    w = on_sphere(model.user_factors().numpy(), clip_norm)
+    active = np.any(w != 0, axis=1)
     pairs = sp.coo_matrix(sp.csr_matrix(model.history))  # user-major: each user's pairs (and keys) together
     users, items = pairs.row.astype(np.int64), pairs.col.astype(np.int64)
     if max_per_user is not None:
@@ -109,13 +123,36 @@ def release(silo: SiloData, global_arrays: Arrays, spec: ModelSpec, *, clip_norm
     """A silo's DP release for one round (float32 `stat.*` arrays): bounded sums plus Gaussian noise."""
     if noise_multiplier <= 0:
         raise ValueError(f"noise_multiplier={noise_multiplier} must be > 0 (no noise is not DP)")
+    if not STATISTICS_CLIP_RANGE[0] <= clip_norm <= STATISTICS_CLIP_RANGE[1]:
+        raise ValueError(f"clip_norm={clip_norm} must lie in {STATISTICS_CLIP_RANGE} (the Gram's noise scales as C²)")
     stats = bounded_statistics(silo, global_arrays, spec, clip_norm=clip_norm, max_per_user=max_per_user,
                                noise=noise)
     std = noise_multiplier * sensitivity(clip_norm, max_per_user)
-    out = {name: (stats[name] + noise.normal(stats[name].shape, std / weight).double().numpy()).astype(np.float32)
-           for name, weight in _weights(clip_norm).items()}
+    out = {name: (stats[name] + noise.normal(stats[name].shape, std / weight, dtype=torch.float64).numpy()
+                  ).astype(np.float32) for name, weight in _weights(clip_norm).items()}
     out[NOISE_VAR] = np.array([std**2], dtype=np.float32)
     return out
+
+
+def declared_noise_problem(stats: Arrays, privacy: dict[str, float] | None, *, max_per_user: int) -> str | None:
+    """What is wrong with a release's declared noise variance (None when it is the one its DP report gives).
+
+    An honest silo declares (σ·Δ(C, k))², from its plan's σ and C (in its reply's DP report) and the run's cap
+    k. The coordinator's solve adds a ridge that grows with the summed declared variances, so one silo that
+    declared more than its report gives would shrink every item for everyone. A silo whose report claims a
+    huge σ still passes (a tiny budget legitimately gives one): weighing silos by their noise is issue 16's.
+    """
+    if privacy is None:
+        return "a DP release without the silo's DP report"
+    try:
+        expected = (privacy["noise_multiplier"] * sensitivity(privacy["clip_norm"], max_per_user)) ** 2
+    except (KeyError, ValueError, OverflowError):
+        return "its DP report gives no valid noise multiplier and clip norm"
+    declared = float(stats[NOISE_VAR][0])
+    if not math.isclose(declared, expected, rel_tol=1e-5):
+        return (f"declared noise variance {declared:.6g} is not the {expected:.6g} its DP report gives "
+                f"(σ={privacy['noise_multiplier']:g}, C={privacy['clip_norm']:g}, k={max_per_user})")
+    return None
 
 
 class DpIalsStatistics:
