@@ -33,6 +33,7 @@ from fedrec.errors import ConfigError
 from fedrec.experiment import Engine, run_experiment
 from fedrec.flower.egress_recorder import egress_recorder, read_recorded
 from fedrec.flower.simulation import run_simulation
+from fedrec.messages import STAT_PREFIX
 from fedrec.model_io import load_global_model
 from fedrec.privacy.audit import AuditResult, audit_scores
 from fedrec.settings import RunSettings
@@ -40,6 +41,11 @@ from fedrec.versions import ModelRegistry
 
 SCORED_ARRAY = "item_bias.weight"
 """The global array a canary is scored by (MF, two-tower): its item's learnt bias."""
+FACTORS_ARRAY = "item.weight"
+"""iALS's global array: a canary is scored by its item's factor norm (nobody else holds the item)."""
+RELEASED_COUNT = STAT_PREFIX + "item_users"
+"""iALS's released statistic a canary is scored by: its item's (noised) user count, summed over the rounds."""
+AUDITED_MODELS = ("mf", "twotower", "ials")
 OBSERVE = ("releases", "final")
 
 
@@ -98,15 +104,25 @@ def plant_canaries(data: Interactions, plan: CanaryPlan) -> tuple[Interactions, 
 
 
 def canary_scores(global_arrays: dict[str, np.ndarray], canaries: Canaries) -> np.ndarray:
-    """Each canary's score from the released global model: its item's learnt global bias."""
-    if SCORED_ARRAY not in global_arrays:
-        raise ConfigError(f"the privacy audit scores canaries by {SCORED_ARRAY!r}, which this model's global "
-                          f"parameters do not have ({sorted(global_arrays)}): audit model=mf or model=twotower")
-    return np.asarray(global_arrays[SCORED_ARRAY], dtype=np.float64).reshape(-1)[canaries.items]
+    """Each canary's score from the released global model.
+
+    Its item's learnt global bias (MF, two-tower), or its item's factor norm (iALS: an item nobody else holds
+    gets factors only from its canary).
+    """
+    if SCORED_ARRAY in global_arrays:
+        return np.asarray(global_arrays[SCORED_ARRAY], dtype=np.float64).reshape(-1)[canaries.items]
+    if FACTORS_ARRAY in global_arrays:
+        return np.linalg.norm(np.asarray(global_arrays[FACTORS_ARRAY], dtype=np.float64)[canaries.items], axis=1)
+    raise ConfigError(f"the privacy audit scores canaries by {SCORED_ARRAY!r} or {FACTORS_ARRAY!r}, which this "
+                      f"model's global parameters do not have ({sorted(global_arrays)}): audit model="
+                      f"{' / '.join(AUDITED_MODELS)}")
 
 
 def release_scores(replies_dir: Path, registry_dir: Path, region: str, canaries: Canaries) -> np.ndarray:
-    """Σ over the region's training replies of (its item bias − the sent model's) at each canary item."""
+    """Σ over the region's training replies of (its item bias − the sent model's) at each canary item.
+
+    For iALS: Σ of its released (noised) user count at each canary item.
+    """
     registry = ModelRegistry(registry_dir, create=False)
     total = np.zeros(len(canaries.items))
     seen = 0
@@ -115,6 +131,10 @@ def release_scores(replies_dir: Path, registry_dir: Path, region: str, canaries:
         if reply.message_type != "train" or reply.has_error or meta.get("region") != region:
             continue
         arrays = reply.arrays.get("arrays", {})
+        if RELEASED_COUNT in arrays:
+            total += np.asarray(arrays[RELEASED_COUNT], np.float64).reshape(-1)[canaries.items]
+            seen += 1
+            continue
         if SCORED_ARRAY not in arrays or not meta.get("model-version"):
             continue  # a decline or a cached re-send without parameters
         sent, _ = registry.load(str(meta["model-version"]))
@@ -129,9 +149,10 @@ def release_scores(replies_dir: Path, registry_dir: Path, region: str, canaries:
 def run_privacy_audit(cfg: ExperimentConfig, out_dir: Path, plan: CanaryPlan, *, confidence: float = 0.95,
                       observe: str = "releases", log: Any = print, engine: Engine | None = None) -> dict[str, Any]:
     """Plant, run the experiment, score, bound; write `privacy_audit.json` next to `results.json`."""
-    if cfg.model.name not in ("mf", "twotower"):
-        raise ConfigError(f"the privacy audit scores canaries by their learnt item bias: model={cfg.model.name} "
-                          "has none; audit model=mf or model=twotower")
+    if cfg.model.name not in AUDITED_MODELS:
+        raise ConfigError(f"the privacy audit scores canaries by their item's bias (mf, twotower) or released "
+                          f"count and factors (ials): model={cfg.model.name} has neither; audit model="
+                          f"{' / '.join(AUDITED_MODELS)}")
     if observe not in OBSERVE:
         raise ConfigError(f"observe={observe!r}: choose one of {', '.join(OBSERVE)}")
     if observe == "releases" and cfg.federation.secure_aggregation != "none":

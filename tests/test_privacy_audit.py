@@ -142,7 +142,7 @@ def test_the_final_model_alone_also_reveals_the_canaries_without_dp(tmp_path: Pa
 @pytest.mark.parametrize(("overrides", "observe", "match"), [
     ({}, "gradients", "choose one of releases, final"),
     ({"federation": {"secure_aggregation": "secaggplus"}}, "releases", "never sees one silo's release"),
-    ({"model": {"name": "ease"}, "federation": {"rounds": 1}}, "final", "has none; audit model=mf"),
+    ({"model": {"name": "ease"}, "federation": {"rounds": 1}}, "final", "has neither; audit model=mf"),
 ])
 def test_audits_that_cannot_work_are_refused_before_running(tmp_path: Path, overrides: dict, observe: str,
                                                             match: str) -> None:
@@ -150,3 +150,29 @@ def test_audits_that_cannot_work_are_refused_before_running(tmp_path: Path, over
     with pytest.raises(ConfigError, match=match):
         run_privacy_audit(cfg, tmp_path, CanaryPlan(region="eu", canaries=20), observe=observe,
                           engine=run_in_process)
+
+
+def ials_audit(tmp_path: Path, privacy: dict | None, observe: str = "releases") -> dict:  # type: ignore[type-arg]
+    cfg = experiment_from_dict({"dataset": DATASET, "model": {"name": "ials", "dim": 8}, "federation": {"rounds": 2},
+                                "baselines": [], "bounds": [], **({"privacy": privacy} if privacy else {})})
+    return run_privacy_audit(cfg, tmp_path, CanaryPlan(region="eu", canaries=200), observe=observe,
+                             log=lambda *_: None, engine=run_in_process)
+
+
+@pytest.mark.parametrize("observe", ["releases", "final"])
+def test_ials_without_dp_gives_its_canaries_away_in_the_counts_and_the_factors(tmp_path: Path, observe: str) -> None:
+    report = ials_audit(tmp_path, None, observe)
+    assert report["audit"]["correct"] == report["audit"]["guesses"] and report["audit"]["epsilon_lower_bound"] > 2.0
+
+
+def test_dp_ials_stays_below_its_claim_and_is_caught_with_its_noise_off(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    report = ials_audit(tmp_path / "dp", {"name": "user_dp", "epsilon": 2.0})
+    assert report["private"] and report["audit"]["epsilon_lower_bound"] <= report["claimed_epsilon"] <= 2.0
+    import torch
+
+    from fedrec.privacy.noise import NoiseSource
+
+    monkeypatch.setattr(NoiseSource, "normal", lambda self, shape, std, **_: torch.zeros(shape, dtype=torch.float64))
+    broken = ials_audit(tmp_path / "off", {"name": "user_dp", "epsilon": 2.0})
+    assert broken["audit"]["epsilon_lower_bound"] > broken["claimed_epsilon"]
