@@ -2,7 +2,8 @@
 
 Everything lives under `<state-dir>/serving/` and nothing here is ever put in a reply:
 - `served.safetensors`: the global arrays of the version the region serves (adopt / if_better / pin), so
-  `if_better` can score it against each new candidate and the region keeps serving it across restarts;
+  `if_better` can score it against each new candidate and the region keeps serving it across restarts
+  (under `adopt: adapt`, the served model itself, with its own users when it has them);
 - `fork.safetensors`: a fork's whole model (its global-side arrays, its users' parameters, its optimizer
   moments), with its base version and start round in the header; `own.safetensors`: the same for the
   region's own line under `adopt: adapt` (`fedrec.silo.adaptation`), which never adopts;
@@ -11,7 +12,8 @@ Everything lives under `<state-dir>/serving/` and nothing here is ever put in a 
 
 Two hooks, called by the ClientApp: `advance_fork` on every training message (start the fork when its base
 arrives, then train it one round on local data only) and `review` on every evaluation message (apply the
-policy to the new version and evaluate what the region serves on its test users).
+policy to the new version and evaluate what the region serves on its test users). `adopt: adapt` has its own
+two (`fedrec.silo.adaptation`).
 """
 
 from __future__ import annotations
@@ -107,9 +109,6 @@ class RegionServing:
         """The region's fork line, if it has started one."""
         return self.line(FORK_FILE)
 
-    def save_fork(self, fork: Fork) -> None:
-        self.save_line(FORK_FILE, fork)
-
     def line(self, file: str) -> Fork | None:
         """A line of the region's own (`FORK_FILE` or `OWN_FILE`), if it has started one."""
         path = self.dir / file
@@ -176,7 +175,7 @@ def advance_fork(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: T
     if fork is None:
         return None
     fork = train_line(fork, silo, spec, cfg, seed=seed, key=key)
-    serving.save_fork(fork)
+    serving.save_line(FORK_FILE, fork)
     return fork
 
 
