@@ -51,11 +51,26 @@ def map_item_solve(own: Arrays, spec: ModelSpec, prior: np.ndarray, mu: float) -
 
 def adapt_ials(silo: SiloData, global_arrays: Arrays, spec: ModelSpec, strengths: Sequence[float]
                ) -> dict[float, Arrays]:
-    """For each μ in `strengths`, the candidate's item factors adapted to the silo's data (μ = inf: the candidate)."""
+    """For each μ in `strengths`, the candidate's item factors adapted to the silo's data (μ = inf: the candidate).
+
+    A μ whose solve fails (a system that does not factor: with crafted arrays, whether it does depends on the
+    silo's data) or is not finite in float32 is left out, never raised: an error would leave the silo as an
+    error reply to the evaluation message, a release about its data.
+    """
     own = sum_statistics([statistics_family(spec).local_statistics(silo, global_arrays, spec)])
     prior = np.asarray(global_arrays[FACTORS], dtype=np.float64)
-    return {mu: dict(global_arrays) if math.isinf(mu) else
-            {FACTORS: map_item_solve(own, spec, prior, mu).astype(np.float32)} for mu in strengths}
+    out: dict[float, Arrays] = {}
+    for mu in strengths:
+        if math.isinf(mu):
+            out[mu] = dict(global_arrays)
+            continue
+        try:
+            h = map_item_solve(own, spec, prior, mu).astype(np.float32)
+        except (RuntimeError, ValueError):  # torch.linalg.LinAlgError is a RuntimeError
+            continue
+        if np.isfinite(h).all():
+            out[mu] = {FACTORS: h}
+    return out
 
 
 ADAPTERS: dict[str, Adapter] = {"ials": adapt_ials}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fedrec.adaptation import adapt_ials
 from fedrec.config import AdoptionPolicy
@@ -236,3 +237,27 @@ def test_adapted_ials_is_the_candidate_at_mu_inf_and_the_local_solve_from_its_us
     # the prior pulls towards the candidate: μ=5 lies closer to it than the local solve does
     dist = {mu: float(np.linalg.norm(variants[mu]["item.weight"] - h)) for mu in (0.0, 5.0)}
     assert 0 < dist[5.0] < dist[0.0]
+
+
+def test_an_adapted_solve_that_fails_is_left_out_not_raised(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                             silo: SiloData) -> None:
+    # Prepare: the μ=0 system "does not factor" (as crafted arrays can make it, depending on the silo's data)
+    import fedrec.adaptation as adaptation
+
+    real = adaptation.map_item_solve
+
+    def failing(own, spec, prior, mu):  # type: ignore[no-untyped-def]
+        if mu == 0:
+            raise torch.linalg.LinAlgError("not positive definite")
+        return real(own, spec, prior, mu)
+
+    monkeypatch.setattr(adaptation, "map_item_solve", failing)
+    serving = RegionServing(tmp_path, AdoptionPolicy.from_config("eu", {"adopt": "adapt", "mu": [0, 1]}))
+    cand = initial_global_arrays(IALS, n_items=silo.n_items, seed=0)
+
+    # Execute
+    rv = review_round(serving, silo, IALS, vid("v0"), cand)
+
+    # Assert: the review goes on without it; nothing raised, so the evaluation reply is unchanged
+    assert sorted(rv.decision.evidence) == ["adapted:mu=1", "global"]
+    assert rv.served is not None
