@@ -37,6 +37,7 @@ from fedrec.training import Arrays, Tensors, TrainConfig
 OWN_PREFIX = "own:"
 ADAPTED_PREFIX = "adapted:"
 
+
 def served_kind(label: str | None) -> str:
     """What kind of model a serving pointer names: global, adapted, own line, fork (or "-" for nothing)."""
     if not label:
