@@ -10,13 +10,12 @@ holds them equal), and the Flower app's flat run config (`fedrec.settings.RunSet
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from fedrec.adoption_policy import AdoptionPolicy
 from fedrec.data.split import SplitConfig
 from fedrec.errors import ConfigError
-from fedrec.metrics import METRICS
 from fedrec.models import ModelSpec, available_models
 from fedrec.privacy.plan import PrivacySettings
 from fedrec.statistics import check_model_catalog, check_statistics_run
@@ -39,52 +38,6 @@ def check_model(spec: ModelSpec) -> None:
     """A registered model with a positive dimension (its own kwargs are checked when it is built)."""
     _require(spec.name in available_models(), "model.name", spec.name, f"one of {available_models()}")
     _require(spec.dim >= 1, "model.dim", spec.dim, ">= 1")
-
-
-@dataclass(frozen=True)
-class AdoptionPolicy:
-    """One region's policy; `from_config` validates it with the region and key in the message."""
-
-    kind: str = "always"
-    metric: str = "ndcg@20"
-    margin: float = 0.0
-    version: str | None = None
-    from_round: int | None = None
-    contribute: bool = True
-
-    @classmethod
-    def from_config(cls, region: str, cfg: dict[str, Any]) -> AdoptionPolicy:
-        """Parse `{adopt: always}`, `{adopt: if_better, metric:, margin:}`, `{pin: ID}` or `{fork: ID|round}`."""
-        where = f"adoption.{region}"
-        known = {"adopt", "metric", "margin", "pin", "fork", "contribute"}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-        chosen = [k for k in ("adopt", "pin", "fork") if k in cfg]
-        if len(chosen) != 1:
-            raise ConfigError(f"{where}: give exactly one of adopt / pin / fork, got {chosen or 'none'}")
-        metric, margin = str(cfg.get("metric", "ndcg@20")), cfg.get("margin", 0.0)
-        if metric not in METRICS:
-            raise ConfigError(f"{where}.metric={metric!r} is unknown; choose one of {METRICS}")
-        if isinstance(margin, bool) or not isinstance(margin, int | float) or not math.isfinite(margin) or margin < 0:
-            raise ConfigError(f"{where}.margin={margin!r} must be a number >= 0")
-        contribute = cfg.get("contribute", True)
-        if not isinstance(contribute, bool):
-            raise ConfigError(f"{where}.contribute={contribute!r} must be true or false")
-        if "adopt" in cfg:
-            kind = str(cfg["adopt"])
-            if kind not in ("always", "if_better"):
-                raise ConfigError(f"{where}.adopt={kind!r}: choose always or if_better (or use pin / fork)")
-            return cls(kind=kind, metric=metric, margin=float(margin), contribute=contribute)
-        if "pin" in cfg:
-            if not isinstance(cfg["pin"], str) or not cfg["pin"]:
-                raise ConfigError(f"{where}.pin must be a model version id, got {cfg['pin']!r}")
-            return cls(kind="pin", version=cfg["pin"], contribute=contribute)
-        start = cfg["fork"]
-        if isinstance(start, bool) or not isinstance(start, int | str) or (isinstance(start, int) and start < 0):
-            raise ConfigError(f"{where}.fork must be a version id or a round number >= 0, got {start!r}")
-        return cls(kind="fork", version=start if isinstance(start, str) else None,
-                   from_round=start if isinstance(start, int) else None, contribute=contribute)
 
 
 @dataclass(frozen=True)

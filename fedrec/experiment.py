@@ -29,6 +29,7 @@ from fedrec.errors import FedrecError
 from fedrec.evaluation import SiloEvaluation, pool
 from fedrec.flower.simulation import run_simulation
 from fedrec.settings import RunSettings, silo_state_root
+from fedrec.silo.adaptation import served_kind
 from fedrec.silo.adoption import ServingRecord
 from fedrec.silo.evaluation_log import LoggedEvaluation, read_evaluations
 from fedrec.silo.state_dir import StateDir
@@ -80,7 +81,8 @@ class SiloView:
 
     def adoption(self) -> dict[str, Any]:
         """Per region: its policy, the version it serves at the end, and every decision of the run."""
-        return {r: {"policy": self.policies[r], "serving": d[-1]["served_after"] if d else None, "decisions": d}
+        return {r: {"policy": self.policies[r], "serving": d[-1]["served_after"] if d else None,
+                    "serving_kind": served_kind(d[-1]["served_after"] if d else None), "decisions": d}
                 for r, d in self.decisions.items()}
 
 
@@ -88,7 +90,8 @@ def federated_rounds(history: FederationHistory, view: SiloView, *, private: boo
     """The evaluated rounds as results.json reports them: the coordinator's entry, plus what the silos kept.
 
     Under DP the metrics come from the silos' logs (the coordinator never saw them); every round says which
-    version each reviewing region serves after it (`served`).
+    model each reviewing region serves after it (`served`: its test metrics, version label and kind: global,
+    adapted, own line or fork).
     """
     rounds = []
     for entry in history.rounds:
@@ -97,8 +100,8 @@ def federated_rounds(history: FederationHistory, view: SiloView, *, private: boo
         if private:
             per_region, overall = pool(view.evaluations(rnd))
             out.update(per_region=per_region, overall=overall, metrics_source="silo logs")
-        out["served"] = {r: {**ev.means(), "version": d["served_after"], "adopted": d["adopted"],
-                             "reason": d["reason"]} for r, (ev, d) in view.served(rnd).items()}
+        out["served"] = {r: {**ev.means(), "version": d["served_after"], "kind": served_kind(d["served_after"]),
+                             "adopted": d["adopted"], "reason": d["reason"]} for r, (ev, d) in view.served(rnd).items()}
         rounds.append(out)
     return rounds
 

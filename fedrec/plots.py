@@ -188,6 +188,8 @@ def _policy_label(policy: dict[str, Any]) -> str:
     kind = policy.get("kind", "always")
     if kind == "if_better":
         return f"if_better ({policy.get('metric')}, margin {policy.get('margin', 0):g})"
+    if kind == "adapt":
+        return f"adapt ({policy.get('metric')}, best of global / adapted / own line)"
     if kind == "pin":
         return f"pin {str(policy.get('version'))[:12]}"
     if kind == "fork":

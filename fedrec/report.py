@@ -101,15 +101,21 @@ def baselines_line(results: dict[str, Any]) -> str:
 
 
 def adoption_table(results: dict[str, Any], metric: str = "ndcg@20") -> Table:
-    """Per region: its policy, what it serves at the end, its decisions, and served vs global vs local-only."""
+    """Per region: its policy, what it serves (global / adapted / own line / fork), and served vs global vs local.
+
+    `serves` names the kind and the global version it comes from; with an `adapt` policy, `served by round`
+    counts the kinds served over the evaluated rounds.
+    """
     table = Table(title=f"what each region serves ({metric}, test split; decided in the silo, never sent)")
-    for col in ("region", "policy", "serves", "adopted", "kept", "served", "global", "local-only"):
-        table.add_column(col, justify="left" if col in ("region", "policy", "serves") else "right")
+    adapting = any(a.get("policy", {}).get("kind") == "adapt" for a in results.get("adoption", {}).values())
+    columns = ("region", "policy", "serves", *(("served by round",) if adapting else ()), "adopted", "kept",
+               "served", "global", "local-only")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("region", "policy", "serves", "served by round") else "right")
     final = results["final"]
     for region, a in sorted(results.get("adoption", {}).items()):
         decisions = [d for d in a["decisions"] if not str(d["reason"]).startswith("forked from")]
-        serves = str(a.get("serving") or "-")
-        serves = "fork of " + serves.removeprefix("fork:")[:8] if serves.startswith("fork:") else serves[:8]
+        serves = served_label(a.get("serving"))
 
         def cell(method: str, region: str = region) -> str:
             value = final.get(method, {}).get("per_region", {}).get(region, {}).get(metric)
@@ -118,10 +124,26 @@ def adoption_table(results: dict[str, Any], metric: str = "ndcg@20") -> Table:
         p = a.get("policy", {})
         policy = p.get("kind", "always") + (f" {p.get('version') or p.get('from_round')}"[:14]
                                             if p.get("kind") in ("pin", "fork") else "")
-        table.add_row(region, policy, serves, str(sum(d["adopted"] for d in decisions)),
+        kinds = [e["served"][region].get("kind", "global") for e in results.get("rounds", [])
+                 if region in e.get("served", {})]
+        by_round = [", ".join(f"{k} {kinds.count(k)}" for k in dict.fromkeys(kinds)) or "-"] if adapting else []
+        table.add_row(region, policy, serves, *by_round, str(sum(d["adopted"] for d in decisions)),
                       str(sum(not d["adopted"] for d in decisions if "fork" not in d["reason"])),
                       cell("served"), cell("federated"), cell("local_only"))
     return table
+
+
+def served_label(label: str | None) -> str:
+    """A serving pointer for a person: its kind and the global version it comes from (8 characters)."""
+    label = str(label or "-")
+    if label.startswith("fork:"):
+        return "fork of " + label.removeprefix("fork:")[:8]
+    if label.startswith("own:"):
+        return "own line"
+    if label.startswith("adapted:"):
+        _, variant, version = label.split(":", 2)
+        return f"adapted ({variant}) {version[:8]}"
+    return label if label == "-" else "global " + label[:8]
 
 
 def print_summary(results: dict[str, Any], console: Console | None = None) -> None:

@@ -113,10 +113,33 @@ def test_adoption_policies_compose_per_region_into_the_run_config() -> None:
     assert RunSettings().policy_for("na").kind == "always"
 
 
+def test_adapt_for_every_region_at_once_with_its_defaults_from_one_place() -> None:
+    from fedrec.adoption_policy import AdoptionPolicy
+
+    exp = typed(["+adoption.default.adopt=adapt", "+adoption.eu.adopt=adapt", "+adoption.eu.mu=[10,0,1]",
+                 "+adoption.eu.adapt_rounds=3"])
+    s = RunSettings.from_experiment(exp, data_dir="d", output_dir="o", n_regions=3)
+    na, eu = s.policy_for("na"), s.policy_for("eu")
+    assert (na.kind, na.metric, na.margin) == ("adapt", "ndcg@20", 0.0)
+    assert (na.adapt_rounds, na.mu) == (1, (0.0, 1.0, 10.0, 100.0))
+    assert (na.adapt_rounds, na.mu) == (AdoptionPolicy.adapt_rounds, AdoptionPolicy.mu)
+    assert (eu.kind, eu.adapt_rounds, eu.mu) == ("adapt", 3, (0.0, 1.0, 10.0))
+
+
 @pytest.mark.parametrize(("overrides", "match"), [
     (["+adoption.eu.adopt=sometimes"], "adoption.eu.adopt='sometimes'"),
     (["+adoption.eu.pin=abc", "+adoption.eu.fork=2"], "exactly one"),
     (["+adoption.eu=always"], "adoption.eu must be a policy"),
+    (["+adoption.eu.adopt=adapt", "+adoption.eu.mu=[0,-1]"], r"adoption\.eu\.mu=\[0, -1\] is invalid \(-1\): give a"),
+    (["+adoption.eu.adopt=adapt", "+adoption.eu.mu=[]"], r"adoption\.eu\.mu=\[\] is invalid: give a list"),
+    (["+adoption.eu.adopt=adapt", "+adoption.eu.mu=[inf]"], r"mu=\[inf\] is invalid \(inf\).*μ=∞, is always"),
+    (["+adoption.eu.adopt=adapt", "+adoption.eu.adapt_rounds=0"], r"adoption\.eu\.adapt_rounds=0 is invalid: a whole"),
+    (["+adoption.eu.adopt=adapt", "+adoption.eu.adapt_rounds=1.5"], r"adoption\.eu\.adapt_rounds=1\.5 is invalid"),
+    (["+adoption.eu.adopt=if_better", "+adoption.eu.mu=[1]"],
+     r"\['mu'\] apply to adopt: adapt only; remove them or set adoption\.eu\.adopt=adapt"),
+    (["+adoption.eu.fork=2", "+adoption.eu.adapt_rounds=2"], r"\['adapt_rounds'\] apply to adopt: adapt only"),
+    (["+adoption.eu.adopt=adapt", "+adoption.eu.contribute=false"], r"use adoption\.eu\.fork=0 with contribute: false"),
+    (["+adoption.eu.adopt=adopt"], r"adoption\.eu\.adopt='adopt': choose always, if_better or adapt"),
 ])
 def test_bad_adoption_policies_fail_at_config_time_naming_the_region(overrides: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -376,6 +399,10 @@ def test_a_jurisdictions_node_config_policy_overrides_the_run_config(tmp_path: P
     assert SiloIdentity.from_node_config(base, s).policy.kind == "always"
     with pytest.raises(ConfigError, match=r"node config: adoption\.eu\.contribute=.false."):
         SiloIdentity.from_node_config({**base, "adopt": "always", "contribute": "false"}, s)
+    adapt = SiloIdentity.from_node_config({**base, "adopt": "adapt", "adapt-mu": "0, 5", "adapt-rounds": 2}, s)
+    assert (adapt.policy.kind, adapt.policy.mu, adapt.policy.adapt_rounds) == ("adapt", (0.0, 5.0), 2)
+    with pytest.raises(ConfigError, match=r"node config: adoption\.eu\.mu='0,x' is invalid \('x'\)"):
+        SiloIdentity.from_node_config({**base, "adopt": "adapt", "adapt-mu": "0,x"}, s)
 
 
 @pytest.mark.parametrize(("override", "reason"), [

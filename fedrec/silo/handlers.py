@@ -18,6 +18,7 @@ from fedrec.data.split import SiloData
 from fedrec.errors import FedrecError
 from fedrec.messages import read_arrays, read_decline, read_int, read_version
 from fedrec.settings import RunSettings
+from fedrec.silo.adaptation import advance_own_line, review_adapted
 from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, statistics_reply, train_reply
 from fedrec.silo.evaluation_log import log_evaluation
 from fedrec.silo.policy import SiloIdentity
@@ -70,6 +71,10 @@ def train_content(silo: Silo, rnd: int, version: str, arrays: Arrays, reproducib
     """A new training reply: the region's fork first, then a DP round, a refusal, or a plain round."""
     s, ident, state = silo.s, silo.ident, silo.state
     serving = serving_of(ident)
+    if serving is not None and ident.policy.kind == "adapt":  # the region's own line: local only, never sent
+        advance_own_line(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
+                         received_version=version or f"round-{rnd - 1}", received_arrays=arrays,
+                         seed=silo_seed(s.seed, ident.region + "/own", rnd), run_id=silo.run_key)
     if serving is not None and ident.policy.kind == "fork":
         fork = advance_fork(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
                             received_version=version or f"round-{rnd - 1}", received_arrays=arrays,
@@ -106,12 +111,19 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     local = silo.state.local()
     seed = silo_seed(s.seed, ident.region, rnd)
     serving = serving_of(ident)
-    splits = ("test", "valid") if serving is not None and ident.policy.kind == "if_better" else ("test",)
+    splits = ("test", "valid") if serving is not None and ident.policy.kind in ("if_better", "adapt") else ("test",)
     evals = evaluate_splits(silo.data, s.model_spec, arrays, local, s.train_config(), seed=seed, splits=splits)
     ev = evals["test"]
-    if serving is not None:  # the region's own choice of model, decided and evaluated in the silo
+    candidate = read_version(content) or f"round-{rnd}"
+    if serving is not None and ident.policy.kind == "adapt":  # served: global, adapted or own line (in the silo)
+        rv = review_adapted(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd, candidate=candidate,
+                            candidate_arrays=arrays, local=local, candidate_valid=evals["valid"], candidate_test=ev,
+                            seed=seed, adapt_seed=silo_seed(s.seed, ident.region + "/adapt", rnd),
+                            run_id=silo.run_key)
+        log_evaluation(ident, run_id=silo.run_key, server_round=rnd, ev=ev, review=rv)
+    elif serving is not None:  # the region's own choice of model, decided and evaluated in the silo
         rv = review(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
-                    candidate=read_version(content) or f"round-{rnd}", candidate_arrays=arrays, local=local,
+                    candidate=candidate, candidate_arrays=arrays, local=local,
                     candidate_test=ev, candidate_valid=evals.get("valid"), seed=seed,
                     fetch=lambda v: fetch_version(s, v), run_id=silo.run_key)
         log_evaluation(ident, run_id=silo.run_key, server_round=rnd, ev=ev, review=rv)

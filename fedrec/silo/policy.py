@@ -31,8 +31,9 @@ class SiloIdentity:
     lower it, and without user-level DP the silo refuses to train), `max-delta` (the largest δ it accepts;
     its budget ledger is kept at this δ), `require-secure-aggregation` (refuse updates in the clear),
     `secagg-min-contributors` (mask or help unmask only among at least this many; the run's value if larger), and an
-    adoption policy: `adopt="always"|"if_better"` (+ `adopt-metric`, `adopt-margin`), `pin="VERSION"` or
-    `fork="VERSION"|ROUND` (+ `contribute=false`), overriding the run config's `adoption` entry.
+    adoption policy: `adopt="always"|"if_better"|"adapt"` (+ `adopt-metric`, `adopt-margin`; `adapt`:
+    `adapt-rounds`, `adapt-mu="0,1,10,100"`), `pin="VERSION"` or `fork="VERSION"|ROUND` (+ `contribute=false`),
+    overriding the run config's `adoption` entry.
     Simulation (`partition-id`, the researcher owns every silo): the region is the manifest's entry, data
     comes from `<data-dir>`, state from `<state-dir or output-dir/silo-state>/<region>`.
     """
@@ -134,7 +135,7 @@ def _positive(node_config: dict[str, Any], key: str) -> float | None:
 
 
 NODE_POLICY_KEYS = {"adopt": "adopt", "adopt-metric": "metric", "adopt-margin": "margin", "pin": "pin",
-                    "fork": "fork", "contribute": "contribute"}
+                    "fork": "fork", "contribute": "contribute", "adapt-rounds": "adapt_rounds", "adapt-mu": "mu"}
 
 
 def node_policy(region: str, node_config: dict[str, Any]) -> AdoptionPolicy | None:

@@ -2,15 +2,18 @@
 
 Everything lives under `<state-dir>/serving/` and nothing here is ever put in a reply:
 - `served.safetensors`: the global arrays of the version the region serves (adopt / if_better / pin), so
-  `if_better` can score it against each new candidate and the region keeps serving it across restarts;
+  `if_better` can score it against each new candidate and the region keeps serving it across restarts
+  (under `adopt: adapt`, the served model itself, with its own users when it has them);
 - `fork.safetensors`: a fork's whole model (its global-side arrays, its users' parameters, its optimizer
-  moments), with its base version and start round in the header;
+  moments), with its base version and start round in the header; `own.safetensors`: the same for the
+  region's own line under `adopt: adapt` (`fedrec.silo.adaptation`), which never adopts;
 - `serving.json` + `adoption.jsonl` (`fedrec.silo.adoption.ServingRecord`): the pointer and every decision with
   its evidence.
 
 Two hooks, called by the ClientApp: `advance_fork` on every training message (start the fork when its base
 arrives, then train it one round on local data only) and `review` on every evaluation message (apply the
-policy to the new version and evaluate what the region serves on its test users).
+policy to the new version and evaluate what the region serves on its test users). `adopt: adapt` has its own
+two (`fedrec.silo.adaptation`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from fedrec.data.split import SiloData
 from fedrec.evaluation import SiloEvaluation, evaluate_model
 from fedrec.io import atomic_save_arrays
 from fedrec.models import ModelSpec
+from fedrec.models.base import is_local
 from fedrec.silo.adoption import Decision, ServingRecord, decide
 from fedrec.silo.round import evaluate_round, evaluate_splits, train_round
 from fedrec.silo.state_dir import StateDir
@@ -34,6 +38,7 @@ from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, refit_
 
 SERVED_FILE = "served.safetensors"
 FORK_FILE = "fork.safetensors"
+OWN_FILE = "own.safetensors"
 FORK_PREFIX = "fork:"
 Fetch = Callable[[str], tuple[str, Arrays] | None]
 
@@ -72,24 +77,41 @@ class RegionServing:
         self.policy = policy
         self.record = ServingRecord(self.dir)
 
-    # --- the served global version -------------------------------------------------------------------
+    # --- the served model ----------------------------------------------------------------------------
 
     def served_arrays(self) -> tuple[str, Arrays] | None:
         """(version, global arrays) of the adopted version this region serves, if any."""
+        served = self.served_model()
+        return (served[0], served[1]) if served is not None else None
+
+    def served_model(self) -> tuple[str, Arrays, Tensors | None] | None:
+        """(label, global-side arrays, its own users or None) of what this region serves, if anything stored.
+
+        Users are stored with a model the region made itself (`adopt: adapt`'s adapted model or own line); a
+        global version is served with the silo's current users.
+        """
         path = self.dir / SERVED_FILE
         if not path.exists():
             return None
-        return _header(path)["version"], load_file(str(path))
+        head, arrays = _header(path), load_file(str(path))
+        users = {k: torch.as_tensor(v) for k, v in arrays.items() if is_local(k)} if head.get("users") else None
+        return head["version"], {k: v for k, v in arrays.items() if not is_local(k)}, users
 
-    def store_served(self, version: str, arrays: Arrays) -> None:
-        """Keep the adopted version's arrays (replaced atomically)."""
-        atomic_save_arrays(self.dir / SERVED_FILE, arrays, {"version": version})
+    def store_served(self, version: str, arrays: Arrays, users: Tensors | None = None) -> None:
+        """Keep the served model's arrays (and its own users, if any), replaced atomically."""
+        own = {k: v.detach().numpy() for k, v in (users or {}).items()}
+        atomic_save_arrays(self.dir / SERVED_FILE, {**arrays, **own},
+                           {"version": version, **({"users": "own"} if users is not None else {})})
 
-    # --- the fork line -------------------------------------------------------------------------------
+    # --- the region's own lines (fork, own) -----------------------------------------------------------
 
     def fork(self) -> Fork | None:
         """The region's fork line, if it has started one."""
-        path = self.dir / FORK_FILE
+        return self.line(FORK_FILE)
+
+    def line(self, file: str) -> Fork | None:
+        """A line of the region's own (`FORK_FILE` or `OWN_FILE`), if it has started one."""
+        path = self.dir / file
         if not path.exists():
             return None
         head, tensors = _header(path), load_file(str(path))
@@ -98,13 +120,13 @@ class RegionServing:
                     global_arrays=part["g"], local={k: torch.as_tensor(v) for k, v in part["l"].items()},
                     optimizer=part["o"], last_trained=head.get("last_trained", ""))
 
-    def save_fork(self, fork: Fork) -> None:
-        """Write the fork's whole state in one file (replaced atomically)."""
+    def save_line(self, file: str, fork: Fork) -> None:
+        """Write a line's whole state in one file (replaced atomically)."""
         arrays = {**{f"g/{k}": v for k, v in fork.global_arrays.items()},
                   **{f"l/{k}": v.detach().numpy() for k, v in fork.local.items()},
                   **{f"o/{k}": v for k, v in fork.optimizer.items()}}
-        atomic_save_arrays(self.dir / FORK_FILE, arrays, {"base": fork.base, "since_round": str(fork.since_round),
-                                                        "rounds": str(fork.rounds), "last_trained": fork.last_trained})
+        atomic_save_arrays(self.dir / file, arrays, {"base": fork.base, "since_round": str(fork.since_round),
+                                                    "rounds": str(fork.rounds), "last_trained": fork.last_trained})
 
     def fork_due(self, *, received_round: int, received_version: str) -> bool:
         """Whether the received global version is where this region's fork (re)starts."""
@@ -152,12 +174,17 @@ def advance_fork(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: T
                                        run_id=run_id))
     if fork is None:
         return None
-    local_start = fork.local or None
-    out = train_round(silo, spec, fork.global_arrays, local_start, cfg, seed=seed, optimizer_state=fork.optimizer)
-    fork = Fork(base=fork.base, since_round=fork.since_round, rounds=fork.rounds + 1, global_arrays=out.global_after,
-                local=out.local_after, optimizer=out.optimizer_after, last_trained=key)
-    serving.save_fork(fork)
+    fork = train_line(fork, silo, spec, cfg, seed=seed, key=key)
+    serving.save_line(FORK_FILE, fork)
     return fork
+
+
+def train_line(line: Fork, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, seed: int, key: str) -> Fork:
+    """One local round of a region's own line on its data only (`key`: the training message it answers)."""
+    out = train_round(silo, spec, line.global_arrays, line.local or None, cfg, seed=seed,
+                      optimizer_state=line.optimizer)
+    return Fork(base=line.base, since_round=line.since_round, rounds=line.rounds + 1, global_arrays=out.global_after,
+                local=out.local_after, optimizer=out.optimizer_after, last_trained=key)
 
 
 def evaluate_fork(fork: Fork, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, seed: int,

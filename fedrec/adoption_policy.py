@@ -1,0 +1,110 @@
+"""A region's adoption policy (`adoption.REGION` / `adoption.default`, or a jurisdiction's node config).
+
+Which model a region serves is decided inside its silo (`fedrec.silo.serving`, `fedrec.silo.adaptation`); this
+is only the policy, validated with the region and key in every message. Its fields are the one source of
+every default (`conf/config.yaml` documents them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from fedrec.errors import ConfigError
+from fedrec.metrics import METRICS
+
+ADOPTION_KINDS = ("always", "if_better", "adapt")
+"""`adopt:` values (the other policies are `pin:` and `fork:`)."""
+ADAPT_KEYS = ("adapt_rounds", "mu")
+"""Keys that only `adopt: adapt` takes."""
+
+
+def _parse_mu(where: str, value: Any) -> tuple[float, ...]:
+    """`mu`: a list of numbers >= 0 (node config: one number or a comma-separated string)."""
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+    items = [items] if isinstance(items, int | float) and not isinstance(items, bool) else items
+    fix = "give a list of finite numbers >= 0, e.g. [0, 1, 10, 100] (the candidate itself, μ=∞, is always scored)"
+    if not isinstance(items, list | tuple) or not items:
+        raise ConfigError(f"{where}.mu={value!r} is invalid: {fix}")
+    out = []
+    for v in items:
+        try:
+            mu = float(v) if not isinstance(v, bool) else math.nan
+        except (TypeError, ValueError):
+            mu = math.nan
+        if not (math.isfinite(mu) and mu >= 0):
+            raise ConfigError(f"{where}.mu={value!r} is invalid ({v!r}): {fix}")
+        out.append(mu)
+    return tuple(sorted(set(out)))
+
+
+@dataclass(frozen=True)
+class AdoptionPolicy:
+    """One region's policy; `from_config` validates it with the region and key in the message.
+
+    `adapt_rounds` and `mu` belong to `adopt: adapt`: the local fine-tuning rounds of an SGD model, and the
+    prior strengths of iALS's item solve (`fedrec.silo.adaptation`).
+    """
+
+    kind: str = "always"
+    metric: str = "ndcg@20"
+    margin: float = 0.0
+    version: str | None = None
+    from_round: int | None = None
+    contribute: bool = True
+    adapt_rounds: int = 1
+    mu: tuple[float, ...] = (0.0, 1.0, 10.0, 100.0)
+
+    @classmethod
+    def from_config(cls, region: str, cfg: dict[str, Any]) -> AdoptionPolicy:
+        """Parse `{adopt: always|if_better|adapt, metric:, margin:}`, `{pin: ID}` or `{fork: ID|round}`."""
+        where = f"adoption.{region}"
+        known = {"adopt", "metric", "margin", "pin", "fork", "contribute", *ADAPT_KEYS}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        chosen = [k for k in ("adopt", "pin", "fork") if k in cfg]
+        if len(chosen) != 1:
+            raise ConfigError(f"{where}: give exactly one of adopt / pin / fork, got {chosen or 'none'}")
+        metric, margin = str(cfg.get("metric", "ndcg@20")), cfg.get("margin", 0.0)
+        if metric not in METRICS:
+            raise ConfigError(f"{where}.metric={metric!r} is unknown; choose one of {METRICS}")
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or not math.isfinite(margin) or margin < 0:
+            raise ConfigError(f"{where}.margin={margin!r} must be a number >= 0")
+        contribute = cfg.get("contribute", True)
+        if not isinstance(contribute, bool):
+            raise ConfigError(f"{where}.contribute={contribute!r} must be true or false")
+        kind = str(cfg["adopt"]) if "adopt" in cfg else None
+        if kind is not None and kind not in ADOPTION_KINDS:
+            raise ConfigError(f"{where}.adopt={kind!r}: choose always, if_better or adapt (or use pin / fork)")
+        if kind != "adapt" and (extra := [k for k in ADAPT_KEYS if k in cfg]):
+            raise ConfigError(f"{where}: {extra} apply to adopt: adapt only; remove them or set "
+                              f"{where}.adopt=adapt")
+        if kind == "adapt":
+            return cls._adapt(where, cfg, metric=metric, margin=float(margin), contribute=contribute)
+        if kind is not None:
+            return cls(kind=kind, metric=metric, margin=float(margin), contribute=contribute)
+        if "pin" in cfg:
+            if not isinstance(cfg["pin"], str) or not cfg["pin"]:
+                raise ConfigError(f"{where}.pin must be a model version id, got {cfg['pin']!r}")
+            return cls(kind="pin", version=cfg["pin"], contribute=contribute)
+        start = cfg["fork"]
+        if isinstance(start, bool) or not isinstance(start, int | str) or (isinstance(start, int) and start < 0):
+            raise ConfigError(f"{where}.fork must be a version id or a round number >= 0, got {start!r}")
+        return cls(kind="fork", version=start if isinstance(start, str) else None,
+                   from_round=start if isinstance(start, int) else None, contribute=contribute)
+
+    @classmethod
+    def _adapt(cls, where: str, cfg: dict[str, Any], *, metric: str, margin: float, contribute: bool
+               ) -> AdoptionPolicy:
+        """`adopt: adapt` with its own keys checked."""
+        if not contribute:
+            raise ConfigError(f"{where}: adopt: adapt keeps contributing (its adaptation sends nothing); to "
+                              f"train alone and send nothing use {where}.fork=0 with contribute: false")
+        rounds = cfg.get("adapt_rounds", cls.adapt_rounds)
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= 100:
+            raise ConfigError(f"{where}.adapt_rounds={rounds!r} is invalid: a whole number of local fine-tuning "
+                              "rounds from 1 to 100 (e.g. 1)")
+        mu = _parse_mu(where, cfg["mu"]) if "mu" in cfg else cls.mu
+        return cls(kind="adapt", metric=metric, margin=margin, adapt_rounds=rounds, mu=mu)

@@ -1,0 +1,162 @@
+"""`adopt: adapt`: a region serves the global version, that version adapted to its own data, or its own line.
+
+Whichever scores best on the silo's own validation users, decided in the silo and never sent; adaptation
+uses the region's own training data only and puts nothing in a reply, so it costs no privacy.
+
+Two hooks, called by the ClientApp (`fedrec.silo.handlers`):
+- `advance_own_line` on every training message: the region's own line, a local-only model started from the
+  first global version the silo receives in a run (version 0) and trained one local round on its data per
+  training message, exactly like a fork that never adopts (`<state-dir>/serving/own.safetensors`). A training
+  message it already trained for (a replay) trains nothing.
+- `review_adapted` on every evaluation message: the candidate's adapted variants (`adapted_variants`: an SGD
+  model fine-tuned for `adapt_rounds` local rounds from the candidate and the silo's users; iALS's MAP item
+  solve with the candidate as prior for each μ of the policy, `fedrec.adaptation`; EASE none), scored with the
+  candidate and the own line on the validation users (never test). The simplest wins ties (global, then
+  adapted with the strongest prior or fewest rounds first, then the own line), and a less simple model must
+  beat the best simpler one by more than the policy's `margin`. The decision and every score are recorded
+  (`adoption.jsonl`), the served model is kept (`served.safetensors`, so a restarted silo serves the same
+  thing), and its test metrics go to the silo's evaluation log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fedrec.adaptation import adapt_statistics_model
+from fedrec.adoption_policy import AdoptionPolicy
+from fedrec.data.split import SiloData
+from fedrec.evaluation import SiloEvaluation
+from fedrec.models import ModelSpec
+from fedrec.silo.adoption import Decision
+from fedrec.silo.round import evaluate_splits, silo_seed, train_round
+from fedrec.silo.serving import FORK_PREFIX, OWN_FILE, Fork, RegionServing, Review, train_line
+from fedrec.statistics import is_statistics_model
+from fedrec.training import Arrays, Tensors, TrainConfig
+
+OWN_PREFIX = "own:"
+ADAPTED_PREFIX = "adapted:"
+
+
+def served_kind(label: str | None) -> str:
+    """What kind of model a serving pointer names: global, adapted, own line, fork (or "-" for nothing)."""
+    if not label:
+        return "-"
+    if label.startswith(ADAPTED_PREFIX):
+        return "adapted"
+    if label.startswith(OWN_PREFIX):
+        return "own line"
+    return "fork" if label.startswith(FORK_PREFIX) else "global"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One model a region could serve: its name in the evidence, its serving label, arrays and own users."""
+
+    name: str
+    label: str
+    global_arrays: Arrays
+    users: Tensors | None
+    """The model's own users; None: served with the silo's current users (a global version)."""
+
+
+def advance_own_line(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
+                     received_version: str, received_arrays: Arrays, seed: int, run_id: str) -> Fork:
+    """Training-message hook: start the own line from the first version of the run, then one local round.
+
+    A training message of this run at or before the round the line last trained for (a replay by a restarted
+    or hostile coordinator) changes nothing. A new run starts a new line (local-only is a per-run bound).
+    Nothing of the line ever feeds a reply.
+    """
+    line = serving.line(OWN_FILE)
+    if line is not None:
+        run, _, trained = line.last_trained.rpartition("/")
+        if run == run_id and trained.isdigit() and server_round <= int(trained):
+            return line
+        if run != run_id:
+            line = None
+    if line is None:
+        line = Fork(base=received_version, since_round=server_round - 1, rounds=0,
+                    global_arrays=dict(received_arrays), local={}, optimizer={})
+    line = train_line(line, silo, spec, cfg, seed=seed, key=f"{run_id}/{server_round}")
+    serving.save_line(OWN_FILE, line)
+    return line
+
+
+def adapted_variants(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, policy: AdoptionPolicy, *, candidate: str,
+                     candidate_arrays: Arrays, local: Tensors | None, seed: int) -> list[Option]:
+    """The candidate adapted to the silo's own training data, simplest first (computed here, never sent).
+
+    SGD models: after each of `adapt_rounds` local rounds from the candidate and the silo's own users (a fresh
+    optimizer; the silo's federated state is not touched). Statistics models: `fedrec.adaptation`, strongest
+    prior first.
+    """
+    if is_statistics_model(spec):
+        by_mu = adapt_statistics_model(silo, candidate_arrays, spec, sorted(policy.mu, reverse=True))
+        return [Option(f"{ADAPTED_PREFIX}mu={mu:g}", f"{ADAPTED_PREFIX}mu={mu:g}:{candidate}", arrays, None)
+                for mu, arrays in by_mu.items()]
+    out, arrays, users, optimizer = [], candidate_arrays, local, None
+    for k in range(1, policy.adapt_rounds + 1):
+        step = train_round(silo, spec, arrays, users, cfg, seed=silo_seed(seed, "adapt", k), optimizer_state=optimizer)
+        arrays, users, optimizer = step.global_after, step.local_after, step.optimizer_after
+        out.append(Option(f"{ADAPTED_PREFIX}rounds={k}", f"{ADAPTED_PREFIX}rounds={k}:{candidate}", arrays, users))
+    return out
+
+
+def choose(scores: Sequence[tuple[str, float]], margin: float = 0.0) -> str:
+    """The option to serve from (name, validation score) pairs listed simplest first.
+
+    A less simple option replaces the pick only when it beats it by more than `margin`: ties go to the simpler,
+    and a NaN score (no validation users) never wins.
+    """
+    best, best_score = scores[0]
+    for name, score in scores[1:]:
+        if score > best_score + margin or (best_score != best_score and score == score):
+            best, best_score = name, score
+    return best
+
+
+def review_adapted(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
+                   candidate: str, candidate_arrays: Arrays, local: Tensors | None, candidate_valid: SiloEvaluation,
+                   candidate_test: SiloEvaluation, seed: int, adapt_seed: int, run_id: str = "") -> Review:
+    """Evaluation-message hook: serve the validation-best of {candidate, its adapted variants, the own line}.
+
+    `candidate_valid` / `candidate_test` come from one re-fit of the silo's users to the candidate; every other
+    option is re-fitted and scored with the same `seed`. An evaluation message already reviewed (same run,
+    round and candidate: a replay) records nothing new: the stored served model is evaluated again.
+    """
+    policy, record = serving.policy, serving.record
+    past = record.decisions()
+    if past and (past[-1].run_id, past[-1].round, past[-1].candidate) == (run_id, server_round, candidate):
+        return Review(past[-1], evaluate_served(serving, silo, spec, cfg, local=local, seed=seed))
+    options = [Option("global", candidate, candidate_arrays, None)]
+    options += adapted_variants(silo, spec, cfg, policy, candidate=candidate, candidate_arrays=candidate_arrays,
+                                local=local, seed=adapt_seed)
+    own = serving.line(OWN_FILE)
+    if own is not None:
+        options.append(Option("own", f"{OWN_PREFIX}{own.base}", own.global_arrays, own.local))
+    evals = {"global": {"valid": candidate_valid, "test": candidate_test}}
+    for o in options[1:]:
+        evals[o.name] = evaluate_splits(silo, spec, o.global_arrays, o.users if o.users is not None else local, cfg,
+                                        seed=seed, splits=("valid", "test"))
+    scores = {o.name: evals[o.name]["valid"].means()[policy.metric] for o in options}
+    pick = choose([(o.name, scores[o.name]) for o in options], policy.margin)
+    chosen = next(o for o in options if o.name == pick)
+    serving.store_served(chosen.label, chosen.global_arrays, chosen.users)
+    reason = (f"{policy.metric} on validation users: " + ", ".join(f"{n} {v:.4f}" for n, v in scores.items())
+              + f"; serves {pick}" + (f" (margin {policy.margin:g})" if policy.margin else ""))
+    decision = Decision(server_round, candidate, record.served(), chosen.label, pick != "own", reason, scores,
+                        run_id=run_id)
+    record.record(decision)
+    return Review(decision, evals[pick]["test"])
+
+
+def evaluate_served(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *,
+                    local: Tensors | None, seed: int) -> SiloEvaluation | None:
+    """The stored served model's test metrics (with its own users, else the silo's), None if nothing is stored."""
+    served = serving.served_model()
+    if served is None:
+        return None
+    _, arrays, users = served
+    return evaluate_splits(silo, spec, arrays, users if users is not None else local, cfg, seed=seed,
+                           splits=("test",))["test"]
