@@ -29,7 +29,7 @@ from fedrec.statistics import is_statistics_model, statistics_family, sum_statis
 from fedrec.statistics.ials import FACTORS, ITEM_GRAM, ITEM_RHS, ITEM_USERS, USER_GRAM, USERS
 from fedrec.training import Arrays
 
-Adapter = Callable[[SiloData, Arrays, ModelSpec, Sequence[float]], dict[float, Arrays]]
+Adapter = Callable[[SiloData, Arrays, ModelSpec, Sequence[float], int], dict[float, Arrays]]
 
 
 def map_item_solve(own: Arrays, spec: ModelSpec, prior: np.ndarray, mu: float) -> np.ndarray:
@@ -49,27 +49,39 @@ def map_item_solve(own: Arrays, spec: ModelSpec, prior: np.ndarray, mu: float) -
     return ridge_rows(np.asarray(own[ITEM_GRAM], dtype=np.float64), rhs, model.alpha0 * g, ridge)
 
 
-def adapt_ials(silo: SiloData, global_arrays: Arrays, spec: ModelSpec, strengths: Sequence[float]
+def adapt_ials(silo: SiloData, global_arrays: Arrays, spec: ModelSpec, strengths: Sequence[float], sweeps: int = 1
                ) -> dict[float, Arrays]:
     """For each μ in `strengths`, the candidate's item factors adapted to the silo's data (μ = inf: the candidate).
+
+    `sweeps` alternating sweeps of the MAP objective: the silo's users re-solved against the current item
+    factors, then the MAP item solve, always towards the candidate (the first sweep's statistics, against the
+    candidate itself, are shared by every μ).
 
     A μ whose solve fails (a system that does not factor: with crafted arrays, whether it does depends on the
     silo's data) or is not finite in float32 is left out, never raised: an error would leave the silo as an
     error reply to the evaluation message, a release about its data.
     """
-    own = sum_statistics([statistics_family(spec).local_statistics(silo, global_arrays, spec)])
+    if sweeps < 1:
+        raise ValueError(f"sweeps={sweeps} must be >= 1")
+    family = statistics_family(spec)
+    first = sum_statistics([family.local_statistics(silo, global_arrays, spec)])
     prior = np.asarray(global_arrays[FACTORS], dtype=np.float64)
     out: dict[float, Arrays] = {}
     for mu in strengths:
         if math.isinf(mu):
             out[mu] = dict(global_arrays)
             continue
+        own, h = first, prior.astype(np.float32)
         try:
-            h = map_item_solve(own, spec, prior, mu).astype(np.float32)
+            for sweep in range(sweeps):
+                if sweep:
+                    own = sum_statistics([family.local_statistics(silo, {FACTORS: h}, spec)])
+                h = map_item_solve(own, spec, prior, mu).astype(np.float32)
+                if not np.isfinite(h).all():
+                    raise ValueError("not finite")
         except (RuntimeError, ValueError):  # torch.linalg.LinAlgError is a RuntimeError
             continue
-        if np.isfinite(h).all():
-            out[mu] = {FACTORS: h}
+        out[mu] = {FACTORS: h}
     return out
 
 
@@ -77,11 +89,11 @@ ADAPTERS: dict[str, Adapter] = {"ials": adapt_ials}
 """Statistics models with a prior-aware adaptation, by model name (the others: none, see the module doc)."""
 
 
-def adapt_statistics_model(silo: SiloData, global_arrays: Arrays, spec: ModelSpec, strengths: Sequence[float]
-                           ) -> dict[float, Arrays]:
-    """A statistics model's adapted global arrays per prior strength; {} when it has none (EASE)."""
+def adapt_statistics_model(silo: SiloData, global_arrays: Arrays, spec: ModelSpec, strengths: Sequence[float],
+                           sweeps: int = 1) -> dict[float, Arrays]:
+    """A statistics model's adapted global arrays per prior strength after `sweeps`; {} when it has none (EASE)."""
     if not is_statistics_model(spec):
         raise ValueError(f"model {spec.name!r} is trained by SGD: the silo fine-tunes it (train_round)")
     adapter = ADAPTERS.get(spec.name)
-    return adapter(silo, global_arrays, spec, strengths) if adapter is not None else {}
+    return adapter(silo, global_arrays, spec, strengths, sweeps) if adapter is not None else {}
 

@@ -43,8 +43,9 @@ def _parse_mu(where: str, value: Any) -> tuple[float, ...]:
 class AdoptionPolicy:
     """One region's policy; `from_config` validates it with the region and key in the message.
 
-    `adapt_rounds` and `mu` belong to `adopt: adapt`: the local fine-tuning rounds of an SGD model, and the
-    prior strengths of iALS's item solve (`fedrec.silo.adaptation`).
+    `adapt_rounds` and `mu` belong to `adopt: adapt`: the local fine-tuning rounds of an SGD model (for iALS:
+    the adapted model's alternating sweeps, and its own line's local sweeps per round), and the prior
+    strengths of iALS's item solve (`fedrec.silo.adaptation`).
     """
 
     kind: str = "always"

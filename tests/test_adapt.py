@@ -94,6 +94,18 @@ def test_the_own_line_is_local_only_training_once_per_training_message(tmp_path:
     assert (restarted.base, restarted.rounds) == (vid("v1"), 1)
 
 
+def test_an_ials_own_line_takes_adapt_rounds_local_sweeps_per_training_message(tmp_path: Path,
+                                                                             silo: SiloData) -> None:
+    v0 = initial_global_arrays(IALS, n_items=silo.n_items, seed=0)
+    serving = RegionServing(tmp_path, AdoptionPolicy.from_config("eu", {"adopt": "adapt", "adapt_rounds": 3}))
+    line = advance_own_line(serving, silo, IALS, CFG, server_round=1, received_version=vid("v0"),
+                            received_arrays=v0, seed=11, run_id="run-a")
+    local = v0
+    for _ in range(3):
+        local = solve_alone(silo, IALS, local).global_after
+    assert line.rounds == 3 and same(line.global_arrays, local)
+
+
 # --- choosing ----------------------------------------------------------------------------------------------
 
 
@@ -205,8 +217,9 @@ def test_a_variant_equal_to_the_candidate_never_displaces_it(tmp_path: Path, sil
 # --- iALS: the MAP item solve ----------------------------------------------------------------------------------
 
 
-def direct_map_solve(silo: SiloData, h: np.ndarray, mu: float) -> np.ndarray:
-    """Each item's argmin of the silo's own iALS objective + μ‖h_i − h_i^cand‖², from dense matrices."""
+def direct_map_solve(silo: SiloData, h: np.ndarray, mu: float, prior: np.ndarray | None = None) -> np.ndarray:
+    """Each item's argmin of the silo's own iALS objective (users solved against h) + μ‖h_i − prior_i‖² (prior:
+    h itself unless given), from dense matrices."""
     a0, lam, nu = KW["alpha0"], KW["lam"], KW["nu"]
     x = np.zeros((silo.n_users, silo.n_items))
     x[silo.train[0], silo.train[1]] = 1.0
@@ -216,7 +229,7 @@ def direct_map_solve(silo: SiloData, h: np.ndarray, mu: float) -> np.ndarray:
     for i in range(silo.n_items):
         seen = w[x[:, i] > 0]
         system = seen.T @ seen + a0 * w.T @ w + (lam * (x[:, i].sum() + a0 * users) ** nu + mu) * np.eye(h.shape[1])
-        out[i] = np.linalg.solve(system, seen.sum(0) + mu * h[i])
+        out[i] = np.linalg.solve(system, seen.sum(0) + mu * (h if prior is None else prior)[i])
     return out
 
 
@@ -237,6 +250,28 @@ def test_adapted_ials_is_the_candidate_at_mu_inf_and_the_local_solve_from_its_us
     # the prior pulls towards the candidate: μ=5 lies closer to it than the local solve does
     dist = {mu: float(np.linalg.norm(variants[mu]["item.weight"] - h)) for mu in (0.0, 5.0)}
     assert 0 < dist[5.0] < dist[0.0]
+
+
+def test_adapted_ials_sweeps_alternate_users_and_the_map_item_solve_towards_the_candidate(
+        silos: dict[str, SiloData], silo: SiloData) -> None:
+    # Prepare
+    cand = solve_silos(IALS, list(silos.values()), n_items=silo.n_items, seed=0, rounds=2)
+    h = cand["item.weight"]
+
+    # Execute: three sweeps
+    variants = adapt_ials(silo, cand, IALS, [0.0, 5.0], sweeps=3)
+
+    # Assert: μ=0 is three local solves from the candidate; μ=5 re-solves the users against its own last item
+    # factors each sweep, with the candidate (not the last sweep) as the prior
+    local = cand
+    for _ in range(3):
+        local = solve_alone(silo, IALS, local).global_after
+    assert same(variants[0.0], local)
+    step = h
+    for _ in range(3):
+        step = direct_map_solve(silo, step, 5.0, prior=h)
+    np.testing.assert_allclose(variants[5.0]["item.weight"], step, rtol=1e-3, atol=1e-5)
+    assert not same(variants[5.0], adapt_ials(silo, cand, IALS, [5.0])[5.0])
 
 
 def test_an_adapted_solve_that_fails_is_left_out_not_raised(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

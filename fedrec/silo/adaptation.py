@@ -6,11 +6,14 @@ uses the region's own training data only and puts nothing in a reply, so it cost
 Two hooks, called by the ClientApp (`fedrec.silo.handlers`):
 - `advance_own_line` on every training message: the region's own line, a local-only model started from the
   first global version the silo receives in a run (version 0) and trained one local round on its data per
-  training message, exactly like a fork that never adopts (`<state-dir>/serving/own.safetensors`). A training
+  training message (a statistics model, whose local round is one cheap solve: `adapt_rounds` of them, so its
+  own line converges even when a DP federation runs few rounds), exactly like a fork that never adopts
+  (`<state-dir>/serving/own.safetensors`). A training
   message it already trained for (a replay) trains nothing.
 - `review_adapted` on every evaluation message: the candidate's adapted variants (`adapted_variants`: an SGD
   model fine-tuned for `adapt_rounds` local rounds from the candidate and the silo's users; iALS's MAP item
-  solve with the candidate as prior for each μ of the policy, `fedrec.adaptation`; EASE none), scored with the
+  solve with the candidate as prior for each μ of the policy, `adapt_rounds` alternating sweeps,
+  `fedrec.adaptation`; EASE none), scored with the
   candidate and the own line on the validation users (never test). The simplest wins ties (global, then
   adapted with the strongest prior or fewest rounds first, then the own line), and a less simple model must
   beat the best simpler one by more than the policy's `margin`. The decision and every score are recorded
@@ -78,7 +81,8 @@ def advance_own_line(serving: RegionServing, silo: SiloData, spec: ModelSpec, cf
     if line is None:
         line = Fork(base=received_version, since_round=server_round - 1, rounds=0,
                     global_arrays=dict(received_arrays), local={}, optimizer={})
-    line = train_line(line, silo, spec, cfg, seed=seed, key=f"{run_id}/{server_round}")
+    for _ in range(serving.policy.adapt_rounds if is_statistics_model(spec) else 1):
+        line = train_line(line, silo, spec, cfg, seed=seed, key=f"{run_id}/{server_round}")
     serving.save_line(OWN_FILE, line)
     return line
 
@@ -92,7 +96,8 @@ def adapted_variants(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, policy: 
     prior first.
     """
     if is_statistics_model(spec):
-        by_mu = adapt_statistics_model(silo, candidate_arrays, spec, sorted(policy.mu, reverse=True))
+        by_mu = adapt_statistics_model(silo, candidate_arrays, spec, sorted(policy.mu, reverse=True),
+                                       sweeps=policy.adapt_rounds)
         return [Option(f"{ADAPTED_PREFIX}mu={mu:g}", f"{ADAPTED_PREFIX}mu={mu:g}:{candidate}", arrays, None)
                 for mu, arrays in by_mu.items()]
     out, arrays, users, optimizer = [], candidate_arrays, local, None
