@@ -50,8 +50,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epsilons", nargs="+", default=["inf", "1", "2", "4", "8", "16"])
     ap.add_argument("--out", type=Path, help="write rows.csv (per region, ε), runs.json, privacy_utility.png here")
+    ap.add_argument("--rounds", nargs="*", default=[], metavar="EPS=R",
+                    help="federation.rounds per ε (e.g. inf=8 2=1 8=3: each ε's own best number of releases)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    rounds = {float(k): int(v) for k, v in (item.split("=") for item in args.rounds)}
     print(f"{datetime.now(UTC).isoformat(timespec='seconds')} {platform.machine()} python {platform.python_version()}"
           f" overrides={args.overrides}", flush=True)
     reference = None
@@ -59,6 +62,8 @@ def main() -> None:
     for eps in args.epsilons:
         private = not math.isinf(float(eps))
         extra = ["privacy=user_dp", f"privacy.epsilon={eps}", "bounds=[]", "baselines=[]"] if private else []
+        if float(eps) in rounds:
+            extra += [f"federation.rounds={rounds[float(eps)]}", f"federation.eval_every={rounds[float(eps)]}"]
         res = run([*args.overrides, *extra])
         rows += utility_rows(res, float(eps))
         fed = res["final"]["federated"]

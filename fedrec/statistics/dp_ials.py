@@ -34,13 +34,13 @@ import torch
 
 from fedrec.data.split import SiloData
 from fedrec.messages import STAT_PREFIX
-from fedrec.models import ModelSpec, build_model
-from fedrec.models.ials import IALS, check_reply_size, pack, packed_size, pairs_matrix, unpack
+from fedrec.models import ModelSpec
+from fedrec.models.ials import IALS, check_reply_size, pack, packed_size, pairs_matrix
 from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.plan import STATISTICS_CLIP_RANGE
 from fedrec.privacy.sampling import CappedHistories
 from fedrec.statistics.base import Arrays, StatShapes
-from fedrec.statistics.ials import FACTORS, ITEM_RHS, ITEM_USERS, USER_GRAM, USERS
+from fedrec.statistics.ials import FACTORS, ITEM_RHS, ITEM_USERS, USER_GRAM, USERS, ials_model, rhs_and_gram
 
 NOISE_VAR = STAT_PREFIX + "noise_var"
 DP_RELEASE = frozenset({ITEM_RHS, ITEM_USERS, USER_GRAM, USERS, NOISE_VAR})
@@ -67,12 +67,6 @@ def sensitivity(clip_norm: float, max_per_user: int) -> float:
 def _weights(clip_norm: float) -> dict[str, float]:
     return {ITEM_RHS: 1.0, ITEM_USERS: COUNT_WEIGHT * clip_norm, USER_GRAM: GRAM_WEIGHT / clip_norm,
             USERS: USERS_WEIGHT * clip_norm}
-
-
-def _model(spec: ModelSpec) -> IALS:
-    model = build_model(spec, n_users=1, n_items=1)
-    assert isinstance(model, IALS)
-    return model
 
 
 def on_sphere(w: np.ndarray, radius: float) -> np.ndarray:
@@ -187,11 +181,8 @@ class DpIalsStatistics:
     def solve(self, summed: Arrays, global_arrays: Arrays, spec: ModelSpec, n_items: int) -> Arrays:
         """Items' factors from the summed releases (float64): post-processing only (module docstring)."""
         del global_arrays
-        model, dim = _model(spec), spec.dim
-        rhs = np.asarray(summed[ITEM_RHS], dtype=np.float64)
-        if rhs.shape != (n_items, dim):
-            raise ValueError(f"{ITEM_RHS} is {rhs.shape}, expected {(n_items, dim)}")
-        gram = unpack(torch.from_numpy(np.asarray(summed[USER_GRAM], dtype=np.float64)), dim)
+        model = ials_model(spec)
+        rhs, gram = rhs_and_gram(summed, n_items, spec.dim)
         eig, vec = torch.linalg.eigh(gram)
         eig = eig.clamp(min=0.0).numpy()  # the nearest positive semi-definite matrix
         vec = vec.numpy()

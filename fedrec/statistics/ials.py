@@ -49,7 +49,8 @@ _SUBNORMAL = 2.0**-149
 """Twice float32's largest absolute rounding error among subnormals."""
 
 
-def _model(spec: ModelSpec) -> IALS:
+def ials_model(spec: ModelSpec) -> IALS:
+    """The run's iALS (one user, one item): its validated hyperparameters α₀, λ, ν."""
     model = build_model(spec, n_users=1, n_items=1)
     assert isinstance(model, IALS)
     return model
@@ -78,6 +79,14 @@ def _psd(mats: torch.Tensor, slack: float) -> bool:
     """Every matrix's smallest eigenvalue ≥ −slack: M + slack·I has a Cholesky factor (much cheaper than eigvalsh)."""
     shifted = mats + slack * torch.eye(mats.shape[-1], dtype=mats.dtype)
     return not bool(torch.linalg.cholesky_ex(shifted).info.any())
+
+
+def rhs_and_gram(summed: Arrays, n_items: int, dim: int) -> tuple[np.ndarray, torch.Tensor]:
+    """The summed `item_rhs` [n_items, dim] and the unpacked `user_gram` [dim, dim], float64 (shape checked)."""
+    rhs = np.asarray(summed[ITEM_RHS], dtype=np.float64)
+    if rhs.shape != (n_items, dim):
+        raise ValueError(f"{ITEM_RHS} is {rhs.shape}, expected {(n_items, dim)}")
+    return rhs, unpack(torch.from_numpy(np.asarray(summed[USER_GRAM], dtype=np.float64)), dim)
 
 
 class IalsStatistics:
@@ -128,7 +137,7 @@ class IalsStatistics:
             return (f"{USERS}: more users with training data than user-item pairs ({ITEM_USERS} sums to "
                     f"{counts.sum():g})")
         dim = stats[ITEM_RHS].shape[1]
-        model = _model(spec)
+        model = ials_model(spec)
         bound = max_user_norm2(len(counts), alpha0=model.alpha0, lam=model.lam, nu=model.nu) * (1 + PSD_TOLERANCE)
         g = unpack(torch.from_numpy(stats[USER_GRAM].astype(np.float64)), dim)
         if float(g.diagonal().sum()) > users * bound:
@@ -181,11 +190,9 @@ class IalsStatistics:
     def solve(self, summed: Arrays, global_arrays: Arrays, spec: ModelSpec, n_items: int) -> Arrays:
         """Each item's ridge regression on the summed statistics (float64), stored as float32 factors."""
         del global_arrays
-        model, dim = _model(spec), spec.dim
-        rhs = np.asarray(summed[ITEM_RHS], dtype=np.float64)
-        if rhs.shape != (n_items, dim):
-            raise ValueError(f"{ITEM_RHS} is {rhs.shape}, expected {(n_items, dim)}")
-        g = unpack(torch.from_numpy(np.asarray(summed[USER_GRAM], dtype=np.float64)), dim).numpy()
+        model = ials_model(spec)
+        rhs, gram = rhs_and_gram(summed, n_items, spec.dim)
+        g = gram.numpy()
         counts = np.asarray(summed[ITEM_USERS], dtype=np.float64)
         ridge = model.lam * (counts + model.alpha0 * float(summed[USERS][0])) ** model.nu
         h = ridge_rows(np.asarray(summed[ITEM_GRAM], dtype=np.float64), rhs, model.alpha0 * g, ridge)
