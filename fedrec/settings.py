@@ -23,7 +23,7 @@ from fedrec.errors import ConfigError
 from fedrec.models.base import ModelSpec
 from fedrec.privacy.dp_round import check_dp_loss
 from fedrec.privacy.plan import PrivacySettings
-from fedrec.statistics import check_statistics_run
+from fedrec.statistics import check_statistics_run, is_statistics_model
 from fedrec.training import TrainConfig
 
 OPERATIONAL_KEYS = frozenset({"data-dir", "output-dir", "state-dir", "registry-dir", "resume",
@@ -119,7 +119,7 @@ class RunSettings:
                               "alone: the name is a directory in each silo's state dir)")
         if self.max_update_norm < 0:
             raise ConfigError(f"max-update-norm={self.max_update_norm} must be >= 0 (0: no absolute bound)")
-        if privacy.enabled:
+        if privacy.enabled and not is_statistics_model(self.model_spec):  # iALS's DP release trains no loss
             check_dp_loss(self.loss)
         if privacy.enabled and self.weighting != "uniform":
             raise ConfigError(f"federation.weighting={self.weighting!r} would send each silo's example count "

@@ -244,3 +244,12 @@ def test_the_coordinator_screens_a_private_ials_round_with_the_dp_family() -> No
     assert family.check(stats, SPEC) is None
     with pytest.raises(Exception, match="no user-level DP release"):
         statistics_family(replace(SPEC, name="ease", kwargs={}), private=True)
+
+
+def test_a_private_ials_run_ignores_the_sgd_loss_that_dp_sgd_would_refuse() -> None:
+    from fedrec.errors import ConfigError
+    from fedrec.settings import RunSettings
+
+    RunSettings(model="ials", privacy="user_dp", loss="full_softmax")  # e.g. experiment=ml100k model=ials
+    with pytest.raises(ConfigError, match="full_softmax"):
+        RunSettings(model="mf", privacy="user_dp", loss="full_softmax")
