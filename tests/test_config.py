@@ -95,9 +95,17 @@ def check_sovereign_dp(exp: ExperimentConfig) -> None:
     assert exp.federation.eval_every == 5
 
 
+def check_sovereign_dp_ials(exp: ExperimentConfig) -> None:
+    assert exp.dataset.params["n_users"] == 79000 and exp.dataset.params["item_features"] == 32  # the same world
+    assert (exp.model.name, exp.model.dim, exp.model.kwargs) == (
+        "ials", 32, {"alpha0": 0.01, "lam": 0.01, "nu": 1.0, "init": "features"})
+    assert (exp.federation.rounds, exp.federation.eval_every) == (3, 3)
+    assert exp.adoption == {"default": {"adopt": "adapt", "adapt_rounds": 8}}
+
+
 EXPERIMENT_CHECKS = {"quick": check_quick, "ml100k": check_ml100k, "compare_strategies": check_compare_strategies,
                      "synthetic_large": check_synthetic_large, "synthetic_dp": check_synthetic_dp,
-                     "sovereign_dp": check_sovereign_dp,
+                     "sovereign_dp": check_sovereign_dp, "sovereign_dp_ials": check_sovereign_dp_ials,
                      "distinct_region": check_distinct_region, "ease": check_ease}
 
 
