@@ -7,7 +7,7 @@ adoption review, e.g. the DP global model adapted to its own data), `federated` 
 and pooled simple baselines (`local_baseline`, `pooled_baseline`).
 `plot_privacy_utility` draws one panel per region: served and the DP global model against ε, with the
 non-private federation, local-only and popularity as reference lines (`benchmarks/privacy_utility.py`
-writes it; the notebook shows it).
+writes it with `--out`).
 """
 
 from __future__ import annotations
