@@ -7,6 +7,7 @@ every default (`conf/config.yaml` documents them).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from fedrec.metrics import METRICS
 
 ADOPTION_KINDS = ("always", "if_better", "adapt")
 """`adopt:` values (the other policies are `pin:` and `fork:`)."""
-ADAPT_KEYS = ("adapt_rounds", "mu")
+ADAPT_KEYS = ("adapt_rounds", "mu", "confidence")
 """Keys that only `adopt: adapt` takes."""
 
 
@@ -43,9 +44,11 @@ def _parse_mu(where: str, value: Any) -> tuple[float, ...]:
 class AdoptionPolicy:
     """One region's policy; `from_config` validates it with the region and key in the message.
 
-    `adapt_rounds` and `mu` belong to `adopt: adapt`: the local fine-tuning rounds of an SGD model (for iALS:
-    the adapted model's alternating sweeps, and its own line's local sweeps per round), and the prior
-    strengths of iALS's item solve (`fedrec.silo.adaptation`).
+    `adapt_rounds`, `mu` and `confidence` belong to `adopt: adapt`: the local fine-tuning rounds of an SGD
+    model (for iALS: the adapted model's alternating sweeps, and its own line's local sweeps per round), the
+    prior strengths of iALS's item solve, and how sure the silo must be that a model beats its own line
+    before serving it (a one-sided paired test over its validation users, `fedrec.silo.adaptation`; 0: serve
+    the plain validation-best).
     """
 
     kind: str = "always"
@@ -56,6 +59,7 @@ class AdoptionPolicy:
     contribute: bool = True
     adapt_rounds: int = 1
     mu: tuple[float, ...] = (0.0, 1.0, 10.0, 100.0)
+    confidence: float = 0.95
 
     @classmethod
     def from_config(cls, region: str, cfg: dict[str, Any]) -> AdoptionPolicy:
@@ -108,4 +112,15 @@ class AdoptionPolicy:
             raise ConfigError(f"{where}.adapt_rounds={rounds!r} is invalid: a whole number of local fine-tuning "
                               "rounds from 1 to 100 (e.g. 1)")
         mu = _parse_mu(where, cfg["mu"]) if "mu" in cfg else cls.mu
-        return cls(kind="adapt", metric=metric, margin=margin, adapt_rounds=rounds, mu=mu)
+        confidence = cfg.get("confidence", cls.confidence)
+        if isinstance(confidence, str):
+            with contextlib.suppress(ValueError):
+                confidence = float(confidence)
+        if (isinstance(confidence, bool) or not isinstance(confidence, int | float)
+                or not (confidence == 0 or 0.5 <= confidence < 1)):
+            raise ConfigError(f"{where}.confidence={confidence!r} is invalid: a probability in [0.5, 1) (e.g. 0.95: "
+                              "serve a model other than the region's own line only when a paired test on its "
+                              "validation users says it is better at that confidence), or 0 for the plain "
+                              "validation-best")
+        return cls(kind="adapt", metric=metric, margin=margin, adapt_rounds=rounds, mu=mu,
+                   confidence=float(confidence))

@@ -6,7 +6,7 @@ these, so every column of a results table is scored the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +23,9 @@ class SiloEvaluation:
     n_users: int
     sq_error: float = 0.0
     n_ratings: int = 0
+    per_user: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    """Each evaluated user's metrics ("users": their ids, sorted), for paired tests inside the silo. Never sent
+    and never logged: replies and logs carry only the sums."""
 
     def means(self) -> dict[str, float]:
         """Per-user means of each metric (and RMSE when ratings are explicit)."""
@@ -46,7 +49,7 @@ def evaluate_model(model: RecModel, silo: SiloData, *, split: str = "test", rmse
     per_user = evaluate_full_ranking(model.score_all, n_items=silo.n_items, targets=target[:2], exclude=exclude)
     sums = {m: float(per_user[m].sum()) for m in METRICS}
     sq, n = rmse(model.score_pairs, target) if silo.explicit and rmse_too else (0.0, 0)
-    return SiloEvaluation(sums=sums, n_users=len(per_user["users"]), sq_error=sq, n_ratings=n)
+    return SiloEvaluation(sums=sums, n_users=len(per_user["users"]), sq_error=sq, n_ratings=n, per_user=per_user)
 
 
 def pool(evals: dict[str, SiloEvaluation]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:

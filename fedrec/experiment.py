@@ -79,6 +79,11 @@ class SiloView:
         return {r: (e.served, e.decision) for r, log in self.logs.items()
                 if (e := log.get(rnd)) is not None and e.decision is not None and e.served is not None}
 
+    def own_lines(self, rnd: int) -> dict[str, SiloEvaluation]:
+        """Each `adopt: adapt` region's own local-only line at round `rnd`: its test metric sums."""
+        return {r: e.own_line for r, log in self.logs.items()
+                if (e := log.get(rnd)) is not None and e.own_line is not None}
+
     def adoption(self) -> dict[str, Any]:
         """Per region: its policy, the version it serves at the end, and every decision of the run."""
         return {r: {"policy": self.policies[r], "serving": d[-1]["served_after"] if d else None,
@@ -91,7 +96,8 @@ def federated_rounds(history: FederationHistory, view: SiloView, *, private: boo
 
     Under DP the metrics come from the silos' logs (the coordinator never saw them); every round says which
     model each reviewing region serves after it (`served`: its test metrics, version label and kind: global,
-    adapted, own line or fork).
+    adapted, own line or fork) and, for `adopt: adapt` regions, their own local-only line (`own_line`), served
+    or not.
     """
     rounds = []
     for entry in history.rounds:
@@ -102,6 +108,8 @@ def federated_rounds(history: FederationHistory, view: SiloView, *, private: boo
             out.update(per_region=per_region, overall=overall, metrics_source="silo logs")
         out["served"] = {r: {**ev.means(), "version": d["served_after"], "kind": served_kind(d["served_after"]),
                              "adopted": d["adopted"], "reason": d["reason"]} for r, (ev, d) in view.served(rnd).items()}
+        if own := view.own_lines(rnd):
+            out["own_line"] = {r: ev.means() for r, ev in own.items()}
         rounds.append(out)
     return rounds
 
@@ -231,6 +239,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
     served_last = {r: ev for r, (ev, _) in view.served(rounds[-1]["round"]).items()}
     if served_last:
         final["served"] = _block(pool(served_last))
+    if own_last := view.own_lines(rounds[-1]["round"]):
+        final["own_line"] = _block(pool(own_last))
     final.update(reference_points(cfg, world, rounds, timings))
     baseline_final, baseline_facts = baseline_points(cfg, world, timings)
     final.update(baseline_final)

@@ -11,18 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from fedrec.adaptation import adapt_ials
 from fedrec.config import AdoptionPolicy
 from fedrec.data.split import SiloData, SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
+from fedrec.evaluation import SiloEvaluation
 from fedrec.models import ModelSpec
 from fedrec.silo.adaptation import (
     ADAPTED_PREFIX,
     OWN_PREFIX,
     advance_own_line,
     choose,
+    choose_confident,
     evaluate_served,
+    paired_p_value,
     review_adapted,
     served_kind,
 )
@@ -39,7 +43,8 @@ KW = {"alpha0": 0.3, "lam": 0.05, "nu": 1.0}
 IALS = ModelSpec(name="ials", dim=6, kwargs=KW)
 WORLD = SyntheticWorldConfig(n_users=240, n_items=50, region_only_items=3, region_sizes=(2.0, 1.0),
                              mean_interactions=12.0, min_interactions=5)
-POLICY = AdoptionPolicy.from_config("eu", {"adopt": "adapt", "adapt_rounds": 2})
+POLICY = AdoptionPolicy.from_config("eu", {"adopt": "adapt", "adapt_rounds": 2, "confidence": 0})
+"""The plain validation-best rule (the paired-test rule is tested with its own policy below)."""
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +124,45 @@ def test_choose_serves_the_best_and_gives_ties_and_the_margin_to_the_simpler() -
     assert choose([("global", 0.2), ("own", math.nan)]) == "global"
 
 
+def per_user(scores: list[float], users: list[int] | None = None) -> SiloEvaluation:
+    """An evaluation holding only per-user NDCG@20 (what the paired test reads)."""
+    users_ = np.arange(len(scores)) if users is None else np.asarray(users)
+    return SiloEvaluation(sums={"ndcg@20": float(sum(scores))}, n_users=len(scores),
+                          per_user={"users": users_, "ndcg@20": np.asarray(scores, dtype=np.float32)})
+
+
+def test_the_paired_p_value_is_a_one_sided_t_test_over_the_same_users() -> None:
+    rng = np.random.default_rng(7)
+    own = rng.uniform(0, 1, 60)
+    better, noisy = own + rng.normal(0.05, 0.05, 60), own + rng.normal(0.002, 0.2, 60)
+    p = paired_p_value(per_user(list(better)), per_user(list(own)), "ndcg@20")
+    assert p == pytest.approx(stats.ttest_rel(better.astype(np.float32), own.astype(np.float32),
+                                              alternative="greater").pvalue, rel=1e-6)
+    assert p < 1e-6
+    assert paired_p_value(per_user(list(noisy)), per_user(list(own)), "ndcg@20") > 0.1  # a mean win, not evidence
+    assert paired_p_value(per_user(list(own)), per_user(list(better)), "ndcg@20") > 0.99  # worse: one-sided
+    # no evidence at all: identical scores, other users, one user, no per-user values
+    assert paired_p_value(per_user(list(own)), per_user(list(own)), "ndcg@20") == 1.0
+    assert paired_p_value(per_user([0.5, 0.9]), per_user([0.1, 0.2], users=[3, 4]), "ndcg@20") == 1.0
+    assert paired_p_value(per_user([0.9]), per_user([0.1]), "ndcg@20") == 1.0
+    assert paired_p_value(SiloEvaluation(sums={"ndcg@20": 9.0}, n_users=2), per_user([0.1, 0.2]), "ndcg@20") == 1.0
+    # every user gains the same: certain
+    assert paired_p_value(per_user([0.3, 0.4]), per_user([0.2, 0.3]), "ndcg@20") == 0.0
+
+
+def test_choose_confident_keeps_the_own_line_unless_an_option_passes_the_bonferroni_level() -> None:
+    scores = [("global", 0.30), ("adapted", 0.34), ("own", 0.31)]
+    # two others at confidence 0.95: each must reach p < 0.025
+    assert choose_confident(scores, {"global": 0.3, "adapted": 0.03}, own="own", confidence=0.95) == "own"
+    assert choose_confident(scores, {"global": 0.3, "adapted": 0.02}, own="own", confidence=0.95) == "adapted"
+    assert choose_confident(scores, {"global": 0.001, "adapted": 0.3}, own="own", confidence=0.95) == "global"
+    # both pass: the validation-best of them, the margin and ties going to the simpler as in `choose`
+    both = {"global": 0.001, "adapted": 0.001}
+    assert choose_confident(scores, both, own="own", confidence=0.95) == "adapted"
+    assert choose_confident(scores, both, own="own", confidence=0.95, margin=0.05) == "global"
+    assert choose_confident(scores, {}, own="own", confidence=0.95) == "own"  # no p-value: no evidence
+
+
 def test_served_kinds_are_named_from_the_serving_pointer() -> None:
     assert [served_kind(x) for x in (vid("v"), ADAPTED_PREFIX + "mu=1:" + vid("v"), OWN_PREFIX + vid("v"),
                                      "fork:" + vid("v"), None)] == ["global", "adapted", "own line", "fork", "-"]
@@ -196,7 +240,8 @@ def test_a_replayed_evaluation_message_changes_nothing(trained_line: RegionServi
 def test_a_variant_equal_to_the_candidate_never_displaces_it(tmp_path: Path, silos: dict[str, SiloData],
                                                             silo: SiloData) -> None:
     # Prepare: iALS; the region's own line is one sweep from version 0, the candidate is pooled iALS of 3 sweeps
-    serving = RegionServing(tmp_path, AdoptionPolicy.from_config("eu", {"adopt": "adapt", "mu": [1e12]}))
+    policy = AdoptionPolicy.from_config("eu", {"adopt": "adapt", "mu": [1e12], "confidence": 0})
+    serving = RegionServing(tmp_path, policy)
     v0 = initial_global_arrays(IALS, n_items=silo.n_items, seed=0)
     advance_own_line(serving, silo, IALS, CFG, server_round=1, received_version=vid("v0"), received_arrays=v0,
                      seed=1, run_id="run-a")
@@ -212,6 +257,47 @@ def test_a_variant_equal_to_the_candidate_never_displaces_it(tmp_path: Path, sil
     assert rv.decision.served_after == vid("pooled") and rv.decision.adopted
     assert rv.served == evaluate_splits(silo, IALS, pooled, None, CFG, seed=3, splits=("test",))["test"]
     assert served_kind(serving.record.served()) == "global"
+
+
+CONFIDENT = AdoptionPolicy.from_config("eu", {"adopt": "adapt", "mu": [1e12]})  # the default confidence, 0.95
+
+
+def test_with_confidence_a_clear_win_is_served_and_a_tie_with_the_own_line_is_not(tmp_path: Path,
+                                                                                  silos: dict[str, SiloData],
+                                                                                  silo: SiloData) -> None:
+    assert CONFIDENT.confidence == 0.95
+    v0 = initial_global_arrays(IALS, n_items=silo.n_items, seed=0)
+    pooled = solve_silos(IALS, list(silos.values()), n_items=silo.n_items, seed=0, rounds=8)
+
+    def region(name: str) -> RegionServing:
+        serving = RegionServing(tmp_path / name, CONFIDENT)
+        advance_own_line(serving, silo, IALS, CFG, server_round=1, received_version=vid("v0"), received_arrays=v0,
+                         seed=1, run_id="run-a")
+        return serving
+
+    # Execute: the pooled model (8 sweeps over every silo) against an own line of one local sweep; then a
+    # candidate that is the own line itself
+    clear = review_round(region("clear"), silo, IALS, vid("pooled"), pooled)
+    own_line = region("tie")
+    line = own_line.line(OWN_FILE)
+    assert line is not None
+    tie = review_round(own_line, silo, IALS, vid("own-copy"), line.global_arrays)
+
+    # Assert: the p-values are the paired test on the validation users' own scores, recomputed here
+    valid = {name: evaluate_splits(silo, IALS, arrays, None, CFG, seed=3, splits=("valid",))["valid"]
+             for name, arrays in (("pooled", pooled), ("own", line.global_arrays))}
+    direct_p = paired_p_value(valid["pooled"], valid["own"], "ndcg@20")
+    assert clear.decision.evidence["p:global"] == pytest.approx(direct_p, abs=1e-12) and direct_p < 0.05 / 2
+    assert clear.decision.served_after == vid("pooled") and "one-sided paired p" in clear.decision.reason
+    # a candidate that scores exactly as the own line is no evidence: the own line stays served (the plain rule
+    # would give the tie to the simpler global version)
+    assert tie.decision.evidence["global"] == tie.decision.evidence["own"]
+    assert tie.decision.evidence["p:global"] == 1.0
+    assert served_kind(tie.decision.served_after) == "own line" and not tie.decision.adopted
+    assert choose([(k, v) for k, v in tie.decision.evidence.items() if not k.startswith("p:")]) == "global"
+    # the own line's test metrics come with every review, served or not
+    assert clear.own_line == evaluate_splits(silo, IALS, line.global_arrays, None, CFG, seed=3,
+                                             splits=("test",))["test"]
 
 
 # --- iALS: the MAP item solve ----------------------------------------------------------------------------------

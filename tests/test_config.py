@@ -129,9 +129,13 @@ def test_adapt_for_every_region_at_once_with_its_defaults_from_one_place() -> No
     s = RunSettings.from_experiment(exp, data_dir="d", output_dir="o", n_regions=3)
     na, eu = s.policy_for("na"), s.policy_for("eu")
     assert (na.kind, na.metric, na.margin) == ("adapt", "ndcg@20", 0.0)
-    assert (na.adapt_rounds, na.mu) == (1, (0.0, 1.0, 10.0, 100.0))
-    assert (na.adapt_rounds, na.mu) == (AdoptionPolicy.adapt_rounds, AdoptionPolicy.mu)
+    assert (na.adapt_rounds, na.mu, na.confidence) == (1, (0.0, 1.0, 10.0, 100.0), 0.95)
+    assert (na.adapt_rounds, na.mu, na.confidence) == (AdoptionPolicy.adapt_rounds, AdoptionPolicy.mu,
+                                                       AdoptionPolicy.confidence)
     assert (eu.kind, eu.adapt_rounds, eu.mu) == ("adapt", 3, (0.0, 1.0, 10.0))
+    plain = typed(["+adoption.default.adopt=adapt", "+adoption.default.confidence=0"])
+    plain_s = RunSettings.from_experiment(plain, data_dir="d", output_dir="o", n_regions=3)
+    assert plain_s.policy_for("eu").confidence == 0
 
 
 @pytest.mark.parametrize(("overrides", "match"), [
@@ -147,6 +151,10 @@ def test_adapt_for_every_region_at_once_with_its_defaults_from_one_place() -> No
      r"\['mu'\] apply to adopt: adapt only; remove them or set adoption\.eu\.adopt=adapt"),
     (["+adoption.eu.fork=2", "+adoption.eu.adapt_rounds=2"], r"\['adapt_rounds'\] apply to adopt: adapt only"),
     (["+adoption.eu.adopt=adapt", "+adoption.eu.contribute=false"], r"use adoption\.eu\.fork=0 with contribute: false"),
+    (["+adoption.eu.adopt=adapt", "+adoption.eu.confidence=1"], r"adoption\.eu\.confidence=1 is invalid: a probab"),
+    (["+adoption.eu.adopt=adapt", "+adoption.eu.confidence=0.3"], r"confidence=0\.3 is invalid.*or 0 for the plain"),
+    (["+adoption.eu.adopt=adapt", "+adoption.eu.confidence=sure"], r"confidence='sure' is invalid"),
+    (["+adoption.eu.adopt=always", "+adoption.eu.confidence=0.9"], r"\['confidence'\] apply to adopt: adapt only"),
     (["+adoption.eu.adopt=adopt"], r"adoption\.eu\.adopt='adopt': choose always, if_better or adapt"),
 ])
 def test_bad_adoption_policies_fail_at_config_time_naming_the_region(overrides: list[str], match: str) -> None:
@@ -409,6 +417,8 @@ def test_a_jurisdictions_node_config_policy_overrides_the_run_config(tmp_path: P
         SiloIdentity.from_node_config({**base, "adopt": "always", "contribute": "false"}, s)
     adapt = SiloIdentity.from_node_config({**base, "adopt": "adapt", "adapt-mu": "0, 5", "adapt-rounds": 2}, s)
     assert (adapt.policy.kind, adapt.policy.mu, adapt.policy.adapt_rounds) == ("adapt", (0.0, 5.0), 2)
+    sure = SiloIdentity.from_node_config({**base, "adopt": "adapt", "adapt-confidence": "0.99"}, s)
+    assert sure.policy.confidence == 0.99
     with pytest.raises(ConfigError, match=r"node config: adoption\.eu\.mu='0,x' is invalid \('x'\)"):
         SiloIdentity.from_node_config({**base, "adopt": "adapt", "adapt-mu": "0,x"}, s)
 

@@ -14,9 +14,14 @@ Two hooks, called by the ClientApp (`fedrec.silo.handlers`):
   model fine-tuned for `adapt_rounds` local rounds from the candidate and the silo's users; iALS's MAP item
   solve with the candidate as prior for each μ of the policy, `adapt_rounds` alternating sweeps,
   `fedrec.adaptation`; EASE none), scored with the
-  candidate and the own line on the validation users (never test). The simplest wins ties (global, then
-  adapted with the strongest prior or fewest rounds first, then the own line), and a less simple model must
-  beat the best simpler one by more than the policy's `margin`. The decision and every score are recorded
+  candidate and the own line on the validation users (never test). With the policy's `confidence` c > 0 (the
+  default, 0.95) the own line is served unless another model beats it on the validation users by a one-sided
+  paired t-test on their per-user metric at level (1 - c) / (number of other models) (Bonferroni: the chance
+  of serving any model that is not better than the own line on validation's population is at most 1 - c), so a
+  region with a few dozen validation users does not trade its own line for a noisy win. Among the models that
+  pass (c = 0: among all), the simplest wins ties (global, then adapted with the strongest prior or fewest
+  rounds first, then the own line), and a less simple model must beat the best simpler one by more than the
+  policy's `margin`. The decision and every score (and p-value) are recorded
   (`adoption.jsonl`), the served model is kept (`served.safetensors`, so a restarted silo serves the same
   thing), and its test metrics go to the silo's evaluation log.
 """
@@ -25,6 +30,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
 
 from fedrec.adaptation import adapt_statistics_model
 from fedrec.adoption_policy import AdoptionPolicy
@@ -121,6 +129,36 @@ def choose(scores: Sequence[tuple[str, float]], margin: float = 0.0) -> str:
     return best
 
 
+def paired_p_value(option: SiloEvaluation, own: SiloEvaluation, metric: str) -> float:
+    """One-sided paired t-test p-value that `option` beats `own` on the same users' `metric` (1.0: no evidence).
+
+    No per-user values, different users, fewer than two users or no difference at all give 1.0.
+    """
+    a, b = option.per_user, own.per_user
+    if a is None or b is None or len(a["users"]) < 2 or not np.array_equal(a["users"], b["users"]):
+        return 1.0
+    diff = np.asarray(a[metric], dtype=np.float64) - np.asarray(b[metric], dtype=np.float64)
+    if not diff.any():
+        return 1.0
+    if np.ptp(diff) <= 1e-6:  # every user gains (or loses) the same, to float32 precision: no variance to test
+        return 0.0 if diff[0] > 0 else 1.0
+    p = float(stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue)
+    return p if p == p else 1.0
+
+
+def choose_confident(scores: Sequence[tuple[str, float]], p_values: dict[str, float], *, own: str,
+                     confidence: float, margin: float = 0.0) -> str:
+    """`own` unless some option beats it at `confidence` (Bonferroni over the others); then `choose` among those.
+
+    `scores` lists (name, validation score) simplest first and includes `own`; `p_values` holds each other
+    option's `paired_p_value` against `own`.
+    """
+    others = [(n, v) for n, v in scores if n != own]
+    level = (1.0 - confidence) / max(len(others), 1)
+    passed = [(n, v) for n, v in others if p_values.get(n, 1.0) < level]
+    return choose(passed, margin) if passed else own
+
+
 def review_adapted(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
                    candidate: str, candidate_arrays: Arrays, local: Tensors | None, candidate_valid: SiloEvaluation,
                    candidate_test: SiloEvaluation, seed: int, adapt_seed: int, run_id: str = "") -> Review:
@@ -132,12 +170,14 @@ def review_adapted(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg:
     """
     policy, record = serving.policy, serving.record
     past = record.decisions()
+    own = serving.line(OWN_FILE)
     if past and (past[-1].run_id, past[-1].round, past[-1].candidate) == (run_id, server_round, candidate):
-        return Review(past[-1], evaluate_served(serving, silo, spec, cfg, local=local, seed=seed))
+        own_test = None if own is None else evaluate_splits(silo, spec, own.global_arrays, own.local, cfg, seed=seed,
+                                                            splits=("test",))["test"]
+        return Review(past[-1], evaluate_served(serving, silo, spec, cfg, local=local, seed=seed), own_line=own_test)
     options = [Option("global", candidate, candidate_arrays, None)]
     options += adapted_variants(silo, spec, cfg, policy, candidate=candidate, candidate_arrays=candidate_arrays,
                                 local=local, seed=adapt_seed)
-    own = serving.line(OWN_FILE)
     if own is not None:
         options.append(Option("own", f"{OWN_PREFIX}{own.base}", own.global_arrays, own.local))
     evals = {"global": {"valid": candidate_valid, "test": candidate_test}}
@@ -145,15 +185,26 @@ def review_adapted(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg:
         evals[o.name] = evaluate_splits(silo, spec, o.global_arrays, o.users if o.users is not None else local, cfg,
                                         seed=seed, splits=("valid", "test"))
     scores = {o.name: evals[o.name]["valid"].means()[policy.metric] for o in options}
-    pick = choose([(o.name, scores[o.name]) for o in options], policy.margin)
+    ranked = [(o.name, scores[o.name]) for o in options]
+    evidence = dict(scores)
+    if own is not None and policy.confidence > 0:
+        p_values = {o.name: paired_p_value(evals[o.name]["valid"], evals["own"]["valid"], policy.metric)
+                    for o in options if o.name != "own"}
+        pick = choose_confident(ranked, p_values, own="own", confidence=policy.confidence, margin=policy.margin)
+        evidence.update({f"p:{n}": p for n, p in p_values.items()})
+        rule = ("; one-sided paired p vs own line: " + ", ".join(f"{n} {p:.3g}" for n, p in p_values.items())
+                + f" (needs < {(1 - policy.confidence) / max(len(p_values), 1):.3g} at confidence "
+                f"{policy.confidence:g})")
+    else:
+        pick, rule = choose(ranked, policy.margin), ""
     chosen = next(o for o in options if o.name == pick)
     serving.store_served(chosen.label, chosen.global_arrays, chosen.users)
     reason = (f"{policy.metric} on validation users: " + ", ".join(f"{n} {v:.4f}" for n, v in scores.items())
-              + f"; serves {pick}" + (f" (margin {policy.margin:g})" if policy.margin else ""))
-    decision = Decision(server_round, candidate, record.served(), chosen.label, pick != "own", reason, scores,
+              + rule + f"; serves {pick}" + (f" (margin {policy.margin:g})" if policy.margin else ""))
+    decision = Decision(server_round, candidate, record.served(), chosen.label, pick != "own", reason, evidence,
                         run_id=run_id)
     record.record(decision)
-    return Review(decision, evals[pick]["test"])
+    return Review(decision, evals[pick]["test"], own_line=evals["own"]["test"] if own is not None else None)
 
 
 def evaluate_served(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *,

@@ -32,6 +32,8 @@ class LoggedEvaluation:
     """What the region serves after this round and why (with a review only)."""
     served: SiloEvaluation | None = None
     """The served model's test metrics (with a review, when the region serves a model)."""
+    own_line: SiloEvaluation | None = None
+    """`adopt: adapt`: the region's own local-only line's test metrics, served or not."""
 
 
 def _sums(ev: SiloEvaluation) -> dict[str, Any]:
@@ -52,6 +54,8 @@ def log_evaluation(ident: SiloIdentity, *, run_id: str, server_round: int, ev: S
         line["policy"] = asdict(ident.policy)
         line["decision"] = asdict(review.decision)
         line["served"] = _sums(review.served) if review.served is not None else None
+        if review.own_line is not None:
+            line["own_line"] = _sums(review.own_line)
     with open(path, "a") as f:
         f.write(json.dumps(line) + "\n")
     return path
@@ -68,5 +72,6 @@ def read_evaluations(state_dir: Path, run_id: str) -> list[LoggedEvaluation]:
             d = json.loads(text)
             out.append(LoggedEvaluation(
                 round=int(d["round"]), region=str(d["region"]), evaluation=_evaluation(d), policy=d.get("policy"),
-                decision=d.get("decision"), served=_evaluation(d["served"]) if d.get("served") else None))
+                decision=d.get("decision"), served=_evaluation(d["served"]) if d.get("served") else None,
+                own_line=_evaluation(d["own_line"]) if d.get("own_line") else None))
     return out

@@ -146,6 +146,8 @@ class Review:
 
     decision: Decision
     served: SiloEvaluation | None
+    own_line: SiloEvaluation | None = None
+    """`adopt: adapt` only: the region's own (local-only) line's test metrics, served or not (for the report)."""
 
 
 def advance_fork(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
