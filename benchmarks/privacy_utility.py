@@ -18,7 +18,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import platform
@@ -33,7 +32,7 @@ from omegaconf import OmegaConf
 from fedrec.commands.run import conf_dir
 from fedrec.config import experiment_from_dict
 from fedrec.experiment import run_experiment
-from fedrec.privacy_utility import plot_privacy_utility, utility_rows
+from fedrec.privacy_utility import plot_privacy_utility, utility_rows, write_rows
 
 
 def run(overrides: list[str]) -> dict[str, Any]:
@@ -52,19 +51,30 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write rows.csv (per region, ε), runs.json, privacy_utility.png here")
     ap.add_argument("--rounds", nargs="*", default=[], metavar="EPS=R",
                     help="federation.rounds per ε (e.g. inf=8 2=1 8=3: each ε's own best number of releases)")
+    ap.add_argument("--from-results", nargs="*", default=[], metavar="EPS=PATH",
+                    help="add a finished run's results.json (or its directory) at that ε instead of running it "
+                         "(e.g. inf=outputs/nonprivate: the non-private reference of an earlier sweep)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     rounds = {float(k): int(v) for k, v in (item.split("=") for item in args.rounds)}
+    finished = {}
+    for item in args.from_results:
+        eps_text, _, where = item.partition("=")
+        path = Path(where) / "results.json" if Path(where).is_dir() else Path(where)
+        if not path.is_file():
+            ap.error(f"--from-results {item}: no results.json at {path}")
+        finished[eps_text] = json.loads(path.read_text())
     print(f"{datetime.now(UTC).isoformat(timespec='seconds')} {platform.machine()} python {platform.python_version()}"
           f" overrides={args.overrides}", flush=True)
     reference = None
     summaries, rows = [], []
-    for eps in args.epsilons:
+    done = {float(e) for e in finished}
+    for eps in [*finished, *(e for e in args.epsilons if float(e) not in done)]:
         private = not math.isinf(float(eps))
         extra = ["privacy=user_dp", f"privacy.epsilon={eps}", "bounds=[]", "baselines=[]"] if private else []
         if float(eps) in rounds:
             extra += [f"federation.rounds={rounds[float(eps)]}", f"federation.eval_every={rounds[float(eps)]}"]
-        res = run([*args.overrides, *extra])
+        res = finished[eps] if eps in finished else run([*args.overrides, *extra])
         rows += utility_rows(res, float(eps))
         fed = res["final"]["federated"]
         ndcg = fed["overall"]["ndcg@20"]
@@ -90,10 +100,7 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "runs.json").write_text(json.dumps(summaries, indent=1))
-        with open(args.out / "rows.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows(rows, args.out / "rows.csv")
         plot_privacy_utility(rows).savefig(args.out / "privacy_utility.png", dpi=120)
         print(f"wrote {args.out}/rows.csv, runs.json, privacy_utility.png")
 

@@ -3,17 +3,21 @@
 `utility_rows` turns one run's `results.json` (at one ε, or `inf` for the non-private run) into tidy rows, one
 per region (and `overall`), with every method the run measured: `served` (what the region serves after its
 adoption review, e.g. the DP global model adapted to its own data), `federated` (the DP global model),
-`local_only`, `centralized`, `popularity` and, when the run had baselines, the validation-picked best local
-and pooled simple baselines (`local_baseline`, `pooled_baseline`).
+`own_line` (`adopt: adapt`: the region's own local-only line, the model it falls back to), `local_only`,
+`centralized`, `popularity` and, when the run had baselines, the validation-picked best local and pooled simple
+baselines (`local_baseline`, `pooled_baseline`).
 `plot_privacy_utility` draws one panel per region: served and the DP global model against ε, with the
 non-private federation, local-only and popularity as reference lines (`benchmarks/privacy_utility.py`
-writes it with `--out`).
+writes it with `--out`). `write_rows` / `read_rows` keep the table as CSV (`inf` for the non-private run, empty
+for a method the run did not measure), so a measured sweep can be re-plotted without re-running it.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -21,7 +25,8 @@ from matplotlib.figure import Figure
 from fedrec.plots import METHOD_STYLE
 
 Row = dict[str, Any]
-MEASURED = ("served", "federated", "local_only", "centralized", "popularity", "local_baseline", "pooled_baseline")
+MEASURED = ("served", "federated", "own_line", "local_only", "centralized", "popularity", "local_baseline",
+            "pooled_baseline")
 LINE_STYLE: dict[str, dict[str, Any]] = {
     "served": {"color": "#ff7f0e", "marker": "o", "label": "served (DP global + own adaptation)"},
     "federated": {"color": "#1f77b4", "marker": "s", "label": "DP global model"},
@@ -44,6 +49,36 @@ def utility_rows(results: dict[str, Any], epsilon: float, metric: str = "ndcg@20
             cell = (block["overall"] if region == "overall" else block["per_region"].get(region, {})) if block else {}
             row[method] = float(cell.get(metric, math.nan))
         rows.append(row)
+    return rows
+
+
+def write_rows(rows: Iterable[Row], path: Path) -> Path:
+    """The table as CSV: `epsilon` (`inf`: no DP), `region`, then each method (empty: not measured)."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no privacy-utility rows to write")
+    fields = ["epsilon", "region", *MEASURED]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if isinstance(row.get(k), float) and math.isnan(row[k]) else row.get(k, "")
+                             for k in fields})
+    return path
+
+
+def read_rows(path: Path) -> list[Row]:
+    """Rows written by `write_rows` (or `benchmarks/privacy_utility.py --out`), with numbers as floats."""
+    rows = []
+    with open(path, newline="") as f:
+        for i, raw in enumerate(csv.DictReader(f), start=2):
+            missing = {"epsilon", "region"} - {k for k, v in raw.items() if v}
+            if missing:
+                raise ValueError(f"{path}:{i}: no {sorted(missing)} (expected the columns of write_rows)")
+            row: Row = {"epsilon": float(raw["epsilon"]), "region": raw["region"]}
+            for method in MEASURED:
+                row[method] = float(raw[method]) if raw.get(method) else math.nan
+            rows.append(row)
     return rows
 
 

@@ -104,12 +104,13 @@ def adoption_table(results: dict[str, Any], metric: str = "ndcg@20") -> Table:
     """Per region: its policy, what it serves (global / adapted / own line / fork), and served vs global vs local.
 
     `serves` names the kind and the global version it comes from; with an `adapt` policy, `served by round`
-    counts the kinds served over the evaluated rounds.
+    counts the kinds served over the evaluated rounds, and `own line` is the region's own local-only line (the
+    model it falls back to), served or not.
     """
     table = Table(title=f"what each region serves ({metric}, test split; decided in the silo, never sent)")
     adapting = any(a.get("policy", {}).get("kind") == "adapt" for a in results.get("adoption", {}).values())
     columns = ("region", "policy", "serves", *(("served by round",) if adapting else ()), "adopted", "kept",
-               "served", "global", "local-only")
+               "served", "global", *(("own line",) if adapting else ()), "local-only")
     for col in columns:
         table.add_column(col, justify="left" if col in ("region", "policy", "serves", "served by round") else "right")
     final = results["final"]
@@ -129,7 +130,7 @@ def adoption_table(results: dict[str, Any], metric: str = "ndcg@20") -> Table:
         by_round = [", ".join(f"{k} {kinds.count(k)}" for k in dict.fromkeys(kinds)) or "-"] if adapting else []
         table.add_row(region, policy, serves, *by_round, str(sum(d["adopted"] for d in decisions)),
                       str(sum(not d["adopted"] for d in decisions if "fork" not in d["reason"])),
-                      cell("served"), cell("federated"), cell("local_only"))
+                      cell("served"), cell("federated"), *([cell("own_line")] if adapting else []), cell("local_only"))
     return table
 
 

@@ -150,3 +150,4 @@ def test_the_report_says_which_kind_each_region_serves(ials_runs) -> None:
         want = {"global": "global ", "adapted": "adapted (mu=", "own line": "own line"}[a["serving_kind"]]
         assert want in row, row
         assert f"{res['final']['served']['per_region'][region]['ndcg@20']:.4f}" in row
+        assert f"{res['final']['own_line']['per_region'][region]['ndcg@20']:.4f}" in row  # the fallback, served or not

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from fedrec.privacy_utility import plot_privacy_utility, utility_rows
+from fedrec.privacy_utility import plot_privacy_utility, read_rows, utility_rows, write_rows
 
 
 def results(federated: float, served: float | None, *, local: float = 0.3, baseline: bool = False) -> dict:
@@ -26,7 +27,8 @@ def test_rows_hold_every_measured_method_per_region_and_nan_for_what_the_run_lac
     by_region = {r["region"]: r for r in rows}
     assert list(by_region) == ["eu", "na", "overall"]
     assert by_region["na"] == pytest.approx({"epsilon": 8.0, "region": "na", "served": 0.2, "federated": 0.1,
-                                             "local_only": 0.15, "centralized": math.nan, "popularity": 0.05,
+                                             "own_line": math.nan, "local_only": 0.15, "centralized": math.nan,
+                                             "popularity": 0.05,
                                              "local_baseline": 0.175, "pooled_baseline": math.nan}, nan_ok=True)
 
 
@@ -43,3 +45,21 @@ def test_the_figure_has_a_panel_per_region_with_served_global_and_the_non_privat
     assert list(lines["DP global model"].get_ydata()) == [0.2, 0.3]
     assert set(lines["federated, no DP"].get_ydata()) == {0.5}  # the ε=inf run, drawn across
     assert set(lines["local-only (no DP)"].get_ydata()) == {0.3}
+
+
+def test_rows_survive_a_csv_round_trip_with_inf_and_what_was_not_measured(tmp_path: Path) -> None:
+    rows = [*utility_rows(results(0.5, None, baseline=True), math.inf), *utility_rows(results(0.2, 0.4), 2.0)]
+    back = read_rows(write_rows(rows, tmp_path / "rows.csv"))
+    assert len(back) == len(rows) == 6
+    for a, b in zip(rows, back, strict=True):
+        assert a == pytest.approx(b, nan_ok=True)
+    assert math.isinf(back[0]["epsilon"]) and math.isnan(back[3]["served"]) is False and math.isnan(back[0]["served"])
+
+
+def test_a_file_that_is_not_a_rows_table_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "other.csv"
+    path.write_text("region,served\neu,0.3\n")
+    with pytest.raises(ValueError, match=r"other\.csv:2: no \['epsilon'\]"):
+        read_rows(path)
+    with pytest.raises(ValueError, match="no privacy-utility rows"):
+        write_rows([], tmp_path / "empty.csv")
