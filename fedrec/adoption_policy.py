@@ -19,6 +19,8 @@ ADOPTION_KINDS = ("always", "if_better", "adapt")
 """`adopt:` values (the other policies are `pin:` and `fork:`)."""
 ADAPT_KEYS = ("adapt_rounds", "mu", "confidence")
 """Keys that only `adopt: adapt` takes."""
+MAX_MU = 16
+"""The most prior strengths `mu` may list (a run config may set the policy of a silo whose node config does not)."""
 
 
 def _parse_mu(where: str, value: Any) -> tuple[float, ...]:
@@ -37,6 +39,9 @@ def _parse_mu(where: str, value: Any) -> tuple[float, ...]:
         if not (math.isfinite(mu) and mu >= 0):
             raise ConfigError(f"{where}.mu={value!r} is invalid ({v!r}): {fix}")
         out.append(mu)
+    if len(set(out)) > MAX_MU:  # each μ is a solve, a refit and a full ranking per evaluation message, held at once
+        raise ConfigError(f"{where}.mu has {len(set(out))} values: at most {MAX_MU} (each is one more adapted model "
+                          "the silo builds and scores on every evaluation message)")
     return tuple(sorted(set(out)))
 
 

@@ -5,7 +5,8 @@ uses the region's own training data only and puts nothing in a reply, so it cost
 
 Two hooks, called by the ClientApp (`fedrec.silo.handlers`):
 - `advance_own_line` on every training message: the region's own line, a local-only model started from the
-  first global version the silo receives in a run (version 0) and trained one local round on its data per
+  run's version 0 as the silo builds it itself from the run's seed (never the received arrays, which a hostile
+  coordinator could craft; except a model initialised from catalog features) and trained one local round on its data per
   training message (a statistics model, whose local round is one cheap solve: `adapt_rounds` of them, so its
   own line converges even when a DP federation runs few rounds), exactly like a fork that never adopts
   (`<state-dir>/serving/own.safetensors`). A training
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import stats
 
 from fedrec.adaptation import adapt_statistics_model
@@ -43,7 +45,7 @@ from fedrec.silo.adoption import Decision
 from fedrec.silo.round import evaluate_splits, silo_seed, train_round
 from fedrec.silo.serving import FORK_PREFIX, OWN_FILE, Fork, RegionServing, Review, train_line
 from fedrec.statistics import is_statistics_model
-from fedrec.training import Arrays, Tensors, TrainConfig
+from fedrec.training import Arrays, Tensors, TrainConfig, initial_global_arrays
 
 OWN_PREFIX = "own:"
 ADAPTED_PREFIX = "adapted:"
@@ -72,9 +74,13 @@ class Option:
 
 
 def advance_own_line(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
-                     received_version: str, received_arrays: Arrays, seed: int, run_id: str) -> Fork:
+                     received_version: str, received_arrays: Arrays, seed: int, run_id: str,
+                     run_seed: int | None = None) -> Fork:
     """Training-message hook: start the own line from the first version of the run, then one local round.
 
+    With `run_seed` (the ClientApp gives the run's seed) the line starts from the model the silo builds itself
+    from that seed (`own_start`: what an honest coordinator sends as version 0), not from the received
+    arrays: a coordinator that crafts its first version cannot seed the region's fallback.
     A training message of this run at or before the round the line last trained for (a replay by a restarted
     or hostile coordinator) changes nothing. A new run starts a new line (local-only is a per-run bound).
     Nothing of the line ever feeds a reply.
@@ -87,12 +93,26 @@ def advance_own_line(serving: RegionServing, silo: SiloData, spec: ModelSpec, cf
         if run != run_id:
             line = None
     if line is None:
+        start = own_start(spec, silo.n_items, run_seed) if run_seed is not None else None
         line = Fork(base=received_version, since_round=server_round - 1, rounds=0,
-                    global_arrays=dict(received_arrays), local={}, optimizer={})
+                    global_arrays=dict(received_arrays if start is None else start), local={}, optimizer={})
     for _ in range(serving.policy.adapt_rounds if is_statistics_model(spec) else 1):
         line = train_line(line, silo, spec, cfg, seed=seed, key=f"{run_id}/{server_round}")
     serving.save_line(OWN_FILE, line)
     return line
+
+
+def own_start(spec: ModelSpec, n_items: int, run_seed: int) -> Arrays | None:
+    """The own line's first model, built in the silo from the run's seed (None for a features-initialised model).
+
+    A model whose first item factors come from the catalog's features (which a deployed silo may not hold)
+    starts from the received arrays. The process's torch random state is left as it was (replies must not
+    depend on the own line).
+    """
+    if spec.kwargs.get("init") == "features":
+        return None
+    with torch.random.fork_rng(devices=[]):
+        return initial_global_arrays(spec, n_items=n_items, seed=run_seed)
 
 
 def adapted_variants(silo: SiloData, spec: ModelSpec, cfg: TrainConfig, policy: AdoptionPolicy, *, candidate: str,

@@ -23,7 +23,7 @@ from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, stati
 from fedrec.silo.evaluation_log import log_evaluation
 from fedrec.silo.policy import SiloIdentity
 from fedrec.silo.private_round import private_train_round
-from fedrec.silo.round import check_received, evaluate_splits, silo_seed, train_round
+from fedrec.silo.round import InvalidGlobalModel, check_received, evaluate_splits, silo_seed, train_round
 from fedrec.silo.secure_aggregation import PLAIN, aggregation_of
 from fedrec.silo.serving import RegionServing, advance_fork, review
 from fedrec.silo.state import SiloState
@@ -46,7 +46,7 @@ class Silo:
 def train_message(silo: Silo, content: RecordDict, reproducible_noise: bool = False) -> RecordDict:
     """The reply to a training message: a cached reply re-sent the way it left, a decline, or a new update."""
     s, ident = silo.s, silo.ident
-    rnd, version = read_int(content, "config", "server-round"), read_version(content)
+    rnd, version = read_int(content, "config", "server-round"), received_version(content)
     how = aggregation_of(content.config_records["config"])
     if ident.require_secure_aggregation and how == PLAIN:
         reason = "this jurisdiction requires secure aggregation (node config): it sends no update in the clear"
@@ -74,7 +74,7 @@ def train_content(silo: Silo, rnd: int, version: str, arrays: Arrays, reproducib
     if serving is not None and ident.policy.kind == "adapt":  # the region's own line: local only, never sent
         advance_own_line(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
                          received_version=version or f"round-{rnd - 1}", received_arrays=arrays,
-                         seed=silo_seed(s.seed, ident.region + "/own", rnd), run_id=silo.run_key)
+                         seed=silo_seed(s.seed, ident.region + "/own", rnd), run_id=silo.run_key, run_seed=s.seed)
     if serving is not None and ident.policy.kind == "fork":
         fork = advance_fork(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
                             received_version=version or f"round-{rnd - 1}", received_arrays=arrays,
@@ -114,7 +114,7 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     splits = ("test", "valid") if serving is not None and ident.policy.kind in ("if_better", "adapt") else ("test",)
     evals = evaluate_splits(silo.data, s.model_spec, arrays, local, s.train_config(), seed=seed, splits=splits)
     ev = evals["test"]
-    candidate = read_version(content) or f"round-{rnd}"
+    candidate = received_version(content) or f"round-{rnd}"
     if serving is not None and ident.policy.kind == "adapt":  # served: global, adapted or own line (in the silo)
         rv = review_adapted(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd, candidate=candidate,
                             candidate_arrays=arrays, local=local, candidate_valid=evals["valid"], candidate_test=ev,
@@ -130,6 +130,19 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     if s.privacy_settings().enabled or ident.requires_dp:
         return evaluate_reply(None, region=ident.region, server_round=rnd)
     return evaluate_reply(ev, region=ident.region, server_round=rnd)
+
+
+def received_version(content: RecordDict) -> str:
+    """The global version a message names, refused when it has a ':'.
+
+    A region records a served global version under its name and tells its own models apart by a prefix of the
+    same label (`fork:`, `own:`, `adapted:`): a version named "own:…" would be recorded, and reported, as the
+    region's own line. Version ids are hex digests; the check reads only the message.
+    """
+    version = read_version(content)
+    if ":" in version:
+        raise InvalidGlobalModel(f"model-version {version[:80]!r}: a version id has no ':'")
+    return version
 
 
 def serving_of(ident: SiloIdentity) -> RegionServing | None:
