@@ -115,3 +115,28 @@ def test_a_version_named_like_the_regions_own_model_is_refused(world: PreparedWo
         serving = RegionServing(tmp_path / kind / "eu-own-state", ADAPT)
         assert serving.record.decisions() == [] and serving.line(OWN_FILE) is None
 
+
+# ---- 4. a round number from the far future -------------------------------------------------------------------
+
+
+def test_one_training_message_from_a_far_round_does_not_freeze_the_own_line(world: PreparedWorld,
+                                                                            tmp_path: Path) -> None:
+    # The own line treated every training message at or before the last round it trained for as a replay. One
+    # message numbered 10¹² froze it for the rest of the run, while the silo went on training the federation's
+    # model: the region's fallback stayed where it was and the federation's model overtook it.
+    silo, cfg = world.silos["eu"], TrainConfig(batch_size=64, n_negatives=16)
+    v0 = initial_global_arrays(MF, n_items=silo.n_items, seed=0)
+    serving = RegionServing(tmp_path, ADAPT)
+
+    def advance(rnd: int):  # type: ignore[no-untyped-def]
+        return advance_own_line(serving, silo, MF, cfg, server_round=rnd, received_version="v0", received_arrays=v0,
+                                seed=rnd, run_id="run-a", run_seed=0)
+
+    advance(1)
+    advance(10**12)
+    for rnd in (2, 3, 4):
+        advance(rnd)
+    # replays of any round it trained for still train nothing
+    for rnd in (1, 3, 10**12):
+        assert advance(rnd).rounds == 5
+    assert own_line(tmp_path).rounds == 5

@@ -30,7 +30,7 @@ Two hooks, called by the ClientApp (`fedrec.silo.handlers`):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -81,23 +81,27 @@ def advance_own_line(serving: RegionServing, silo: SiloData, spec: ModelSpec, cf
     With `run_seed` (the ClientApp gives the run's seed) the line starts from the model the silo builds itself
     from that seed (`own_start`: what an honest coordinator sends as version 0), not from the received
     arrays: a coordinator that crafts its first version cannot seed the region's fallback.
-    A training message of this run at or before the round the line last trained for (a replay by a restarted
-    or hostile coordinator) changes nothing. A new run starts a new line (local-only is a per-run bound).
+    A training message of this run for a round the line already trained for (a replay by a restarted or
+    hostile coordinator) changes nothing; any other round trains it once, so one message from a far round
+    cannot freeze it for the rest of the run. A new run starts a new line (local-only is a per-run bound).
     Nothing of the line ever feeds a reply.
     """
     line = serving.line(OWN_FILE)
+    done: list[str] = []
     if line is not None:
         run, _, trained = line.last_trained.rpartition("/")
-        if run == run_id and trained.isdigit() and server_round <= int(trained):
+        done = line.trained_rounds.split(",") if line.trained_rounds else [trained]
+        if run == run_id and str(server_round) in done:
             return line
         if run != run_id:
-            line = None
+            line, done = None, []
     if line is None:
         start = own_start(spec, silo.n_items, run_seed) if run_seed is not None else None
         line = Fork(base=received_version, since_round=server_round - 1, rounds=0,
                     global_arrays=dict(received_arrays if start is None else start), local={}, optimizer={})
     for _ in range(serving.policy.adapt_rounds if is_statistics_model(spec) else 1):
         line = train_line(line, silo, spec, cfg, seed=seed, key=f"{run_id}/{server_round}")
+    line = replace(line, trained_rounds=",".join([*done, str(server_round)]))
     serving.save_line(OWN_FILE, line)
     return line
 

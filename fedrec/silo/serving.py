@@ -67,6 +67,9 @@ class Fork:
     optimizer: Arrays
     last_trained: str = ""
     """`<run>/<round>` of the training message the fork last trained for (a replay of it trains nothing)."""
+    trained_rounds: str = ""
+    """The own line's rounds of run `last_trained`'s run it trained for, comma-separated (a replay of any of
+    them trains nothing; rounds need not come in order)."""
 
 
 class RegionServing:
@@ -118,7 +121,8 @@ class RegionServing:
         part = {p: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(p + "/")} for p in "glo"}
         return Fork(base=head["base"], since_round=int(head["since_round"]), rounds=int(head["rounds"]),
                     global_arrays=part["g"], local={k: torch.as_tensor(v) for k, v in part["l"].items()},
-                    optimizer=part["o"], last_trained=head.get("last_trained", ""))
+                    optimizer=part["o"], last_trained=head.get("last_trained", ""),
+                    trained_rounds=head.get("trained_rounds", ""))
 
     def save_line(self, file: str, fork: Fork) -> None:
         """Write a line's whole state in one file (replaced atomically)."""
@@ -126,7 +130,8 @@ class RegionServing:
                   **{f"l/{k}": v.detach().numpy() for k, v in fork.local.items()},
                   **{f"o/{k}": v for k, v in fork.optimizer.items()}}
         atomic_save_arrays(self.dir / file, arrays, {"base": fork.base, "since_round": str(fork.since_round),
-                                                    "rounds": str(fork.rounds), "last_trained": fork.last_trained})
+                                                    "rounds": str(fork.rounds), "last_trained": fork.last_trained,
+                                                    "trained_rounds": fork.trained_rounds})
 
     def fork_due(self, *, received_round: int, received_version: str) -> bool:
         """Whether the received global version is where this region's fork (re)starts."""
