@@ -68,4 +68,7 @@ def test_quickstart_notebook_executes(this_interpreter_kernel: str) -> None:
                for o in shown), "the rich results_table was displayed"
     assert any("what each region serves" in o.data.get("text/plain", "") and "fork of" in o.data.get("text/plain", "")
                for o in shown), "the adoption table was displayed, with apac serving its fork"
-    assert sum("image/png" in o.data for o in shown) == 3, "both result figures and the adoption figure rendered"
+    assert any("served ε=8" in o.data["text/html"] and "local-only, no DP" in o.data["text/html"] for o in frames), \
+        "the privacy-utility table (read from the committed sweep) was displayed"
+    assert sum("image/png" in o.data for o in shown) == 4, \
+        "both result figures, the adoption figure and the privacy-utility figure rendered"

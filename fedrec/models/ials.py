@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from fedrec.errors import ConfigError
@@ -53,7 +54,11 @@ def feature_factors(features: np.ndarray, dim: int) -> np.ndarray:
     norm 1, the others their share); columns beyond the features' rank are zero. Public: no interaction enters.
     """
     centred = np.asarray(features, dtype=np.float64) - np.asarray(features, dtype=np.float64).mean(axis=0)
-    u, sv, _ = np.linalg.svd(centred, full_matrices=False)
+    # One BLAS thread: the coordinator calls this from the ServerApp's thread, where OpenBLAS's thread pool was
+    # seen to spin forever in this SVD (twice, in a second simulation in one process); the matrix is
+    # n_items x n_features, milliseconds on one thread.
+    with threadpool_limits(limits=1, user_api="blas"):
+        u, sv, _ = np.linalg.svd(centred, full_matrices=False)
     out = np.zeros((len(centred), dim))
     k = min(dim, int((sv > sv[0] * 1e-9).sum()) if sv.size and sv[0] > 0 else 0)
     out[:, :k] = u[:, :k] * (sv[:k] / sv[0])
