@@ -59,9 +59,11 @@ def _extend_to_norm(delta: Arrays, direction: Arrays, target: float) -> float:
     along = sum(float(np.sum(delta[k] * d)) for k, d in direction.items())
     honest_sq = norm_of(delta) ** 2
     disc = along**2 + target**2 - honest_sq
-    if disc < 0 or -along + math.sqrt(disc) < 0:
+    tol = 1e-12 * max(target**2, honest_sq, 1e-300)  # rounding: at multiple 1 the exact answer may be a step of 0
+    step = -along + math.sqrt(max(disc, 0.0))
+    if disc < -tol or step < -math.sqrt(tol):
         raise ValueError(f"no step along this direction reaches norm {target:.4g} from {math.sqrt(honest_sq):.4g}")
-    return -along + math.sqrt(disc)
+    return max(step, 0.0)
 
 
 def _apply(reply: Arrays, sent: Arrays, delta: Arrays) -> Arrays:
