@@ -220,3 +220,12 @@ def test_the_screen_passes_a_sign_flip_and_mild_noise_and_rejects_loud_noise(
         assert set(entry["rejected"]) == ({"eu"} if rejected else set()), entry["rejected"]
         assert sent[rnd]["apac"] == honest[rnd]["apac"] and sent[rnd]["na"] == honest[rnd]["na"]
         assert sent[rnd]["eu"] == pytest.approx(multiple * honest[rnd]["eu"], rel=1e-5)
+
+
+def test_no_fedrec_module_can_switch_a_hostile_mod_on() -> None:
+    """Research tooling only: nothing a deployment or a run config reaches imports the hostile mods."""
+    from tests.test_layering import ROOT, imports_of
+
+    users = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py") if p.name != "hostile_mods.py"
+             and any("hostile_mods" in module for _, module in imports_of(p))]
+    assert users == []
