@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import platform
 import shutil
 import sys
@@ -147,6 +148,9 @@ def main() -> None:
 
     runs = {"clean": summary(args.out / "clean", clean, target, attackers)}
     for m in args.multiples:
+        if m == "near" and math.isinf(limit):
+            print("  near: the attackers set the round's median themselves, the screen has no limit: skipped")
+            continue
         multiple = round(args.near_margin * limit, 2) if m == "near" else float(m)
         name = f"boost-{multiple:g}x"
         res = run(overrides, args.out / name, args.engine,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from fedrec.flower.hostile_mods import (
     norm_of,
     read_norm_log,
     scaled_noise,
+    screen_limit_multiple,
     sign_flip,
     targeted_boost,
     update_norm_log,
@@ -140,6 +142,17 @@ def test_a_model_without_a_global_item_bias_is_refused() -> None:
         boost_update({"stat.gram": np.ones((2, 2))}, {"stat.gram": np.zeros((2, 2))}, item=0, multiple=2.0)
     with pytest.raises(ValueError, match="multiple >= 1"):
         targeted_boost("eu", 3, 0.5)
+
+
+def test_the_screen_limit_is_the_least_room_over_rounds_with_the_attackers_own_norm_in_the_median() -> None:
+    norms = {1: {"a": 1.0, "b": 1.0, "c": 1.0}, 2: {"a": 2.0, "b": 1.0, "c": 1.0, "d": 1.0}}
+    assert screen_limit_multiple({1: norms[1]}, "a") == pytest.approx(10.0)  # median: m x 1 itself at most
+    assert screen_limit_multiple(norms, "a") == pytest.approx(5.0)  # round 2: 2m <= 10 x median 1
+    five = {1: {r: 1.0 for r in "abcde"}}
+    assert screen_limit_multiple(five, ["a", "b"], norm_factor=4.0) == pytest.approx(4.0)  # median stays 1
+    assert screen_limit_multiple(norms, ["a", "b"]) == math.inf  # two of four set the median themselves
+    with pytest.raises(ValueError, match="3 or more"):
+        screen_limit_multiple({1: {"a": 1.0, "b": 1.0}}, "a")
 
 
 # --- the measure -------------------------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ def screen_limit_multiple(norms: dict[int, dict[str, float]], attacker: str | Co
     median update norm, the attackers' inflated norms counted in that median as the screen counts them.
 
     A run with the attack drifts from the recorded one, so sizing an attack from it only predicts the limit: a
-    study reports what the screen did (`round_log` rejections).
+    study reports what the screen did (`round_log` rejections). `inf`: no multiple is ever rejected.
     """
     attackers = _regions(attacker)
     limits = []
@@ -249,6 +249,9 @@ def screen_limit_multiple(norms: dict[int, dict[str, float]], attacker: str | Co
             continue
         while passes(hi) and hi < 1e6:
             lo, hi = hi, hi * 2
+        if passes(hi):  # colluders who set the median themselves: the screen never stops them
+            limits.append(math.inf)
+            continue
         for _ in range(60):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if passes(mid) else (lo, mid)
