@@ -8,7 +8,8 @@ HR@K = 1 if any test item is in the top K.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,6 +34,56 @@ def topk_metrics(hits: torch.Tensor, n_relevant: torch.Tensor) -> dict[str, torc
     return {m: out[m] for m in METRICS}
 
 
+@dataclass(frozen=True)
+class RankedBatch:
+    """One batch of users' top-k: `top[r]` are the item ids ranked for user `users[r]`, best first.
+
+    `top_scores` are their scores; an item that was excluded scores -inf (it appears only when a user has fewer
+    than k candidates) and must never count as recommended.
+    """
+
+    users: np.ndarray
+    top: torch.Tensor
+    top_scores: torch.Tensor
+
+    def shown(self) -> torch.Tensor:
+        """[B, k] boolean: which of the top-k slots hold a real candidate (not an excluded item)."""
+        return torch.isfinite(self.top_scores)
+
+
+def ranked_top_k(
+    score_all: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    n_items: int,
+    users: np.ndarray,
+    exclude: Iterable[tuple[np.ndarray, np.ndarray]],
+    k: int = 20,
+    batch_size: int = 512,
+) -> Iterator[RankedBatch]:
+    """Each (sorted, unique) user's top `min(k, n_items)` items over the whole catalog minus `exclude`, in batches.
+
+    The one ranking every full-ranking number is computed from (`evaluate_full_ranking`, `fedrec.exposure`).
+    """
+    eval_users = np.asarray(users)
+    exclude = list(exclude)
+    ex_u = np.concatenate([np.asarray(u) for u, _ in exclude] or [np.zeros(0, np.int64)])
+    ex_i = np.concatenate([np.asarray(i) for _, i in exclude] or [np.zeros(0, np.int64)])
+    # Row of each evaluated user inside its batch, via a lookup over user ids.
+    lookup = np.full(int(max(eval_users.max(initial=0), ex_u.max(initial=0))) + 1, -1, dtype=np.int64)
+    lookup[eval_users] = np.arange(len(eval_users))
+    ex_row = lookup[ex_u] if len(ex_u) else np.zeros(0, np.int64)
+    k = min(k, n_items)
+    with torch.no_grad():
+        for start in range(0, len(eval_users), batch_size):
+            stop = min(start + batch_size, len(eval_users))
+            batch = torch.as_tensor(eval_users[start:stop], dtype=torch.long)
+            scores = score_all(batch).to(torch.float32)
+            sel = (ex_row >= start) & (ex_row < stop)
+            scores[torch.as_tensor(ex_row[sel] - start), torch.as_tensor(ex_i[sel])] = -torch.inf
+            top_scores, top = torch.topk(scores, k, dim=1)
+            yield RankedBatch(users=eval_users[start:stop], top=top, top_scores=top_scores)
+
+
 def evaluate_full_ranking(
     score_all: Callable[[torch.Tensor], torch.Tensor],
     *,
@@ -48,32 +99,25 @@ def evaluate_full_ranking(
     """
     t_users, t_items = targets
     eval_users = np.unique(t_users)
-    ex_u = np.concatenate([np.asarray(u) for u, _ in exclude] or [np.zeros(0, np.int64)])
-    ex_i = np.concatenate([np.asarray(i) for _, i in exclude] or [np.zeros(0, np.int64)])
-    # Row of each evaluated user inside its batch, via a lookup over user ids.
-    lookup = np.full(int(max(t_users.max(), ex_u.max(initial=0))) + 1, -1, dtype=np.int64)
+    lookup = np.full(int(t_users.max()) + 1, -1, dtype=np.int64)
     lookup[eval_users] = np.arange(len(eval_users))
+    t_row = lookup[t_users]
     results: dict[str, list[torch.Tensor]] = {m: [] for m in METRICS}
-    t_row, ex_row = lookup[t_users], lookup[ex_u] if len(ex_u) else np.zeros(0, np.int64)
-    k = min(20, n_items)
-    with torch.no_grad():
-        for start in range(0, len(eval_users), batch_size):
-            stop = min(start + batch_size, len(eval_users))
-            users = torch.as_tensor(eval_users[start:stop], dtype=torch.long)
-            scores = score_all(users).to(torch.float32)
-            sel = (ex_row >= start) & (ex_row < stop)
-            scores[torch.as_tensor(ex_row[sel] - start), torch.as_tensor(ex_i[sel])] = -torch.inf
-            relevant = torch.zeros(stop - start, n_items, dtype=torch.bool)
-            tsel = (t_row >= start) & (t_row < stop)
-            relevant[torch.as_tensor(t_row[tsel] - start), torch.as_tensor(t_items[tsel])] = True
-            top_scores, top = torch.topk(scores, k, dim=1)
-            # With fewer than k candidates, topk also returns excluded (-inf) items: never count those.
-            hits = torch.gather(relevant, 1, top) & torch.isfinite(top_scores)
-            if k < 20:
-                hits = torch.cat([hits, torch.zeros(hits.shape[0], 20 - k, dtype=torch.bool)], 1)
-            per_user = topk_metrics(hits, relevant.sum(1))
-            for m in METRICS:
-                results[m].append(per_user[m])
+    start = 0
+    for ranked in ranked_top_k(score_all, n_items=n_items, users=eval_users, exclude=exclude, k=20,
+                               batch_size=batch_size):
+        stop = start + len(ranked.users)
+        relevant = torch.zeros(stop - start, n_items, dtype=torch.bool)
+        tsel = (t_row >= start) & (t_row < stop)
+        relevant[torch.as_tensor(t_row[tsel] - start), torch.as_tensor(t_items[tsel])] = True
+        # With fewer than k candidates, topk also returns excluded (-inf) items: never count those.
+        hits = torch.gather(relevant, 1, ranked.top) & ranked.shown()
+        if hits.shape[1] < 20:
+            hits = torch.cat([hits, torch.zeros(hits.shape[0], 20 - hits.shape[1], dtype=torch.bool)], 1)
+        per_user = topk_metrics(hits, relevant.sum(1))
+        for m in METRICS:
+            results[m].append(per_user[m])
+        start = stop
     out = {m: torch.cat(v).numpy() if v else np.zeros(0) for m, v in results.items()}
     out["users"] = eval_users
     return out

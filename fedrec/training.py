@@ -187,6 +187,12 @@ def assemble_model(spec: ModelSpec, silo: SiloData, global_arrays: Arrays, local
     return model
 
 
+def fitted_model(spec: ModelSpec, silo: SiloData, global_arrays: Arrays, local: Tensors | None, cfg: TrainConfig,
+                 *, seed: int) -> RecModel:
+    """The model a silo evaluates: the global parameters with its own per-user state, users re-fitted to them."""
+    return refit_users(assemble_model(spec, silo, global_arrays, local, seed=seed), silo, cfg, seed=seed)
+
+
 def optimizer_to_arrays(opt: torch.optim.Optimizer) -> Arrays:
     """Flatten an optimizer's per-parameter state into named arrays (for the silo's node state)."""
     out: Arrays = {}

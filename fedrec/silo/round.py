@@ -25,10 +25,10 @@ from fedrec.training import (
     Tensors,
     TrainConfig,
     assemble_model,
+    fitted_model,
     make_optimizer,
     optimizer_from_arrays,
     optimizer_to_arrays,
-    refit_users,
     train_epochs,
 )
 
@@ -132,5 +132,5 @@ def evaluate_round(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local
 def evaluate_splits(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: Tensors | None,
                     cfg: TrainConfig, *, seed: int, splits: tuple[str, ...]) -> dict[str, SiloEvaluation]:
     """`evaluate_round` on several splits from one re-fit (the re-fit costs a pass over the silo's data)."""
-    fitted = refit_users(assemble_model(spec, silo, global_arrays, local, seed=seed), silo, cfg, seed=seed)
+    fitted = fitted_model(spec, silo, global_arrays, local, cfg, seed=seed)
     return {split: evaluate_model(fitted, silo, split=split, rmse_too=cfg.loss == "mse") for split in splits}
