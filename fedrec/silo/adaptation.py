@@ -186,7 +186,9 @@ def choose_confident(scores: Sequence[tuple[str, float]], p_values: dict[str, fl
 def review_adapted(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
                    candidate: str, candidate_arrays: Arrays, local: Tensors | None, candidate_valid: SiloEvaluation,
                    candidate_test: SiloEvaluation, seed: int, adapt_seed: int, run_id: str = "") -> Review:
-    """Evaluation-message hook: serve the validation-best of {candidate, its adapted variants, the own line}.
+    """Evaluation-message hook: the own line, unless the candidate or an adapted variant passes the paired test.
+
+    Among those that pass at the policy's `confidence`, the validation-best (`confidence` 0: among all).
 
     `candidate_valid` / `candidate_test` come from one re-fit of the silo's users to the candidate; every other
     option is re-fitted and scored with the same `seed`. An evaluation message already reviewed (same run,
