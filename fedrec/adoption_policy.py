@@ -19,6 +19,8 @@ ADOPTION_KINDS = ("always", "if_better", "adapt")
 """`adopt:` values (the other policies are `pin:` and `fork:`)."""
 ADAPT_KEYS = ("adapt_rounds", "mu", "confidence")
 """Keys that only `adopt: adapt` takes."""
+GUARD_KEYS = ("guard", "guard_k", "guard_quantile")
+"""Keys of the region-side guard (`fedrec.silo.guard`), which `adopt: always` and `adopt: if_better` apply."""
 MAX_MU = 16
 """The most prior strengths `mu` may list (a run config may set the policy of a silo whose node config does not)."""
 
@@ -45,6 +47,29 @@ def _parse_mu(where: str, value: Any) -> tuple[float, ...]:
     return tuple(sorted(set(out)))
 
 
+def _guard(where: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The guard's keys, checked (node config may give them as strings)."""
+    out: dict[str, Any] = {}
+    guard = cfg.get("guard", True)
+    if isinstance(guard, str) and guard.lower() in ("true", "false"):
+        guard = guard.lower() == "true"
+    if not isinstance(guard, bool):
+        raise ConfigError(f"{where}.guard={guard!r} must be true or false")
+    out["guard"] = guard
+    for key, ok, text in (("guard_k", lambda v: v >= 1, ">= 1 (a multiple of the round's typical large move)"),
+                          ("guard_quantile", lambda v: 0.5 <= v < 1, "in [0.5, 1) (e.g. 0.99)")):
+        if key not in cfg:
+            continue
+        value = cfg[key]
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not ok(value):
+            raise ConfigError(f"{where}.{key}={cfg[key]!r} must be a number {text}")
+        out[key] = float(value)
+    return out
+
+
 @dataclass(frozen=True)
 class AdoptionPolicy:
     """One region's policy; `from_config` validates it with the region and key in the message.
@@ -65,12 +90,22 @@ class AdoptionPolicy:
     adapt_rounds: int = 1
     mu: tuple[float, ...] = (0.0, 1.0, 10.0, 100.0)
     confidence: float = 0.95
+    guard: bool = True
+    """`adopt: always | if_better`: hold back item rows that jumped beyond the round's others (`fedrec.silo.guard`)."""
+    guard_k: float = 3.0
+    """The guard's bound: this multiple of the `guard_quantile` of the round's row jumps."""
+    guard_quantile: float = 0.99
+
+    @property
+    def guarded(self) -> bool:
+        """Whether this region guards the global versions it adopts."""
+        return self.guard and self.kind in ("always", "if_better")
 
     @classmethod
     def from_config(cls, region: str, cfg: dict[str, Any]) -> AdoptionPolicy:
         """Parse `{adopt: always|if_better|adapt, metric:, margin:}`, `{pin: ID}` or `{fork: ID|round}`."""
         where = f"adoption.{region}"
-        known = {"adopt", "metric", "margin", "pin", "fork", "contribute", *ADAPT_KEYS}
+        known = {"adopt", "metric", "margin", "pin", "fork", "contribute", *ADAPT_KEYS, *GUARD_KEYS}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -91,10 +126,14 @@ class AdoptionPolicy:
         if kind != "adapt" and (extra := [k for k in ADAPT_KEYS if k in cfg]):
             raise ConfigError(f"{where}: {extra} apply to adopt: adapt only; remove them or set "
                               f"{where}.adopt=adapt")
+        if kind not in ("always", "if_better") and (extra := [k for k in GUARD_KEYS if k in cfg]):
+            raise ConfigError(f"{where}: {extra} apply to adopt: always / if_better only (the guard checks each "
+                              "global version a region adopts; adapt serves a model only when it beats the "
+                              "region's own line, pin and fork choose a line)")
         if kind == "adapt":
             return cls._adapt(where, cfg, metric=metric, margin=float(margin), contribute=contribute)
         if kind is not None:
-            return cls(kind=kind, metric=metric, margin=float(margin), contribute=contribute)
+            return cls(kind=kind, metric=metric, margin=float(margin), contribute=contribute, **_guard(where, cfg))
         if "pin" in cfg:
             if not isinstance(cfg["pin"], str) or not cfg["pin"]:
                 raise ConfigError(f"{where}.pin must be a model version id, got {cfg['pin']!r}")

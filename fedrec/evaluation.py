@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedrec.data.split import SiloData
-from fedrec.metrics import METRICS, evaluate_full_ranking, rmse
+from fedrec.metrics import METRICS, evaluate_full_ranking, rmse, withheld_pairs
 from fedrec.models import RecModel
 
 
@@ -35,8 +35,11 @@ class SiloEvaluation:
         return out
 
 
-def evaluate_model(model: RecModel, silo: SiloData, *, split: str = "test", rmse_too: bool = False) -> SiloEvaluation:
+def evaluate_model(model: RecModel, silo: SiloData, *, split: str = "test", rmse_too: bool = False,
+                   withheld: np.ndarray | None = None) -> SiloEvaluation:
     """Full-ranking metrics on `split` (test excludes train+valid items; valid excludes train items).
+
+    `withheld` (bool per item): items the region does not recommend to anyone (its guard's, `fedrec.silo.guard`).
 
     `rmse_too`: also the squared rating error on explicit ratings, for a model trained to predict them
     (`loss=mse`); a model trained to rank does not predict ratings, so its RMSE would mean nothing.
@@ -44,6 +47,7 @@ def evaluate_model(model: RecModel, silo: SiloData, *, split: str = "test", rmse
     model.eval()
     target = silo.test if split == "test" else silo.valid
     exclude = [silo.train[:2]] + ([silo.valid[:2]] if split == "test" else [])
+    exclude += withheld_pairs(np.unique(target[0]), withheld)
     if len(target[0]) == 0:
         return SiloEvaluation(sums=dict.fromkeys(METRICS, 0.0), n_users=0)
     per_user = evaluate_full_ranking(model.score_all, n_items=silo.n_items, targets=target[:2], exclude=exclude)

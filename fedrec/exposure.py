@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedrec.data.split import SiloData
-from fedrec.metrics import ranked_top_k
+from fedrec.metrics import ranked_top_k, withheld_pairs
 from fedrec.models import RecModel
 
 ITEM_BIAS = "item_bias.weight"
@@ -37,15 +37,19 @@ class Exposure:
         return self.n_exposed / self.n_users if self.n_users else float("nan")
 
 
-def item_exposure(model: RecModel, silo: SiloData, item: int, *, k: int = 20) -> Exposure:
-    """The silo's test users who get `item` in their top `k` (train and valid items excluded, as in evaluation)."""
+def item_exposure(model: RecModel, silo: SiloData, item: int, *, k: int = 20, withheld: np.ndarray | None = None
+                  ) -> Exposure:
+    """The silo's test users who get `item` in their top `k` (train and valid items excluded, as in evaluation).
+
+    `withheld`: items the region's guard keeps out of every ranking (`fedrec.silo.guard`).
+    """
     if not 0 <= item < silo.n_items:
         raise ValueError(f"item {item} is not in the catalog (0..{silo.n_items - 1})")
     model.eval()
     users = np.unique(silo.test[0])
     exposed = 0
     for batch in ranked_top_k(model.score_all, n_items=silo.n_items, users=users,
-                              exclude=[silo.train[:2], silo.valid[:2]], k=k):
+                              exclude=[silo.train[:2], silo.valid[:2], *withheld_pairs(users, withheld)], k=k):
         exposed += int(((batch.top == item) & batch.shown()).any(1).sum())
     return Exposure(item=item, k=k, n_users=len(users), n_exposed=exposed)
 

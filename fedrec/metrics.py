@@ -51,6 +51,14 @@ class RankedBatch:
         return torch.isfinite(self.top_scores)
 
 
+def withheld_pairs(users: np.ndarray, withheld: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(user, item) pairs that keep `withheld` items (bool per item) from every one of `users`' rankings."""
+    if withheld is None or not np.any(withheld):
+        return []
+    items = np.flatnonzero(withheld)
+    return [(np.repeat(users, len(items)), np.tile(items, len(users)))]
+
+
 def ranked_top_k(
     score_all: Callable[[torch.Tensor], torch.Tensor],
     *,

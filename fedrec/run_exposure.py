@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.numpy import load_file
 
+from fedrec.adoption_policy import AdoptionPolicy
 from fedrec.config import experiment_from_dict
 from fedrec.data.split import SiloData
 from fedrec.errors import FedrecError
@@ -26,6 +27,7 @@ from fedrec.exposure import Exposure, item_exposure
 from fedrec.model_io import load_global_model
 from fedrec.settings import RunSettings, read_manifest, silo_state_root
 from fedrec.silo.round import silo_seed
+from fedrec.silo.serving import RegionServing
 from fedrec.silo.state import LOCAL_STATE_KEY
 from fedrec.silo.state_dir import StateDir
 from fedrec.training import fitted_model
@@ -49,9 +51,14 @@ def run_settings(out_dir: Path) -> RunSettings:
                                        n_regions=len(read_manifest(str(data_dir))["regions"]))
 
 
-def exposure_from_run(out_dir: Path, item: int, *, regions: list[str] | None = None, k: int = 20
-                      ) -> dict[str, RegionExposure]:
-    """Per region (all of the world's by default): `item`'s top-`k` exposure and NDCG@20 of the final model."""
+def exposure_from_run(out_dir: Path, item: int, *, regions: list[str] | None = None, k: int = 20,
+                      served: bool = False) -> dict[str, RegionExposure]:
+    """Per region (all of the world's by default): `item`'s top-`k` exposure and NDCG@20 of the final model.
+
+    `served=True`: of the model each region serves at the end instead (its adoption policy's choice, with the
+    items its guard withholds kept out of every ranking, `fedrec.silo.guard`); a region that serves nothing
+    stored is scored on the final global model.
+    """
     out_dir = Path(out_dir)
     settings = run_settings(out_dir)
     history = json.loads((out_dir / "federated_history.json").read_text())
@@ -67,8 +74,14 @@ def exposure_from_run(out_dir: Path, item: int, *, regions: list[str] | None = N
         if not state.exists():
             raise FedrecError(f"{state} is missing: region {region} kept no users' parameters for run {run_key}")
         local = {name: torch.as_tensor(v) for name, v in load_file(str(state)).items()}
-        model = fitted_model(spec, silo, global_arrays, local, settings.train_config(),
+        arrays, withheld = global_arrays, None
+        if served:
+            serving = RegionServing(root / region, AdoptionPolicy())
+            stored = serving.served_model()
+            if stored is not None:
+                arrays, local, withheld = stored[1], stored[2] if stored[2] is not None else local, serving.withheld()
+        model = fitted_model(spec, silo, arrays, local, settings.train_config(),
                              seed=silo_seed(settings.seed, region, last_round))
-        out[region] = RegionExposure(exposure=item_exposure(model, silo, item, k=k),
-                                     ndcg=evaluate_model(model, silo).means()["ndcg@20"])
+        out[region] = RegionExposure(exposure=item_exposure(model, silo, item, k=k, withheld=withheld),
+                                     ndcg=evaluate_model(model, silo, withheld=withheld).means()["ndcg@20"])
     return out

@@ -62,6 +62,9 @@ class RunSettings:
     adam_beta1: float = _S.beta1
     adam_beta2: float = _S.beta2
     adam_tau: float = _S.tau
+    robust: str = _S.robust
+    row_clip: float = _S.row_clip
+    trim_beta: float = _S.trim_beta
     weighting: str = _F.weighting
     fraction_train: float = _F.fraction_train
     min_nodes: int = 2
@@ -95,7 +98,8 @@ class RunSettings:
         # The typed configs check everything they own (with Hydra's key names in the message) ...
         self.federation_config()
         StrategyConfig(name=self.strategy, server_lr=self.server_lr, server_momentum=self.server_momentum,
-                       beta1=self.adam_beta1, beta2=self.adam_beta2, tau=self.adam_tau)
+                       beta1=self.adam_beta1, beta2=self.adam_beta2, tau=self.adam_tau, robust=self.robust,
+                       row_clip=self.row_clip, trim_beta=self.trim_beta)
         self.train_config()
         privacy = self.privacy_settings()
         check_model(self.model_spec)
@@ -136,6 +140,7 @@ class RunSettings:
             batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, n_negatives=t.n_negatives,
             local_epochs=f.local_epochs, refit_epochs=t.refit_epochs, strategy=s.name, server_lr=s.server_lr,
             server_momentum=s.server_momentum, adam_beta1=s.beta1, adam_beta2=s.beta2, adam_tau=s.tau,
+            robust=s.robust, row_clip=s.row_clip, trim_beta=s.trim_beta,
             weighting=f.weighting, fraction_train=f.fraction_train, min_nodes=n_regions, seed=cfg.seed,
             secure_aggregation=f.secure_aggregation, min_replies=f.min_replies,
             update_norm_factor=f.update_norm_factor, privacy=p.mode, privacy_epsilon=p.epsilon,

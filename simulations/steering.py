@@ -42,7 +42,9 @@ from fedrec.flower.egress_recorder import Mod
 from fedrec.flower.hostile_mods import (
     check_boostable,
     read_norm_log,
+    scaled_noise,
     screen_limit_multiple,
+    sign_flip,
     targeted_boost,
     update_norm_log,
 )
@@ -77,12 +79,15 @@ def run(overrides: list[str], out: Path, engine: str, mods: list[Mod], reuse: bo
 def summary(out: Path, results: dict[str, Any], target: int, attackers: list[str]) -> dict[str, Any]:
     """What a run did to the target and to each region: exposure, NDCG@20, the target's bias rank, rejections."""
     arrays, _, _ = load_global_model(out / "global_model.safetensors")
-    regions = exposure_from_run(out, target)
+    regions = exposure_from_run(out, target, served=True)  # what each region serves (its guard applied)
+    unguarded = exposure_from_run(out, target)  # the final global model
     rejected = [e["round"] for e in results["round_log"] if set(attackers) & set(e.get("rejected", {}))]
     return {"target_bias_rank": item_bias_rank(arrays, target), "n_items": len(arrays["item_bias.weight"]),
             "rejected_rounds": rejected, "rounds": len(results["round_log"]),
             "regions": {r: {"exposure": e.exposure.fraction, "exposed": e.exposure.n_exposed,
-                            "test_users": e.exposure.n_users, "ndcg@20": e.ndcg} for r, e in regions.items()}}
+                            "test_users": e.exposure.n_users, "ndcg@20": e.ndcg,
+                            "global_exposure": unguarded[r].exposure.fraction, "global_ndcg@20": unguarded[r].ndcg}
+                        for r, e in regions.items()}}
 
 
 def honest_mean(s: dict[str, Any], honest: list[str], key: str) -> float:
@@ -93,7 +98,8 @@ def honest_mean(s: dict[str, Any], honest: list[str], key: str) -> float:
 
 def print_table(runs: dict[str, dict[str, Any]], honest: list[str]) -> None:
     names = list(runs)
-    print("\nper honest region: share of its test users with the target in their top 20 | NDCG@20")
+    print("\nper honest region, on the model it serves: share of its test users with the target in their top 20 | "
+          "NDCG@20")
     print(f"{'region':<11}{'users':>6}" + "".join(f"{n:>20}" for n in names))
     for r in honest:
         cells = "".join(f"{runs[n]['regions'][r]['exposure']:>10.1%}{runs[n]['regions'][r]['ndcg@20']:>10.4f}"
@@ -102,6 +108,9 @@ def print_table(runs: dict[str, dict[str, Any]], honest: list[str]) -> None:
     cells = "".join(f"{honest_mean(runs[n], honest, 'exposure'):>10.1%}{honest_mean(runs[n], honest, 'ndcg@20'):>10.4f}"
                     for n in names)
     print(f"{'honest':<11}{sum(runs[names[0]]['regions'][r]['test_users'] for r in honest):>6}{cells}")
+    cells = "".join(f"{honest_mean(runs[n], honest, 'global_exposure'):>10.1%}"
+                    f"{honest_mean(runs[n], honest, 'global_ndcg@20'):>10.4f}" for n in names)
+    print(f"{'(global)':<11}{'':>6}{cells}")
     print(f"{'bias rank':<17}" + "".join(f"{str(s['target_bias_rank']) + ' of ' + str(s['n_items']):>20}"
                                          for s in runs.values()))
     print(f"{'rejected':<17}" + "".join(f"{str(len(s['rejected_rounds'])) + ' of ' + str(s['rounds']):>20}"
@@ -119,6 +128,8 @@ def main() -> None:
     ap.add_argument("--target-rank", type=int, help="rank by global item bias in the clean run (default 0.886 × "
                                                     "catalog size)")
     ap.add_argument("--row-share", type=float, default=0.0, help="share of the boost put on the item's row")
+    ap.add_argument("--sabotage", nargs="*", default=[], help="untargeted attacks by the attacker(s): 'flip' (sign "
+                                                              "flip) and/or 'noise:M' (Gaussian noise at M x the norm)")
     ap.add_argument("--engine", choices=["inprocess", "simulation"], default="inprocess")
     ap.add_argument("--reuse", action="store_true", help="reuse runs already under --out")
     ap.add_argument("overrides", nargs="*")
@@ -155,6 +166,11 @@ def main() -> None:
         name = f"boost-{multiple:g}x"
         res = run(overrides, args.out / name, args.engine,
                   [targeted_boost(attackers, target, multiple, row_share=args.row_share)], args.reuse)
+        runs[name] = summary(args.out / name, res, target, attackers)
+    for attack in args.sabotage:
+        mod = (sign_flip(attackers) if attack == "flip" else scaled_noise(attackers, float(attack.split(":")[1])))
+        name = attack.replace(":", "-") + ("x" if attack != "flip" else "")
+        res = run(overrides, args.out / name, args.engine, [mod], args.reuse)
         runs[name] = summary(args.out / name, res, target, attackers)
     print_table(runs, honest)
     (args.out / "steering.json").write_text(json.dumps(

@@ -188,20 +188,22 @@ DATASET = {"name": "synthetic", "n_users": 600, "n_items": 120, "region_only_ite
            "region_sizes": [2.0, 1.0, 1.0], "seed": 5}
 
 
-def experiment(out: Path, mods: list[Mod]) -> dict[str, Any]:
+def experiment(out: Path, mods: list[Mod], **strategy: Any) -> dict[str, Any]:
+    """The end-to-end world; `strategy` overrides (e.g. robust="none": FedAvg without any defence)."""
     cfg = experiment_from_dict({"dataset": DATASET, "model": {"name": "mf", "dim": 8}, "federation": {"rounds": 4},
-                                "train": {"n_negatives": 32}, "bounds": [], "baselines": []})
+                                "train": {"n_negatives": 32}, "bounds": [], "baselines": [], "strategy": strategy})
     return run_experiment(cfg, out, log=lambda *_: None, engine=functools.partial(run_in_process, client_mods=mods))
 
 
-def test_a_five_fold_boost_from_the_smallest_silo_passes_the_screen_and_reaches_the_other_regions(
+def test_without_defences_a_five_fold_boost_from_the_smallest_silo_passes_the_screen_and_reaches_the_others(
         tmp_path: Path) -> None:
-    clean = experiment(tmp_path / "clean", [])
+    """The hole of issue 16, with robust aggregation off (`strategy.robust=none`) and no region-side guard."""
+    clean = experiment(tmp_path / "clean", [], robust="none")
     facts = clean["dataset"]["regions"]
     attacker = min(facts, key=lambda r: facts[r]["train_interactions"])
     arrays, _, _ = load_global_model(tmp_path / "clean" / "global_model.safetensors")
     target = item_at_bias_rank(arrays, round(0.886 * len(arrays[ITEM_BIAS])))
-    boosted = experiment(tmp_path / "boost", [targeted_boost(attacker, target, 5.0)])
+    boosted = experiment(tmp_path / "boost", [targeted_boost(attacker, target, 5.0)], robust="none")
 
     assert all(not e["rejected"] for e in boosted["round_log"]), boosted["round_log"]
     before, after = exposure_from_run(tmp_path / "clean", target), exposure_from_run(tmp_path / "boost", target)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from flwr.serverapp import Grid
 from fedrec.coordinator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.preflight import preflight_failure, run_preflight
+from fedrec.coordinator.robust import attribution, clip_rows
 from fedrec.coordinator.screen import ScreenRules, StatisticsScreen
-from fedrec.coordinator.strategies import build_strategy, restore_strategy_state, strategy_state
+from fedrec.coordinator.strategies import aggregation_rule, build_strategy, restore_strategy_state, strategy_state
 from fedrec.coordinator.train_step import TrainStep, collect_train
 from fedrec.errors import ConfigError
 from fedrec.evaluation import SiloEvaluation, pool
@@ -89,15 +90,18 @@ class RoundRecord:
     round_time_s: float
     stopped: str = ""
     """Why the run stops after this round ("" when it goes on)."""
+    robust: dict[str, Any] = field(default_factory=dict)
+    """What robust aggregation did (`clipped_rows` per region) and who moved what (`top_moved`), when the
+    coordinator saw each update (`fedrec.coordinator.robust`)."""
 
     LOG_KEYS = ("round", "model_version", "participants", "declined", "rejected", "failures", "train_loss",
-                "round_time_s")
+                "round_time_s", "robust")
 
     def entry(self) -> dict[str, Any]:
         """The round as `federated_history.json` and the progress callback see it."""
         out = {k: getattr(self, k) for k in ("round", "model_version", "evaluated", "per_region", "overall",
                                               "participants", "declined", "rejected", "privacy", "failures")}
-        return {**out, "train_loss": self.train_loss, "round_time_s": self.round_time_s}
+        return {**out, "train_loss": self.train_loss, "round_time_s": self.round_time_s, "robust": self.robust}
 
 
 class _Run:
@@ -131,6 +135,8 @@ class _Run:
         self.registry = ModelRegistry(root) if root else None
         self.config_hash = hashlib.sha256(json.dumps(s.model_config(), sort_keys=True, default=str).encode()
                                           ).hexdigest()
+        self.rule = aggregation_rule(s, statistics=self.family is not None)
+        self.round_robust: dict[str, Any] = {}
         self.current = self.name_version(0, None, [], {})  # version 0: forks and pins may start there
 
     def name_version(self, rnd: int, parent: str | None, contributors: list[str], epsilon: dict[str, float]
@@ -138,7 +144,7 @@ class _Run:
         """The content id of the current global arrays (what silos adopt, pin or fork from)."""
         version, _ = describe_version({k: v.numpy() for k, v in self.arrays.items()}, spec=self.s.model_spec,
                                       parent=parent, round=rnd, contributors=contributors, epsilon=epsilon,
-                                      strategy=self.s.strategy, config_hash=self.config_hash)
+                                      strategy=self.rule, config_hash=self.config_hash)
         return version
 
     def register(self, version: ModelVersion, metrics: dict[str, float]) -> None:
@@ -176,6 +182,7 @@ class _Run:
     def round(self, rnd: int) -> RoundRecord:
         """Train → screen → aggregate (a new version) → evaluate at the evaluation rounds."""
         s, t0 = self.s, time.perf_counter()
+        self.round_robust = {}
         config = ConfigRecord({"server-round": rnd, "model-version": self.current.id})
         step = collect_train(self.grid, self.strategy, s, rnd, self.arrays, config, self.current.id, self.rules,
                              self.timeout, self.context)
@@ -202,7 +209,8 @@ class _Run:
                            per_region=per_region, overall=overall, participants=step.contributors if ok else [],
                            declined=step.declined, rejected=step.rejected, privacy=step.privacy,
                            failures=step.failures + eval_failures + ([too_few] if too_few else []),
-                           train_loss=step.train_loss, round_time_s=time.perf_counter() - t0, stopped=stopped)
+                           train_loss=step.train_loss, round_time_s=time.perf_counter() - t0, stopped=stopped,
+                           robust=self.round_robust)
 
     def solve(self, step: TrainStep) -> Arrays | None:
         """A statistics model's new global arrays from the screened replies (`solve_replies`).
@@ -226,6 +234,14 @@ class _Run:
         `solve` (`solved`); no server step.
         """
         if self.family is None:
+            sent = {k: v.numpy() for k, v in self.arrays.items()}
+            robust: dict[str, Any] = {}
+            if self.s.robust == "row_clip" and self.s.secure_aggregation != "secaggplus":
+                clip = clip_rows(sent, replies, n_items=self.n_items, clip=self.s.row_clip)
+                robust["clipped_rows"] = clip.clipped
+            if self.s.secure_aggregation != "secaggplus":
+                robust["top_moved"] = attribution(sent, replies, n_items=self.n_items)
+            self.round_robust = robust
             aggregated, _ = self.strategy.aggregate_train(rnd, replies)
             if aggregated is not None:
                 self.arrays = aggregated
@@ -271,7 +287,7 @@ class _Run:
         if self.s.output_dir:
             save_global_model(Path(self.s.output_dir) / "global_model.safetensors", h.final_arrays,
                               spec=self.s.model_spec,
-                              metadata={"rounds": self.s.num_rounds, "strategy": self.s.strategy,
+                              metadata={"rounds": self.s.num_rounds, "strategy": self.rule,
                                         "privacy": self.s.privacy})
         return h
 

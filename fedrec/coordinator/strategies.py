@@ -8,17 +8,26 @@ region, and later layers (privacy budgets, adoption) hook in between steps.
 from __future__ import annotations
 
 import numpy as np
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg
 
 from fedrec.messages import WEIGHT_KEY
 from fedrec.settings import RunSettings
 
 
 def build_strategy(s: RunSettings) -> FedAvg:
-    """The configured strategy; all of them weight replies by the `weight` each silo reports."""
+    """The configured strategy; FedAvg, FedAvgM and FedAdam weight replies by the `weight` each silo reports.
+
+    `robust=median|trimmed_mean` replace the average by Flower's FedMedian / FedTrimmedAvg (unweighted,
+    coordinate-wise; the config allows them only with plain FedAvg). `row_clip` is applied to the replies before
+    any of the others aggregate (`fedrec.coordinator.robust`, called by the round loop).
+    """
     kw = {"fraction_train": s.fraction_train, "fraction_evaluate": 1.0,
           "min_train_nodes": max(1, int(s.min_nodes * s.fraction_train)), "min_evaluate_nodes": s.min_nodes,
           "min_available_nodes": s.min_nodes, "weighted_by_key": WEIGHT_KEY}
+    if s.robust == "median":
+        return FedMedian(**kw)  # type: ignore[arg-type]
+    if s.robust == "trimmed_mean":
+        return FedTrimmedAvg(beta=s.trim_beta, **kw)  # type: ignore[arg-type]
     if s.strategy == "fedadam":
         return FedAdam(eta=s.server_lr, eta_l=s.lr, beta_1=s.adam_beta1, beta_2=s.adam_beta2, tau=s.adam_tau,
                        **kw)  # type: ignore[arg-type]
@@ -27,6 +36,20 @@ def build_strategy(s: RunSettings) -> FedAvg:
         # FedAvg with a server learning rate (Reddi et al. 2021) is FedAvgM without momentum.
         return FedAvgM(server_learning_rate=s.server_lr, server_momentum=momentum, **kw)  # type: ignore[arg-type]
     return FedAvg(**kw)  # type: ignore[arg-type]
+
+
+def aggregation_rule(s: RunSettings, *, statistics: bool) -> str:
+    """How this run's versions are aggregated, as recorded in each version's manifest (e.g. `fedavg+row_clip:2`).
+
+    Robust aggregation needs each silo's update: under SecAgg+ or for a statistics model it does not apply and
+    the label says so.
+    """
+    if s.robust == "none":
+        return s.strategy
+    if statistics or s.secure_aggregation == "secaggplus":
+        return f"{s.strategy} ({s.robust} not applicable: {'statistics' if statistics else 'secaggplus'})"
+    detail = {"row_clip": f":{s.row_clip:g}", "trimmed_mean": f":{s.trim_beta:g}"}.get(s.robust, "")
+    return f"{s.strategy}+{s.robust}{detail}"
 
 
 def strategy_state(strategy: FedAvg, names: list[str]) -> dict[str, np.ndarray]:

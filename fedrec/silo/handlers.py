@@ -71,6 +71,8 @@ def train_content(silo: Silo, rnd: int, version: str, arrays: Arrays, reproducib
     """A new training reply: the region's fork first, then a DP round, a refusal, or a plain round."""
     s, ident, state = silo.s, silo.ident, silo.state
     serving = serving_of(ident)
+    if serving is not None:  # the guard's first reference: the first global version this silo trains from
+        serving.keep_guard_base(arrays)
     if serving is not None and ident.policy.kind == "adapt":  # the region's own line: local only, never sent
         advance_own_line(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
                          received_version=version or f"round-{rnd - 1}", received_arrays=arrays,

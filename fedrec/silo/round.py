@@ -124,13 +124,20 @@ def solve_alone(silo: SiloData, spec: ModelSpec, global_arrays: Arrays) -> Round
 
 
 def evaluate_round(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: Tensors | None,
-                   cfg: TrainConfig, *, seed: int, split: str = "test") -> SiloEvaluation:
-    """Evaluate the received global parameters with this silo's own (re-fitted) per-user state."""
-    return evaluate_splits(silo, spec, global_arrays, local, cfg, seed=seed, splits=(split,))[split]
+                   cfg: TrainConfig, *, seed: int, split: str = "test", withheld: np.ndarray | None = None
+                   ) -> SiloEvaluation:
+    """Evaluate the received global parameters with this silo's own (re-fitted) per-user state.
+
+    `withheld`: items the region's guard keeps out of every ranking (`fedrec.silo.guard`).
+    """
+    return evaluate_splits(silo, spec, global_arrays, local, cfg, seed=seed, splits=(split,),
+                           withheld=withheld)[split]
 
 
 def evaluate_splits(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: Tensors | None,
-                    cfg: TrainConfig, *, seed: int, splits: tuple[str, ...]) -> dict[str, SiloEvaluation]:
+                    cfg: TrainConfig, *, seed: int, splits: tuple[str, ...], withheld: np.ndarray | None = None
+                    ) -> dict[str, SiloEvaluation]:
     """`evaluate_round` on several splits from one re-fit (the re-fit costs a pass over the silo's data)."""
     fitted = fitted_model(spec, silo, global_arrays, local, cfg, seed=seed)
-    return {split: evaluate_model(fitted, silo, split=split, rmse_too=cfg.loss == "mse") for split in splits}
+    return {split: evaluate_model(fitted, silo, split=split, rmse_too=cfg.loss == "mse", withheld=withheld)
+            for split in splits}

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.numpy import load_file
 
@@ -32,11 +33,14 @@ from fedrec.io import atomic_save_arrays
 from fedrec.models import ModelSpec
 from fedrec.models.base import is_local
 from fedrec.silo.adoption import Decision, ServingRecord, decide
+from fedrec.silo.guard import WITHHELD_KEY, guard_version
 from fedrec.silo.round import evaluate_round, evaluate_splits, train_round
 from fedrec.silo.state_dir import StateDir
 from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, refit_users
 
 SERVED_FILE = "served.safetensors"
+GUARD_BASE_FILE = "guard_base.safetensors"
+"""The first global version the silo trained from: the guard's reference before the region serves anything."""
 FORK_FILE = "fork.safetensors"
 OWN_FILE = "own.safetensors"
 FORK_PREFIX = "fork:"
@@ -98,13 +102,35 @@ class RegionServing:
             return None
         head, arrays = _header(path), load_file(str(path))
         users = {k: torch.as_tensor(v) for k, v in arrays.items() if is_local(k)} if head.get("users") else None
-        return head["version"], {k: v for k, v in arrays.items() if not is_local(k)}, users
+        return head["version"], {k: v for k, v in arrays.items() if not is_local(k) and k != WITHHELD_KEY}, users
 
-    def store_served(self, version: str, arrays: Arrays, users: Tensors | None = None) -> None:
-        """Keep the served model's arrays (and its own users, if any), replaced atomically."""
+    def withheld(self) -> np.ndarray | None:
+        """The items the region's guard keeps out of the served model's rankings (bool per item; None: none)."""
+        path = self.dir / SERVED_FILE
+        if not path.exists():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            return f.get_tensor(WITHHELD_KEY).astype(bool) if WITHHELD_KEY in f.keys() else None  # noqa: SIM118
+
+    def store_served(self, version: str, arrays: Arrays, users: Tensors | None = None,
+                     withheld: np.ndarray | None = None) -> None:
+        """Keep the served model's arrays (its own users, the guard's withheld items, if any), replaced atomically."""
         own = {k: v.detach().numpy() for k, v in (users or {}).items()}
-        atomic_save_arrays(self.dir / SERVED_FILE, {**arrays, **own},
+        held = {WITHHELD_KEY: withheld.astype(np.uint8)} if withheld is not None and withheld.any() else {}
+        atomic_save_arrays(self.dir / SERVED_FILE, {**arrays, **own, **held},
                            {"version": version, **({"users": "own"} if users is not None else {})})
+
+    def guard_base(self) -> Arrays | None:
+        """The first global version the silo trained from (the guard's reference before anything is served)."""
+        path = self.dir / GUARD_BASE_FILE
+        return dict(load_file(str(path))) if path.exists() else None
+
+    def keep_guard_base(self, arrays: Arrays) -> None:
+        """Remember the global arrays of the silo's first training message, once (the guard's first reference)."""
+        if self.policy.guarded and not (self.dir / GUARD_BASE_FILE).exists() and self.served_arrays() is None:
+            atomic_save_arrays(self.dir / GUARD_BASE_FILE, dict(arrays), {})
 
     # --- the region's own lines (fork, own) -----------------------------------------------------------
 
@@ -232,7 +258,8 @@ def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
         metric = policy.metric
         if candidate_valid is None:
             candidate_valid = evaluate_round(silo, spec, candidate_arrays, local, cfg, seed=seed, split="valid")
-        served_eval = evaluate_splits(silo, spec, stored[1], local, cfg, seed=seed, splits=("valid", "test"))
+        served_eval = evaluate_splits(silo, spec, stored[1], local, cfg, seed=seed, splits=("valid", "test"),
+                                      withheld=serving.withheld())
         decision = decide(policy, round=server_round, candidate=candidate, served=stored[0],
                           candidate_score=candidate_valid.means()[metric],
                           served_score=served_eval["valid"].means()[metric])
@@ -247,13 +274,26 @@ def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
         decision = decide(policy, round=server_round, candidate=candidate,
                           served=stored[0] if stored is not None else None)
     decision = replace(decision, run_id=run_id)
+    withheld = None
+    if decision.adopted and policy.guarded:
+        reference = stored[1] if stored is not None else serving.guard_base()
+        if reference is not None:
+            g = guard_version(reference, candidate_arrays, n_items=silo.n_items, k=policy.guard_k,
+                              quantile=policy.guard_quantile)
+            candidate_arrays, withheld = g.arrays, g.withheld
+            note = f"; the guard withheld {int(withheld.sum())} item(s)" if withheld.any() else ""
+            decision = replace(decision, reason=decision.reason + note,
+                               evidence={**decision.evidence, **{f"guard/{k}": v for k, v in g.evidence.items()}})
     if decision.adopted:
-        serving.store_served(candidate, candidate_arrays)
+        serving.store_served(candidate, candidate_arrays, withheld=withheld)
     record.record(decision)
     if decision.served_after == candidate:
+        if withheld is not None and withheld.any():  # the guarded model, not the candidate, is served
+            return Review(decision, evaluate_round(silo, spec, candidate_arrays, local, cfg, seed=seed,
+                                                   withheld=withheld))
         return Review(decision, candidate_test)
     if stored is not None and decision.served_after == stored[0]:
-        return Review(decision, served_eval["test"] if served_eval else evaluate_round(silo, spec, stored[1], local,
-                                                                                         cfg, seed=seed))
+        return Review(decision, served_eval["test"] if served_eval else evaluate_round(
+            silo, spec, stored[1], local, cfg, seed=seed, withheld=serving.withheld()))
     return Review(decision, None)
 

@@ -1,0 +1,120 @@
+"""Robust aggregation at the coordinator, and who moved what: for a coordinator that sees each silo's update.
+
+One silo's update can carry a crafted change to one item's row (its bias, its embedding) at a small multiple of
+its honest norm, far inside the update screen, and put that item in the top 20 of other regions' users
+(`simulations/steering.py`). Defences here act on item *rows*, the unit such an attack moves:
+
+- `row_clip`: each silo's change to each item row is clipped to `clip` x max(r_j, floor), r_j the
+  median over the round's silos of that row's change norm, floor the median over rows of r_j; then the
+  configured strategy (FedAvg, FedAvgM, FedAdam) aggregates the clipped replies with their weights. A row
+  is an item's entries in every array whose first dimension is the catalog size (item bias + item
+  embedding row for MF). It clips instead of rejecting, so an honest silo with an unusual row keeps the
+  rest of its update. Needs >= 3 contributors to act (with two, the median is their mean).
+- `median` / `trimmed_mean`: Flower's FedMedian / FedTrimmedAvg (coordinate-wise, unweighted; built in
+  `strategies.build_strategy`).
+
+None applies to a statistics model (the coordinator solves the silos' summed statistics) or under SecAgg+
+(it sees only the sum): there the region-side guard (`fedrec.silo.guard`) is the defence. The default is `none`:
+the guard, on by default in every region, measured better alone (`simulations/README.md`): clipping an
+attacker's row to a typical size hides its push from the guard while the push still adds up over rounds.
+
+`attribution` records, per round, the items whose rows moved most and each contributor's share of each move
+(kept in the run's history, where the coordinator already sees every update).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message
+
+from fedrec.messages import WEIGHT_KEY, read_arrays, read_float, read_region
+
+Arrays = dict[str, np.ndarray]
+
+
+def row_tables(arrays: Arrays, n_items: int) -> list[str]:
+    """The arrays holding one row per item (first dimension = catalog size), in the arrays' order."""
+    return [k for k, v in arrays.items() if v.ndim >= 1 and v.shape[0] == n_items]
+
+
+def _row_norms(delta: Arrays, names: list[str]) -> np.ndarray:
+    """[items] the norm of each item's change over every row table."""
+    return np.sqrt(sum(np.sum(delta[k].reshape(len(delta[k]), -1) ** 2, axis=1) for k in names))  # type: ignore[return-value]
+
+
+def _deltas(sent: Arrays, replies: list[Message], names: list[str]) -> list[Arrays]:
+    out = []
+    for m in replies:
+        got = read_arrays(m.content)
+        out.append({k: got[k].astype(np.float64) - sent[k].astype(np.float64) for k in names})
+    return out
+
+
+@dataclass(frozen=True)
+class RowClip:
+    """What `clip_rows` did in one round: rows clipped per region, and the floor of the bound."""
+
+    clipped: dict[str, int]
+    floor: float
+
+
+def clip_rows(sent: Arrays, replies: list[Message], *, n_items: int, clip: float) -> RowClip:
+    """Clip, in place in each reply, every silo's change to each item row (see the module docstring).
+
+    `sent` is the global arrays the round trained from. Replies whose rows are all within bound are untouched.
+    """
+    names = row_tables(sent, n_items)
+    if len(replies) < 3 or not names:
+        return RowClip({read_region(m.content): 0 for m in replies}, 0.0)
+    deltas = _deltas(sent, replies, names)
+    norms = np.stack([_row_norms(d, names) for d in deltas])  # [silos, items]
+    ref = np.median(norms, axis=0)
+    floor = float(np.median(ref))
+    bound = clip * np.maximum(ref, floor)
+    scale = np.minimum(1.0, bound / np.maximum(norms, 1e-300))
+    clipped: dict[str, int] = {}
+    for m, d, sc in zip(replies, deltas, scale, strict=True):
+        n = int(np.sum(sc < 1.0))
+        clipped[read_region(m.content)] = n
+        if n == 0:
+            continue
+        record = m.content.array_records["arrays"]
+        out = {}
+        for k, v in record.items():
+            a = v.numpy()
+            if k in names:
+                shape = (-1,) + (1,) * (a.ndim - 1)
+                a = (sent[k].astype(np.float64) + d[k] * sc.reshape(shape)).astype(a.dtype)
+            out[k] = Array(np.ascontiguousarray(a))
+        m.content.array_records["arrays"] = ArrayRecord(out)
+    return RowClip(clipped, floor)
+
+
+def attribution(sent: Arrays, replies: list[Message], *, n_items: int, top: int = 5) -> list[dict[str, object]]:
+    """The `top` items whose rows the replies' weighted mean moved most, each with every contributor's share.
+
+    Share of silo i in item j's move = w_i <d_ij, m_j> / |m_j|^2 with m_j = sum_i w_i d_ij (weights summing to
+    one): shares sum to 1; a silo pushing against the others has a negative share. This is the move before
+    any server learning rate or momentum, on the replies as aggregated (after clipping).
+    """
+    names = row_tables(sent, n_items)
+    if not replies or not names:
+        return []
+    deltas = _deltas(sent, replies, names)
+    w = np.array([read_float(m.content, "metrics", WEIGHT_KEY) for m in replies])
+    w = w / w.sum() if w.sum() > 0 else np.full(len(replies), 1 / len(replies))
+    flat = [np.concatenate([d[k].reshape(n_items, -1) for k in names], axis=1) for d in deltas]  # [items, cols]
+    mean = sum(wi * f for wi, f in zip(w, flat, strict=True))
+    assert isinstance(mean, np.ndarray)
+    moved = np.sqrt(np.sum(mean**2, axis=1))
+    items = np.argsort(-moved, kind="stable")[:top]
+    regions = [read_region(m.content) for m in replies]
+    out: list[dict[str, object]] = []
+    for j in items:
+        denom = float(moved[j] ** 2)
+        shares = {r: (float(wi * flat[i][j] @ mean[j]) / denom if denom > 0 else 0.0)
+                  for i, (r, wi) in enumerate(zip(regions, w, strict=True))}
+        out.append({"item": int(j), "moved": float(moved[j]), "shares": shares})
+    return out

@@ -1,0 +1,77 @@
+"""The region-side guard: a region holds back item rows of a new global version that jumped beyond the others.
+
+A silo can make a global version steer other regions' feeds: a crafted change to one item's row (its bias,
+its embedding) at a small multiple of the silo's honest update norm puts the item in the top 20 of most users
+elsewhere (`simulations/steering.py`). Under SecAgg+ the coordinator cannot see who did it; the receiving
+region can still see *what* moved. Before serving a version, the guard compares it with what the region
+serves now (before its first adoption: the first global version it trained from), row by row:
+
+    jump_j = |candidate[j] - reference[j]| per row table (every global array with one row per item),
+    bound  = k x the q-quantile of that table's non-zero jumps (this round's typical large move),
+
+and an item whose row jumps beyond the bound in any table is *flagged*: the region keeps its reference row
+(the last row it accepted) and withholds the item (it is not recommended) while the jump persists; every other
+row, and every other array, is the candidate's. A flagged item comes back once the global row returns within
+bound of the kept one. The decision and its evidence stay in the silo, with the adoption decision; the
+federation keeps training on the unguarded versions.
+
+The bound is relative to the round's own moves, so it costs nothing in a clean round (no row moves 3x beyond
+the 99th percentile of moves: measured in `simulations/README.md`). An attacker who knows the rule can stay
+under the bound in each round and push a little every round; `strategy.robust=row_clip` at the coordinator
+bounds that push where the coordinator sees each update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrec.training import Arrays
+
+WITHHELD_KEY = "guard/withheld"
+"""The served file's array of withheld items (bool per item), beside the served global arrays."""
+
+
+def item_tables(arrays: Arrays, n_items: int) -> list[str]:
+    """The global arrays holding one row per item (first dimension = catalog size)."""
+    return [k for k, v in arrays.items() if np.ndim(v) >= 1 and np.shape(v)[0] == n_items]
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """A candidate version as the guard lets a region serve it."""
+
+    arrays: Arrays
+    """The candidate's arrays with each flagged item's rows kept at the reference's."""
+    withheld: np.ndarray
+    """bool [n_items]: the flagged items, not recommended while flagged."""
+    evidence: dict[str, float]
+    """Flagged count, the largest jump / bound ratio, and each table's bound (kept in the silo's decision log)."""
+
+
+def guard_version(reference: Arrays, candidate: Arrays, *, n_items: int, k: float = 3.0, quantile: float = 0.99
+                  ) -> Guarded:
+    """Flag and hold back the candidate's item rows that jumped beyond `k` x the `quantile` of the jumps."""
+    tables = [t for t in item_tables(candidate, n_items) if t in reference and reference[t].shape == candidate[t].shape]
+    ratio = np.zeros(n_items)
+    evidence: dict[str, float] = {}
+    for t in tables:
+        delta = candidate[t].astype(np.float64) - reference[t].astype(np.float64)
+        jump = np.sqrt(np.sum(delta.reshape(n_items, -1) ** 2, axis=1))
+        moved = jump[jump > 0]
+        if len(moved) == 0:
+            continue
+        bound = k * float(np.quantile(moved, quantile))
+        evidence[f"bound/{t}"] = bound
+        ratio = np.maximum(ratio, jump / bound if bound > 0 else np.where(jump > 0, np.inf, 0.0))
+    withheld = ratio > 1.0
+    out = dict(candidate)
+    if withheld.any():
+        for t in tables:
+            kept = candidate[t].copy()
+            kept[withheld] = reference[t][withheld]
+            out[t] = kept
+    evidence["flagged"] = float(withheld.sum())
+    evidence["max_ratio"] = float(ratio.max()) if len(ratio) else 0.0
+    return Guarded(arrays=out, withheld=withheld, evidence=evidence)
