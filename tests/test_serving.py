@@ -70,7 +70,8 @@ def drive(tmp: Path, silo: SiloData, policy: AdoptionPolicy, versions: list[tupl
 
 
 def test_always_serves_each_new_version_and_its_metrics_are_the_global_ones(tmp_path, silo, versions) -> None:
-    serving, reviews = drive(tmp_path, silo, AdoptionPolicy(), versions)
+    """Unguarded (the guard, on by default, is tested in `test_defences.py`)."""
+    serving, reviews = drive(tmp_path, silo, AdoptionPolicy(guard=False), versions)
     assert [r.decision.served_after for r in reviews] == [v for v, _ in versions[1:]]
     assert serving.record.served() == versions[-1][0]
     assert reviews[-1].served == evaluate_round(silo, SPEC, versions[-1][1], None, CFG, seed=4)
@@ -126,7 +127,7 @@ def test_a_pinned_version_not_received_is_fetched_from_the_registry(tmp_path, si
 def test_if_better_keeps_the_served_version_against_a_worse_one_and_adopts_a_better_one(tmp_path, silo,
                                                                                         versions) -> None:
     # served: v4 (trained 4 rounds); candidates: v0 (initial, worse) then... v4 again is "already served"
-    policy = AdoptionPolicy.from_config("eu", {"adopt": "if_better", "metric": "ndcg@20"})
+    policy = AdoptionPolicy.from_config("eu", {"adopt": "if_better", "metric": "ndcg@20", "guard": False})  # unguarded
     serving, reviews = drive(tmp_path, silo, policy, versions, order=[2, 0, 4])
     d = [r.decision for r in reviews]
     assert d[0].adopted and d[0].reason == "nothing served yet"

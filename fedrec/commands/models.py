@@ -91,10 +91,12 @@ def _print_show(registry: ModelRegistry, key: str, console: Console) -> None:
     fields.add_column("field", no_wrap=True)
     fields.add_column("value", overflow="fold")
     for k, value in v.to_dict().items():
-        fields.add_row(k, _fmt(value))
+        if k != "influence":
+            fields.add_row(k, _fmt(value))
     lineage = registry.lineage(v.id)
     fields.add_row("lineage", " ← ".join(x.short_id for x in lineage))
     console.print(fields)
+    _print_influence(v.influence, console)
     tensors = Table(title="tensors")
     for col in ("name", "dtype", "shape", "L2 norm"):
         tensors.add_column(col)
@@ -102,6 +104,24 @@ def _print_show(registry: ModelRegistry, key: str, console: Console) -> None:
         tensors.add_row(name, str(a.dtype), "×".join(map(str, a.shape)) or "scalar",
                         f"{float(np.linalg.norm(a.astype(np.float64).ravel())):.4g}")
     console.print(tensors)
+
+
+def _print_influence(influence: dict[str, object], console: Console) -> None:
+    """Who moved what in the round that made the version: the items moved most and each contributor's share."""
+    top = influence.get("top_moved")
+    if isinstance(top, list) and top:
+        table = Table(title="influence: the items this round moved most (share of each contributor in the move)")
+        for col in ("item", "moved", "shares (largest first)"):
+            table.add_column(col)
+        for entry in top:
+            shares = sorted(entry["shares"].items(), key=lambda kv: -abs(kv[1]))
+            table.add_row(str(entry["item"]), f"{entry['moved']:.4g}",
+                          ", ".join(f"{r} {x:+.0%}" for r, x in shares[:5]) + (" ..." if len(shares) > 5 else ""))
+        console.print(table)
+    clipped = influence.get("clipped_rows")
+    if isinstance(clipped, dict) and any(clipped.values()):
+        console.print("rows clipped (strategy.robust=row_clip): "
+                      + ", ".join(f"{r} {n}" for r, n in sorted(clipped.items()) if n), highlight=False)
 
 
 def _print_diff(registry: ModelRegistry, a: str, b: str, console: Console) -> None:

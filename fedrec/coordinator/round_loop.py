@@ -152,7 +152,8 @@ class _Run:
             self.registry.add({k: v.numpy() for k, v in self.arrays.items()}, spec=self.s.model_spec,
                               parent=version.parent, round=version.round, contributors=version.contributors,
                               strategy=version.strategy, epsilon=version.epsilon, config_hash=self.config_hash,
-                              metrics={k: v for k, v in metrics.items() if v == v})  # NaN: metrics kept in silos
+                              metrics={k: v for k, v in metrics.items() if v == v},  # NaN: metrics kept in silos
+                              influence=self.round_robust)
         self.history.versions.append({"round": version.round, "id": version.id})
 
     def start(self) -> int:

@@ -17,8 +17,11 @@ federation keeps training on the unguarded versions.
 
 The bound is relative to the round's own moves, so it costs nothing in a clean round (no row moves 3x beyond
 the 99th percentile of moves: measured in `simulations/README.md`). An attacker who knows the rule can stay
-under the bound in each round and push a little every round; `strategy.robust=row_clip` at the coordinator
-bounds that push where the coordinator sees each update.
+under the bound and push a little every round. So the guard also caps what the region's own data does not
+support (`overexposed`): an item that at most `support_quantile` of the catalog's items beat in the region's
+own training interactions, yet would sit in the top 20 of more than `max_exposure` of its validation users, is
+withheld too. Such an item is, by the region's own data, one its users rarely choose, so withholding it costs
+little; what an attacker can still do is bounded by the cap (or needs an item the region's users already like).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedrec.data.split import SiloData
+from fedrec.metrics import ranked_top_k, withheld_pairs
+from fedrec.models import RecModel
 from fedrec.training import Arrays
 
 WITHHELD_KEY = "guard/withheld"
@@ -75,3 +81,28 @@ def guard_version(reference: Arrays, candidate: Arrays, *, n_items: int, k: floa
     evidence["flagged"] = float(withheld.sum())
     evidence["max_ratio"] = float(ratio.max()) if len(ratio) else 0.0
     return Guarded(arrays=out, withheld=withheld, evidence=evidence)
+
+
+def overexposed(model: RecModel, silo: SiloData, *, withheld: np.ndarray, max_exposure: float,
+                support_quantile: float, k: int = 20) -> tuple[np.ndarray, dict[str, float]]:
+    """Items the region's own data does not support that `model` would show to too many of its users.
+
+    Exposure: the share of the silo's validation users (all users with training data when it has no validation
+    split) with the item in their top `k` (their training items and the `withheld` ones excluded). Support: the
+    item's count of the silo's training interactions; unsupported = at most its `support_quantile` over items.
+    Returns (bool per item: unsupported and exposure > `max_exposure`, evidence). The test users are not read.
+    """
+    users = np.unique(silo.valid[0]) if len(silo.valid[0]) else np.unique(silo.train[0])
+    counts = np.zeros(silo.n_items)
+    if len(users) == 0:
+        return np.zeros(silo.n_items, dtype=bool), {}
+    model.eval()
+    for batch in ranked_top_k(model.score_all, n_items=silo.n_items, users=users,
+                              exclude=[silo.train[:2], *withheld_pairs(users, withheld)], k=k):
+        np.add.at(counts, batch.top[batch.shown()].numpy(), 1)
+    exposure = counts / len(users)
+    support = np.bincount(silo.train[1], minlength=silo.n_items)
+    unsupported = support <= np.quantile(support, support_quantile)
+    flag = unsupported & (exposure > max_exposure)
+    top = float(exposure[unsupported].max()) if unsupported.any() else 0.0
+    return flag, {"overexposed": float(flag.sum()), "max_unsupported_exposure": top}

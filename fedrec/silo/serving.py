@@ -33,10 +33,10 @@ from fedrec.io import atomic_save_arrays
 from fedrec.models import ModelSpec
 from fedrec.models.base import is_local
 from fedrec.silo.adoption import Decision, ServingRecord, decide
-from fedrec.silo.guard import WITHHELD_KEY, guard_version
+from fedrec.silo.guard import WITHHELD_KEY, guard_version, overexposed
 from fedrec.silo.round import evaluate_round, evaluate_splits, train_round
 from fedrec.silo.state_dir import StateDir
-from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, refit_users
+from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, fitted_model, refit_users
 
 SERVED_FILE = "served.safetensors"
 GUARD_BASE_FILE = "guard_base.safetensors"
@@ -228,6 +228,40 @@ def evaluate_fork(fork: Fork, silo: SiloData, spec: ModelSpec, cfg: TrainConfig,
                           rmse_too=cfg.loss == "mse")
 
 
+def _guard(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, decision: Decision,
+           stored: tuple[str, Arrays] | None, candidate: Arrays, local: Tensors | None, *, seed: int
+           ) -> tuple[Arrays, np.ndarray, SiloEvaluation | None, Decision]:
+    """The region-side guard on an adopted version (`fedrec.silo.guard`): what is served, withheld, its test metrics.
+
+    Rows that jumped beyond the round's others keep the reference's (the served version, or before any the first
+    version the silo trained from) and are withheld; then items the region's data does not support that the
+    guarded model would show to too many of its validation users are withheld too. The test metrics are None
+    when nothing is withheld (the candidate itself is served).
+    """
+    policy = serving.policy
+    reference = stored[1] if stored is not None else serving.guard_base()
+    evidence: dict[str, float] = {}
+    withheld = np.zeros(silo.n_items, dtype=bool)
+    if reference is not None:
+        g = guard_version(reference, candidate, n_items=silo.n_items, k=policy.guard_k,
+                          quantile=policy.guard_quantile)
+        candidate, withheld, evidence = g.arrays, g.withheld, dict(g.evidence)
+    test = None
+    if policy.guard_max_exposure < 1:
+        model = fitted_model(spec, silo, candidate, local, cfg, seed=seed)
+        over, more = overexposed(model, silo, withheld=withheld, max_exposure=policy.guard_max_exposure,
+                                 support_quantile=policy.guard_support)
+        withheld, evidence = withheld | over, {**evidence, **more}
+        if withheld.any():
+            test = evaluate_model(model, silo, rmse_too=cfg.loss == "mse", withheld=withheld)
+    elif withheld.any():
+        test = evaluate_round(silo, spec, candidate, local, cfg, seed=seed, withheld=withheld)
+    note = f"; the guard withheld {int(withheld.sum())} item(s)" if withheld.any() else ""
+    decision = replace(decision, reason=decision.reason + note,
+                       evidence={**decision.evidence, **{f"guard/{k}": v for k, v in evidence.items()}})
+    return candidate, withheld, test, decision
+
+
 def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
            candidate: str, candidate_arrays: Arrays, local: Tensors | None, candidate_test: SiloEvaluation,
            seed: int, fetch: Fetch | None = None, run_id: str = "",
@@ -274,24 +308,15 @@ def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
         decision = decide(policy, round=server_round, candidate=candidate,
                           served=stored[0] if stored is not None else None)
     decision = replace(decision, run_id=run_id)
-    withheld = None
+    withheld, guarded_test = None, None
     if decision.adopted and policy.guarded:
-        reference = stored[1] if stored is not None else serving.guard_base()
-        if reference is not None:
-            g = guard_version(reference, candidate_arrays, n_items=silo.n_items, k=policy.guard_k,
-                              quantile=policy.guard_quantile)
-            candidate_arrays, withheld = g.arrays, g.withheld
-            note = f"; the guard withheld {int(withheld.sum())} item(s)" if withheld.any() else ""
-            decision = replace(decision, reason=decision.reason + note,
-                               evidence={**decision.evidence, **{f"guard/{k}": v for k, v in g.evidence.items()}})
+        candidate_arrays, withheld, guarded_test, decision = _guard(serving, silo, spec, cfg, decision, stored,
+                                                                    candidate_arrays, local, seed=seed)
     if decision.adopted:
         serving.store_served(candidate, candidate_arrays, withheld=withheld)
     record.record(decision)
     if decision.served_after == candidate:
-        if withheld is not None and withheld.any():  # the guarded model, not the candidate, is served
-            return Review(decision, evaluate_round(silo, spec, candidate_arrays, local, cfg, seed=seed,
-                                                   withheld=withheld))
-        return Review(decision, candidate_test)
+        return Review(decision, guarded_test if guarded_test is not None else candidate_test)
     if stored is not None and decision.served_after == stored[0]:
         return Review(decision, served_eval["test"] if served_eval else evaluate_round(
             silo, spec, stored[1], local, cfg, seed=seed, withheld=serving.withheld()))

@@ -45,6 +45,9 @@ class ModelVersion:
     created_at: str
     spec: dict[str, Any]
     weights_sha256: str
+    influence: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Who moved what in the round that made it (`fedrec.coordinator.robust`: the items moved most, each
+    contributor's share; rows clipped per contributor), when the coordinator saw each update. Not in the id."""
 
     def __hash__(self) -> int:
         return hash(self.id)
@@ -69,7 +72,7 @@ class ModelVersion:
     def to_dict(self) -> dict[str, Any]:
         """The manifest (JSON-ready), also stored in the weights file's header."""
         return {"format": FORMAT, "id": self.id, **self.identity(), "metrics": self.metrics,
-                "created_at": self.created_at}
+                "created_at": self.created_at, **({"influence": self.influence} if self.influence else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelVersion:
@@ -85,7 +88,8 @@ class ModelVersion:
                    contributors=tuple(str(c) for c in d["contributors"]),
                    epsilon={str(k): float(v) for k, v in dict(d["epsilon"]).items()},
                    strategy=str(d["strategy"]), config_hash=str(d["config_hash"]), metrics=dict(d["metrics"]),
-                   created_at=str(d["created_at"]), spec=dict(d["spec"]), weights_sha256=str(d["weights_sha256"]))
+                   created_at=str(d["created_at"]), spec=dict(d["spec"]), weights_sha256=str(d["weights_sha256"]),
+                   influence=dict(d.get("influence") or {}))
 
 
 def _plain(obj: Any) -> Any:
@@ -131,8 +135,8 @@ def _now() -> str:
 
 def describe_version(arrays: Mapping[str, np.ndarray], *, spec: ModelSpec, parent: str | None, round: int,
                      contributors: Iterable[str] = (), epsilon: Mapping[str, float] | None = None,
-                     strategy: str = "", config_hash: str = "", metrics: Mapping[str, Any] | None = None
-                     ) -> tuple[ModelVersion, dict[str, np.ndarray]]:
+                     strategy: str = "", config_hash: str = "", metrics: Mapping[str, Any] | None = None,
+                     influence: Mapping[str, Any] | None = None) -> tuple[ModelVersion, dict[str, np.ndarray]]:
     """The version (with its content id) these weights would be, and their canonical arrays; nothing stored.
 
     The id depends on what the model is and how it was made, never on metrics or time, so a coordinator can
@@ -162,7 +166,8 @@ def describe_version(arrays: Mapping[str, np.ndarray], *, spec: ModelSpec, paren
         id="", parent=parent, round=round, contributors=tuple(sorted({str(c) for c in contributors})),
         epsilon=dict(sorted(eps.items())), strategy=str(strategy), config_hash=str(config_hash),
         metrics=json.loads(json.dumps(dict(metrics or {}), default=_plain)), created_at=_now(),
-        spec=json.loads(json.dumps(spec.to_dict(), default=_plain)), weights_sha256=weights_digest(canon))
+        spec=json.loads(json.dumps(spec.to_dict(), default=_plain)), weights_sha256=weights_digest(canon),
+        influence=json.loads(json.dumps(dict(influence or {}), default=_plain)))
     try:
         vid = version_id(version.identity())
     except ValueError as exc:
