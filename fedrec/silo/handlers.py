@@ -23,7 +23,7 @@ from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, stati
 from fedrec.silo.evaluation_log import log_evaluation
 from fedrec.silo.policy import SiloIdentity
 from fedrec.silo.private_round import private_train_round
-from fedrec.silo.round import InvalidGlobalModel, check_received, evaluate_splits, silo_seed, train_round
+from fedrec.silo.round import InvalidGlobalModel, check_received, fit_and_evaluate, silo_seed, train_round
 from fedrec.silo.secure_aggregation import PLAIN, aggregation_of
 from fedrec.silo.serving import RegionServing, advance_fork, review
 from fedrec.silo.state import SiloState
@@ -114,7 +114,8 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     seed = silo_seed(s.seed, ident.region, rnd)
     serving = serving_of(ident)
     splits = ("test", "valid") if serving is not None and ident.policy.kind in ("if_better", "adapt") else ("test",)
-    evals = evaluate_splits(silo.data, s.model_spec, arrays, local, s.train_config(), seed=seed, splits=splits)
+    fitted, evals = fit_and_evaluate(silo.data, s.model_spec, arrays, local, s.train_config(), seed=seed,
+                                     splits=splits)
     ev = evals["test"]
     candidate = received_version(content) or f"round-{rnd}"
     if serving is not None and ident.policy.kind == "adapt":  # served: global, adapted or own line (in the silo)
@@ -126,7 +127,7 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     elif serving is not None:  # the region's own choice of model, decided and evaluated in the silo
         rv = review(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
                     candidate=candidate, candidate_arrays=arrays, local=local,
-                    candidate_test=ev, candidate_valid=evals.get("valid"), seed=seed,
+                    candidate_test=ev, candidate_valid=evals.get("valid"), candidate_model=fitted, seed=seed,
                     fetch=lambda v: fetch_version(s, v), run_id=silo.run_key)
         log_evaluation(ident, run_id=silo.run_key, server_round=rnd, ev=ev, review=rv)
     if s.privacy_settings().enabled or ident.requires_dp:

@@ -18,7 +18,7 @@ from fedrec.data.split import SiloData
 from fedrec.errors import FedrecError
 from fedrec.evaluation import SiloEvaluation, evaluate_model
 from fedrec.messages import MAX_ABS_RECEIVED
-from fedrec.models import ModelSpec, build_model, global_state, local_state
+from fedrec.models import ModelSpec, RecModel, build_model, global_state, local_state
 from fedrec.statistics import is_statistics_model, statistics_family, sum_statistics
 from fedrec.training import (
     Arrays,
@@ -138,6 +138,13 @@ def evaluate_splits(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, loca
                     cfg: TrainConfig, *, seed: int, splits: tuple[str, ...], withheld: np.ndarray | None = None
                     ) -> dict[str, SiloEvaluation]:
     """`evaluate_round` on several splits from one re-fit (the re-fit costs a pass over the silo's data)."""
+    return fit_and_evaluate(silo, spec, global_arrays, local, cfg, seed=seed, splits=splits, withheld=withheld)[1]
+
+
+def fit_and_evaluate(silo: SiloData, spec: ModelSpec, global_arrays: Arrays, local: Tensors | None,
+                     cfg: TrainConfig, *, seed: int, splits: tuple[str, ...], withheld: np.ndarray | None = None
+                     ) -> tuple[RecModel, dict[str, SiloEvaluation]]:
+    """`evaluate_splits`, and the fitted model it scored (for a caller that ranks with it again)."""
     fitted = fitted_model(spec, silo, global_arrays, local, cfg, seed=seed)
-    return {split: evaluate_model(fitted, silo, split=split, rmse_too=cfg.loss == "mse", withheld=withheld)
-            for split in splits}
+    return fitted, {split: evaluate_model(fitted, silo, split=split, rmse_too=cfg.loss == "mse", withheld=withheld)
+                    for split in splits}

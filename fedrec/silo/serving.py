@@ -30,7 +30,7 @@ from fedrec.config import AdoptionPolicy
 from fedrec.data.split import SiloData
 from fedrec.evaluation import SiloEvaluation, evaluate_model
 from fedrec.io import atomic_save_arrays
-from fedrec.models import ModelSpec
+from fedrec.models import ModelSpec, RecModel
 from fedrec.models.base import is_local
 from fedrec.silo.adoption import Decision, ServingRecord, decide
 from fedrec.silo.guard import WITHHELD_KEY, guard_version, overexposed
@@ -229,14 +229,15 @@ def evaluate_fork(fork: Fork, silo: SiloData, spec: ModelSpec, cfg: TrainConfig,
 
 
 def _guard(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, decision: Decision,
-           stored: tuple[str, Arrays] | None, candidate: Arrays, local: Tensors | None, *, seed: int
-           ) -> tuple[Arrays, np.ndarray, SiloEvaluation | None, Decision]:
+           stored: tuple[str, Arrays] | None, candidate: Arrays, local: Tensors | None, *, seed: int,
+           fitted: RecModel | None = None) -> tuple[Arrays, np.ndarray, SiloEvaluation | None, Decision]:
     """The region-side guard on an adopted version (`fedrec.silo.guard`): what is served, withheld, its test metrics.
 
     Rows that jumped beyond the round's others keep the reference's (the served version, or before any the first
     version the silo trained from) and are withheld; then items the region's data does not support that the
     guarded model would show to too many of its validation users are withheld too. The test metrics are None
-    when nothing is withheld (the candidate itself is served).
+    when nothing is withheld (the candidate itself is served). `fitted`: the candidate re-fitted as the caller
+    evaluated it, reused when the guard keeps every row of the candidate.
     """
     policy = serving.policy
     reference = stored[1] if stored is not None else serving.guard_base()
@@ -248,7 +249,8 @@ def _guard(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
         candidate, withheld, evidence = g.arrays, g.withheld, dict(g.evidence)
     test = None
     if policy.guard_max_exposure < 1:
-        model = fitted_model(spec, silo, candidate, local, cfg, seed=seed)
+        model = fitted if fitted is not None and not withheld.any() else fitted_model(spec, silo, candidate, local,
+                                                                                     cfg, seed=seed)
         over, more = overexposed(model, silo, withheld=withheld, max_exposure=policy.guard_max_exposure,
                                  support_quantile=policy.guard_support)
         withheld, evidence = withheld | over, {**evidence, **more}
@@ -265,14 +267,14 @@ def _guard(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
 def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
            candidate: str, candidate_arrays: Arrays, local: Tensors | None, candidate_test: SiloEvaluation,
            seed: int, fetch: Fetch | None = None, run_id: str = "",
-           candidate_valid: SiloEvaluation | None = None) -> Review:
+           candidate_valid: SiloEvaluation | None = None, candidate_model: RecModel | None = None) -> Review:
     """Evaluation-message hook: decide on `candidate` by the region's policy; evaluate what it now serves.
 
     `if_better` scores the candidate and the served version on the silo's validation users (never its
     test users), each with the silo's own users re-fitted to it, exactly as a served model would be.
     `fetch` finds a pinned version the region has not received in this run (global versions are public
-    to the federation's members; in simulation, the run's registry). `candidate_valid`, when the caller
-    has it from the same re-fit as `candidate_test`, saves one.
+    to the federation's members; in simulation, the run's registry). `candidate_valid` and `candidate_model`,
+    when the caller has them from the same re-fit as `candidate_test`, save one each.
     """
     policy, record = serving.policy, serving.record
     served = record.served()
@@ -311,7 +313,8 @@ def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
     withheld, guarded_test = None, None
     if decision.adopted and policy.guarded:
         candidate_arrays, withheld, guarded_test, decision = _guard(serving, silo, spec, cfg, decision, stored,
-                                                                    candidate_arrays, local, seed=seed)
+                                                                    candidate_arrays, local, seed=seed,
+                                                                    fitted=candidate_model)
     if decision.adopted:
         serving.store_served(candidate, candidate_arrays, withheld=withheld)
     record.record(decision)
