@@ -3,9 +3,9 @@
 - `clip_rows` clips exactly the attacker's outlying row to the bound and leaves every honest reply bit-identical;
   it does nothing with fewer than three replies (a median of two is their mean);
 - `attribution` names the silo that moved an item, with shares summing to one;
-- `guard_version` keeps a jumped row at the region's reference and withholds its item, and flags nothing when
-  every row moves alike; `overexposed` withholds an item the region's data does not support that the model shows
-  to most of its users, and not one its users like;
+- `guard_version` clips a row that moved beyond k x the region's own move scale (which nothing another party sends
+  changes) and flags nothing in an honest round; `overexposed` withholds an item the region's data does not
+  support that the model shows to most of its users, and not one its users like;
 - config: `strategy.robust` / `row_clip` / `trim_beta` and the adoption guard keys are validated with the key in the
   message; a guard on a policy that adopts nothing is refused;
 - end to end (real ServerApp and ClientApps, in process): with the default configuration (the guard on in every
@@ -46,7 +46,7 @@ from fedrec.model_io import load_global_model
 from fedrec.models import ModelSpec, build_model
 from fedrec.run_exposure import exposure_from_run
 from fedrec.silo.egress import train_reply
-from fedrec.silo.guard import guard_version, overexposed
+from fedrec.silo.guard import guard_version, overexposed, own_move_scale
 from fedrec.silo.policy import node_policy
 from fedrec.world import prepare_world
 
@@ -127,27 +127,35 @@ def test_attribution_names_who_moved_an_item_and_shares_sum_to_one() -> None:
     assert top[0]["moved"] == pytest.approx(row_norm(arrays[3], sent, 11) / 8, rel=0.05)
 
 
-def test_the_guard_holds_back_a_jumped_row_and_flags_nothing_when_rows_move_alike() -> None:
+def test_the_guard_clips_a_row_beyond_the_regions_own_bound_and_flags_nothing_in_an_honest_round() -> None:
     rng = np.random.default_rng(3)
-    reference, (candidate,) = world(rng, n_silos=1)
-    clean = guard_version(reference, candidate, n_items=N_ITEMS)
-    assert clean.evidence["flagged"] == 0 and not clean.withheld.any()
+    reference, (candidate, own) = world(rng, n_silos=2)  # the global version and the region's own reply
+    scale = own_move_scale(reference, own, n_items=N_ITEMS)
+    assert set(scale) == {EMB, ITEM_BIAS} and all(v > 0 for v in scale.values())
+    clean = guard_version(reference, candidate, n_items=N_ITEMS, scale=scale)
+    assert clean.evidence["flagged"] == 0 and not clean.flagged.any()
     assert all(clean.arrays[k] is candidate[k] for k in candidate)
 
     candidate[ITEM_BIAS][5] += 1.0
-    g = guard_version(reference, candidate, n_items=N_ITEMS)
-    assert np.flatnonzero(g.withheld).tolist() == [5] and g.evidence["flagged"] == 1 and g.evidence["max_ratio"] > 1
-    assert np.array_equal(g.arrays[ITEM_BIAS][5], reference[ITEM_BIAS][5])
-    assert np.array_equal(g.arrays[EMB][5], reference[EMB][5])  # the whole item row is kept
+    g = guard_version(reference, candidate, n_items=N_ITEMS, scale=scale)
+    assert np.flatnonzero(g.flagged).tolist() == [5] and g.evidence["flagged"] == 1 and g.evidence["max_ratio"] > 1
+    assert g.evidence[f"bound/{ITEM_BIAS}"] == pytest.approx(3.0 * scale[ITEM_BIAS])  # k x the own scale
+    # the flagged row is clipped: it moves towards the candidate by the bound, the whole row in the same ratio
+    ratio = g.evidence["max_ratio"]
+    for k in (ITEM_BIAS, EMB):
+        step = g.arrays[k][5].astype(np.float64) - reference[k][5]
+        assert np.allclose(step, (candidate[k][5].astype(np.float64) - reference[k][5]) / ratio, atol=1e-6)
     rest = np.arange(N_ITEMS) != 5
     assert np.array_equal(g.arrays[ITEM_BIAS][rest], candidate[ITEM_BIAS][rest])
     assert np.array_equal(g.arrays["global_bias"], candidate["global_bias"])
-    # the bound is relative: the same jump with every row moving ten times more is not flagged
-    loud = {k: reference[k] + 10 * (candidate[k] - reference[k]) if k != ITEM_BIAS else v
+    # the bound is the region's own: pushing every other row ten times further does not loosen it for item 5 ...
+    loud = {k: (reference[k] + 10 * (v.astype(np.float64) - reference[k])).astype(np.float32)
             for k, v in candidate.items()}
-    loud[ITEM_BIAS] = reference[ITEM_BIAS] + 10 * (candidate[ITEM_BIAS] - reference[ITEM_BIAS])
-    loud[ITEM_BIAS][5] = reference[ITEM_BIAS][5] + 0.2
-    assert guard_version(reference, loud, n_items=N_ITEMS).evidence["flagged"] == 0
+    loud[ITEM_BIAS][5] = candidate[ITEM_BIAS][5]
+    assert guard_version(reference, loud, n_items=N_ITEMS, scale=scale).flagged[5]
+    # ... while without an own scale (the fallback: the candidate's own 0.99-quantile) the bound grows with them
+    fallback = guard_version(reference, loud, n_items=N_ITEMS).evidence[f"bound/{ITEM_BIAS}"]
+    assert fallback > 5 * g.evidence[f"bound/{ITEM_BIAS}"]
 
 
 def test_the_exposure_cap_withholds_an_item_the_regions_data_does_not_support_and_keeps_one_it_does(

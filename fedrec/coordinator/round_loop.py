@@ -127,7 +127,8 @@ class _Run:
                                   functools.partial(self.family.check, spec=s.model_spec), report)
                  if self.family else None)
         self.rules = ScreenRules(norm_factor=s.update_norm_factor, max_norm=s.max_update_norm,
-                                 uniform_weight=s.privacy_settings().enabled, statistics=stats)
+                                 uniform_weight=s.privacy_settings().enabled or s.weighting == "uniform",
+                                 statistics=stats)
         self.history = history if history is not None else FederationHistory()
         self.history.run_id = run_id
         self.last_aggregated = 0

@@ -47,7 +47,7 @@ class ScreenRules:
 
     norm_factor: float = 10.0
     max_norm: float = 0.0  # 0: no absolute bound
-    uniform_weight: bool = False  # under DP every weight must be exactly 1
+    uniform_weight: bool = False  # under DP or weighting=uniform every weight must be exactly 1
     statistics: StatisticsScreen | None = None  # a statistics model's round: replies are sums, not updates
 
 
@@ -79,7 +79,7 @@ def _weight_or_version(content: RecordDict, *, version: str, uniform_weight: boo
     if not isinstance(weight, int | float) or isinstance(weight, bool) or not math.isfinite(weight) or weight <= 0:
         return f"aggregation weight {weight!r} is not a finite number > 0"
     if uniform_weight and weight != 1.0:
-        return f"aggregation weight {weight!r} under privacy=user_dp (must be 1)"
+        return f"aggregation weight {weight!r}: weights are uniform (privacy=user_dp or weighting=uniform), must be 1"
     base = read_version(content, record="meta")
     if version and base != version:
         return f"stale: trained on version {base[:12] or '(none)'}, this round sent {version[:12]}"

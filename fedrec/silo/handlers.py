@@ -18,7 +18,7 @@ from fedrec.data.split import SiloData
 from fedrec.errors import FedrecError
 from fedrec.messages import read_arrays, read_decline, read_int, read_version
 from fedrec.settings import RunSettings
-from fedrec.silo.adaptation import advance_own_line, review_adapted
+from fedrec.silo.adaptation import advance_own_line, own_start, review_adapted
 from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, statistics_reply, train_reply
 from fedrec.silo.evaluation_log import log_evaluation
 from fedrec.silo.policy import SiloIdentity
@@ -64,6 +64,9 @@ def train_message(silo: Silo, content: RecordDict, reproducible_noise: bool = Fa
     content = train_content(silo, rnd, version, arrays, reproducible_noise)
     if read_decline(content) is None:
         silo.state.cache_reply(rnd, version, content, how)
+        serving = serving_of(ident)
+        if serving is not None and "arrays" in content.array_records:  # the guard's bound: how far it moved rows
+            serving.note_own_move(rnd, arrays, read_arrays(content), n_items=silo.data.n_items)
     return content
 
 
@@ -71,8 +74,8 @@ def train_content(silo: Silo, rnd: int, version: str, arrays: Arrays, reproducib
     """A new training reply: the region's fork first, then a DP round, a refusal, or a plain round."""
     s, ident, state = silo.s, silo.ident, silo.state
     serving = serving_of(ident)
-    if serving is not None:  # the guard's first reference: the first global version this silo trains from
-        serving.keep_guard_base(arrays)
+    if serving is not None:  # the guard's first reference: version 0 as the silo builds it from the run's seed
+        serving.keep_guard_base(lambda: own_start(s.model_spec, silo.data.n_items, s.seed) or arrays)
     if serving is not None and ident.policy.kind == "adapt":  # the region's own line: local only, never sent
         advance_own_line(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
                          received_version=version or f"round-{rnd - 1}", received_arrays=arrays,

@@ -18,6 +18,7 @@ two (`fedrec.silo.adaptation`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,18 +30,22 @@ from safetensors.numpy import load_file
 from fedrec.config import AdoptionPolicy
 from fedrec.data.split import SiloData
 from fedrec.evaluation import SiloEvaluation, evaluate_model
-from fedrec.io import atomic_save_arrays
+from fedrec.io import atomic_save_arrays, atomic_write_text
 from fedrec.models import ModelSpec, RecModel
 from fedrec.models.base import is_local
 from fedrec.silo.adoption import Decision, ServingRecord, decide
-from fedrec.silo.guard import WITHHELD_KEY, guard_version, overexposed
+from fedrec.silo.guard import WITHHELD_KEY, guard_version, overexposed, own_move_scale, unsupported
 from fedrec.silo.round import evaluate_round, evaluate_splits, train_round
 from fedrec.silo.state_dir import StateDir
 from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, fitted_model, refit_users
 
 SERVED_FILE = "served.safetensors"
+GUARD_SCALE_FILE = "guard_scale.json"
+"""The region's own per-round move scale per item table since its last review (the guard's bound)."""
+GUARD_OWN_FILE = "guard_own.safetensors"
+"""The region's own training moves of the item tables since its last review, summed (what a flagged row gets)."""
 GUARD_BASE_FILE = "guard_base.safetensors"
-"""The first global version the silo trained from: the guard's reference before the region serves anything."""
+"""Version 0 as the silo builds it: the guard's reference before the region serves anything."""
 FORK_FILE = "fork.safetensors"
 OWN_FILE = "own.safetensors"
 FORK_PREFIX = "fork:"
@@ -123,14 +128,58 @@ class RegionServing:
                            {"version": version, **({"users": "own"} if users is not None else {})})
 
     def guard_base(self) -> Arrays | None:
-        """The first global version the silo trained from (the guard's reference before anything is served)."""
+        """The guard's reference before anything is served (`keep_guard_base`)."""
         path = self.dir / GUARD_BASE_FILE
         return dict(load_file(str(path))) if path.exists() else None
 
-    def keep_guard_base(self, arrays: Arrays) -> None:
-        """Remember the global arrays of the silo's first training message, once (the guard's first reference)."""
+    def note_own_move(self, server_round: int, received: Arrays, sent: Arrays, *, n_items: int) -> None:
+        """Note how far the region's own training moved each item table this round (the guard's bound).
+
+        Kept per round, so a re-sent training message counts once; `take_own_scale` sums and clears them.
+        """
+        if not self.policy.guarded:
+            return
+        scale = own_move_scale(received, sent, n_items=n_items, quantile=self.policy.guard_quantile)
+        if not scale:
+            return
+        path = self.dir / GUARD_SCALE_FILE
+        noted = json.loads(path.read_text()) if path.exists() else {}
+        if str(server_round) in noted:  # a re-sent training message: counted once
+            return
+        noted[str(server_round)] = scale
+        self.dir.mkdir(parents=True, exist_ok=True)
+        own_path = self.dir / GUARD_OWN_FILE
+        moved = {t: sent[t].astype(np.float64) - received[t].astype(np.float64) for t in scale}
+        if own_path.exists():
+            before = load_file(str(own_path))
+            moved = {t: v + before[t] if t in before and before[t].shape == v.shape else v for t, v in moved.items()}
+        atomic_save_arrays(own_path, moved, {})
+        atomic_write_text(path, json.dumps(noted, sort_keys=True))
+
+    def take_own_moves(self) -> tuple[dict[str, float], Arrays]:
+        """Since the last review, per item table: the sum of the own move scales, and the own moves; clears both."""
+        path, own_path = self.dir / GUARD_SCALE_FILE, self.dir / GUARD_OWN_FILE
+        try:
+            noted = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:
+            noted = {}
+        moved = dict(load_file(str(own_path))) if own_path.exists() else {}
+        for p in (path, own_path):
+            p.unlink(missing_ok=True)
+        out: dict[str, float] = {}
+        for per_table in noted.values():
+            for t, v in per_table.items():
+                out[t] = out.get(t, 0.0) + float(v)
+        return out, moved
+
+    def keep_guard_base(self, build: Callable[[], Arrays]) -> None:
+        """Remember the guard's first reference once, before anything is served: `build()`'s arrays.
+
+        The caller builds version 0 from the run's seed in the silo (the coordinator's round-1 arrays only for
+        a model started from catalog features).
+        """
         if self.policy.guarded and not (self.dir / GUARD_BASE_FILE).exists() and self.served_arrays() is None:
-            atomic_save_arrays(self.dir / GUARD_BASE_FILE, dict(arrays), {})
+            atomic_save_arrays(self.dir / GUARD_BASE_FILE, dict(build()), {})
 
     # --- the region's own lines (fork, own) -----------------------------------------------------------
 
@@ -228,6 +277,10 @@ def evaluate_fork(fork: Fork, silo: SiloData, spec: ModelSpec, cfg: TrainConfig,
                           rmse_too=cfg.loss == "mse")
 
 
+def _same_shapes(a: Arrays, b: Arrays) -> bool:
+    return a.keys() == b.keys() and all(np.shape(a[k]) == np.shape(b[k]) for k in a)
+
+
 def _guard(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, decision: Decision,
            stored: tuple[str, Arrays] | None, candidate: Arrays, local: Tensors | None, *, seed: int,
            fitted: RecModel | None = None) -> tuple[Arrays, np.ndarray, SiloEvaluation | None, Decision]:
@@ -241,24 +294,29 @@ def _guard(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
     """
     policy = serving.policy
     reference = stored[1] if stored is not None else serving.guard_base()
+    if reference is not None and not _same_shapes(reference, candidate):
+        reference = None  # another run's model (its shape changed): no reference to compare with
     evidence: dict[str, float] = {}
-    withheld = np.zeros(silo.n_items, dtype=bool)
+    withheld = flagged = np.zeros(silo.n_items, dtype=bool)
+    scale, own = serving.take_own_moves()
     if reference is not None:
         g = guard_version(reference, candidate, n_items=silo.n_items, k=policy.guard_k,
-                          quantile=policy.guard_quantile)
-        candidate, withheld, evidence = g.arrays, g.withheld, dict(g.evidence)
+                          quantile=policy.guard_quantile, scale=scale, own=own)
+        candidate, flagged, evidence = g.arrays, g.flagged, dict(g.evidence)
+        withheld = flagged & unsupported(silo, policy.guard_support)  # a supported item is clipped, never hidden
     test = None
     if policy.guard_max_exposure < 1:
-        model = fitted if fitted is not None and not withheld.any() else fitted_model(spec, silo, candidate, local,
-                                                                                     cfg, seed=seed)
+        model = fitted if fitted is not None and not flagged.any() else fitted_model(spec, silo, candidate, local,
+                                                                                    cfg, seed=seed)
         over, more = overexposed(model, silo, withheld=withheld, max_exposure=policy.guard_max_exposure,
                                  support_quantile=policy.guard_support)
         withheld, evidence = withheld | over, {**evidence, **more}
-        if withheld.any():
+        if withheld.any() or flagged.any():
             test = evaluate_model(model, silo, rmse_too=cfg.loss == "mse", withheld=withheld)
-    elif withheld.any():
+    elif withheld.any() or flagged.any():
         test = evaluate_round(silo, spec, candidate, local, cfg, seed=seed, withheld=withheld)
-    note = f"; the guard withheld {int(withheld.sum())} item(s)" if withheld.any() else ""
+    note = (f"; the guard clipped {int(flagged.sum())} item row(s) and withheld {int(withheld.sum())} item(s)"
+            if withheld.any() or flagged.any() else "")
     decision = replace(decision, reason=decision.reason + note,
                        evidence={**decision.evidence, **{f"guard/{k}": v for k, v in evidence.items()}})
     return candidate, withheld, test, decision
@@ -286,6 +344,8 @@ def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
         record.record(decision)
         return Review(decision, evaluate_fork(fork, silo, spec, cfg, seed=seed))
     stored = serving.served_arrays()
+    if stored is not None and not _same_shapes(stored[1], candidate_arrays):
+        stored = None  # served in a run with another model shape: it cannot be scored against this run's versions
     served_eval: dict[str, SiloEvaluation] = {}
     if stored is not None and stored[0] == candidate:  # a version seen before (e.g. a re-sent round)
         decision = Decision(server_round, candidate, served, candidate, False, "already serves this version",
