@@ -19,7 +19,7 @@ ADOPTION_KINDS = ("always", "if_better", "adapt")
 """`adopt:` values (the other policies are `pin:` and `fork:`)."""
 ADAPT_KEYS = ("adapt_rounds", "mu", "confidence")
 """Keys that only `adopt: adapt` takes."""
-GUARD_KEYS = ("guard", "guard_k", "guard_quantile", "guard_max_exposure", "guard_support")
+GUARD_KEYS = ("guard", "guard_k", "guard_max_exposure", "guard_support")
 """Keys of the region-side guard (`fedrec.silo.guard`), which `adopt: always` and `adopt: if_better` apply."""
 MAX_MU = 16
 """The most prior strengths `mu` may list (a run config may set the policy of a silo whose node config does not)."""
@@ -56,8 +56,7 @@ def _guard(where: str, cfg: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(guard, bool):
         raise ConfigError(f"{where}.guard={guard!r} must be true or false")
     out["guard"] = guard
-    for key, ok, text in (("guard_k", lambda v: v >= 1, ">= 1 (a multiple of the round's typical large move)"),
-                          ("guard_quantile", lambda v: 0.5 <= v < 1, "in [0.5, 1) (e.g. 0.99)"),
+    for key, ok, text in (("guard_k", lambda v: v >= 1, ">= 1 (a multiple of the median row's move)"),
                           ("guard_max_exposure", lambda v: 0 < v <= 1, "in (0, 1] (1: no cap)"),
                           ("guard_support", lambda v: 0 <= v <= 1, "in [0, 1] (a quantile over items)")):
         if key not in cfg:
@@ -94,9 +93,8 @@ class AdoptionPolicy:
     confidence: float = 0.95
     guard: bool = True
     """`adopt: always | if_better`: hold back item rows that jumped beyond the round's others (`fedrec.silo.guard`)."""
-    guard_k: float = 3.0
-    """The guard's bound: this multiple of the `guard_quantile` of the round's row jumps."""
-    guard_quantile: float = 0.99
+    guard_k: float = 10.0
+    """The guard's bound: a row moving more than this multiple of the median row's move is flagged."""
     guard_max_exposure: float = 0.05
     """The guard's cap: an item the region's data does not support is withheld above this share of its users' top 20."""
     guard_support: float = 0.5

@@ -2,7 +2,8 @@
 
 Every test here states what the defence should guarantee; those marked `FAILS NOW` failed against the first guard
 (f000164: a bound from the candidate's own jumps, flagged items withheld) and record the violation measured then;
-they pass against the guard with the region's own bound. The one still failing is marked xfail with the reason.
+they pass against the guard whose bound is k x the median row's move and which serves a flagged row as the region's
+own training moves it. The one still failing is marked xfail with the reason.
 Worlds are `tests/test_defences.py`'s (600 users, 138 items, regions eu 2.0 / na 1.0 / apac 1.0, MF dim 8, 4
 rounds), in process (no Ray). Attacker: `na` (the smallest silo). Exposure: `exposure_from_run(..., served=True)` on
 the honest regions' test users; "supported": above the median of the region's own training counts (the exposure
@@ -37,7 +38,7 @@ from fedrec.exposure import ITEM_BIAS
 from fedrec.flower.hostile_mods import hostile_mod, targeted_boost
 from fedrec.messages import read_arrays, read_int
 from fedrec.run_exposure import exposure_from_run
-from fedrec.silo.guard import guard_version, own_move_scale
+from fedrec.silo.guard import guard_version
 from fedrec.silo.serving import RegionServing
 
 ATTACKER, HONEST = "na", ("eu", "apac")
@@ -52,22 +53,15 @@ def _world(rng: np.random.Generator, n: int = N_ITEMS) -> tuple[dict[str, np.nda
     return ref, cand
 
 
-def _own(rng: np.random.Generator, ref: dict[str, np.ndarray]) -> dict[str, float]:
-    """The region's own scale: how far its own honest training round moved the rows (the same size of moves)."""
-    own = {k: (v + 0.01 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in ref.items()}
-    return own_move_scale(ref, own, n_items=len(ref[ITEM_BIAS]))
-
-
 # --- unit: the guard's bound ------------------------------------------------------------------------------------
 
 def test_guard_flags_a_row_that_moved_alone() -> None:
     """FAILS NOW. A hostile coordinator sends what the region serves with one item's bias raised by 50: the
     only non-zero jump in the table is its own quantile, so ratio = 1/k = 0.333 and nothing is flagged."""
-    rng = np.random.default_rng(0)
-    ref, _ = _world(rng)
+    ref, _ = _world(np.random.default_rng(0))
     cand = {k: v.copy() for k, v in ref.items()}
     cand[ITEM_BIAS][5] += 50.0
-    g = guard_version(ref, cand, n_items=N_ITEMS, scale=_own(rng, ref))
+    g = guard_version(ref, cand, n_items=N_ITEMS)
     assert g.flagged[5], g.evidence
 
 
@@ -76,33 +70,29 @@ def test_guard_flags_two_rows_pushed_alike_in_an_honest_round() -> None:
     end-to-end world's): np.quantile(jumps, 0.99) interpolates at position 0.99 x 137 = 135.6, i.e. 63% of the way
     to the 2nd-largest jump (a pushed row), so the bound is ~1.9x the push and nothing is flagged. In general
     floor(0.01 (n - 1)) + 2 equally pushed rows set the bound themselves (3 of 200, 11 of 1000)."""
-    rng = np.random.default_rng(1)
-    ref, cand = _world(rng, n=138)
+    ref, cand = _world(np.random.default_rng(1), n=138)
     cand[ITEM_BIAS][[5, 6]] += 5.0
-    g = guard_version(ref, cand, n_items=138, scale=_own(rng, ref))
+    g = guard_version(ref, cand, n_items=138)
     assert g.flagged[5] and g.flagged[6], g.evidence
 
 
 def test_guard_flags_every_pushed_row_when_a_few_percent_of_rows_are_pushed() -> None:
     """FAILS NOW. The same with 1% + 1 of the catalog pushed (3 of 200): the attacker's own rows set the bound."""
-    rng = np.random.default_rng(2)
-    ref, cand = _world(rng)
+    ref, cand = _world(np.random.default_rng(2))
     cand[ITEM_BIAS][[5, 6, 7]] += 5.0
-    assert guard_version(ref, cand, n_items=N_ITEMS, scale=_own(rng, ref)).flagged[[5, 6, 7]].all()
+    assert guard_version(ref, cand, n_items=N_ITEMS).flagged[[5, 6, 7]].all()
 
 
 def test_guard_never_serves_a_non_finite_row_unflagged() -> None:
     """FAILS NOW (defence in depth only: `check_received` refuses NaN before the guard today, so no message reaches
     this). A NaN row's jump is NaN: `jump > 0` drops it from the quantile and `ratio > 1` is False for it, so the
     guard serves the NaN row unflagged (max_ratio reported as nan); the finite push on item 5 is still flagged."""
-    rng = np.random.default_rng(3)
-    ref, cand = _world(rng)
+    ref, cand = _world(np.random.default_rng(3))
     cand[EMB][9, 0] = np.nan
     cand[ITEM_BIAS][5] += 10.0
-    for scale in (_own(rng, ref), None):  # with the own scale and with the fallback
-        g = guard_version(ref, cand, n_items=N_ITEMS, scale=scale)
-        assert g.flagged[5] and g.flagged[9], g.evidence
-        assert np.array_equal(g.arrays[EMB][9], ref[EMB][9]) and np.isfinite(g.evidence["max_ratio"])
+    g = guard_version(ref, cand, n_items=N_ITEMS)
+    assert g.flagged[5] and g.flagged[9], g.evidence
+    assert np.array_equal(g.arrays[EMB][9], ref[EMB][9]) and np.isfinite(g.evidence["max_ratio"])
 
 
 # --- end to end, default configuration ---------------------------------------------------------------------------
@@ -144,9 +134,9 @@ def test_a_small_push_cannot_censor_an_item_other_regions_like(tmp_path: Path, c
     """The guard as a censorship tool: `na` raises the bias of the item both honest regions show most at 1.2x its
     honest norm. Measured against the first guard (bound from the candidate's own jumps, flagged items withheld):
     withheld in every region for the whole run (item 34: eu 57.3% -> 0.0%, apac 77.3% -> 0.0%). Now the pushed row
-    is flagged and served as the region's own training moves it (never withheld: the item is supported); measured
-    2026-11-30: item 90 eu 65.3% -> 16.0% of test users, while eu's NDCG@20 stays at the clean run's (0.3865 vs
-    0.3834): the item is ranked as the region's own data ranks it, and the region loses nothing."""
+    is flagged and served as the region's own training moves it (never withheld: the item is supported), so the
+    item is ranked as the region's own data ranks it (its exposure may drop: 65.3% -> 16.0% in eu with an earlier
+    bound) and the region loses no NDCG@20."""
     _, res_clean, exp_clean = clean
     liked = int(np.argmax(np.minimum(exp_clean["eu"], exp_clean["apac"])))
     res = experiment(tmp_path, [targeted_boost(ATTACKER, liked, 1.2)])

@@ -33,7 +33,7 @@ class SiloIdentity:
     `secagg-min-contributors` (mask or help unmask only among at least this many; the run's value if larger), and an
     adoption policy: `adopt="always"|"if_better"|"adapt"` (+ `adopt-metric`, `adopt-margin`; `adapt`:
     `adapt-rounds`, `adapt-mu="0,1,10,100"`, `adapt-confidence`; `always` / `if_better`: `guard=false`,
-    `guard-k`, `guard-quantile`, `guard-max-exposure`, `guard-support` for the region-side guard),
+    `guard-k`, `guard-max-exposure`, `guard-support` for the region-side guard),
     `pin="VERSION"` or `fork="VERSION"|ROUND` (+ `contribute=false`), overriding the run config's `adoption` entry.
     Simulation (`partition-id`, the researcher owns every silo): the region is the manifest's entry, data
     comes from `<data-dir>`, state from `<state-dir or output-dir/silo-state>/<region>`.
@@ -138,7 +138,7 @@ def _positive(node_config: dict[str, Any], key: str) -> float | None:
 NODE_POLICY_KEYS = {"adopt": "adopt", "adopt-metric": "metric", "adopt-margin": "margin", "pin": "pin",
                     "fork": "fork", "contribute": "contribute", "adapt-rounds": "adapt_rounds", "adapt-mu": "mu",
                     "adapt-confidence": "confidence", "guard": "guard", "guard-k": "guard_k",
-                    "guard-quantile": "guard_quantile", "guard-max-exposure": "guard_max_exposure",
+                    "guard-max-exposure": "guard_max_exposure",
                     "guard-support": "guard_support"}
 
 

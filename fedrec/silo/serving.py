@@ -34,14 +34,14 @@ from fedrec.io import atomic_save_arrays, atomic_write_text
 from fedrec.models import ModelSpec, RecModel
 from fedrec.models.base import is_local
 from fedrec.silo.adoption import Decision, ServingRecord, decide
-from fedrec.silo.guard import WITHHELD_KEY, guard_version, overexposed, own_move_scale, unsupported
+from fedrec.silo.guard import WITHHELD_KEY, guard_version, item_tables, overexposed, unsupported
 from fedrec.silo.round import evaluate_round, evaluate_splits, train_round
 from fedrec.silo.state_dir import StateDir
 from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, fitted_model, refit_users
 
 SERVED_FILE = "served.safetensors"
-GUARD_SCALE_FILE = "guard_scale.json"
-"""The region's own per-round move scale per item table since its last review (the guard's bound)."""
+GUARD_ROUNDS_FILE = "guard_rounds.json"
+"""The training rounds whose own moves `guard_own.safetensors` holds (a re-sent message counts once)."""
 GUARD_OWN_FILE = "guard_own.safetensors"
 """The region's own training moves of the item tables since its last review, summed (what a flagged row gets)."""
 GUARD_BASE_FILE = "guard_base.safetensors"
@@ -133,44 +133,32 @@ class RegionServing:
         return dict(load_file(str(path))) if path.exists() else None
 
     def note_own_move(self, server_round: int, received: Arrays, sent: Arrays, *, n_items: int) -> None:
-        """Note how far the region's own training moved each item table this round (the guard's bound).
+        """Add how far the region's own training moved each item table this round (what a flagged row gets).
 
-        Kept per round, so a re-sent training message counts once; `take_own_scale` sums and clears them.
+        A re-sent training message counts once; `take_own_moves` returns the sum and clears it.
         """
         if not self.policy.guarded:
             return
-        scale = own_move_scale(received, sent, n_items=n_items, quantile=self.policy.guard_quantile)
-        if not scale:
+        tables = [t for t in item_tables(received, n_items) if t in sent and sent[t].shape == received[t].shape]
+        path, own_path = self.dir / GUARD_ROUNDS_FILE, self.dir / GUARD_OWN_FILE
+        rounds = json.loads(path.read_text()) if path.exists() else []
+        if not tables or server_round in rounds:
             return
-        path = self.dir / GUARD_SCALE_FILE
-        noted = json.loads(path.read_text()) if path.exists() else {}
-        if str(server_round) in noted:  # a re-sent training message: counted once
-            return
-        noted[str(server_round)] = scale
         self.dir.mkdir(parents=True, exist_ok=True)
-        own_path = self.dir / GUARD_OWN_FILE
-        moved = {t: sent[t].astype(np.float64) - received[t].astype(np.float64) for t in scale}
+        moved = {t: sent[t].astype(np.float64) - received[t].astype(np.float64) for t in tables}
         if own_path.exists():
             before = load_file(str(own_path))
             moved = {t: v + before[t] if t in before and before[t].shape == v.shape else v for t, v in moved.items()}
         atomic_save_arrays(own_path, moved, {})
-        atomic_write_text(path, json.dumps(noted, sort_keys=True))
+        atomic_write_text(path, json.dumps([*rounds, server_round]))
 
-    def take_own_moves(self) -> tuple[dict[str, float], Arrays]:
-        """Since the last review, per item table: the sum of the own move scales, and the own moves; clears both."""
-        path, own_path = self.dir / GUARD_SCALE_FILE, self.dir / GUARD_OWN_FILE
-        try:
-            noted = json.loads(path.read_text()) if path.exists() else {}
-        except ValueError:
-            noted = {}
+    def take_own_moves(self) -> Arrays:
+        """The region's own moves of the item tables since the last review (summed); clears them."""
+        path, own_path = self.dir / GUARD_ROUNDS_FILE, self.dir / GUARD_OWN_FILE
         moved = dict(load_file(str(own_path))) if own_path.exists() else {}
         for p in (path, own_path):
             p.unlink(missing_ok=True)
-        out: dict[str, float] = {}
-        for per_table in noted.values():
-            for t, v in per_table.items():
-                out[t] = out.get(t, 0.0) + float(v)
-        return out, moved
+        return moved
 
     def keep_guard_base(self, build: Callable[[], Arrays]) -> None:
         """Remember the guard's first reference once, before anything is served: `build()`'s arrays.
@@ -298,10 +286,9 @@ def _guard(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
         reference = None  # another run's model (its shape changed): no reference to compare with
     evidence: dict[str, float] = {}
     withheld = flagged = np.zeros(silo.n_items, dtype=bool)
-    scale, own = serving.take_own_moves()
+    own = serving.take_own_moves()
     if reference is not None:
-        g = guard_version(reference, candidate, n_items=silo.n_items, k=policy.guard_k,
-                          quantile=policy.guard_quantile, scale=scale, own=own)
+        g = guard_version(reference, candidate, n_items=silo.n_items, k=policy.guard_k, own=own)
         candidate, flagged, evidence = g.arrays, g.flagged, dict(g.evidence)
         withheld = flagged & unsupported(silo, policy.guard_support)  # a supported item is clipped, never hidden
     test = None
