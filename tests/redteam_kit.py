@@ -145,3 +145,22 @@ def served_exposure_all(out: Path, *, served: bool = True, k: int = 20) -> dict[
             np.add.at(counts, batch.top[batch.shown()].numpy(), 1)
         result[region] = counts / len(users)
     return result
+
+
+def common_mode_boost(region: str | Sequence[str], items: Sequence[int], multiple: float, *, ratio: float = 8.0
+                      ) -> Mod:
+    """Add the same constant c to *every* item's bias (rank-invariant for MF: score = ... + b_i) and (ratio + 1) x c
+    to each target's, with c sized so the reply's update norm is about `multiple` x the honest one. The constant
+    sets every row's jump, hence the guard's median: the targets' jump stays under k x the median (k = 10)."""
+    items = list(items)
+
+    def attack(reply: dict[str, np.ndarray], sent: dict[str, np.ndarray], _r: str, _n: int) -> dict[str, np.ndarray]:
+        s64 = {k: v.astype(np.float64) for k, v in sent.items()}
+        delta = {k: reply[k].astype(np.float64) - s64[k] for k in reply}
+        shape = np.ones(delta[ITEM_BIAS].shape[0])
+        shape[items] += ratio
+        c = multiple * norm_of(delta) / math.sqrt(float(np.sum(shape**2)))
+        delta[ITEM_BIAS] = delta[ITEM_BIAS] + c * shape.reshape(delta[ITEM_BIAS].shape)
+        return {k: (s64[k] + delta[k]).astype(reply[k].dtype) for k in reply}
+
+    return hostile_mod(region, attack)

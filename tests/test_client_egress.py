@@ -52,7 +52,7 @@ def test_silo_sizes_differ_from_every_parameter_dimension(world: PreparedWorld) 
 
 
 def settings(world: PreparedWorld, *, model: str = "mf", weighting: str = "uniform") -> RunSettings:
-    return RunSettings(data_dir=str(world.data_dir), num_rounds=1, min_nodes=3, model=model, dim=DIM,
+    return RunSettings(data_dir=str(world.data_dir), num_rounds=5, min_nodes=3, model=model, dim=DIM,
                        weighting=weighting, batch_size=64)
 
 

@@ -138,11 +138,15 @@ def test_the_guard_serves_a_row_that_moved_like_no_other_as_the_regions_own_trai
     candidate[ITEM_BIAS][5] += 1.0
     g = guard_version(reference, candidate, n_items=N_ITEMS, own=own)
     assert np.flatnonzero(g.flagged).tolist() == [5] and g.evidence["flagged"] == 1 and g.evidence["max_ratio"] > 1
-    jumps = np.abs(candidate[ITEM_BIAS][:, 0].astype(np.float64) - reference[ITEM_BIAS][:, 0])
-    assert g.evidence[f"bound/{ITEM_BIAS}"] == pytest.approx(10.0 * np.median(jumps))  # k x the median row's move
-    # the flagged item's whole row is the reference's moved by the region's own training
+    change = candidate[ITEM_BIAS][:, 0].astype(np.float64) - reference[ITEM_BIAS][:, 0]
+    common = np.median(change)  # a shift of every item's bias changes no ranking: taken out first
+    assert g.evidence[f"bound/{ITEM_BIAS}"] == pytest.approx(10.0 * np.median(np.abs(change - common)))
+    # the flagged item's whole row: the reference's + the common move + the region's own move of it (within bound)
     for k in (ITEM_BIAS, EMB):
-        assert np.allclose(g.arrays[k][5], reference[k][5] + own[k][5], atol=1e-6)
+        d = (candidate[k].astype(np.float64) - reference[k]).reshape(N_ITEMS, -1)
+        mine = own[k].reshape(N_ITEMS, -1)
+        expected = reference[k][5].reshape(-1) + np.median(d, axis=0) + mine[5] - np.median(mine, axis=0)
+        assert np.allclose(g.arrays[k][5].reshape(-1), expected, atol=1e-6)
     rest = np.arange(N_ITEMS) != 5
     assert np.array_equal(g.arrays[ITEM_BIAS][rest], candidate[ITEM_BIAS][rest])
     assert np.array_equal(g.arrays["global_bias"], candidate["global_bias"])
@@ -150,10 +154,14 @@ def test_the_guard_serves_a_row_that_moved_like_no_other_as_the_regions_own_trai
     clipped = guard_version(reference, candidate, n_items=N_ITEMS)
     step = clipped.arrays[ITEM_BIAS][5, 0] - reference[ITEM_BIAS][5, 0]
     assert abs(step) <= clipped.evidence[f"bound/{ITEM_BIAS}"] * (1 + 1e-5) and step > 0
-    # a bound no few rows can move: pushing 10% of the rows (the target's included) does not loosen it
+    # a bound no few rows can move: pushing 10% of the rows (the target's included) does not loosen it ...
     pushed = {k: v.copy() for k, v in candidate.items()}
     pushed[ITEM_BIAS][rng.choice(N_ITEMS, N_ITEMS // 10, replace=False)] += 1.0
     assert guard_version(reference, pushed, n_items=N_ITEMS).flagged[5]
+    # ... nor does shifting every item's bias by one constant (rank-invariant) on top of the push
+    shifted = {k: v.copy() for k, v in candidate.items()}
+    shifted[ITEM_BIAS] += 0.12
+    assert np.flatnonzero(guard_version(reference, shifted, n_items=N_ITEMS).flagged).tolist() == [5]
 
 
 def test_the_exposure_cap_withholds_an_item_the_regions_data_does_not_support_and_keeps_one_it_does(

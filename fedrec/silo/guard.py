@@ -6,18 +6,20 @@ elsewhere (`simulations/steering.py`). Under SecAgg+ the coordinator cannot see 
 region can still see *what* moved. Before serving a version, the guard compares it with what the region
 serves now (before its first adoption: version 0 as the silo builds it from the run's seed), row by row:
 
-    jump_j = |candidate[j] - reference[j]| per row table (every global array with one row per item),
+    jump_j = |candidate[j] - reference[j] - common| per row table (every global array with one row per item;
+             common: the coordinate-wise median over items of the change, a move that changes no ranking),
     bound  = k x the median over items of jump_j,
 
-and a row beyond the bound is *flagged*. The median moves only if more than half of the catalog's rows are
-pushed, so neither a few crafted rows (one silo boosting several items at once) nor a version in which only
-a few rows moved at all (a hostile coordinator's edit: median 0, every moved row flagged) set their own bound.
-In clean runs the largest row jump is 1.5-2.6x the median on ML-100K and up to 6.1x on the default world
-(`simulations/README.md`), so k = 10 flags none. A flagged row is served as the region's *own* training moved
-it from the reference (`own`: the silo's own replies since its last review, its own data's view of the item; a
-non-finite row keeps the reference's), and a flagged item the region's own data does not support is also
-withheld (not recommended) while flagged. A supported item is never withheld for moving: withholding what a
-region's users like would let a silo (or the coordinator) censor it by pushing it.
+and a row beyond the bound is *flagged*. The median moves only if more than half of the catalog's rows are pushed,
+so neither a few crafted rows (one silo boosting several items at once) nor a version in which only a few rows
+moved at all (a hostile coordinator's edit: median 0, every moved row flagged) set their own bound. In clean runs
+the largest row jump is 1.5-2.6x the median on ML-100K and up to 6.1x on the default world
+(`simulations/README.md`), so k = 10 flags none. A flagged row is served as the region's *own* training moved it
+from the reference (`own`: the silo's own replies since its last review, its own data's view of the item, capped
+at the bound so extra training messages cannot drag it; a non-finite row keeps the reference's), and a flagged
+item the region's own data does not support is also withheld (not recommended) while flagged. A supported item is
+never withheld for moving: withholding what a region's users like would let a silo (or the coordinator) censor it
+by pushing it.
 
 Then an exposure cap for what the region's own data does not support (`overexposed`): an item at most
 `support_quantile` of the catalog's items beat in the region's training interactions, which the model would put
@@ -68,36 +70,52 @@ def guard_version(reference: Arrays, candidate: Arrays, *, n_items: int, k: floa
                   own: Arrays | None = None) -> Guarded:
     """Flag the candidate's item rows that moved beyond `k` x the median row's move; serve them the region's way.
 
-    A flagged row is served as the reference's row moved by the region's own training (`own`: its moves since
-    the reference, per table), or without one clipped to the bound; a non-finite row keeps the reference's.
+    Moves are measured after taking out each table's common move (the coordinate-wise median over items of the
+    rows' changes): adding one constant to every item bias, or one vector to every item embedding, changes no
+    user's ranking, so it must not buy a push its own bound. A flagged row is served as the reference's row plus
+    that common move plus the region's own training move of the row beyond its own common move (`own`: its
+    moves since the reference, per table), capped at the bound; without `own`, the row's move capped at the
+    bound. A non-finite row keeps the reference's.
     """
     tables = [t for t in item_tables(candidate, n_items) if t in reference and reference[t].shape == candidate[t].shape]
     ratio = np.zeros(n_items)
     deltas: dict[str, np.ndarray] = {}
+    common: dict[str, np.ndarray] = {}
+    bounds: dict[str, float] = {}
     evidence: dict[str, float] = {}
     for t in tables:
-        deltas[t] = candidate[t].astype(np.float64) - reference[t].astype(np.float64)
-        jump = _row_norms(deltas[t], n_items)
-        jump[~np.isfinite(jump)] = np.inf
+        d = (candidate[t].astype(np.float64) - reference[t].astype(np.float64)).reshape(n_items, -1)
+        finite_rows = np.isfinite(d).all(axis=1)
+        common[t] = np.median(d[finite_rows], axis=0) if finite_rows.any() else np.zeros(d.shape[1])
+        deltas[t] = d - common[t]
+        jump = np.sqrt(np.sum(deltas[t] ** 2, axis=1))
+        jump[~finite_rows] = np.inf
         bound = k * float(np.median(jump))  # inf rows count as large: they cannot lower it
-        evidence[f"bound/{t}"] = bound if np.isfinite(bound) else -1.0
+        bounds[t] = bound if np.isfinite(bound) else 0.0
+        evidence[f"bound/{t}"] = bounds[t]
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.where(jump > 0, jump / bound, 0.0) if 0 < bound < np.inf else np.where(jump > 0, np.inf, 0.0)
         ratio = np.maximum(ratio, r)
     flagged = ratio > 1.0
     out = dict(candidate)
     if flagged.any():
-        keep = 1.0 / ratio[flagged]  # 0 for a non-finite row: the reference's row
+        keep = 1.0 / ratio[flagged]  # 0 for a non-finite row
         for t in tables:
-            rows = reference[t].astype(np.float64)[flagged]
-            if own is not None and t in own and own[t].shape == deltas[t].shape:
-                step = own[t][flagged].astype(np.float64)  # what the region's own data says of the item
+            shape = candidate[t].shape
+            if own is not None and t in own and own[t].shape == shape:
+                mine = own[t].astype(np.float64).reshape(n_items, -1)
+                mine = np.where(np.isfinite(mine), mine, 0.0)
+                step = (mine - np.median(mine, axis=0))[flagged]  # what the region's own data says of the item
+                size = np.sqrt(np.sum(step**2, axis=1))
+                step *= np.minimum(1.0, bounds[t] / np.maximum(size, 1e-300)).reshape(-1, 1)  # capped at the bound
             else:
-                step = deltas[t][flagged] * keep.reshape(-1, *([1] * (deltas[t].ndim - 1)))
+                step = deltas[t][flagged] * keep.reshape(-1, 1)
             step[~np.isfinite(step)] = 0.0
-            step[~np.isfinite(ratio[flagged])] = 0.0
+            rows = reference[t].astype(np.float64).reshape(n_items, -1)[flagged] + common[t] + step
+            rows[~np.isfinite(ratio[flagged])] = reference[t].astype(np.float64).reshape(n_items, -1)[flagged][
+                ~np.isfinite(ratio[flagged])]
             served = candidate[t].copy()
-            served[flagged] = (rows + step).astype(candidate[t].dtype)
+            served[flagged] = rows.reshape((-1, *shape[1:])).astype(candidate[t].dtype)
             out[t] = served
     evidence["flagged"] = float(flagged.sum())
     finite = ratio[np.isfinite(ratio)]

@@ -59,6 +59,14 @@ def train_message(silo: Silo, content: RecordDict, reproducible_noise: bool = Fa
                       f"again under another aggregation ({how})")
             return decline_reply(region=ident.region, server_round=rnd, reason=reason)
         return check_reply(content, private=s.privacy_settings().enabled)
+    last = silo.state.last_round()
+    if not s.privacy_settings().enabled and (not 1 <= rnd <= s.num_rounds or (last is not None and rnd <= last)):
+        # Training on extra or out-of-order rounds would move the silo's own state (its users, its private item
+        # corrections, the guard's own moves) with models the coordinator chose: once per round, in order. (Under
+        # DP the ledger decides: a repeated round is no second release, and the plan caps the rounds.)
+        reason = (f"round {rnd} is out of order: this run has rounds 1-{s.num_rounds} and this silo last trained "
+                  f"round {last or 0}; a silo trains once per round, in order")
+        return decline_reply(region=ident.region, server_round=rnd, reason=reason)
     arrays = read_arrays(content)
     check_received(arrays, s.model_spec, n_items=silo.data.n_items)
     content = train_content(silo, rnd, version, arrays, reproducible_noise)

@@ -269,16 +269,29 @@ def _same_shapes(a: Arrays, b: Arrays) -> bool:
     return a.keys() == b.keys() and all(np.shape(a[k]) == np.shape(b[k]) for k in a)
 
 
-def _guard(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, decision: Decision,
-           stored: tuple[str, Arrays] | None, candidate: Arrays, local: Tensors | None, *, seed: int,
-           fitted: RecModel | None = None) -> tuple[Arrays, np.ndarray, SiloEvaluation | None, Decision]:
-    """The region-side guard on an adopted version (`fedrec.silo.guard`): what is served, withheld, its test metrics.
+@dataclass(frozen=True)
+class _Guarded:
+    """A candidate as the region's guard would serve it (`_guard`)."""
 
-    Rows that jumped beyond the round's others keep the reference's (the served version, or before any the first
-    version the silo trained from) and are withheld; then items the region's data does not support that the
-    guarded model would show to too many of its validation users are withheld too. The test metrics are None
-    when nothing is withheld (the candidate itself is served). `fitted`: the candidate re-fitted as the caller
-    evaluated it, reused when the guard keeps every row of the candidate.
+    arrays: Arrays
+    withheld: np.ndarray
+    changed: bool
+    """Whether anything differs from the candidate (a flagged row or a withheld item)."""
+    model: RecModel | None
+    """The guarded model re-fitted with the silo's users, when the guard built it (None: the candidate's)."""
+    evidence: dict[str, float]
+
+
+def _guard(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig,
+           stored: tuple[str, Arrays] | None, candidate: Arrays, local: Tensors | None, *, seed: int,
+           fitted: RecModel | None = None) -> _Guarded:
+    """The region-side guard on a candidate version (`fedrec.silo.guard`): what would be served and withheld.
+
+    Rows that moved like no other (beyond k x the median row's move against the served version, or before any
+    the silo's own version 0) are served as the region's own training moved them, and withheld when the
+    region's data does not support the item; then items the region's data does not support that the guarded
+    model would show to too many of its validation users are withheld too. `fitted`: the candidate re-fitted as
+    the caller evaluated it, reused when the guard keeps every row of the candidate.
     """
     policy = serving.policy
     reference = stored[1] if stored is not None else serving.guard_base()
@@ -290,23 +303,24 @@ def _guard(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
     if reference is not None:
         g = guard_version(reference, candidate, n_items=silo.n_items, k=policy.guard_k, own=own)
         candidate, flagged, evidence = g.arrays, g.flagged, dict(g.evidence)
-        withheld = flagged & unsupported(silo, policy.guard_support)  # a supported item is clipped, never hidden
-    test = None
+        withheld = flagged & unsupported(silo, policy.guard_support)  # a supported item is never hidden
+    model = None
     if policy.guard_max_exposure < 1:
         model = fitted if fitted is not None and not flagged.any() else fitted_model(spec, silo, candidate, local,
                                                                                     cfg, seed=seed)
         over, more = overexposed(model, silo, withheld=withheld, max_exposure=policy.guard_max_exposure,
                                  support_quantile=policy.guard_support)
         withheld, evidence = withheld | over, {**evidence, **more}
-        if withheld.any() or flagged.any():
-            test = evaluate_model(model, silo, rmse_too=cfg.loss == "mse", withheld=withheld)
-    elif withheld.any() or flagged.any():
-        test = evaluate_round(silo, spec, candidate, local, cfg, seed=seed, withheld=withheld)
-    note = (f"; the guard clipped {int(flagged.sum())} item row(s) and withheld {int(withheld.sum())} item(s)"
-            if withheld.any() or flagged.any() else "")
-    decision = replace(decision, reason=decision.reason + note,
-                       evidence={**decision.evidence, **{f"guard/{k}": v for k, v in evidence.items()}})
-    return candidate, withheld, test, decision
+    evidence = {f"guard/{k}": v for k, v in evidence.items()}
+    return _Guarded(candidate, withheld, bool(withheld.any() or flagged.any()), model, evidence)
+
+
+def _guarded_eval(g: _Guarded, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, local: Tensors | None, *,
+                  seed: int, split: str) -> SiloEvaluation:
+    """The guarded model's metrics on `split` (its withheld items kept out of every ranking)."""
+    if g.model is not None:
+        return evaluate_model(g.model, silo, split=split, rmse_too=cfg.loss == "mse", withheld=g.withheld)
+    return evaluate_round(silo, spec, g.arrays, local, cfg, seed=seed, split=split, withheld=g.withheld)
 
 
 def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
@@ -334,7 +348,14 @@ def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
     if stored is not None and not _same_shapes(stored[1], candidate_arrays):
         stored = None  # served in a run with another model shape: it cannot be scored against this run's versions
     served_eval: dict[str, SiloEvaluation] = {}
-    if stored is not None and stored[0] == candidate:  # a version seen before (e.g. a re-sent round)
+    seen = stored is not None and stored[0] == candidate
+    guarded = (_guard(serving, silo, spec, cfg, stored, candidate_arrays, local, seed=seed, fitted=candidate_model)
+               if policy.guarded and not seen else None)
+    if guarded is not None and guarded.changed:  # what would be served is the guarded model: judge that one
+        candidate_valid = (_guarded_eval(guarded, silo, spec, cfg, local, seed=seed, split="valid")
+                           if policy.kind == "if_better" else None)
+        candidate_test = _guarded_eval(guarded, silo, spec, cfg, local, seed=seed, split="test")
+    if seen:  # a version seen before (e.g. a re-sent round)
         decision = Decision(server_round, candidate, served, candidate, False, "already serves this version",
                             run_id=run_id)
     elif policy.kind == "if_better" and stored is not None:
@@ -357,16 +378,18 @@ def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
         decision = decide(policy, round=server_round, candidate=candidate,
                           served=stored[0] if stored is not None else None)
     decision = replace(decision, run_id=run_id)
-    withheld, guarded_test = None, None
-    if decision.adopted and policy.guarded:
-        candidate_arrays, withheld, guarded_test, decision = _guard(serving, silo, spec, cfg, decision, stored,
-                                                                    candidate_arrays, local, seed=seed,
-                                                                    fitted=candidate_model)
+    if guarded is not None:
+        n_flagged, n_held = int(guarded.evidence.get("guard/flagged", 0)), int(guarded.withheld.sum())
+        note = (f"; the guard served {n_flagged} item row(s) as the region's own training moved them and withheld "
+                f"{n_held} item(s)" if guarded.changed else "")
+        decision = replace(decision, reason=decision.reason + note, evidence={**decision.evidence,
+                                                                              **guarded.evidence})
     if decision.adopted:
-        serving.store_served(candidate, candidate_arrays, withheld=withheld)
+        serving.store_served(candidate, guarded.arrays if guarded is not None else candidate_arrays,
+                             withheld=guarded.withheld if guarded is not None else None)
     record.record(decision)
     if decision.served_after == candidate:
-        return Review(decision, guarded_test if guarded_test is not None else candidate_test)
+        return Review(decision, candidate_test)
     if stored is not None and decision.served_after == stored[0]:
         return Review(decision, served_eval["test"] if served_eval else evaluate_round(
             silo, spec, stored[1], local, cfg, seed=seed, withheld=serving.withheld()))

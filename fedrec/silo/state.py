@@ -89,6 +89,12 @@ class SiloState:
         content = recorddict_from_proto(ProtoRecordDict.FromString(body_path.read_bytes()))
         return str(meta.get("aggregation", "plain")), content
 
+    def last_round(self) -> int | None:
+        """The last round this silo answered with an update in this run (None before its first)."""
+        if self.dir is None or not (self.dir / "last_reply.json").exists():
+            return None
+        return int(json.loads((self.dir / "last_reply.json").read_text()).get("round", 0))
+
     def cache_reply(self, server_round: int, version: str, content: RecordDict, aggregation: str = "plain") -> None:
         """Remember the reply about to be sent and how (the body first, then the key naming it)."""
         if self.dir is None:
