@@ -56,9 +56,9 @@ NORMS = "update_norms.jsonl"
 
 def engine_for(name: str, mods: list[Mod]) -> Any:
     """The federation engine with these client mods: the in-process grid or Flower's simulation (Ray)."""
-    if name == "simulation":
+    if name == "simulation":  # inside SecAgg+'s client side: the attacker's node rewrites its plain update
         from fedrec.flower.simulation import run_simulation
-        return functools.partial(run_simulation, client_mods=mods)
+        return functools.partial(run_simulation, inner_mods=mods)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from fakegrid import run_in_process  # the tests' in-process grid: real apps, no Ray
     return functools.partial(run_in_process, client_mods=mods)

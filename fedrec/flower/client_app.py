@@ -29,7 +29,7 @@ from fedrec.silo.state import SiloState
 
 
 def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | None = None,
-                    reproducible_noise: bool = False) -> ClientApp:
+                    reproducible_noise: bool = False, inner_mods: list[Mod] | None = None) -> ClientApp:
     """A ClientApp; with `settings` it ignores `context.run_config` (in-process runs from Python).
 
     `reproducible_noise` (in-process research and tests only: no run-config key reaches it) seeds each
@@ -40,11 +40,14 @@ def make_client_app(settings: RunSettings | None = None, *, mods: list[Mod] | No
     them, outermost first: error containment (a failure of the ledger itself still leaves only a fixed code),
     the silo's egress ledger, error containment again (a failure below becomes a fixed-code error reply the
     ledger records); SecAgg+'s client side (active only when the coordinator runs it) is the innermost, so
-    `mods` and the ledger see what actually leaves.
+    `mods` and the ledger see what actually leaves. `inner_mods` (research tooling: a hostile node's own code)
+    sit inside SecAgg+'s client side, next to the handlers, so they see and rewrite the plain update before
+    it is masked.
     """
     facts = _privacy_facts(settings)
     app = ClientApp(mods=[contain_errors(facts), egress_ledger_mod(lambda c: _identity(settings, c).state_dir),
-                          contain_errors(facts), *(mods or []), optional_secaggplus_mod(_min_contributors(settings))])
+                          contain_errors(facts), *(mods or []), optional_secaggplus_mod(_min_contributors(settings)),
+                          *(inner_mods or [])])
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -23,10 +23,11 @@ QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "R
 
 def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = None,
                    cpus_per_client: float = 1.0, flwr_logs: bool = False, client_mods: list[Mod] | None = None,
-                   reproducible_noise: bool = False) -> FederationHistory:
+                   reproducible_noise: bool = False, inner_mods: list[Mod] | None = None) -> FederationHistory:
     """Run the federation and return what it did (also in `federated_history.json` when there is an output dir).
 
-    `client_mods` are Flower mods wrapped around every silo's ClientApp (e.g. `egress_recorder`).
+    `client_mods` are Flower mods wrapped around every silo's ClientApp (e.g. `egress_recorder`); `inner_mods`
+    sit inside SecAgg+'s client side (`make_client_app`: a hostile node's own code, for research).
     `reproducible_noise` seeds the silos' DP noise from the run's seed (research and tests only; by default
     every silo draws it from the OS CSPRNG and two runs release different models).
     """
@@ -43,7 +44,8 @@ def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = No
     try:
         flwr_run_simulation(
             server_app=make_server_app(settings, on_round=on_round, history=history),
-            client_app=make_client_app(settings, mods=client_mods, reproducible_noise=reproducible_noise),
+            client_app=make_client_app(settings, mods=client_mods, reproducible_noise=reproducible_noise,
+                                       inner_mods=inner_mods),
             num_supernodes=n_regions,
             backend_config={
                 "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
