@@ -190,12 +190,12 @@ DATASET = {"name": "synthetic", "n_users": 600, "n_items": 120, "region_only_ite
            "region_sizes": [2.0, 1.0, 1.0], "seed": 5}
 
 
-NO_DEFENCES = {"federation": {"rounds": 4},
+NO_DEFENCES = {"federation": {"rounds": 4}, "strategy": {"robust": "none"},
                "adoption": {"default": {"adopt": "always", "guard": False}}}
 
 
 def experiment(out: Path, mods: list[Mod]) -> dict[str, Any]:
-    """The end-to-end world without any defence beyond the norm screen (no region-side guard)."""
+    """The end-to-end world without any defence beyond the norm screen (no row clipping, no region-side guard)."""
     cfg = experiment_from_dict({"dataset": DATASET, "model": {"name": "mf", "dim": 8}, "train": {"n_negatives": 32},
                                 "bounds": [], "baselines": [], **NO_DEFENCES})
     return run_experiment(cfg, out, log=lambda *_: None, engine=functools.partial(run_in_process, client_mods=mods))

@@ -238,7 +238,8 @@ class _Run:
         if self.family is None:
             sent = {k: v.numpy() for k, v in self.arrays.items()}
             robust: dict[str, Any] = {}
-            if self.s.robust == "row_clip" and self.s.secure_aggregation != "secaggplus":
+            private = self.s.privacy_settings().enabled  # row clipping is not measured on DP releases: not applied
+            if self.s.robust == "row_clip" and self.s.secure_aggregation != "secaggplus" and not private:
                 clip = clip_rows(sent, replies, n_items=self.n_items, clip=self.s.row_clip)
                 robust["clipped_rows"] = clip.clipped
             if self.s.secure_aggregation != "secaggplus":

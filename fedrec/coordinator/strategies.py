@@ -48,6 +48,8 @@ def aggregation_rule(s: RunSettings, *, statistics: bool) -> str:
         return s.strategy
     if statistics or s.secure_aggregation == "secaggplus":
         return f"{s.strategy} ({s.robust} not applicable: {'statistics' if statistics else 'secaggplus'})"
+    if s.robust == "row_clip" and s.privacy_settings().enabled:
+        return f"{s.strategy} (row_clip not applied under user_dp)"
     detail = {"row_clip": f":{s.row_clip:g}", "trimmed_mean": f":{s.trim_beta:g}"}.get(s.robust, "")
     return f"{s.strategy}+{s.robust}{detail}"
 
