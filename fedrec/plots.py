@@ -184,6 +184,42 @@ def plot_adoption(results: dict[str, Any], metric: str = "ndcg@20") -> Figure:
     return fig
 
 
+def has_influence(results: dict[str, Any]) -> bool:
+    """Whether the run's rounds recorded who moved what (the coordinator saw each update)."""
+    return any((e.get("robust") or {}).get("top_moved") for e in results.get("round_log", []))
+
+
+def plot_influence(results: dict[str, Any]) -> Figure:
+    """Per round, each contributor's share of the move of the item that round moved most (`fedrec.coordinator.robust`).
+
+    One stacked bar per round: positive shares above zero, negative ones (pushing against the others) below; the
+    item's id above the bar. One contributor owning round after round is what a steering silo looks like.
+    """
+    log = [e for e in results.get("round_log", []) if (e.get("robust") or {}).get("top_moved")]
+    regions = sorted({r for e in log for r in e["robust"]["top_moved"][0]["shares"]})
+    colors = {r: REGION_COLORS[i % len(REGION_COLORS)] for i, r in enumerate(regions)}
+    fig = Figure(figsize=(max(4.0, 0.5 * len(log) + 2.5), 3.6), layout="constrained")
+    ax = fig.subplots()
+    xs = [int(e["round"]) for e in log]
+    up, down = np.zeros(len(log)), np.zeros(len(log))
+    for r in regions:
+        shares = np.array([float(e["robust"]["top_moved"][0]["shares"].get(r, 0.0)) for e in log])
+        pos, neg = np.clip(shares, 0, None), np.clip(shares, None, 0)
+        ax.bar(xs, pos, bottom=up, color=colors[r], label=r)
+        ax.bar(xs, neg, bottom=down, color=colors[r])
+        up, down = up + pos, down + neg
+    for x, e, top in zip(xs, log, up, strict=True):
+        ax.text(x, top + 0.02, str(e["robust"]["top_moved"][0]["item"]), ha="center", va="bottom", fontsize=7)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("federated round (item id: the round's most-moved item)")
+    ax.set_ylabel("share of the item's move")
+    ax.set_title("who moved the item each round moved most", fontsize=10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3, axis="y")
+    fig.legend(loc="outside right center", fontsize=8, frameon=False)
+    return fig
+
+
 def _policy_label(policy: dict[str, Any]) -> str:
     kind = policy.get("kind", "always")
     if kind == "if_better":
@@ -201,7 +237,8 @@ def _policy_label(policy: dict[str, Any]) -> str:
 def save_figures(results: dict[str, Any], out_dir: Path | str, metric: str = "ndcg@20") -> list[Path]:
     """Write the figures as PNG next to results.json, so a run's outcome can be seen without Python.
 
-    `adoption_*.png` is written when some region's policy is not `adopt: always`.
+    `adoption_*.png` is written when some region's policy is not `adopt: always`; `influence.png` when the
+    coordinator recorded who moved what (it saw each update).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,6 +250,10 @@ def save_figures(results: dict[str, Any], out_dir: Path | str, metric: str = "nd
     for name, fig in figures:
         path = out / f"{name}_{tag}.png"
         fig.savefig(path, dpi=120)
+        paths.append(path)
+    if has_influence(results):
+        path = out / "influence.png"
+        plot_influence(results).savefig(path, dpi=120)
         paths.append(path)
     return paths
 

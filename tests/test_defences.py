@@ -44,6 +44,7 @@ from fedrec.flower.hostile_mods import targeted_boost
 from fedrec.messages import read_arrays
 from fedrec.model_io import load_global_model
 from fedrec.models import ModelSpec, build_model
+from fedrec.plots import plot_influence, save_figures
 from fedrec.run_exposure import exposure_from_run
 from fedrec.silo.egress import train_reply
 from fedrec.silo.guard import guard_version, overexposed
@@ -252,10 +253,13 @@ def test_by_default_a_five_fold_boost_reaches_no_honest_user_and_a_clean_run_los
     # the guard says why, in each honest silo's own decision log
     assert all(any(d["evidence"].get("guard/flagged", 0) >= 1 for d in decisions(tmp_path / "boost", r))
                for r in honest)
-    # the coordinator's round log names who moved what: the target, moved by the attacker
+    # the coordinator's round log names who moved what: the target, moved by the attacker; so does its figure
     for entry in boosted["round_log"]:
         top = entry["robust"]["top_moved"][0]
         assert top["item"] == target and top["shares"][attacker] > 0.5, (entry["round"], top)
+    assert tmp_path / "figs" / "influence.png" in save_figures(boosted, tmp_path / "figs")  # what `fedrec` writes
+    labels = [t.get_text() for t in plot_influence(boosted).axes[0].texts]
+    assert labels == [str(target)] * len(boosted["round_log"])
     # a clean run: no row jumps beyond the round's others, and what the exposure cap withholds (items the region's
     # own data does not support) costs no region more than 1% NDCG@20 against the global model it guards
     for region in facts:
