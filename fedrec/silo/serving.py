@@ -34,10 +34,11 @@ from fedrec.io import atomic_save_arrays, atomic_write_text
 from fedrec.models import ModelSpec, RecModel
 from fedrec.models.base import is_local
 from fedrec.silo.adoption import Decision, ServingRecord, decide
-from fedrec.silo.guard import WITHHELD_KEY, guard_version, item_tables, overexposed, unsupported
+from fedrec.silo.guard import WITHHELD_KEY, item_tables
+from fedrec.silo.guarded_review import guard_candidate, guarded_eval, same_shapes
 from fedrec.silo.round import evaluate_round, evaluate_splits, train_round
 from fedrec.silo.state_dir import StateDir
-from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, fitted_model, refit_users
+from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, refit_users
 
 SERVED_FILE = "served.safetensors"
 GUARD_ROUNDS_FILE = "guard_rounds.json"
@@ -265,64 +266,6 @@ def evaluate_fork(fork: Fork, silo: SiloData, spec: ModelSpec, cfg: TrainConfig,
                           rmse_too=cfg.loss == "mse")
 
 
-def _same_shapes(a: Arrays, b: Arrays) -> bool:
-    return a.keys() == b.keys() and all(np.shape(a[k]) == np.shape(b[k]) for k in a)
-
-
-@dataclass(frozen=True)
-class _Guarded:
-    """A candidate as the region's guard would serve it (`_guard`)."""
-
-    arrays: Arrays
-    withheld: np.ndarray
-    changed: bool
-    """Whether anything differs from the candidate (a flagged row or a withheld item)."""
-    model: RecModel | None
-    """The guarded model re-fitted with the silo's users, when the guard built it (None: the candidate's)."""
-    evidence: dict[str, float]
-
-
-def _guard(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig,
-           stored: tuple[str, Arrays] | None, candidate: Arrays, local: Tensors | None, *, seed: int,
-           fitted: RecModel | None = None) -> _Guarded:
-    """The region-side guard on a candidate version (`fedrec.silo.guard`): what would be served and withheld.
-
-    Rows that moved like no other (beyond k x the median row's move against the served version, or before any
-    the silo's own version 0) are served as the region's own training moved them, and withheld when the
-    region's data does not support the item; then items the region's data does not support that the guarded
-    model would show to too many of its validation users are withheld too. `fitted`: the candidate re-fitted as
-    the caller evaluated it, reused when the guard keeps every row of the candidate.
-    """
-    policy = serving.policy
-    reference = stored[1] if stored is not None else serving.guard_base()
-    if reference is not None and not _same_shapes(reference, candidate):
-        reference = None  # another run's model (its shape changed): no reference to compare with
-    evidence: dict[str, float] = {}
-    withheld = flagged = np.zeros(silo.n_items, dtype=bool)
-    own = serving.take_own_moves()
-    if reference is not None:
-        g = guard_version(reference, candidate, n_items=silo.n_items, k=policy.guard_k, own=own)
-        candidate, flagged, evidence = g.arrays, g.flagged, dict(g.evidence)
-        withheld = flagged & unsupported(silo, policy.guard_support)  # a supported item is never hidden
-    model = None
-    if policy.guard_max_exposure < 1:
-        model = fitted if fitted is not None and not flagged.any() else fitted_model(spec, silo, candidate, local,
-                                                                                    cfg, seed=seed)
-        over, more = overexposed(model, silo, withheld=withheld, max_exposure=policy.guard_max_exposure,
-                                 support_quantile=policy.guard_support)
-        withheld, evidence = withheld | over, {**evidence, **more}
-    evidence = {f"guard/{k}": v for k, v in evidence.items()}
-    return _Guarded(candidate, withheld, bool(withheld.any() or flagged.any()), model, evidence)
-
-
-def _guarded_eval(g: _Guarded, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, local: Tensors | None, *,
-                  seed: int, split: str) -> SiloEvaluation:
-    """The guarded model's metrics on `split` (its withheld items kept out of every ranking)."""
-    if g.model is not None:
-        return evaluate_model(g.model, silo, split=split, rmse_too=cfg.loss == "mse", withheld=g.withheld)
-    return evaluate_round(silo, spec, g.arrays, local, cfg, seed=seed, split=split, withheld=g.withheld)
-
-
 def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
            candidate: str, candidate_arrays: Arrays, local: Tensors | None, candidate_test: SiloEvaluation,
            seed: int, fetch: Fetch | None = None, run_id: str = "",
@@ -345,16 +288,18 @@ def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
         record.record(decision)
         return Review(decision, evaluate_fork(fork, silo, spec, cfg, seed=seed))
     stored = serving.served_arrays()
-    if stored is not None and not _same_shapes(stored[1], candidate_arrays):
+    if stored is not None and not same_shapes(stored[1], candidate_arrays):
         stored = None  # served in a run with another model shape: it cannot be scored against this run's versions
     served_eval: dict[str, SiloEvaluation] = {}
     seen = stored is not None and stored[0] == candidate
-    guarded = (_guard(serving, silo, spec, cfg, stored, candidate_arrays, local, seed=seed, fitted=candidate_model)
+    guarded = (guard_candidate(policy, silo, spec, cfg, candidate_arrays, local,
+                               reference=stored[1] if stored is not None else serving.guard_base(),
+                               own=serving.take_own_moves(), seed=seed, fitted=candidate_model)
                if policy.guarded and not seen else None)
     if guarded is not None and guarded.changed:  # what would be served is the guarded model: judge that one
-        candidate_valid = (_guarded_eval(guarded, silo, spec, cfg, local, seed=seed, split="valid")
+        candidate_valid = (guarded_eval(guarded, silo, spec, cfg, local, seed=seed, split="valid")
                            if policy.kind == "if_better" else None)
-        candidate_test = _guarded_eval(guarded, silo, spec, cfg, local, seed=seed, split="test")
+        candidate_test = guarded_eval(guarded, silo, spec, cfg, local, seed=seed, split="test")
     if seen:  # a version seen before (e.g. a re-sent round)
         decision = Decision(server_round, candidate, served, candidate, False, "already serves this version",
                             run_id=run_id)
