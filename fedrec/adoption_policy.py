@@ -137,6 +137,10 @@ class AdoptionPolicy:
         if kind == "adapt":
             return cls._adapt(where, cfg, metric=metric, margin=float(margin), contribute=contribute)
         if kind is not None:
+            if not contribute:
+                raise ConfigError(f"{where}: adopt: {kind} with contribute: false is not a policy fedrec runs (a "
+                                  f"region that adopts the global line trains for it); to train alone and send "
+                                  f"nothing use {where}.fork=0 with contribute: false")
             return cls(kind=kind, metric=metric, margin=float(margin), contribute=contribute, **_guard(where, cfg))
         if "pin" in cfg:
             if not isinstance(cfg["pin"], str) or not cfg["pin"]:

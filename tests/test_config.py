@@ -151,6 +151,8 @@ def test_adapt_for_every_region_at_once_with_its_defaults_from_one_place() -> No
      r"\['mu'\] apply to adopt: adapt only; remove them or set adoption\.eu\.adopt=adapt"),
     (["+adoption.eu.fork=2", "+adoption.eu.adapt_rounds=2"], r"\['adapt_rounds'\] apply to adopt: adapt only"),
     (["+adoption.eu.adopt=adapt", "+adoption.eu.contribute=false"], r"use adoption\.eu\.fork=0 with contribute: false"),
+    (["+adoption.eu.adopt=always", "+adoption.eu.contribute=false"],
+     r"adopt: always with contribute: false is not a policy.*use adoption\.eu\.fork=0 with contribute: false"),
     (["+adoption.eu.adopt=adapt", "+adoption.eu.confidence=1"], r"adoption\.eu\.confidence=1 is invalid: a probab"),
     (["+adoption.eu.adopt=adapt", "+adoption.eu.confidence=0.3"], r"confidence=0\.3 is invalid.*or 0 for the plain"),
     (["+adoption.eu.adopt=adapt", "+adoption.eu.confidence=sure"], r"confidence='sure' is invalid"),

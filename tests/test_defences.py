@@ -2,6 +2,8 @@
 
 - `clip_rows` clips exactly the attacker's outlying row to the bound and leaves every honest reply bit-identical;
   it does nothing with fewer than three replies (a median of two is their mean);
+- `mix_nearest` (nearest-neighbour mixing) replaces each update by the mean of its n - f nearest, so a negated
+  update is left out of every honest silo's neighbourhood and its own is pulled to the honest mean;
 - `attribution` names the silo that moved an item, with shares summing to one;
 - `guard_version` flags a row that moved beyond k x the median row's move (which a few pushed rows cannot raise),
   serves it as the region's own training moved it, and flags nothing in an honest round; `overexposed` withholds an
@@ -33,7 +35,7 @@ from rich.console import Console
 from fedrec.adoption_policy import AdoptionPolicy
 from fedrec.commands.models import models_main
 from fedrec.config import StrategyConfig, experiment_from_dict
-from fedrec.coordinator.robust import attribution, clip_rows
+from fedrec.coordinator.robust import attribution, clip_rows, mix_nearest
 from fedrec.data.split import SiloData, SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError
@@ -111,6 +113,35 @@ def test_row_clipping_needs_three_replies() -> None:
     msgs = [reply(f"s{i}", a) for i, a in enumerate(arrays)]
     assert clip_rows(sent, msgs, n_items=N_ITEMS, clip=2.0).clipped == {"s0": 0, "s1": 0}
     assert np.array_equal(read_arrays(msgs[1].content)[ITEM_BIAS], arrays[1][ITEM_BIAS])
+
+
+def test_nearest_neighbour_mixing_leaves_a_negated_update_out_of_every_honest_neighbourhood() -> None:
+    rng = np.random.default_rng(3)
+    sent, arrays = world(rng, n_silos=7)
+    honest_deltas = [{k: a[k].astype(np.float64) - sent[k] for k in sent} for a in arrays]
+    arrays[6] = {k: (sent[k] - 3.0 * honest_deltas[6][k]).astype(np.float32) for k in sent}  # s6 sends -3x its own
+    msgs = [reply(f"s{i}", a) for i, a in enumerate(arrays)]
+    excluded = mix_nearest(sent, msgs, f=1)
+
+    assert excluded["s6"] == 6  # left out by every other silo; the one honest silo its own neighbourhood leaves out:
+    assert sorted(excluded[f"s{i}"] for i in range(6)) == [0, 0, 0, 0, 0, 1]
+    after = [read_arrays(m.content) for m in msgs]
+    honest_mean = {k: np.mean([d[k] for d in honest_deltas[:6]], axis=0) for k in sent}
+    for i in range(6):  # each honest update becomes the mean of the six honest ones (itself included)
+        for k in sent:
+            np.testing.assert_allclose(after[i][k] - sent[k], honest_mean[k], atol=1e-6)
+    # the attacker's own slot: the mean of its six nearest, itself and five honest ones, the negated update diluted
+    d6 = {k: after[6][k].astype(np.float64) - sent[k] for k in sent}
+    assert np.dot(d6[EMB].ravel(), honest_mean[EMB].ravel()) > 0
+
+
+def test_nearest_neighbour_mixing_with_no_tolerance_or_few_replies_changes_nothing() -> None:
+    rng = np.random.default_rng(4)
+    sent, arrays = world(rng, n_silos=3)
+    msgs = [reply(f"s{i}", a) for i, a in enumerate(arrays)]
+    assert mix_nearest(sent, msgs, f=0) == {"s0": 0, "s1": 0, "s2": 0}
+    assert mix_nearest(sent, msgs[:2], f=1) == {"s0": 0, "s1": 0}
+    assert all(np.array_equal(read_arrays(m.content)[k], a[k]) for m, a in zip(msgs, arrays, strict=True) for k in sent)
 
 
 def test_attribution_names_who_moved_an_item_and_shares_sum_to_one() -> None:
@@ -201,6 +232,9 @@ def test_robust_aggregation_and_guard_keys_are_validated() -> None:
     with pytest.raises(ConfigError, match=re.escape("server_lr=1")):
         StrategyConfig(robust="median")  # FedMedian replaces FedAvg's server step
     assert StrategyConfig(robust="median", server_lr=1.0).robust == "median"
+    with pytest.raises(ConfigError, match=re.escape("server_lr=1")):
+        StrategyConfig(robust="nnm", server_lr=1.5)
+    assert StrategyConfig(robust="nnm", server_lr=1.0).robust == "nnm"
     assert AdoptionPolicy().guarded and AdoptionPolicy.from_config("eu", {"adopt": "if_better"}).guarded
     assert not AdoptionPolicy.from_config("eu", {"adopt": "always", "guard": False}).guarded
     assert not AdoptionPolicy.from_config("eu", {"pin": "abc"}).guarded

@@ -12,6 +12,13 @@ its honest norm, far inside the update screen, and put that item in the top 20 o
   rest of its update. Needs >= 3 contributors to act (with two, the median is their mean).
 - `median` / `trimmed_mean`: Flower's FedMedian / FedTrimmedAvg (coordinate-wise, unweighted; built in
   `strategies.build_strategy`).
+- `nnm`: nearest-neighbour mixing (Allouah et al., "Fixing by Mixing", AISTATS 2023) before Flower's
+  FedTrimmedAvg: each silo's whole update is replaced by the mean of the n - f updates nearest to it (itself
+  included; f = int(trim_beta x n), the number of replies the trimmed mean cuts at each end), then the trimmed
+  mean aggregates the mixed updates. Regions' honest updates are nearly orthogonal (heterogeneous data), so a
+  silo sending its update negated looks like any other outlier to a per-coordinate rule; mixing averages the
+  heterogeneity away first. Each silo's `excluded_by` count (how many other silos' neighbourhoods left it out)
+  is recorded as evidence.
 
 None applies to a statistics model (the coordinator solves the silos' summed statistics) or under SecAgg+
 (it sees only the sum), and row clipping is not applied to DP releases (not measured there): there the
@@ -92,6 +99,36 @@ def clip_rows(sent: Arrays, replies: list[Message], *, n_items: int, clip: float
             out[k] = Array(np.ascontiguousarray(a))
         m.content.array_records["arrays"] = ArrayRecord(out)
     return RowClip(clipped, floor)
+
+
+def mix_nearest(sent: Arrays, replies: list[Message], *, f: int) -> dict[str, int]:
+    """Nearest-neighbour mixing, in place in each reply (see the module docstring); returns `excluded_by`.
+
+    Distances are Euclidean between whole updates (every array, float64). With f = 0 (or fewer than 3 replies)
+    nothing is mixed. Ties are broken by reply order, so the result does not depend on timing.
+    """
+    regions = [read_region(m.content) for m in replies]
+    if f < 1 or len(replies) < 3:
+        return {r: 0 for r in regions}
+    names = list(sent)
+    flat = np.stack([np.concatenate([(read_arrays(m.content)[k].astype(np.float64) - sent[k].astype(np.float64)).ravel()
+                                     for k in names]) for m in replies])  # [silos, params]
+    gram = flat @ flat.T
+    sq = np.diag(gram)
+    dist = sq[:, None] + sq[None, :] - 2 * gram
+    keep = len(replies) - f
+    near = [np.argsort(dist[i], kind="stable")[:keep] for i in range(len(replies))]
+    excluded = {r: sum(1 for i, nb in enumerate(near) if i != j and j not in nb) for j, r in enumerate(regions)}
+    for m, nb in zip(replies, near, strict=True):
+        mixed = flat[nb].mean(axis=0)
+        record, out, offset = m.content.array_records["arrays"], {}, 0
+        for k in names:
+            a = record[k].numpy()
+            part = mixed[offset: offset + a.size].reshape(a.shape)
+            offset += a.size
+            out[k] = Array(np.ascontiguousarray((sent[k].astype(np.float64) + part).astype(a.dtype)))
+        m.content.array_records["arrays"] = ArrayRecord(out)
+    return excluded
 
 
 def attribution(sent: Arrays, replies: list[Message], *, n_items: int, top: int = 5) -> list[dict[str, object]]:

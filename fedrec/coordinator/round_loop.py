@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from fedrec.coordinator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.preflight import preflight_failure, run_preflight
-from fedrec.coordinator.robust import attribution, clip_rows
+from fedrec.coordinator.robust import attribution, clip_rows, mix_nearest
 from fedrec.coordinator.screen import ScreenRules, StatisticsScreen
 from fedrec.coordinator.strategies import aggregation_rule, build_strategy, restore_strategy_state, strategy_state
 from fedrec.coordinator.train_step import TrainStep, collect_train
@@ -243,7 +243,9 @@ class _Run:
                 clip = clip_rows(sent, replies, n_items=self.n_items, clip=self.s.row_clip)
                 robust["clipped_rows"] = clip.clipped
             if self.s.secure_aggregation != "secaggplus":
-                robust["top_moved"] = attribution(sent, replies, n_items=self.n_items)
+                robust["top_moved"] = attribution(sent, replies, n_items=self.n_items)  # nnm: before mixing
+            if self.s.robust == "nnm" and self.s.secure_aggregation != "secaggplus":
+                robust["excluded_by"] = mix_nearest(sent, replies, f=int(self.s.trim_beta * len(replies)))
             self.round_robust = robust
             aggregated, _ = self.strategy.aggregate_train(rnd, replies)
             if aggregated is not None:

@@ -17,16 +17,17 @@ from fedrec.settings import RunSettings
 def build_strategy(s: RunSettings) -> FedAvg:
     """The configured strategy; FedAvg, FedAvgM and FedAdam weight replies by the `weight` each silo reports.
 
-    `robust=median|trimmed_mean` replace the average by Flower's FedMedian / FedTrimmedAvg (unweighted,
-    coordinate-wise; the config allows them only with plain FedAvg). `row_clip` is applied to the replies before
-    any of the others aggregate (`fedrec.coordinator.robust`, called by the round loop).
+    `robust=median|trimmed_mean|nnm` replace the average by Flower's FedMedian / FedTrimmedAvg (unweighted,
+    coordinate-wise; the config allows them only with plain FedAvg; for `nnm` the round loop mixes the replies
+    first). `row_clip` is applied to the replies before any of the others aggregate (`fedrec.coordinator.robust`,
+    called by the round loop).
     """
     kw = {"fraction_train": s.fraction_train, "fraction_evaluate": 1.0,
           "min_train_nodes": max(1, int(s.min_nodes * s.fraction_train)), "min_evaluate_nodes": s.min_nodes,
           "min_available_nodes": s.min_nodes, "weighted_by_key": WEIGHT_KEY}
     if s.robust == "median":
         return FedMedian(**kw)  # type: ignore[arg-type]
-    if s.robust == "trimmed_mean":
+    if s.robust in ("trimmed_mean", "nnm"):  # nnm: the round loop mixes the replies first
         return FedTrimmedAvg(beta=s.trim_beta, **kw)  # type: ignore[arg-type]
     if s.strategy == "fedadam":
         return FedAdam(eta=s.server_lr, eta_l=s.lr, beta_1=s.adam_beta1, beta_2=s.adam_beta2, tau=s.adam_tau,
@@ -50,7 +51,7 @@ def aggregation_rule(s: RunSettings, *, statistics: bool) -> str:
         return f"{s.strategy} ({s.robust} not applicable: {'statistics' if statistics else 'secaggplus'})"
     if s.robust == "row_clip" and s.privacy_settings().enabled:
         return f"{s.strategy} (row_clip not applied under user_dp)"
-    detail = {"row_clip": f":{s.row_clip:g}", "trimmed_mean": f":{s.trim_beta:g}"}.get(s.robust, "")
+    detail = f":{s.row_clip:g}" if s.robust == "row_clip" else f":{s.trim_beta:g}" if s.robust != "median" else ""
     return f"{s.strategy}+{s.robust}{detail}"
 
 
