@@ -3,26 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedrec.data.schema import Interactions
 from fedrec.errors import ConfigError
 
+if TYPE_CHECKING:
+    from fedrec.data.synthetic import SyntheticWorldConfig
+
 Loader = Callable[[dict[str, Any]], Interactions]
 
 
-def _synthetic(p: dict[str, Any]) -> Interactions:
-    from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
+def synthetic_config(p: dict[str, Any]) -> SyntheticWorldConfig:
+    """The validated synthetic world `dataset=synthetic` with these params would generate."""
+    from fedrec.data.synthetic import SyntheticWorldConfig
 
     params = dict(p)
     for key in ("region_sizes", "region_names", "region_shift_scale"):
         if key in params and params[key] is not None:
             params[key] = tuple(params[key])
     try:
-        cfg = SyntheticWorldConfig(**params)
+        return SyntheticWorldConfig(**params)
     except TypeError as exc:
         raise ConfigError(f"dataset=synthetic: {exc}") from exc
-    return generate_world(cfg)
+
+
+def _synthetic(p: dict[str, Any]) -> Interactions:
+    from fedrec.data.synthetic import generate_world
+
+    return generate_world(synthetic_config(p))
 
 
 def _check_keys(dataset: str, params: dict[str, Any], known: set[str]) -> None:
