@@ -7,6 +7,7 @@ threads and notebooks alike, and nothing leaks between calls. Every function tak
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any
@@ -286,4 +287,40 @@ def plot_sweep(summary: Any, metric: str = "ndcg@20", region: str = "overall") -
     ax.set_xticks(x, labels, rotation=20, ha="right")
     ax.set_ylabel(f"{metric} ({region}), mean ± 95% CI over seeds")
     ax.legend(fontsize="small", ncols=min(3, max(1, len(methods))))
+    return fig
+
+
+def plot_swept(summary: Any, swept: str, metric: str = "ndcg@20", methods: tuple[str, ...] = BAR_METHODS) -> Figure:
+    """A collected sweep against one swept override: one panel per region (overall first), a line per method.
+
+    x is each value of `swept` (a column of `fedrec.collect.summarize`'s table) in the order they sort as
+    numbers when they all are, y the mean over seeds with its 95% CI. Configurations that differ in another
+    override too are averaged away only if the table says so: call it on a table where `swept` is the one
+    override that varies (filter the others first).
+    """
+    rows = summary[(summary["metric"] == metric) & summary["method"].isin(methods)]
+    if rows.empty or swept not in rows.columns:
+        raise ValueError(f"no {metric} rows for {methods} with a column {swept!r} in this summary")
+    values = list(dict.fromkeys(rows[swept].astype(str)))
+    with contextlib.suppress(ValueError):  # lists, names: the sweep's own order
+        values.sort(key=float)
+    regions = ["overall", *sorted(r for r in set(rows["region"]) if r != "overall")]
+    cols = min(3, len(regions))
+    fig = Figure(figsize=(4.2 * cols, 3.2 * math.ceil(len(regions) / cols)), layout="constrained")
+    x = np.arange(len(values))
+    for n, region in enumerate(regions):
+        ax = fig.add_subplot(math.ceil(len(regions) / cols), cols, n + 1)
+        for method in (m for m in methods if m in set(rows["method"])):
+            sub = rows[(rows["region"] == region) & (rows["method"] == method)]
+            by = {str(v): (m, c) for v, m, c in zip(sub[swept], sub["mean"], sub["ci95"], strict=True)}
+            ys = [by.get(v, (math.nan, 0.0)) for v in values]
+            style = METHOD_STYLE.get(method, {"label": method})
+            ax.errorbar(x, [y for y, _ in ys], yerr=[e for _, e in ys], marker="o", capsize=2,
+                        color=style.get("color"), label=style["label"])
+        ax.set_title(region, fontsize="medium")
+        ax.set_xticks(x, values, rotation=20, ha="right", fontsize="small")
+        if n % cols == 0:
+            ax.set_ylabel(f"{metric}, mean ± 95% CI")
+    fig.axes[0].legend(fontsize="small")
+    fig.supxlabel(swept)
     return fig

@@ -1,4 +1,4 @@
-"""The quickstart notebook: committed without outputs, and it runs top to bottom in a fresh kernel."""
+"""Every notebook is committed without outputs; the quickstart runs top to bottom in a fresh kernel."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ def _code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
     return [c for c in nb.cells if c.cell_type == "code"]
 
 
-def test_committed_notebook_is_valid_and_stripped() -> None:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+@pytest.mark.parametrize("path", sorted(NOTEBOOK.parent.glob("*.ipynb")), ids=lambda p: p.name)
+def test_committed_notebook_is_valid_and_stripped(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     cells = _code_cells(nb)
     assert cells, "notebook has code cells"
@@ -26,23 +27,6 @@ def test_committed_notebook_is_valid_and_stripped() -> None:
         assert cell.execution_count is None, f"code cell {i} has an execution_count"
         assert "execution" not in cell.metadata, f"code cell {i} has execution timing metadata"
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
-
-
-@pytest.fixture
-def this_interpreter_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A `python3` kernelspec that runs *this* interpreter, visible to this test only.
-
-    The venv ships a `python3` kernelspec whose argv is plain `python` (jupyter_client swaps that for
-    `sys.executable`), but a user-wide or system spec could shadow it. A spec written by ipykernel into a
-    temporary dir on JUPYTER_PATH (searched first) pins the kernel to `sys.executable` without installing
-    anything outside tmp_path.
-    """
-    pytest.importorskip("ipykernel")
-    from ipykernel.kernelspec import write_kernel_spec
-
-    write_kernel_spec(tmp_path / "kernels" / "python3")
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
-    return "python3"
 
 
 @pytest.mark.slow
@@ -72,3 +56,36 @@ def test_quickstart_notebook_executes(this_interpreter_kernel: str) -> None:
         "the privacy-utility table (read from the committed sweep) was displayed"
     assert sum("image/png" in o.data for o in shown) == 4, \
         "both result figures, the adoption figure and the privacy-utility figure rendered"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", ["study_heterogeneity", "study_silo_size", "study_strategies"])
+def test_a_study_notebook_runs_its_tiny_sweep_and_shows_the_collected_table_and_figures(
+        study: str, this_interpreter_kernel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With FEDREC_TINY=1 the notebook runs its Hydra study (`fedrec -m`, Flower's simulation engine) into
+    FEDREC_SWEEP, collects it and plots it; the displayed table holds exactly the sweep's runs' own numbers."""
+    import json
+
+    import yaml
+
+    nbclient = pytest.importorskip("nbclient")
+    sweep = tmp_path / "sweep"
+    monkeypatch.setenv("FEDREC_TINY", "1")
+    monkeypatch.setenv("FEDREC_SWEEP", str(sweep))
+    path = NOTEBOOK.parent / f"{study}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name=this_interpreter_kernel,
+                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute()
+
+    runs = sorted(sweep.glob("*/results.json"))
+    assert len(runs) == {"study_heterogeneity": 4, "study_silo_size": 3, "study_strategies": 6}[study]
+    outputs = [o for c in _code_cells(nb) for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    shown = [o for o in outputs if o.output_type in ("display_data", "execute_result")]
+    assert sum("image/png" in o.data for o in shown) == (2 if study == "study_strategies" else 1)
+    pivot = next(o.data["text/html"] for o in shown if "federated" in o.data.get("text/html", ""))
+    for run in runs:  # every run's own overall federated NDCG@20 (one seed: the mean is the run's value)
+        value = json.loads(run.read_text())["final"]["federated"]["overall"]["ndcg@20"]
+        assert f"{value:.4f}".rstrip("0") in pivot, (run.parent.name, value)
+        assert yaml.safe_load((run.parent / ".hydra" / "overrides.yaml").read_text())  # Hydra's own record

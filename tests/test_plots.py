@@ -156,3 +156,25 @@ def test_the_adoption_figure_marks_each_regions_decisions(tmp_path: Path) -> Non
     # save_figures adds it only when some region does not simply adopt every version
     assert len(save_figures(results, tmp_path / "a")) == 3
     assert len(save_figures(json.loads(json.dumps(fake_results())), tmp_path / "b")) == 2
+
+
+def test_swept_plot_draws_each_regions_means_against_the_swept_values_in_numeric_order() -> None:
+    import pandas as pd
+
+    from fedrec.plots import plot_swept
+
+    rows = []
+    for shift, base in (("2.0", 0.1), ("0.5", 0.3), ("0.0", 0.4)):
+        for region, scale in (("overall", 1.0), ("eu", 0.9), ("na", 0.8)):
+            for method, gain in (("federated", 0.05), ("local_only", 0.0)):
+                rows.append({"dataset.region_shift": shift, "method": method, "region": region, "metric": "ndcg@20",
+                             "mean": (base + gain) * scale, "std": 0.01, "seeds": 2, "ci95": 0.02})
+    fig = plot_swept(pd.DataFrame(rows), "dataset.region_shift", methods=("federated", "local_only"))
+
+    assert [ax.get_title() for ax in fig.axes] == ["overall", "eu", "na"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.0", "0.5", "2.0"]
+    lines = {c.get_label(): list(c.lines[0].get_ydata()) for c in fig.axes[1].containers}  # one errorbar per method
+    assert lines["federated"] == pytest.approx([0.45 * 0.9, 0.35 * 0.9, 0.15 * 0.9])
+    assert lines["local-only"] == pytest.approx([0.4 * 0.9, 0.3 * 0.9, 0.1 * 0.9])
+    with pytest.raises(ValueError, match="no ndcg@20 rows"):
+        plot_swept(pd.DataFrame(rows), "seed")
