@@ -16,19 +16,32 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import torch
-from tune_mf import build
 
+from fedrec.commands.run import compose_experiment
+from fedrec.config import ExperimentConfig
+from fedrec.data.registry import load_dataset
+from fedrec.data.split import SiloData
 from fedrec.privacy.noise import NoiseSource
 from fedrec.statistics import statistics_family, sum_statistics
 from fedrec.statistics.dp_ials import release
 from fedrec.training import initial_global_arrays
+from fedrec.world import prepare_world
+
+
+def build(overrides: list[str]) -> tuple[ExperimentConfig, dict[str, SiloData]]:
+    """The experiment composed from the real config and its world's silos (as `simulations/tune_mf.py` builds them)."""
+    exp = compose_experiment(overrides)
+    data = load_dataset(exp.dataset.name, exp.dataset.params)
+    return exp, prepare_world(data, exp.split, Path(tempfile.mkdtemp(prefix="fedrec-tune-"))).silos
 
 
 def paired(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> tuple[float, float]:

@@ -6,7 +6,7 @@
 All use the same number of passes over the data as the federated run. A statistics model (`model=ease`) is
 solved instead of trained, with the federation's own functions (`fedrec.statistics`): centralized = solve(Σ
 every silo's statistics), local-only = each silo's solve of its own. `split="valid"` scores the bounds on the
-validation split instead of test (for choosing hyperparameters: `benchmarks/tune_mf.py`).
+validation split instead of test (for choosing hyperparameters: `simulations/tune_mf.py`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ adoption review, e.g. the DP global model adapted to its own data), `federated` 
 `centralized`, `popularity` and, when the run had baselines, the validation-picked best local and pooled simple
 baselines (`local_baseline`, `pooled_baseline`).
 `plot_privacy_utility` draws one panel per region: served and the DP global model against ε, with the
-non-private federation, local-only and popularity as reference lines (`benchmarks/privacy_utility.py`
+non-private federation, local-only and popularity as reference lines (`simulations/privacy_utility.py`
 writes it with `--out`). `write_rows` / `read_rows` keep the table as CSV (`inf` for the non-private run, empty
 for a method the run did not measure), so a measured sweep can be re-plotted without re-running it.
 """
@@ -68,7 +68,7 @@ def write_rows(rows: Iterable[Row], path: Path) -> Path:
 
 
 def read_rows(path: Path) -> list[Row]:
-    """Rows written by `write_rows` (or `benchmarks/privacy_utility.py --out`), with numbers as floats."""
+    """Rows written by `write_rows` (or `simulations/privacy_utility.py --out`), with numbers as floats."""
     rows = []
     with open(path, newline="") as f:
         for i, raw in enumerate(csv.DictReader(f), start=2):

@@ -3,7 +3,7 @@
 B = I - P · diag(1/diag(P)), P = (XᵀX + λI)⁻¹, on the binary training matrix X; a user's scores are x_u · B.
 The Gram matrix is computed once per training matrix and reused across the λ grid; each λ costs one
 Cholesky factorisation and inverse in float32 (co-occurrence counts are exact in float32 and λ keeps
-XᵀX + λI positive definite; `benchmarks/baselines.py` prints how far B and the top-20 lists are from float64).
+XᵀX + λI positive definite; `simulations/baselines.py` prints how far B and the top-20 lists are from float64).
 Dense item-item matrices cost O(n_items²) memory, so catalogs above `max_items` are refused, with the reason.
 """
 

@@ -3,7 +3,7 @@
 Global (travels): item embeddings, the item tower and item biases. Local (stays): user id embeddings, the
 user tower and the silo's private item-bias correction. The user tower only ever transforms this silo's
 private user embeddings, which are not aligned across silos; averaging one shared user tower over five
-silos' different coordinate frames measurably hurt (the figures are in benchmarks/README.md), so it is local
+silos' different coordinate frames measurably hurt (the figures are in simulations/README.md), so it is local
 by design.
 """
 

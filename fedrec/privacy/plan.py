@@ -33,7 +33,7 @@ MECHANISMS = ("dp_sgd", "dp_statistics")
 DEFAULT_MAX_PER_USER = {"dp_sgd": 64, "dp_statistics": 16}
 """`privacy.max_per_user` when the run leaves it unset (0): a DP-SGD step samples a user's interactions for its
 gradient; a statistics release adds each kept pair to a sum, so its noise grows with √k and a cap near a
-typical user's history (about 15 on `experiment=sovereign_dp`) spends the budget better (benchmarks/README.md)."""
+typical user's history (about 15 on `experiment=sovereign_dp`) spends the budget better (simulations/README.md)."""
 
 
 STATISTICS_CLIP_RANGE = (1e-6, 1e6)

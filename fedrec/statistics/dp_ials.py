@@ -47,14 +47,14 @@ DP_RELEASE = frozenset({ITEM_RHS, ITEM_USERS, USER_GRAM, USERS, NOISE_VAR})
 """The names of a silo's DP release: the only statistics the egress contract lets out under DP."""
 COUNT_WEIGHT = 0.3
 """Weight of the item counts against the right-hand sides (relative to C): counts are large sums that need
-less precision than each item's direction (benchmarks/README.md, "DP iALS")."""
+less precision than each item's direction (simulations/README.md, "DP iALS")."""
 GRAM_WEIGHT = 0.3
 """Weight of the users' Gram (relative to 1/C): one d×d sum over every user, it stays precise at a low weight."""
 USERS_WEIGHT = 0.3
 """Weight of the user count (relative to C)."""
 NOISE_RIDGE = 10.0
 """The item solve's extra ridge, in standard deviations of the summed noise on one `item_rhs` entry: it
-shrinks items whose sums are mostly noise (few users) towards zero (benchmarks/README.md, "DP iALS")."""
+shrinks items whose sums are mostly noise (few users) towards zero (simulations/README.md, "DP iALS")."""
 
 
 def sensitivity(clip_norm: float, max_per_user: int) -> float:

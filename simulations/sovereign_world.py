@@ -9,10 +9,10 @@ world's targets (issue 13): pooled >= 1.10 x local-only NDCG@20 in every region 
 each region's local baseline above popularity in the big regions. `--mf-epochs N` adds biased MF trained
 centralized and local-only for N passes with `fedrec.bounds` (the default train config, one thread).
 
-Usage (one torch thread, as the measurements in benchmarks/README.md):
-  OMP_NUM_THREADS=1 python benchmarks/sovereign_world.py                       # full grids, seed 0
-  OMP_NUM_THREADS=1 python benchmarks/sovereign_world.py --grid quick -- dataset.region_shift=0.3
-  OMP_NUM_THREADS=1 python benchmarks/sovereign_world.py --mf-epochs 5 --seed 1
+Usage (one torch thread, as the measurements in simulations/README.md):
+  OMP_NUM_THREADS=1 python simulations/sovereign_world.py                       # full grids, seed 0
+  OMP_NUM_THREADS=1 python simulations/sovereign_world.py --grid quick -- dataset.region_shift=0.3
+  OMP_NUM_THREADS=1 python simulations/sovereign_world.py --mf-epochs 5 --seed 1
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ and overall test NDCG@20 / Recall@20, the chosen hyperparameters and fit times. 
 against float64 on the pooled matrix, and the time of one EASE solve at 1,682 and 5,000 items.
 
 Usage:
-  python benchmarks/baselines.py                                  # synthetic default world and ML-100K
-  python benchmarks/baselines.py --worlds synthetic --seed 1
-  python benchmarks/baselines.py --ml100k-path /tmp/fedrec-ml-100k
+  python simulations/baselines.py                                  # synthetic default world and ML-100K
+  python simulations/baselines.py --worlds synthetic --seed 1
+  python simulations/baselines.py --ml100k-path /tmp/fedrec-ml-100k
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ to the federation), next to the local-only bound of the same run. Prints NDCG@20
 region at the end, its mean over the last 3 evaluated rounds, and the served curve over rounds.
 
 Usage:
-  python benchmarks/adoption_policies.py
-  python benchmarks/adoption_policies.py --fork-round 3 -- experiment=distinct_region federation.rounds=10
+  python simulations/adoption_policies.py
+  python simulations/adoption_policies.py --fork-round 3 -- experiment=distinct_region federation.rounds=10
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Runs `run_privacy_audit` on the in-process grid (the real ClientApp and ServerAp
 600-user, 3-silo synthetic world with 200 canaries in eu: no DP (the positive control), then each ε, observing
 the silo's releases and the final model. Prints right guesses → the empirical ε lower bound (95%) per run.
 
-Usage: python benchmarks/audit_table.py --model ials --epsilons none 2 8 64 [--rounds 2] [--dim 16]
+Usage: python simulations/audit_table.py --model ials --epsilons none 2 8 64 [--rounds 2] [--dim 16]
 """
 
 from __future__ import annotations

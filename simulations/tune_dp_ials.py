@@ -8,8 +8,8 @@ Flower run. It picks the best pooled validation NDCG@20, then prints that settin
 report the federation itself from `fedrec` with the chosen values.
 
 Usage (the world of issue 13):
-  python benchmarks/tune_dp_ials.py --epsilon 8 -- experiment=sovereign_dp
-  python benchmarks/tune_dp_ials.py --epsilon 2 --rounds 1 2 --dims 32 --caps 8 16 -- experiment=sovereign_dp
+  python simulations/tune_dp_ials.py --epsilon 8 -- experiment=sovereign_dp
+  python simulations/tune_dp_ials.py --epsilon 2 --rounds 1 2 --dims 32 --caps 8 16 -- experiment=sovereign_dp
 """
 
 from __future__ import annotations

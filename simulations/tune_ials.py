@@ -8,8 +8,8 @@ and only then touches the test split: the chosen setting's centralized (= federa
 NDCG@20 per region next to popularity. Report the federation from `fedrec` itself with the chosen values.
 
 Usage:
-  python benchmarks/tune_ials.py -- experiment=ml100k dataset.path=/tmp/fedrec-ml-100k
-  python benchmarks/tune_ials.py --dims 64 128 --rounds 4 8 16 --              # the default synthetic world
+  python simulations/tune_ials.py -- experiment=ml100k dataset.path=/tmp/fedrec-ml-100k
+  python simulations/tune_ials.py --dims 64 128 --rounds 4 8 16 --              # the default synthetic world
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ federated run, and each silo's accountant ε (at its δ) next to the target, wit
 writes the per-region table (`fedrec.privacy_utility.utility_rows`), the runs and the privacy-utility figure.
 
 Usage:
-  python benchmarks/privacy_utility.py -- experiment=synthetic_dp
-  python benchmarks/privacy_utility.py --epsilons inf 1 2 4 8 16 -- experiment=ml100k dataset.path=/tmp/ml-100k \
+  python simulations/privacy_utility.py -- experiment=synthetic_dp
+  python simulations/privacy_utility.py --epsilons inf 1 2 4 8 16 -- experiment=ml100k dataset.path=/tmp/ml-100k \
       train.loss=softmax federation.rounds=30 model.dim=32 train.batch_size=512 train.weight_decay=1e-5
   (the DP step implements sampled softmax: experiment=ml100k's own full-softmax recipe is refused under DP;
   these overrides are the recipe the README's DP figures were measured with)

@@ -5,8 +5,8 @@ prints, per run: overall NDCG@20 of each method, federated / centralized, and wh
 local-only in every silo holding < 15% of users.
 
 Usage:
-  python benchmarks/quality.py                                   # synthetic default, seeds 0 and 1
-  python benchmarks/quality.py --seeds 0 -- experiment=ml100k dataset.path=/tmp/ml-100k
+  python simulations/quality.py                                   # synthetic default, seeds 0 and 1
+  python simulations/quality.py --seeds 0 -- experiment=ml100k dataset.path=/tmp/ml-100k
 """
 
 from __future__ import annotations

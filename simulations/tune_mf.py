@@ -13,9 +13,9 @@ split touched: the chosen setting's test NDCG@20 per mode and popularity's, over
 the federation from `fedrec` itself with the chosen values.
 
 Usage:
-  python benchmarks/tune_mf.py -- experiment=ml100k dataset.path=/tmp/fedrec-ml-100k
-  python benchmarks/tune_mf.py --grid twotower --modes centralized local_only --no-test -- experiment=ml100k ...
-  python benchmarks/tune_mf.py --grid synthetic --epochs 10 20                    # the default synthetic world
+  python simulations/tune_mf.py -- experiment=ml100k dataset.path=/tmp/fedrec-ml-100k
+  python simulations/tune_mf.py --grid twotower --modes centralized local_only --no-test -- experiment=ml100k ...
+  python simulations/tune_mf.py --grid synthetic --epochs 10 20                    # the default synthetic world
 """
 
 from __future__ import annotations
