@@ -62,9 +62,15 @@ class FederationConfig:
     secure_aggregation: str = "none"
     min_replies: int = 1
     update_norm_factor: float = 10.0
+    ray_address: str | None = None
+    """The Ray cluster Flower's simulation engine runs on: None (Ray's own choice: RAY_ADDRESS, else the cluster
+    `ray start` last started on this machine, else a new local one), "auto" (an existing cluster, or an error), or
+    "HOST:PORT"."""
 
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "federation.rounds", self.rounds, ">= 1")
+        _require(self.ray_address is None or (isinstance(self.ray_address, str) and self.ray_address.strip() != ""),
+                 "federation.ray_address", self.ray_address, "null, auto or HOST:PORT")
         _require(self.eval_every >= 1, "federation.eval_every", self.eval_every, ">= 1")
         _require(self.local_epochs >= 1, "federation.local_epochs", self.local_epochs, ">= 1")
         _require(self.weighting in WEIGHTINGS, "federation.weighting", self.weighting, f"one of {WEIGHTINGS}")

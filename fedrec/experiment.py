@@ -36,7 +36,8 @@ from fedrec.silo.state_dir import StateDir
 from fedrec.world import PreparedWorld, prepare_world
 
 Engine = Callable[..., FederationHistory]
-"""Runs the federation for `RunSettings` (keywords `on_round`, `cpus_per_client`) and returns its history."""
+"""Runs the federation for `RunSettings` (keywords `on_round`, `cpus_per_client`, `ray_address`) and returns its
+history."""
 Block = dict[str, Any]
 """`{"overall": {metric: value}, "per_region": {region: {metric: value}}}`, as in results.json."""
 
@@ -226,7 +227,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
     t = time.perf_counter()
     settings = RunSettings.from_experiment(cfg, data_dir=str(world.data_dir), output_dir=str(out_dir),
                                           n_regions=len(world.regions))
-    history = engine(settings, on_round=on_round, cpus_per_client=cfg.federation.cpus_per_client)
+    history = engine(settings, on_round=on_round, cpus_per_client=cfg.federation.cpus_per_client,
+                     ray_address=cfg.federation.ray_address)
     timings["federated_s"] = time.perf_counter() - t
     private = settings.privacy_settings().enabled
     view = SiloView.read(settings, world.regions, history.run_id)

@@ -223,18 +223,18 @@ def task_identity(run_id: int) -> Iterator[None]:
 def run_in_process(settings: RunSettings, *, on_round: RoundCallback | None = None,
                    cpus_per_client: float = 1.0, flwr_logs: bool = False, client_mods: list[Mod] | None = None,
                    reproducible_noise: bool = False, run_id: int | None = None,
-                   node_ids: list[int] | None = None) -> FederationHistory:
+                   node_ids: list[int] | None = None, ray_address: str | None = None) -> FederationHistory:
     """`fedrec.flower.simulation.run_simulation` on a `FakeGrid`: same apps, same outputs, no Ray.
 
     The real ServerApp (`make_server_app(settings, on_round=...)`, which seeds `random` and calls
     `run_federation`) runs on a FakeGrid whose nodes are `make_client_app(settings, mods=client_mods,
-    reproducible_noise=...)`, one per region of the world. `cpus_per_client` is accepted for the same
+    reproducible_noise=...)`, one per region of the world. `cpus_per_client` and `ray_address` are accepted for the same
     signature and ignored. `run_id` is random like Flower's unless given (silos key their state by it).
     """
     if settings.secure_aggregation == "secaggplus":
         raise NotImplementedError("tests/fakegrid.py does not run SecAgg+ (secure-aggregation=secaggplus): "
                                   "use fedrec.flower.simulation.run_simulation")
-    del cpus_per_client
+    del cpus_per_client, ray_address
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
     n_regions = len(read_manifest(settings.data_dir)["regions"])

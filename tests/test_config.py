@@ -103,10 +103,17 @@ def check_sovereign_dp_ials(exp: ExperimentConfig) -> None:
     assert exp.adoption == {"default": {"adopt": "adapt", "adapt_rounds": 8}}
 
 
+def check_study(exp: ExperimentConfig) -> None:
+    """A study changes only its baselines; its sweep is in hydra.sweeper.params (`test_studies.py`)."""
+    assert exp.baselines == ("ease", "popularity") and exp.dataset.name == "synthetic"
+    assert (exp.strategy.name, exp.model.name, exp.federation.rounds) == ("fedavg", "mf", 20)
+
+
 EXPERIMENT_CHECKS = {"quick": check_quick, "ml100k": check_ml100k, "compare_strategies": check_compare_strategies,
                      "synthetic_large": check_synthetic_large, "synthetic_dp": check_synthetic_dp,
                      "sovereign_dp": check_sovereign_dp, "sovereign_dp_ials": check_sovereign_dp_ials,
-                     "distinct_region": check_distinct_region, "ease": check_ease}
+                     "distinct_region": check_distinct_region, "ease": check_ease,
+                     "study_heterogeneity": check_study, "study_silo_size": check_study, "study_strategies": check_study}
 
 
 def test_adoption_policies_compose_per_region_into_the_run_config() -> None:

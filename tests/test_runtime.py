@@ -2,12 +2,15 @@
 
 - runs inside `shared_runtime()` build one actor pool and reuse it, give exactly the models and metrics the
   in-process grid gives (so nothing of one run leaks into the next through a kept actor), and Ray is down after;
-- a Hydra multirun (`fedrec -m`) shares one runtime across its jobs and says so.
+- a Hydra multirun (`fedrec -m`) shares one runtime across its jobs and says so;
+- with `federation.ray_address` the simulation runs on a cluster started apart (`ray start --head`, here a
+  one-node cluster on 127.0.0.1: what a multi-node cluster's head looks like to the driver).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +68,26 @@ def test_a_hydra_multirun_shares_one_runtime_across_its_jobs(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 simulation(s) shared one Ray runtime (actor pool built 1 time(s))" in proc.stdout
     assert len(list(tmp_path.glob("*/results.json"))) == 2
+
+
+def test_a_simulation_runs_on_a_ray_cluster_started_apart_with_ray_start(tmp_path: Path) -> None:
+    world_dir = prepare_world(generate_world(WORLD), SplitConfig(), tmp_path / "world").data_dir
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, timeout=120)
+    try:
+        seen: list[str] = []
+        got = run_simulation(settings(world_dir, tmp_path / "cluster", 0), ray_address=address,
+                             on_round=lambda _e: seen.append(ray.get_runtime_context().gcs_address))
+        assert seen and set(seen) == {address}  # the driver was attached to that cluster, not a new local Ray
+        status = subprocess.run([ray_cli, "status", f"--address={address}"], capture_output=True, text=True,
+                                timeout=60)
+        assert status.returncode == 0, status.stderr  # the run left the cluster up (it only disconnected)
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+    want = run_in_process(settings(world_dir, tmp_path / "fake", 0))
+    assert all(np.array_equal(got.final_arrays[k], want.final_arrays[k]) for k in want.final_arrays)

@@ -23,13 +23,16 @@ QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "R
 
 def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = None,
                    cpus_per_client: float = 1.0, flwr_logs: bool = False, client_mods: list[Mod] | None = None,
-                   reproducible_noise: bool = False, inner_mods: list[Mod] | None = None) -> FederationHistory:
+                   reproducible_noise: bool = False, inner_mods: list[Mod] | None = None,
+                   ray_address: str | None = None) -> FederationHistory:
     """Run the federation and return what it did (also in `federated_history.json` when there is an output dir).
 
     `client_mods` are Flower mods wrapped around every silo's ClientApp (e.g. `egress_recorder`); `inner_mods`
     sit inside SecAgg+'s client side (`make_client_app`: a hostile node's own code, for research).
     `reproducible_noise` seeds the silos' DP noise from the run's seed (research and tests only; by default
-    every silo draws it from the OS CSPRNG and two runs release different models).
+    every silo draws it from the OS CSPRNG and two runs release different models). `ray_address` picks the Ray
+    cluster (`federation.ray_address`); it only matters when this call starts Ray (not inside a
+    `fedrec.flower.runtime.shared_runtime()` that already did).
     """
     from flwr.simulation import run_simulation as flwr_run_simulation
 
@@ -49,8 +52,8 @@ def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = No
             num_supernodes=n_regions,
             backend_config={
                 "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-                "init_args": {"logging_level": "ERROR", "log_to_driver": flwr_logs,
-                              "include_dashboard": False},
+                "init_args": {"logging_level": "ERROR", "log_to_driver": flwr_logs, "include_dashboard": False,
+                              **({"address": ray_address} if ray_address else {})},
             },
         )
     finally:
