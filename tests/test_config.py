@@ -113,7 +113,8 @@ EXPERIMENT_CHECKS = {"quick": check_quick, "ml100k": check_ml100k, "compare_stra
                      "synthetic_large": check_synthetic_large, "synthetic_dp": check_synthetic_dp,
                      "sovereign_dp": check_sovereign_dp, "sovereign_dp_ials": check_sovereign_dp_ials,
                      "distinct_region": check_distinct_region, "ease": check_ease,
-                     "study_heterogeneity": check_study, "study_silo_size": check_study, "study_strategies": check_study}
+                     "study_heterogeneity": check_study, "study_silo_size": check_study,
+                     "study_strategies": check_study}
 
 
 def test_adoption_policies_compose_per_region_into_the_run_config() -> None:
