@@ -164,3 +164,19 @@ def common_mode_boost(region: str | Sequence[str], items: Sequence[int], multipl
         return {k: (s64[k] + delta[k]).astype(reply[k].dtype) for k in reply}
 
     return hostile_mod(region, attack)
+
+
+def push_only(region: str | Sequence[str], item: int, kappa: float) -> Mod:
+    """Send *only* a push on `item`'s bias, `kappa` x the silo's honest update norm, and none of the honest update.
+
+    Regions' honest updates are nearly orthogonal (heterogeneous data), so their centre is near zero: a reply of
+    zero plus a push of about one honest norm is nearer each honest silo than its farthest honest peer, and so in
+    every nearest-neighbour mixing neighbourhood ("a little is enough", with no knowledge of the others)."""
+    def attack(reply: dict[str, np.ndarray], sent: dict[str, np.ndarray], _r: str, _n: int) -> dict[str, np.ndarray]:
+        s64 = {k: v.astype(np.float64) for k, v in sent.items()}
+        honest = norm_of({k: reply[k].astype(np.float64) - s64[k] for k in reply})
+        out = {k: v.copy() for k, v in s64.items()}
+        out[ITEM_BIAS][item] += kappa * honest
+        return {k: out[k].astype(reply[k].dtype) for k in reply}
+
+    return hostile_mod(region, attack)
