@@ -56,6 +56,9 @@ def _guard(where: str, cfg: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(guard, bool):
         raise ConfigError(f"{where}.guard={guard!r} must be true or false")
     out["guard"] = guard
+    if not guard and (unused := [k for k in ("guard_k", "guard_max_exposure", "guard_support") if k in cfg]):
+        raise ConfigError(f"{where}: {unused} tune the guard, which guard: false turns off; remove them or the "
+                          "guard: false")
     for key, ok, text in (("guard_k", lambda v: v >= 1, ">= 1 (a multiple of the median row's move)"),
                           ("guard_max_exposure", lambda v: 0 < v <= 1, "in (0, 1] (1: no cap)"),
                           ("guard_support", lambda v: 0 <= v <= 1, "in [0, 1] (a quantile over items)")):
@@ -127,6 +130,13 @@ class AdoptionPolicy:
         kind = str(cfg["adopt"]) if "adopt" in cfg else None
         if kind is not None and kind not in ADOPTION_KINDS:
             raise ConfigError(f"{where}.adopt={kind!r}: choose always, if_better or adapt (or use pin / fork)")
+        if kind not in ("if_better", "adapt") and (unused := [k for k in ("metric", "margin") if k in cfg]):
+            raise ConfigError(f"{where}: {unused} apply to adopt: if_better / adapt only (they compare scores; "
+                              f"{kind or chosen[0]} compares none)")
+        if "pin" in cfg and not contribute:
+            raise ConfigError(f"{where}: pin with contribute: false is not a policy fedrec runs (a pinned region "
+                              f"still trains for the global line); to train alone and send nothing use "
+                              f"{where}.fork=0 with contribute: false")
         if kind != "adapt" and (extra := [k for k in ADAPT_KEYS if k in cfg]):
             raise ConfigError(f"{where}: {extra} apply to adopt: adapt only; remove them or set "
                               f"{where}.adopt=adapt")

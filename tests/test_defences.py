@@ -121,14 +121,16 @@ def test_nearest_neighbour_mixing_leaves_a_negated_update_out_of_every_honest_ne
     honest_deltas = [{k: a[k].astype(np.float64) - sent[k] for k in sent} for a in arrays]
     arrays[6] = {k: (sent[k] - 3.0 * honest_deltas[6][k]).astype(np.float32) for k in sent}  # s6 sends -3x its own
     msgs = [reply(f"s{i}", a) for i, a in enumerate(arrays)]
-    excluded = mix_nearest(sent, msgs, f=1)
+    excluded = mix_nearest(sent, msgs, f=1, n_items=N_ITEMS)
 
-    assert excluded["s6"] == 6  # left out by every other silo; the one honest silo its own neighbourhood leaves out:
-    assert sorted(excluded[f"s{i}"] for i in range(6)) == [0, 0, 0, 0, 0, 1]
+    # left out by every other silo on every item row (averaged with the one-value global_bias block, where -3x a
+    # tiny common move can still be near); s6's own neighbourhood leaves out about one honest silo per row
+    assert 5.9 < excluded["s6"] <= 6
+    assert sum(excluded[f"s{i}"] for i in range(6)) == pytest.approx(1.0, abs=0.05)
     after = [read_arrays(m.content) for m in msgs]
     honest_mean = {k: np.mean([d[k] for d in honest_deltas[:6]], axis=0) for k in sent}
-    for i in range(6):  # each honest update becomes the mean of the six honest ones (itself included)
-        for k in sent:
+    for i in range(6):  # each honest item row becomes the mean of the six honest ones (itself included)
+        for k in (EMB, ITEM_BIAS):
             np.testing.assert_allclose(after[i][k] - sent[k], honest_mean[k], atol=1e-6)
     # the attacker's own slot: the mean of its six nearest, itself and five honest ones, the negated update diluted
     d6 = {k: after[6][k].astype(np.float64) - sent[k] for k in sent}
@@ -139,8 +141,8 @@ def test_nearest_neighbour_mixing_with_no_tolerance_or_few_replies_changes_nothi
     rng = np.random.default_rng(4)
     sent, arrays = world(rng, n_silos=3)
     msgs = [reply(f"s{i}", a) for i, a in enumerate(arrays)]
-    assert mix_nearest(sent, msgs, f=0) == {"s0": 0, "s1": 0, "s2": 0}
-    assert mix_nearest(sent, msgs[:2], f=1) == {"s0": 0, "s1": 0}
+    assert mix_nearest(sent, msgs, f=0, n_items=N_ITEMS) == {"s0": 0, "s1": 0, "s2": 0}
+    assert mix_nearest(sent, msgs[:2], f=1, n_items=N_ITEMS) == {"s0": 0, "s1": 0}
     assert all(np.array_equal(read_arrays(m.content)[k], a[k]) for m, a in zip(msgs, arrays, strict=True) for k in sent)
 
 

@@ -1,10 +1,11 @@
 """Third red team (2026-11-30): `strategy.robust=nnm`, the shared runtime, the experiment order, policy keys.
 
-Failing-first tests; each states the property that should hold and what was measured against main at a09efb4
-(plus main's uncommitted conf/config.yaml order). Unit tests build replies with `fedrec.silo.egress.train_reply` and
-aggregate them as the round loop does for `robust=nnm`: `mix_nearest` (f = int(trim_beta x n)), then Flower's
-FedTrimmedAvg (`build_strategy`). End-to-end tests use the in-process engine (`tests/fakegrid.run_in_process`,
-no Ray) through `tests/redteam_kit.experiment`.
+Written failing-first; each states the property that should hold and what was measured against main at a09efb4
+(plus main's uncommitted conf/config.yaml order), and now passes: nnm mixes per item row, a trimming rule that
+would cut no silo is refused at preflight, unknown node-config keys and policy keys nothing reads are refused.
+Unit tests build replies with `fedrec.silo.egress.train_reply` and aggregate them as the round loop does for
+`robust=nnm`: `mix_nearest` (f = int(trim_beta x n)), then Flower's FedTrimmedAvg (`build_strategy`). End-to-end
+tests use the in-process engine (`tests/fakegrid.run_in_process`, no Ray) through `tests/redteam_kit.experiment`.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _aggregate(sent: Arrays, updates: list[Arrays], *, robust: str, trim_beta: f
     msgs = [_reply(f"s{i}", {k: (sent[k] + u[k]).astype(np.float32) for k in sent}) for i, u in enumerate(updates)]
     excluded: dict[str, int] = {}
     if robust == "nnm":
-        excluded = mix_nearest(sent, msgs, f=int(trim_beta * len(msgs)))
+        excluded = mix_nearest(sent, msgs, f=int(trim_beta * len(msgs)), n_items=N_ITEMS)
     strategy = build_strategy(RunSettings(strategy="fedavg", server_lr=1.0, robust=robust, trim_beta=trim_beta,
                                           min_nodes=len(msgs)))
     out, _ = strategy.aggregate_train(1, msgs)
@@ -68,7 +69,7 @@ def _aggregate(sent: Arrays, updates: list[Arrays], *, robust: str, trim_beta: f
 # --- 1. nnm and a co-silo that sits among the honest updates ------------------------------------------------------
 
 def test_nnm_keeps_a_one_item_push_hidden_among_honest_updates_inside_the_honest_range() -> None:
-    """FAILS NOW. A co-silo sends the honest updates' centre plus a push on one item's bias of 1x an honest update's
+    """A co-silo sends the honest updates' centre plus a push on one item's bias of 1x an honest update's
     norm ("a little is enough" / mimic). It is nearer every honest silo than their farthest honest peer, so it is in
     every neighbourhood: every mixed update carries push/(n-f), and the trimmed mean cannot cut what every input
     carries. Measured (6 honest + 1, trim_beta 0.2, f=1): the target's bias moves 5.42 under nnm, 4.62 under plain
@@ -99,7 +100,7 @@ def test_nnm_keeps_a_one_item_push_hidden_among_honest_updates_inside_the_honest
 
 
 def test_nnm_on_three_silos_gives_a_mimic_half_again_its_fedavg_influence() -> None:
-    """FAILS NOW. The same mimic on the smallest world nnm can act on (3 silos, trim_beta 0.34, f=1): the target
+    """The same mimic on the smallest world nnm can act on (3 silos, trim_beta 0.34, f=1): the target
     moves 16.7 under nnm against 11.1 under FedAvg (n/(n-f) = 1.5x) and 0.31 under the trimmed mean alone (the
     honest moves: -0.29 and 0.31). End to end on the 3-silo world (`redteam_kit.DATASET`, 4 rounds, na pushing with
     `push_only` 1x): the target reaches 100% of eu's and apac's test users on the global model under nnm
@@ -137,7 +138,7 @@ def _honest_exposure(out: Path, item: int, honest: list[str]) -> tuple[dict[str,
 @pytest.mark.parametrize(("attackers", "trim_beta"), [(("na",), 0.2), (("na", "apac"), 0.3)])
 def test_nnm_keeps_a_push_that_carries_no_honest_update_off_the_global_model(
         tmp_path: Path, attackers: tuple[str, ...], trim_beta: float) -> None:
-    """FAILS NOW. README: under nnm "the target reaches 0.1% of honest users *on the global model* too". That holds
+    """README: under nnm "the target reaches 0.1% of honest users *on the global model* too". That holds
     for a boost added to the silo's honest update (measured here too: `targeted_boost` 5x is left out of all 6
     neighbourhoods, 0% on the global model). A silo that sends only the push (`redteam_kit.push_only`: zero plus
     1x its honest norm on one item's bias, no knowledge of the others needed) sits among the nearly orthogonal
@@ -158,15 +159,15 @@ def test_nnm_keeps_a_push_that_carries_no_honest_update_off_the_global_model(
     experiment(out, [push_only(list(attackers), WORLD7_TARGET, 1.0)], rounds=5, dataset=WORLD7,
                      strategy={"robust": "nnm", "trim_beta": trim_beta, "server_lr": 1.0})
     assert all(support(out, r)[WORLD7_TARGET] == 0 for r in honest)  # nobody honest asked for it
-    # (now: the screen passes the push in every round, rejected == {})
+    # (the screen passes the push in every round, rejected == {})
     on_global, served = _honest_exposure(out, WORLD7_TARGET, honest)
     assert max(served.values()) <= 0.01, served  # holds: the guard
-    assert max(on_global.values()) <= 0.01, on_global  # fails: 1.0 in every honest region
+    assert max(on_global.values()) <= 0.01, on_global  # was 1.0 in every honest region before row-wise mixing
 
 
 @pytest.mark.parametrize("robust", ["nnm", "trimmed_mean"])
 def test_a_robust_rule_that_can_cut_nothing_is_refused_not_recorded_as_applied(tmp_path: Path, robust: str) -> None:
-    """FAILS NOW. With the default `strategy.trim_beta` 0.1, f = int(0.1 x n) is 0 for any federation of fewer than
+    """With the default `strategy.trim_beta` 0.1, f = int(0.1 x n) is 0 for any federation of fewer than
     10 silos (the 3-silo test world, the default 5-region world): `mix_nearest` mixes nothing and FedTrimmedAvg cuts
     nothing, so `robust=nnm` / `trimmed_mean` is an unweighted FedAvg. The run says nothing, `excluded_by` is all 0,
     and every version's manifest records the defence as applied (`fedavg+nnm:0.1`). Measured on the 3-silo world
@@ -184,7 +185,7 @@ def test_a_robust_rule_that_can_cut_nothing_is_refused_not_recorded_as_applied(t
 # --- 4. policy keys accepted that do nothing --------------------------------------------------------------------
 
 def test_a_node_config_key_no_silo_reads_is_refused_not_ignored(tmp_path: Path) -> None:
-    """FAILS NOW. A jurisdiction's node config with `epsilon_budget=1.0` (underscore: `epsilon-budget` is the key) is
+    """A jurisdiction's node config with `epsilon_budget=1.0` (underscore: `epsilon-budget` is the key) is
     accepted and ignored: the silo then has no privacy policy of its own, preflight says OK, and under a run with
     `privacy=none` it sends un-noised updates. Every unknown key is dropped the same way (`guard_k`,
     `require_secure_aggregation`, `adopt_margin`, ...). `fedrec deploy check-node` only warns that no
@@ -204,11 +205,11 @@ def test_a_node_config_key_no_silo_reads_is_refused_not_ignored(tmp_path: Path) 
             continue
         # accepted: what the jurisdiction meant is simply not there
         ignored[typo] = (ident.requires_dp, ident.require_secure_aggregation, ident.policy.guard_k)
-    assert not ignored, ignored  # now: all three, as (False, False, 10.0)
+    assert not ignored, ignored  # were all three, as (False, False, 10.0)
 
 
 def test_a_pinned_region_that_says_contribute_false_sends_nothing(tmp_path: Path) -> None:
-    """FAILS NOW. `{pin: VERSION, contribute: false}` is accepted (`AdoptionPolicy.from_config`, and as node config
+    """`{pin: VERSION, contribute: false}` is accepted (`AdoptionPolicy.from_config`, and as node config
     `pin=... contribute=false`), but only a fork declines to train (`silo.handlers.train_content`): the pinned region
     trains and sends its update every round, though its policy says it contributes nothing. (86ce1eb refused
     `adopt: always|if_better` with `contribute: false` for the same reason; pin was left out.) Measured: `na` in the
@@ -234,7 +235,7 @@ def test_a_pinned_region_that_says_contribute_false_sends_nothing(tmp_path: Path
     {"adopt": "always", "guard": False, "guard_k": 3.0},  # the guard is off: its bound is never used
 ])
 def test_a_policy_key_its_policy_never_reads_is_refused(cfg: dict[str, Any]) -> None:
-    """FAILS NOW (low). Each of these is accepted and does nothing, the way `adapt_rounds` outside `adopt: adapt`
+    """(Low.) Each of these is accepted and does nothing, the way `adapt_rounds` outside `adopt: adapt`
     or `guard` on a pin would be, which `AdoptionPolicy.from_config` already refuses naming the key. A region that
     writes `{adopt: always, margin: 0.1}` believes it only takes clearly better versions. Fix: refuse `metric` /
     `margin` outside if_better / adapt, and guard_k / guard_max_exposure / guard_support with guard: false."""

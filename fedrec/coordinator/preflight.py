@@ -12,6 +12,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedrec.coordinator.strategies import trimming_problem
 from fedrec.errors import ConfigError
 from fedrec.messages import PREFLIGHT_ERROR
 from fedrec.settings import RunSettings
@@ -27,11 +28,14 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
         time.sleep(0.5)
 
 
-def run_preflight(grid: Grid, s: RunSettings, regions: list[str], *, timeout: float) -> list[str]:
+def run_preflight(grid: Grid, s: RunSettings, regions: list[str], *, timeout: float, statistics: bool = False
+                  ) -> list[str]:
     """Ask every connected silo to check itself; return the problems (empty: go)."""
     nodes = wait_for_nodes(grid, s.min_nodes, timeout)
     if len(nodes) < s.min_nodes:
         return [f"only {len(nodes)} silo(s) connected within {timeout:g} s, min-nodes is {s.min_nodes}"]
+    if problem := trimming_problem(s, len(nodes), statistics=statistics):
+        return [problem]
     queries = [Message(RecordDict({"config": ConfigRecord({"server-round": 0})}), dst_node_id=node,
                        message_type=MessageType.QUERY, group_id="preflight") for node in nodes]
     replies = list(grid.send_and_receive(queries, timeout=timeout))

@@ -13,12 +13,15 @@ its honest norm, far inside the update screen, and put that item in the top 20 o
 - `median` / `trimmed_mean`: Flower's FedMedian / FedTrimmedAvg (coordinate-wise, unweighted; built in
   `strategies.build_strategy`).
 - `nnm`: nearest-neighbour mixing (Allouah et al., "Fixing by Mixing", AISTATS 2023) before Flower's
-  FedTrimmedAvg: each silo's whole update is replaced by the mean of the n - f updates nearest to it (itself
-  included; f = int(trim_beta x n), the number of replies the trimmed mean cuts at each end), then the trimmed
-  mean aggregates the mixed updates. Regions' honest updates are nearly orthogonal (heterogeneous data), so a
-  silo sending its update negated looks like any other outlier to a per-coordinate rule; mixing averages the
-  heterogeneity away first. Each silo's `excluded_by` count (how many other silos' neighbourhoods left it out)
-  is recorded as evidence.
+  FedTrimmedAvg, per item row: each silo's change to an item's row is replaced by the mean of the n - f silos'
+  changes nearest to it on that row (itself included; f = int(trim_beta x n), the number of replies the trimmed
+  mean cuts at each end), the other arrays likewise as one block, then the trimmed mean aggregates the mixed
+  updates. Regions' honest updates are nearly orthogonal (heterogeneous data), so a silo sending its update
+  negated looks like any other outlier to a per-coordinate rule; mixing averages the heterogeneity away first.
+  Per row, not per whole update: a push on one item hidden in an otherwise ordinary (or empty) update sits in
+  every whole-update neighbourhood (red team 3: 100% of honest users on the global model), but far from every
+  honest silo on its row. Each silo's `excluded_by` (how many other silos' neighbourhoods left it out, averaged
+  over rows) is recorded; it flags the different as well as the hostile (the largest region is often left out).
 
 None applies to a statistics model (the coordinator solves the silos' summed statistics) or under SecAgg+
 (it sees only the sum), and row clipping is not applied to DP releases (not measured there): there the
@@ -101,34 +104,70 @@ def clip_rows(sent: Arrays, replies: list[Message], *, n_items: int, clip: float
     return RowClip(clipped, floor)
 
 
-def mix_nearest(sent: Arrays, replies: list[Message], *, f: int) -> dict[str, int]:
+def _mix_units(x: np.ndarray, keep: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Mix each unit (a row) of x [silos, units, cols] over the `keep` silos nearest on that unit.
+
+    Returns the mixed array (each silo's unit: the mean of the `keep` silos' units nearest to it, itself included)
+    and, per silo, how many other silos' neighbourhoods left it out, averaged over units.
+    """
+    n, units, _ = x.shape
+    out = np.empty_like(x)
+    excluded = np.zeros(n)
+    for lo in range(0, units, chunk):
+        xu = np.ascontiguousarray(x[:, lo:lo + chunk].transpose(1, 0, 2))  # [u, silos, cols]
+        gram = xu @ xu.transpose(0, 2, 1)
+        sq = np.einsum("uii->ui", gram)
+        dist = sq[:, :, None] + sq[:, None, :] - 2 * gram
+        near = np.argsort(dist, axis=2, kind="stable")[:, :, :keep]  # ties: reply order
+        w = np.zeros_like(dist)
+        np.put_along_axis(w, near, 1.0 / keep, axis=2)  # w[u, i, j]: weight of silo j in silo i's mix
+        out[:, lo:lo + chunk] = (w @ xu).transpose(1, 0, 2)
+        excluded += np.sum(w == 0, axis=(0, 1))  # summed over units and the silos whose neighbourhood it is
+    return out, excluded / units
+
+
+def mix_nearest(sent: Arrays, replies: list[Message], *, f: int, n_items: int) -> dict[str, float]:
     """Nearest-neighbour mixing, in place in each reply (see the module docstring); returns `excluded_by`.
 
-    Distances are Euclidean between whole updates (every array, float64). With f = 0 (or fewer than 3 replies)
-    nothing is mixed. Ties are broken by reply order, so the result does not depend on timing.
+    Mixed per item row (the item's entries in every array with one row per item: bias and embedding) and once
+    for the remaining arrays as one block, so a silo whose update is ordinary everywhere but on one item's row is
+    left out of the neighbourhoods of that row. Distances are Euclidean in float64; ties are broken by reply
+    order, so the result does not depend on timing. `excluded_by`: per silo, how many other silos'
+    neighbourhoods left it out, averaged over the rows and the block. With f = 0 (or fewer than 3 replies)
+    nothing is mixed.
     """
     regions = [read_region(m.content) for m in replies]
     if f < 1 or len(replies) < 3:
-        return {r: 0 for r in regions}
+        return {r: 0.0 for r in regions}
     names = list(sent)
-    flat = np.stack([np.concatenate([(read_arrays(m.content)[k].astype(np.float64) - sent[k].astype(np.float64)).ravel()
-                                     for k in names]) for m in replies])  # [silos, params]
-    gram = flat @ flat.T
-    sq = np.diag(gram)
-    dist = sq[:, None] + sq[None, :] - 2 * gram
-    keep = len(replies) - f
-    near = [np.argsort(dist[i], kind="stable")[:keep] for i in range(len(replies))]
-    excluded = {r: sum(1 for i, nb in enumerate(near) if i != j and j not in nb) for j, r in enumerate(regions)}
-    for m, nb in zip(replies, near, strict=True):
-        mixed = flat[nb].mean(axis=0)
-        record, out, offset = m.content.array_records["arrays"], {}, 0
-        for k in names:
-            a = record[k].numpy()
-            part = mixed[offset: offset + a.size].reshape(a.shape)
-            offset += a.size
-            out[k] = Array(np.ascontiguousarray((sent[k].astype(np.float64) + part).astype(a.dtype)))
-        m.content.array_records["arrays"] = ArrayRecord(out)
-    return excluded
+    rows = row_tables(sent, n_items)
+    rest = [k for k in names if k not in rows]
+    deltas = _deltas(sent, replies, names)
+    keep, excluded, mixed = len(replies) - f, np.zeros(len(replies)), [dict[str, np.ndarray]() for _ in replies]
+    blocks = 0
+    if rows:
+        table = np.stack([np.concatenate([d[k].reshape(n_items, -1) for k in rows], axis=1) for d in deltas])
+        out, ex = _mix_units(table, keep)
+        excluded, blocks, col = excluded + ex * n_items, blocks + n_items, 0
+        for k in rows:
+            width = int(np.prod(sent[k].shape[1:]))
+            for i in range(len(replies)):
+                mixed[i][k] = out[i, :, col:col + width].reshape(sent[k].shape)
+            col += width
+    if rest:
+        flat = np.stack([np.concatenate([d[k].ravel() for k in rest]) for d in deltas])[:, None, :]
+        out, ex = _mix_units(flat, keep)
+        excluded, blocks, offset = excluded + ex, blocks + 1, 0
+        for k in rest:
+            for i in range(len(replies)):
+                mixed[i][k] = out[i, 0, offset:offset + sent[k].size].reshape(sent[k].shape)
+            offset += sent[k].size
+    for m, mix in zip(replies, mixed, strict=True):
+        record = m.content.array_records["arrays"]
+        m.content.array_records["arrays"] = ArrayRecord({
+            k: Array(np.ascontiguousarray((sent[k].astype(np.float64) + mix[k]).astype(record[k].numpy().dtype)))
+            for k in names})
+    return {r: round(float(e / blocks), 3) for r, e in zip(regions, excluded, strict=True)}
 
 
 def attribution(sent: Arrays, replies: list[Message], *, n_items: int, top: int = 5) -> list[dict[str, object]]:

@@ -159,7 +159,8 @@ class _Run:
 
     def start(self) -> int:
         """Preflight, then a fresh start (version 0 registered) or a resume from the checkpoint: the first round."""
-        problems = run_preflight(self.grid, self.s, list(self.manifest["regions"]), timeout=self.timeout)
+        problems = run_preflight(self.grid, self.s, list(self.manifest["regions"]), timeout=self.timeout,
+                                 statistics=self.family is not None)
         if problems:
             self.history.stopped_early = "preflight failed: " + "; ".join(problems)
             self.history.save(self.s.output_dir)
@@ -245,7 +246,8 @@ class _Run:
             if self.s.secure_aggregation != "secaggplus":
                 robust["top_moved"] = attribution(sent, replies, n_items=self.n_items)  # nnm: before mixing
             if self.s.robust == "nnm" and self.s.secure_aggregation != "secaggplus":
-                robust["excluded_by"] = mix_nearest(sent, replies, f=int(self.s.trim_beta * len(replies)))
+                robust["excluded_by"] = mix_nearest(sent, replies, f=int(self.s.trim_beta * len(replies)),
+                                                    n_items=self.n_items)
             self.round_robust = robust
             aggregated, _ = self.strategy.aggregate_train(rnd, replies)
             if aggregated is not None:

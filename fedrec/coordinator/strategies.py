@@ -7,6 +7,8 @@ region, and later layers (privacy budgets, adoption) hook in between steps.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg
 
@@ -53,6 +55,22 @@ def aggregation_rule(s: RunSettings, *, statistics: bool) -> str:
         return f"{s.strategy} (row_clip not applied under user_dp)"
     detail = f":{s.row_clip:g}" if s.robust == "row_clip" else f":{s.trim_beta:g}" if s.robust != "median" else ""
     return f"{s.strategy}+{s.robust}{detail}"
+
+
+def trimming_problem(s: RunSettings, n_nodes: int, *, statistics: bool) -> str | None:
+    """Why `robust=trimmed_mean|nnm` would cut no silo in this federation (None: it cuts at least one).
+
+    Both cut f = int(trim_beta x n) replies at each end, n the silos trained per round; with f = 0 they are an
+    unweighted average that the manifest would still name as the defence.
+    """
+    if s.robust not in ("trimmed_mean", "nnm") or statistics or s.secure_aggregation == "secaggplus":
+        return None
+    per_round = max(int(n_nodes * s.fraction_train), max(1, int(s.min_nodes * s.fraction_train)))
+    if int(s.trim_beta * per_round) >= 1:
+        return None
+    return (f"strategy.robust={s.robust} with strategy.trim_beta={s.trim_beta:g} cuts no silo of the {per_round} "
+            f"trained per round (int({s.trim_beta:g} x {per_round}) = 0); set strategy.trim_beta above "
+            f"1/{per_round} (e.g. {math.ceil(100 / per_round + 0.5) / 100:g}, below 0.5) or choose another robust rule")
 
 
 def strategy_state(strategy: FedAvg, names: list[str]) -> dict[str, np.ndarray]:

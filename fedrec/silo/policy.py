@@ -8,6 +8,7 @@ adoption policy. `docs/running-across-jurisdictions.md` has the table.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,18 @@ class SiloIdentity:
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any], settings: RunSettings) -> SiloIdentity:
-        """Resolve the silo from the node config, with errors that say which key to set."""
+        """Resolve the silo from the node config, with errors that say which key to set.
+
+        A key no silo reads is refused, naming the nearest known key: a misspelt `epsilon_budget` would otherwise
+        leave the jurisdiction without the privacy policy it meant to set.
+        """
+        if unknown := sorted(set(node_config) - NODE_CONFIG_KEYS):
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key.replace("_", "-"), sorted(NODE_CONFIG_KEYS), n=1, cutoff=0.6)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(f"node config: unknown key(s) {', '.join(hints)}; a silo reads only "
+                              f"{', '.join(sorted(NODE_CONFIG_KEYS))}")
         if "region" in node_config:
             region = str(node_config["region"])
             if "data-path" not in node_config:
@@ -140,6 +152,10 @@ NODE_POLICY_KEYS = {"adopt": "adopt", "adopt-metric": "metric", "adopt-margin": 
                     "adapt-confidence": "confidence", "guard": "guard", "guard-k": "guard_k",
                     "guard-max-exposure": "guard_max_exposure",
                     "guard-support": "guard_support"}
+
+NODE_CONFIG_KEYS = frozenset({"region", "data-path", "state-dir", "partition-id", "num-partitions", *NODE_DP_KEYS,
+                              "require-secure-aggregation", "secagg-min-contributors", *NODE_POLICY_KEYS})
+"""Every node-config key a silo reads (`partition-id` / `num-partitions`: set by Flower's simulation engine)."""
 
 
 def node_policy(region: str, node_config: dict[str, Any]) -> AdoptionPolicy | None:
