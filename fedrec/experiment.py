@@ -237,6 +237,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
         raise FedrecError(f"the federation trained no round ({history.stopped_early or 'no silo replied'}); "
                           "a silo whose privacy budget is spent needs a larger privacy.epsilon or a fresh "
                           "privacy.state_dir (budgets are meant to persist: never reset a real silo's ledger)")
+    if not rounds[-1]["per_region"]:
+        failed = [f for r in history.rounds for f in r.get("failures", [])]
+        raise FedrecError(f"no silo could evaluate the federation's last model (round {rounds[-1]['round']}): "
+                          f"{(failed or [history.stopped_early or 'no reply'])[-1][:500]}")
     final: dict[str, Block] = {"federated": {"overall": rounds[-1]["overall"], "per_region": rounds[-1]["per_region"]}}
     served_last = {r: ev for r, (ev, _) in view.served(rounds[-1]["round"]).items()}
     if served_last:

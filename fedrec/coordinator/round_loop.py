@@ -208,6 +208,8 @@ class _Run:
         stopped = ""
         if step.answered and not ok and not step.rejected and not too_few:
             stopped = f"round {rnd}: every silo declined ({'; '.join(sorted(set(step.declined.values())))})"
+        elif not step.answered and step.failures:
+            stopped = f"round {rnd}: every silo failed (first: {step.failures[0][:300]})"
         return RoundRecord(round=rnd, model_version=self.current.id if ok else None, evaluated=evaluate,
                            per_region=per_region, overall=overall, participants=step.contributors if ok else [],
                            declined=step.declined, rejected=step.rejected, privacy=step.privacy,
@@ -250,8 +252,9 @@ class _Run:
                                                     n_items=self.n_items)
             self.round_robust = robust
             aggregated, _ = self.strategy.aggregate_train(rnd, replies)
-            if aggregated is not None:
-                self.arrays = aggregated
+            if aggregated is not None:  # in the model's own dtypes: Flower's FedAdam returns float64 arrays
+                self.arrays = ArrayRecord({k: Array(np.ascontiguousarray(
+                    aggregated[k].numpy().astype(self.init[k].dtype))) for k in self.init})
             return
         assert solved is not None
         self.arrays = ArrayRecord({k: Array(np.ascontiguousarray(solved[k])) for k in self.init})
