@@ -128,6 +128,8 @@ def main() -> None:
     ap.add_argument("--target-rank", type=int, help="rank by global item bias in the clean run (default 0.886 × "
                                                     "catalog size)")
     ap.add_argument("--row-share", type=float, default=0.0, help="share of the boost put on the item's row")
+    ap.add_argument("--boost-cap", type=float, default=None,
+                    help="the boosted bias never exceeds this value (under SecAgg+: inside its clipping range, 8)")
     ap.add_argument("--sabotage", nargs="*", default=[], help="untargeted attacks by the attacker(s): 'flip' (sign "
                                                               "flip) and/or 'noise:M' (Gaussian noise at M x the norm)")
     ap.add_argument("--engine", choices=["inprocess", "simulation"], default="inprocess")
@@ -165,7 +167,8 @@ def main() -> None:
         multiple = round(args.near_margin * limit, 2) if m == "near" else float(m)
         name = f"boost-{multiple:g}x"
         res = run(overrides, args.out / name, args.engine,
-                  [targeted_boost(attackers, target, multiple, row_share=args.row_share)], args.reuse)
+                  [targeted_boost(attackers, target, multiple, row_share=args.row_share, cap=args.boost_cap)],
+                  args.reuse)
         runs[name] = summary(args.out / name, res, target, attackers)
     for attack in args.sabotage:
         mod = (sign_flip(attackers) if attack == "flip" else scaled_noise(attackers, float(attack.split(":")[1])))

@@ -135,6 +135,23 @@ def test_the_row_share_moves_only_the_targets_bias_and_row_and_the_norm_stays_ex
         3.0 * norm_of({k: reply[k].astype(np.float64) - sent[k] for k in sent}), rel=1e-5)
 
 
+def test_a_capped_boost_keeps_the_targets_bias_at_the_cap_and_changes_nothing_else() -> None:
+    """What an attacker inside SecAgg+ can send: the bias raised to just inside the clipping range, no further."""
+    rng = np.random.default_rng(2)
+    sent = {"item_emb.weight": rng.standard_normal((30, 4)).astype(np.float32),
+            ITEM_BIAS: rng.standard_normal((30, 1)).astype(np.float32), "global_bias": np.zeros(1, np.float32)}
+    reply = {k: (v + 0.01 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in sent.items()}
+    out = boost_update(reply, sent, item=3, multiple=1000.0, cap=7.5)
+    assert out[ITEM_BIAS][3, 0] == pytest.approx(7.5)
+    assert all(np.array_equal(out[k], reply[k]) for k in ("item_emb.weight", "global_bias"))
+    assert np.array_equal(np.delete(out[ITEM_BIAS], 3), np.delete(reply[ITEM_BIAS], 3))
+    small = boost_update(reply, sent, item=3, multiple=1.0001, cap=7.5)  # under the cap: the multiple decides
+    assert small[ITEM_BIAS][3, 0] < 7.5
+    above = {k: v.copy() for k, v in reply.items()}
+    above[ITEM_BIAS][3, 0] = 9.0  # honest training already above the cap: the boost adds nothing, removes nothing
+    assert boost_update(above, sent, item=3, multiple=5.0, cap=7.5)[ITEM_BIAS][3, 0] == pytest.approx(9.0)
+
+
 def test_a_model_without_a_global_item_bias_is_refused() -> None:
     check_boostable(ModelSpec("mf", 4), 20)
     check_boostable(ModelSpec("twotower", 4), 20)

@@ -71,12 +71,14 @@ def _apply(reply: Arrays, sent: Arrays, delta: Arrays) -> Arrays:
     return {k: (sent[k] + delta[k]).astype(reply[k].dtype) for k in reply}
 
 
-def boost_update(reply: Arrays, sent: Arrays, *, item: int, multiple: float, row_share: float = 0.0) -> Arrays:
+def boost_update(reply: Arrays, sent: Arrays, *, item: int, multiple: float, row_share: float = 0.0,
+                 cap: float | None = None) -> Arrays:
     """The reply with `item`'s global bias raised so that ||reply' − sent|| = `multiple` × ||reply − sent||.
 
     With `row_share` > 0 the item's embedding row also moves, towards the mean row of the `POPULAR_ITEMS` items
     with the largest global bias; `row_share` is the share of the added vector's squared norm put on the row
-    (0: bias only).
+    (0: bias only). `cap`: the boosted bias never exceeds this value (e.g. just inside SecAgg+'s clipping
+    range, where a larger value would be refused by the attacker's own SecAgg+ client); the norm is then smaller.
     """
     if ITEM_BIAS not in reply:
         raise ValueError(f"targeted_boost needs a global item bias ({ITEM_BIAS}); this model sends "
@@ -102,7 +104,11 @@ def boost_update(reply: Arrays, sent: Arrays, *, item: int, multiple: float, row
         else:
             direction[ITEM_BIAS][item] = 1.0
     step = _extend_to_norm(delta, direction, multiple * norm_of(delta))
-    return _apply(reply, s64, {k: delta[k] + step * direction[k] for k in delta})
+    boosted = {k: delta[k] + step * direction[k] for k in delta}
+    if cap is not None:
+        top = cap - s64[ITEM_BIAS][item, 0]
+        boosted[ITEM_BIAS][item, 0] = min(boosted[ITEM_BIAS][item, 0], max(top, delta[ITEM_BIAS][item, 0]))
+    return _apply(reply, s64, boosted)
 
 
 def flip_update(reply: Arrays, sent: Arrays) -> Arrays:
@@ -163,13 +169,14 @@ def check_boostable(spec: ModelSpec, n_items: int) -> None:
                          f"{sorted(shapes)}): targeted_boost needs model=mf or model=twotower")
 
 
-def targeted_boost(region: str | Collection[str], item: int, multiple: float, *, row_share: float = 0.0) -> Mod:
+def targeted_boost(region: str | Collection[str], item: int, multiple: float, *, row_share: float = 0.0,
+                   cap: float | None = None) -> Mod:
     """`region`'s training replies boost `item` (`boost_update`) to `multiple` × their honest update norm."""
     if item < 0 or multiple < 1 or not 0 <= row_share <= 1:  # checked now rather than mid-run
         raise ValueError(f"targeted_boost(item={item}, multiple={multiple}, row_share={row_share}): need item >= 0, "
                          "multiple >= 1 and 0 <= row_share <= 1")
     return hostile_mod(region, lambda reply, sent, _r, _n: boost_update(reply, sent, item=item, multiple=multiple,
-                                                                        row_share=row_share))
+                                                                        row_share=row_share, cap=cap))
 
 
 def sign_flip(region: str | Collection[str]) -> Mod:
