@@ -147,6 +147,10 @@ def test_a_capped_boost_keeps_the_targets_bias_at_the_cap_and_changes_nothing_el
     assert np.array_equal(np.delete(out[ITEM_BIAS], 3), np.delete(reply[ITEM_BIAS], 3))
     small = boost_update(reply, sent, item=3, multiple=1.0001, cap=7.5)  # under the cap: the multiple decides
     assert small[ITEM_BIAS][3, 0] < 7.5
+    rows = boost_update(reply, sent, item=3, multiple=1000.0, row_share=0.5, cap=7.5)
+    assert np.max(np.abs(rows["item_emb.weight"][3])) == pytest.approx(7.5)  # the row pushed to the range's edge
+    assert rows[ITEM_BIAS][3, 0] == pytest.approx(7.5)
+    assert np.array_equal(np.delete(rows["item_emb.weight"], 3, 0), np.delete(reply["item_emb.weight"], 3, 0))
     above = {k: v.copy() for k, v in reply.items()}
     above[ITEM_BIAS][3, 0] = 9.0  # honest training already above the cap: the boost adds nothing, removes nothing
     assert boost_update(above, sent, item=3, multiple=5.0, cap=7.5)[ITEM_BIAS][3, 0] == pytest.approx(9.0)

@@ -77,8 +77,9 @@ def boost_update(reply: Arrays, sent: Arrays, *, item: int, multiple: float, row
 
     With `row_share` > 0 the item's embedding row also moves, towards the mean row of the `POPULAR_ITEMS` items
     with the largest global bias; `row_share` is the share of the added vector's squared norm put on the row
-    (0: bias only). `cap`: the boosted bias never exceeds this value (e.g. just inside SecAgg+'s clipping
-    range, where a larger value would be refused by the attacker's own SecAgg+ client); the norm is then smaller.
+    (0: bias only). `cap`: every boosted value of the item (its bias, and its row with `row_share`) stays within
+    [-cap, cap] unless honest training already put it outside (e.g. just inside SecAgg+'s clipping range, where
+    a larger value would be refused by the attacker's own SecAgg+ client); the norm is then smaller.
     """
     if ITEM_BIAS not in reply:
         raise ValueError(f"targeted_boost needs a global item bias ({ITEM_BIAS}); this model sends "
@@ -105,9 +106,12 @@ def boost_update(reply: Arrays, sent: Arrays, *, item: int, multiple: float, row
             direction[ITEM_BIAS][item] = 1.0
     step = _extend_to_norm(delta, direction, multiple * norm_of(delta))
     boosted = {k: delta[k] + step * direction[k] for k in delta}
-    if cap is not None:
-        top = cap - s64[ITEM_BIAS][item, 0]
-        boosted[ITEM_BIAS][item, 0] = min(boosted[ITEM_BIAS][item, 0], max(top, delta[ITEM_BIAS][item, 0]))
+    if cap is not None:  # every boosted value of the item (bias, row) kept within [-cap, cap], never below honest
+        for key in (ITEM_BIAS, ITEM_EMB) if row_share > 0 else (ITEM_BIAS,):
+            value = s64[key][item] + boosted[key][item]
+            honest = s64[key][item] + delta[key][item]
+            lo, hi = np.minimum(honest, -cap), np.maximum(honest, cap)
+            boosted[key][item] = np.clip(value, lo, hi) - s64[key][item]
     return _apply(reply, s64, boosted)
 
 
