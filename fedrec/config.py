@@ -25,7 +25,7 @@ BOUNDS = ("centralized", "local_only")
 BASELINES = ("ease", "itemknn", "popularity")
 """Strong simple baselines, pooled and local-only, tuned on validation (`fedrec.baselines`)."""
 STRATEGIES = ("fedavg", "fedavgm", "fedadam")
-ROBUST = ("none", "row_clip", "median", "trimmed_mean", "nnm")
+ROBUST = ("none", "row_clip", "median", "trimmed_mean", "nnm", "krum", "bulyan")
 WEIGHTINGS = ("uniform", "examples")
 SECURE_AGGREGATION = ("none", "secaggplus")
 
@@ -93,19 +93,20 @@ class StrategyConfig:
     beta2: float = 0.99
     tau: float = 1e-3
     robust: str = "none"
-    """Robust aggregation (`fedrec.coordinator.robust`): row_clip | median | trimmed_mean | nnm | none."""
+    """Robust aggregation (`fedrec.coordinator.robust`): row_clip | median | trimmed_mean | nnm | krum | bulyan |
+    none."""
     row_clip: float = 2.0
     """row_clip: each silo's change to an item row is clipped to this multiple of the silos' median change."""
     trim_beta: float = 0.1
-    """trimmed_mean / nnm: the fraction of replies cut at each end, per coordinate (nnm also mixes each update
-    with its n - int(trim_beta x n) nearest)."""
+    """trimmed_mean / nnm: the fraction of replies cut at each end, per coordinate (nnm also mixes each row with
+    its n - int(trim_beta x n) nearest); krum / bulyan: int(trim_beta x n) is the number of hostile silos tolerated."""
 
     def __post_init__(self) -> None:
         _require(self.name in STRATEGIES, "strategy.name", self.name, f"one of {STRATEGIES}")
         _require(self.robust in ROBUST, "strategy.robust", self.robust, f"one of {ROBUST}")
         _require(self.row_clip >= 1, "strategy.row_clip", self.row_clip, ">= 1 (a multiple of the median change)")
         _require(0 < self.trim_beta < 0.5, "strategy.trim_beta", self.trim_beta, "in (0, 0.5)")
-        replaces_average = self.robust in ("median", "trimmed_mean", "nnm")
+        replaces_average = self.robust in ("median", "trimmed_mean", "nnm", "krum", "bulyan")
         _require(not replaces_average or (self.name == "fedavg" and self.server_lr == 1),
                  "strategy.robust", self.robust,
                  "row_clip or none with fedavgm / fedadam / server_lr != 1 (Flower's FedMedian and FedTrimmedAvg "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg
+from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, MultiKrum
 
 from fedrec.messages import WEIGHT_KEY
 from fedrec.settings import RunSettings
@@ -19,9 +19,10 @@ from fedrec.settings import RunSettings
 def build_strategy(s: RunSettings) -> FedAvg:
     """The configured strategy; FedAvg, FedAvgM and FedAdam weight replies by the `weight` each silo reports.
 
-    `robust=median|trimmed_mean|nnm` replace the average by Flower's FedMedian / FedTrimmedAvg (unweighted,
-    coordinate-wise; the config allows them only with plain FedAvg; for `nnm` the round loop mixes the replies
-    first). `row_clip` is applied to the replies before any of the others aggregate (`fedrec.coordinator.robust`,
+    `robust=median|trimmed_mean|nnm|krum|bulyan` replace the average by Flower's FedMedian / FedTrimmedAvg
+    (unweighted, coordinate-wise; for `nnm` the round loop mixes the replies first) / MultiKrum / Bulyan
+    (tolerating f = int(trim_beta x n) of the n silos trained per round); the config allows them only with plain
+    FedAvg. `row_clip` is applied to the replies before any of the others aggregate (`fedrec.coordinator.robust`,
     called by the round loop).
     """
     kw = {"fraction_train": s.fraction_train, "fraction_evaluate": 1.0,
@@ -31,6 +32,12 @@ def build_strategy(s: RunSettings) -> FedAvg:
         return FedMedian(**kw)  # type: ignore[arg-type]
     if s.robust in ("trimmed_mean", "nnm"):  # nnm: the round loop mixes the replies first
         return FedTrimmedAvg(beta=s.trim_beta, **kw)  # type: ignore[arg-type]
+    if s.robust in ("krum", "bulyan"):  # f tolerated silos out of the n trained per round: int(trim_beta x n)
+        n = max(1, int(s.min_nodes * s.fraction_train))
+        f = int(s.trim_beta * n)
+        if s.robust == "krum":  # Multi-Krum averaging the n - f updates with the best Krum scores
+            return MultiKrum(num_malicious_nodes=f, num_nodes_to_select=max(1, n - f), **kw)  # type: ignore[arg-type]
+        return Bulyan(num_malicious_nodes=f, **kw)  # type: ignore[arg-type]
     if s.strategy == "fedadam":
         return FedAdam(eta=s.server_lr, eta_l=s.lr, beta_1=s.adam_beta1, beta_2=s.adam_beta2, tau=s.adam_tau,
                        **kw)  # type: ignore[arg-type]
@@ -60,13 +67,19 @@ def aggregation_rule(s: RunSettings, *, statistics: bool) -> str:
 def trimming_problem(s: RunSettings, n_nodes: int, *, statistics: bool) -> str | None:
     """Why `robust=trimmed_mean|nnm` would cut no silo in this federation (None: it cuts at least one).
 
-    Both cut f = int(trim_beta x n) replies at each end, n the silos trained per round; with f = 0 they are an
-    unweighted average that the manifest would still name as the defence.
+    They tolerate (trimmed_mean / nnm: cut at each end) f = int(trim_beta x n) replies, n the silos trained per
+    round; with f = 0 they are an unweighted average the manifest would still name as the defence. Bulyan also
+    needs n >= 4f + 3.
     """
-    if s.robust not in ("trimmed_mean", "nnm") or statistics or s.secure_aggregation == "secaggplus":
+    if s.robust not in ("trimmed_mean", "nnm", "krum", "bulyan") or statistics or s.secure_aggregation == "secaggplus":
         return None
     per_round = max(int(n_nodes * s.fraction_train), max(1, int(s.min_nodes * s.fraction_train)))
-    if int(s.trim_beta * per_round) >= 1:
+    f = int(s.trim_beta * per_round)
+    if s.robust == "bulyan" and f >= 1 and per_round < 4 * f + 3:
+        return (f"strategy.robust=bulyan tolerating {f} silo(s) (int({s.trim_beta:g} x {per_round})) needs at least "
+                f"{4 * f + 3} silos per round, this federation trains {per_round}; lower strategy.trim_beta or "
+                "choose another robust rule")
+    if f >= 1:
         return None
     return (f"strategy.robust={s.robust} with strategy.trim_beta={s.trim_beta:g} cuts no silo of the {per_round} "
             f"trained per round (int({s.trim_beta:g} x {per_round}) = 0); set strategy.trim_beta above "
