@@ -320,3 +320,22 @@ def test_row_clipping_at_the_coordinator_clips_the_attackers_rows_every_round(tm
     assert models_main(["show", last["id"][:16], "--root", str(tmp_path / "boost" / "registry")], console=console) == 0
     text = console.export_text()
     assert "influence: the items this round moved most" in text and "rows clipped" in text and "na " in text
+
+
+def test_krum_and_bulyan_tolerate_int_trim_beta_n_silos_and_are_refused_where_they_cannot() -> None:
+    from flwr.serverapp.strategy import Bulyan, MultiKrum
+
+    from fedrec.coordinator.strategies import build_strategy, trimming_problem
+    from fedrec.settings import RunSettings
+
+    krum = build_strategy(RunSettings(robust="krum", server_lr=1.0, min_nodes=11))
+    assert isinstance(krum, MultiKrum) and (krum.num_malicious_nodes, krum.num_nodes_to_select) == (1, 10)
+    bulyan = build_strategy(RunSettings(robust="bulyan", server_lr=1.0, min_nodes=11, trim_beta=0.2))
+    assert isinstance(bulyan, Bulyan) and bulyan.num_malicious_nodes == 2
+    assert trimming_problem(RunSettings(robust="bulyan", server_lr=1.0, min_nodes=11), 11, statistics=False) is None
+    problem = trimming_problem(RunSettings(robust="bulyan", server_lr=1.0, min_nodes=10, trim_beta=0.2), 10,
+                               statistics=False)
+    assert problem is not None and "needs at least 11 silos per round" in problem
+    problem = trimming_problem(RunSettings(robust="krum", server_lr=1.0, min_nodes=5), 5, statistics=False)
+    assert problem is not None and "strategy.trim_beta above 1/5 (e.g. 0.21" in problem
+    assert trimming_problem(RunSettings(robust="krum", server_lr=1.0, min_nodes=5), 5, statistics=True) is None
