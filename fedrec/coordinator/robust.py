@@ -143,8 +143,8 @@ def mix_nearest(sent: Arrays, replies: list[Message], *, f: int, n_items: int) -
     rows = row_tables(sent, n_items)
     rest = [k for k in names if k not in rows]
     deltas = _deltas(sent, replies, names)
-    keep, excluded, mixed = len(replies) - f, np.zeros(len(replies)), [dict[str, np.ndarray]() for _ in replies]
-    blocks = 0
+    keep, excluded, blocks = len(replies) - f, np.zeros(len(replies)), 0
+    mixed: list[Arrays] = [{} for _ in replies]
     if rows:
         table = np.stack([np.concatenate([d[k].reshape(n_items, -1) for k in rows], axis=1) for d in deltas])
         out, ex = _mix_units(table, keep)
