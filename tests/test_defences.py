@@ -339,3 +339,30 @@ def test_krum_and_bulyan_tolerate_int_trim_beta_n_silos_and_are_refused_where_th
     problem = trimming_problem(RunSettings(robust="krum", server_lr=1.0, min_nodes=5), 5, statistics=False)
     assert problem is not None and "strategy.trim_beta above 1/5 (e.g. 0.21" in problem
     assert trimming_problem(RunSettings(robust="krum", server_lr=1.0, min_nodes=5), 5, statistics=True) is None
+
+
+ELEVEN = {"name": "synthetic", "n_users": 2200, "n_items": 150, "region_only_items": 3,
+          "region_sizes": [3.0] + [1.0] * 10, "seed": 4}
+
+
+def test_with_nnm_the_largest_of_eleven_silos_flipping_its_update_costs_the_others_under_two_percent(
+        tmp_path: Path) -> None:
+    """The issue's sabotage figure on a small world: 11 regions, the largest (region0) sends its update negated.
+    Measured: FedAvg loses 2.9% of the honest users' NDCG@20, nnm (per-row nearest-neighbour mixing) 0.7%."""
+    from fedrec.flower.hostile_mods import sign_flip
+
+    def honest(strategy: dict[str, Any], mods: list[Mod], out: str) -> float:
+        cfg = experiment_from_dict({"dataset": ELEVEN, "model": {"name": "mf", "dim": 8}, "federation": {"rounds": 6},
+                                    "train": {"n_negatives": 32}, "strategy": strategy, "bounds": [],
+                                    "baselines": []})
+        res = run_experiment(cfg, tmp_path / out, log=lambda *_: None,
+                             engine=functools.partial(run_in_process, client_mods=mods))
+        regions = res["dataset"]["regions"]
+        served = res["final"]["served"]["per_region"]
+        users = {r: regions[r]["test_users"] for r in served if r != "region0"}
+        return sum(served[r]["ndcg@20"] * n for r, n in users.items()) / sum(users.values())
+
+    nnm = {"robust": "nnm", "server_lr": 1.0}
+    nnm_loss = 1 - honest(nnm, [sign_flip("region0")], "nnm-flip") / honest(nnm, [], "nnm-clean")
+    fedavg_loss = 1 - honest({}, [sign_flip("region0")], "avg-flip") / honest({}, [], "avg-clean")
+    assert nnm_loss < 0.02 < fedavg_loss, (nnm_loss, fedavg_loss)
