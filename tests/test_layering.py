@@ -24,7 +24,7 @@ LAYERS = {
     "exposure": 2,
     "silo": 3, "coordinator": 3,
     "flower": 4, "deploy": 4,
-    "experiment": 5, "report": 5, "plots": 5, "privacy_audit": 5, "collect": 5, "privacy_utility": 5,
+    "experiment": 5, "report": 5, "plots": 5, "sweep_plots": 5, "privacy_audit": 5, "collect": 5, "privacy_utility": 5,
     "run_exposure": 5,
     "commands": 6, "conf": 6,
 }

@@ -161,7 +161,7 @@ def test_the_adoption_figure_marks_each_regions_decisions(tmp_path: Path) -> Non
 def test_swept_plot_draws_each_regions_means_against_the_swept_values_in_numeric_order() -> None:
     import pandas as pd
 
-    from fedrec.plots import plot_swept
+    from fedrec.sweep_plots import plot_swept
 
     rows = []
     for shift, base in (("2.0", 0.1), ("0.5", 0.3), ("0.0", 0.4)):

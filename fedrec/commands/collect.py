@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _collect(args: argparse.Namespace, console: Console) -> int:
     from fedrec.collect import write_collected
     from fedrec.errors import ConfigError
-    from fedrec.plots import plot_sweep
+    from fedrec.sweep_plots import plot_sweep
 
     table, summary, paths = write_collected(args.sweep, args.out)
     rows = summary[(summary["metric"] == args.metric) & (summary["region"] == args.region)]
