@@ -14,6 +14,7 @@ from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.round_loop import RoundCallback
 from fedrec.flower.client_app import make_client_app
 from fedrec.flower.egress_recorder import Mod
+from fedrec.flower.runtime import prompt_engine
 from fedrec.flower.server_app import make_server_app
 from fedrec.settings import RunSettings, read_manifest
 
@@ -44,18 +45,19 @@ def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = No
     if not flwr_logs:
         flwr_logger.setLevel(logging.ERROR)  # also hides run_simulation's deprecation notice
     history = FederationHistory()
-    try:
-        flwr_run_simulation(
-            server_app=make_server_app(settings, on_round=on_round, history=history),
-            client_app=make_client_app(settings, mods=client_mods, reproducible_noise=reproducible_noise,
-                                       inner_mods=inner_mods),
-            num_supernodes=n_regions,
-            backend_config={
-                "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-                "init_args": {"logging_level": "ERROR", "log_to_driver": flwr_logs, "include_dashboard": False,
-                              **({"address": ray_address} if ray_address else {})},
-            },
-        )
-    finally:
-        flwr_logger.setLevel(level)
+    with prompt_engine():
+        try:
+            flwr_run_simulation(
+                server_app=make_server_app(settings, on_round=on_round, history=history),
+                client_app=make_client_app(settings, mods=client_mods, reproducible_noise=reproducible_noise,
+                                           inner_mods=inner_mods),
+                num_supernodes=n_regions,
+                backend_config={
+                    "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+                    "init_args": {"logging_level": "ERROR", "log_to_driver": flwr_logs, "include_dashboard": False,
+                                  **({"address": ray_address} if ray_address else {})},
+                },
+            )
+        finally:
+            flwr_logger.setLevel(level)
     return history
