@@ -66,9 +66,25 @@ class FederationConfig:
     """The Ray cluster Flower's simulation engine runs on: None (Ray's own choice: RAY_ADDRESS, else the cluster
     `ray start` last started on this machine, else a new local one), "auto" (an existing cluster, or an error), or
     "HOST:PORT"."""
+    exclude_regions: list[str] = field(default_factory=list)
+    """Regions left out of the run: no silo of theirs trains, evaluates or receives anything (simulation: no node;
+    deployment: a node claiming one fails the preflight). A divested region's rebuilt line uses it."""
+    start_version: str | None = None
+    """Continue the line from this registered version (an id or a unique prefix, in `registry_dir`): the run
+    trains rounds `version.round + 1 .. rounds` from its weights; None starts from the seeded initial model."""
+    keep_contributions: bool = False
+    """The coordinator keeps, per region, what its updates added to the current global model (FedAvg / FedAvgM,
+    updates seen in the clear), in `<output dir>/contributions.safetensors`: what fast divestment subtracts."""
 
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "federation.rounds", self.rounds, ">= 1")
+        _require(isinstance(self.exclude_regions, list | tuple)
+                 and all(isinstance(r, str) and r and "," not in r for r in self.exclude_regions)
+                 and len(set(self.exclude_regions)) == len(self.exclude_regions),
+                 "federation.exclude_regions", self.exclude_regions, "a list of distinct region names")
+        start = self.start_version
+        _require(start is None or (isinstance(start, str) and start.strip() != ""),
+                 "federation.start_version", self.start_version, "null or a version id (or unique prefix)")
         _require(self.ray_address is None or (isinstance(self.ray_address, str) and self.ray_address.strip() != ""),
                  "federation.ray_address", self.ray_address, "null, auto or HOST:PORT")
         _require(self.eval_every >= 1, "federation.eval_every", self.eval_every, ">= 1")
@@ -193,6 +209,12 @@ class ExperimentConfig:
             unknown = sorted(names - set(regions))
             if unknown:
                 raise ConfigError(f"{key} names unknown region(s) {unknown}; this world's regions: {list(regions)}")
+        excluded = self.federation.exclude_regions
+        if unknown := sorted(set(excluded) - set(regions)):
+            raise ConfigError(f"federation.exclude_regions names unknown region(s) {unknown}; this world's regions: "
+                              f"{list(regions)}")
+        if len(set(regions) - set(excluded)) < 1:
+            raise ConfigError(f"federation.exclude_regions={list(excluded)} leaves no region to train")
 
     def check_catalog(self, n_items: int) -> None:
         """The model fits the world's catalog (EASE's dense item-item solve: at most 20,000 items)."""
@@ -241,7 +263,9 @@ def experiment_from_dict(cfg: dict[str, Any]) -> ExperimentConfig:
         split=_build(SplitConfig, "split", dict(cfg.get("split") or {})),
         model=_build(ModelSpec, "model", {**model, "kwargs": dict(model.get("kwargs") or {})}),
         train=_build(TrainConfig, "train", train),
-        federation=_build(FederationConfig, "federation", fed),
+        federation=_build(FederationConfig, "federation",
+                          {**fed, **({"exclude_regions": [str(r) for r in fed["exclude_regions"]]}
+                                     if isinstance(fed.get("exclude_regions"), list | tuple) else {})}),
         strategy=_build(StrategyConfig, "strategy", dict(cfg.get("strategy") or {})),
         privacy=_build(PrivacyConfig, "privacy", {**(p := dict(cfg.get("privacy") or {})),
                                                   "region_epsilon": dict(p.get("region_epsilon") or {})}),

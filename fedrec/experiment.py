@@ -226,7 +226,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
 
     t = time.perf_counter()
     settings = RunSettings.from_experiment(cfg, data_dir=str(world.data_dir), output_dir=str(out_dir),
-                                          n_regions=len(world.regions))
+                                          n_regions=len(world.regions) - len(cfg.federation.exclude_regions))
     history = engine(settings, on_round=on_round, cpus_per_client=cfg.federation.cpus_per_client,
                      ray_address=cfg.federation.ray_address)
     timings["federated_s"] = time.perf_counter() - t

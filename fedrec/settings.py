@@ -26,7 +26,7 @@ from fedrec.privacy.plan import PrivacySettings
 from fedrec.statistics import check_statistics_run, is_statistics_model
 from fedrec.training import TrainConfig
 
-OPERATIONAL_KEYS = frozenset({"data-dir", "output-dir", "state-dir", "registry-dir", "resume",
+OPERATIONAL_KEYS = frozenset({"data-dir", "output-dir", "state-dir", "registry-dir", "resume", "keep-contributions",
                               "client-threads", "round-timeout"})
 RETIRED_KEYS = {
     "quiet": "is not a run-config key any more (it did nothing): remove it",
@@ -93,10 +93,19 @@ class RunSettings:
     secagg_clipping_range: float = 8.0
     secagg_quantization_range: int = 4194304
     secagg_min_contributors: int = 2
+    exclude_regions: str = ""
+    """Comma-separated regions left out of the run (`federation.exclude_regions`)."""
+    start_version: str = ""
+    """The registered version the run continues from ("" = the seeded initial model)."""
+    keep_contributions: bool = False
+    divestment: str = "{}"
+    """What a divestment run removed, how and from which version (JSON; `fedrec.divestment`): recorded in the
+    manifest of every version the run makes."""
 
     def __post_init__(self) -> None:
         # The typed configs check everything they own (with Hydra's key names in the message) ...
         self.federation_config()
+        _json_object("divestment", self.divestment)
         StrategyConfig(name=self.strategy, server_lr=self.server_lr, server_momentum=self.server_momentum,
                        beta1=self.adam_beta1, beta2=self.adam_beta2, tau=self.adam_tau, robust=self.robust,
                        row_clip=self.row_clip, trim_beta=self.trim_beta)
@@ -148,7 +157,8 @@ class RunSettings:
             privacy_sample_rate=p.sample_rate, privacy_steps_per_round=p.steps_per_round,
             privacy_max_per_user=p.max_per_user, privacy_normaliser=p.normaliser, privacy_accountant=p.accountant,
             state_dir=cfg.privacy.state_dir or "", adoption=json.dumps(cfg.adoption),
-            registry_dir=cfg.registry_dir or "",
+            registry_dir=cfg.registry_dir or "", exclude_regions=",".join(f.exclude_regions),
+            start_version=f.start_version or "", keep_contributions=f.keep_contributions,
         )
 
     @cached_property
@@ -161,7 +171,27 @@ class RunSettings:
         return FederationConfig(rounds=self.num_rounds, local_epochs=self.local_epochs, eval_every=self.eval_every,
                                 weighting=self.weighting, fraction_train=self.fraction_train,
                                 secure_aggregation=self.secure_aggregation, min_replies=self.min_replies,
-                                update_norm_factor=self.update_norm_factor)
+                                update_norm_factor=self.update_norm_factor, exclude_regions=self.excluded_regions(),
+                                start_version=self.start_version or None,
+                                keep_contributions=self.keep_contributions)
+
+    def excluded_regions(self) -> list[str]:
+        """`exclude-regions` as a list."""
+        return [r.strip() for r in self.exclude_regions.split(",") if r.strip()]
+
+    def participating_regions(self, regions: list[str]) -> list[str]:
+        """The world's regions that take part in this run, in the world's order (the simulation's nodes)."""
+        excluded = self.excluded_regions()
+        if unknown := sorted(set(excluded) - set(regions)):
+            raise ConfigError(f"exclude-regions names unknown region(s) {unknown}; the world's regions: {regions}")
+        left = [r for r in regions if r not in excluded]
+        if not left:
+            raise ConfigError(f"exclude-regions={self.exclude_regions!r} leaves no region to train")
+        return left
+
+    def divestment_record(self) -> dict[str, Any]:
+        """The parsed `divestment` record ({} for a run that divests nothing)."""
+        return _json_object("divestment", self.divestment)
 
     @cached_property
     def _privacy(self) -> PrivacySettings:

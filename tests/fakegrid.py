@@ -237,7 +237,7 @@ def run_in_process(settings: RunSettings, *, on_round: RoundCallback | None = No
     del cpus_per_client, ray_address
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
-    n_regions = len(read_manifest(settings.data_dir)["regions"])
+    n_regions = len(settings.participating_regions(list(read_manifest(settings.data_dir)["regions"])))
     run_id = random.SystemRandom().getrandbits(64) if run_id is None else run_id
     grid = FakeGrid(make_client_app(settings, mods=client_mods, reproducible_noise=reproducible_noise), n_regions,
                     run_id=run_id, node_ids=node_ids)

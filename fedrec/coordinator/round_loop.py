@@ -20,7 +20,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid
 
 from fedrec.coordinator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedrec.coordinator.contributions import ContributionLedger, contributions_problem
 from fedrec.coordinator.history import FederationHistory
+from fedrec.coordinator.line_start import load_start
 from fedrec.coordinator.preflight import preflight_failure, run_preflight
 from fedrec.coordinator.robust import attribution, clip_rows, mix_nearest
 from fedrec.coordinator.screen import ScreenRules, StatisticsScreen
@@ -28,7 +30,7 @@ from fedrec.coordinator.strategies import aggregation_rule, build_strategy, rest
 from fedrec.coordinator.train_step import TrainStep, collect_train
 from fedrec.errors import ConfigError
 from fedrec.evaluation import SiloEvaluation, pool
-from fedrec.messages import read_arrays, read_float, read_int, read_region
+from fedrec.messages import WEIGHT_KEY, read_arrays, read_float, read_int, read_region
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
 from fedrec.settings import RunSettings, read_manifest
@@ -138,14 +140,30 @@ class _Run:
                                           ).hexdigest()
         self.rule = aggregation_rule(s, statistics=self.family is not None)
         self.round_robust: dict[str, Any] = {}
-        self.current = self.name_version(0, None, [], {})  # version 0: forks and pins may start there
+        self.divestment = s.divestment_record()
+        if s.start_version:  # continue a registered line (`fedrec.coordinator.line_start`)
+            start, self.current = load_start(self.registry, s, self.init)
+            self.arrays = ArrayRecord({k: Array(v) for k, v in start.items()})
+        else:
+            self.current = self.name_version(0, None, [], {})  # version 0: forks and pins may start there
+        self.contributions: ContributionLedger | None = None
+        self.pending_contribution: tuple[dict[str, np.ndarray], dict[str, tuple[dict[str, np.ndarray], float]]] | None
+        self.pending_contribution = None
+        if s.keep_contributions:
+            if why := contributions_problem(strategy=s.strategy, robust=s.robust, statistics=self.family is not None,
+                                            secure_aggregation=s.secure_aggregation):
+                raise ConfigError(f"federation.keep_contributions=true cannot be kept here: {why}; fast divestment "
+                                  "is not available for such a run (exact divestment is)")
+            self.contributions = ContributionLedger(
+                server_lr=s.server_lr, momentum=s.server_momentum if s.strategy == "fedavgm" else 0.0,
+                start=self.current.id)
 
     def name_version(self, rnd: int, parent: str | None, contributors: list[str], epsilon: dict[str, float]
                      ) -> ModelVersion:
         """The content id of the current global arrays (what silos adopt, pin or fork from)."""
         version, _ = describe_version({k: v.numpy() for k, v in self.arrays.items()}, spec=self.s.model_spec,
                                       parent=parent, round=rnd, contributors=contributors, epsilon=epsilon,
-                                      strategy=self.rule, config_hash=self.config_hash)
+                                      strategy=self.rule, config_hash=self.config_hash, divestment=self.divestment)
         return version
 
     def register(self, version: ModelVersion, metrics: dict[str, float]) -> None:
@@ -154,19 +172,26 @@ class _Run:
                               parent=version.parent, round=version.round, contributors=version.contributors,
                               strategy=version.strategy, epsilon=version.epsilon, config_hash=self.config_hash,
                               metrics={k: v for k, v in metrics.items() if v == v},  # NaN: metrics kept in silos
-                              influence=self.round_robust)
+                              influence=self.round_robust, divestment=version.divestment)
         self.history.versions.append({"round": version.round, "id": version.id})
 
     def start(self) -> int:
         """Preflight, then a fresh start (version 0 registered) or a resume from the checkpoint: the first round."""
-        problems = run_preflight(self.grid, self.s, list(self.manifest["regions"]), timeout=self.timeout,
-                                 statistics=self.family is not None)
+        regions = self.s.participating_regions(list(self.manifest["regions"]))
+        if self.s.min_nodes > len(regions):
+            raise ConfigError(f"min-nodes={self.s.min_nodes} but only {len(regions)} region(s) of the world take part "
+                              f"({', '.join(regions)}; exclude-regions={self.s.exclude_regions!r}): the run would wait "
+                              "for silos that cannot come")
+        problems = run_preflight(self.grid, self.s, regions, timeout=self.timeout, statistics=self.family is not None)
         if problems:
             self.history.stopped_early = "preflight failed: " + "; ".join(problems)
             self.history.save(self.s.output_dir)
             raise preflight_failure(problems, self.s.output_dir)
         ckpt = load_checkpoint(Path(self.s.output_dir), self.run_id) if self.s.resume else None
         if ckpt is None:
+            if self.s.start_version:
+                self.history.versions.append({"round": self.current.round, "id": self.current.id})
+                return self.current.round + 1
             self.register(self.current, {})
             return 1
         if self.registry is None:  # a restarted coordinator: continue after the last finished round
@@ -180,6 +205,12 @@ class _Run:
         self.history.rounds, self.history.privacy_rounds = h["rounds"], h["privacy_rounds"]
         self.history.versions, self.history.round_log = h["model_versions"], h["round_log"]
         self.history.resumed_at.extend([*h.get("resumed_at", []), first])
+        if self.contributions is not None:
+            self.contributions = ContributionLedger.load(Path(self.s.output_dir))
+            if self.contributions.head != self.current.id:
+                raise ConfigError(f"the kept contributions end at version {self.contributions.head[:16]}, the "
+                                  f"checkpoint at {self.current.short_id}: resume with "
+                                  "federation.keep_contributions=false (fast divestment is then not available)")
         return first
 
     def round(self, rnd: int) -> RoundRecord:
@@ -201,6 +232,8 @@ class _Run:
             self.current = self.name_version(rnd, self.current.id, step.contributors,
                                              {r: p["epsilon"] for r, p in step.privacy.items()
                                               if r not in step.declined})
+            if self.contributions is not None and self.pending_contribution is not None:
+                self.contributions.record(rnd, *self.pending_contribution, head=self.current.id)
         evaluate = bool(ok) and (rnd == 1 or rnd == s.num_rounds or rnd % s.eval_every == 0)
         per_region, overall, eval_failures = self.evaluate(rnd) if evaluate else ({}, {}, [])
         if ok:
@@ -251,6 +284,10 @@ class _Run:
                 robust["excluded_by"] = mix_nearest(sent, replies, f=int(self.s.trim_beta * len(replies)),
                                                     n_items=self.n_items)
             self.round_robust = robust
+            if self.contributions is not None:  # what each region's reply adds (after row_clip: what is averaged)
+                self.pending_contribution = (sent, {_region(m): (read_arrays(m.content),
+                                                                 read_float(m.content, "metrics", WEIGHT_KEY))
+                                                    for m in replies})
             aggregated, _ = self.strategy.aggregate_train(rnd, replies)
             if aggregated is not None:  # in the model's own dtypes: Flower's FedAdam returns float64 arrays
                 self.arrays = ArrayRecord({k: Array(np.ascontiguousarray(
@@ -275,6 +312,8 @@ class _Run:
     def checkpoint(self, rnd: int) -> None:
         """Everything a restarted coordinator needs to continue after round `rnd` (with an output dir)."""
         if self.s.output_dir:
+            if self.contributions is not None:
+                self.contributions.save(Path(self.s.output_dir))
             save_checkpoint(Path(self.s.output_dir), Checkpoint(
                 run_key=self.run_id, round=rnd, version=self.current, last_aggregated=self.last_aggregated,
                 history=self.history.to_json(), strategy_state=strategy_state(self.strategy, list(self.init))))

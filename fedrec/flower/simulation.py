@@ -39,7 +39,7 @@ def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = No
 
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
-    n_regions = len(read_manifest(settings.data_dir)["regions"])
+    n_regions = len(settings.participating_regions(list(read_manifest(settings.data_dir)["regions"])))
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
     if not flwr_logs:

@@ -74,10 +74,10 @@ class SiloIdentity:
         elif "partition-id" in node_config:
             manifest = read_manifest(settings.data_dir)
             pid = int(node_config["partition-id"])
-            regions = manifest["regions"]
+            regions = settings.participating_regions(list(manifest["regions"]))  # the world's, less exclude-regions
             if pid >= len(regions):
                 raise ConfigError(
-                    f"partition-id {pid} but the world has {len(regions)} regions: run the simulation with "
+                    f"partition-id {pid} but the run has {len(regions)} regions: run the simulation with "
                     f"exactly {len(regions)} supernodes (options.num-supernodes)"
                 )
             region = regions[pid]

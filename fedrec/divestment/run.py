@@ -1,0 +1,145 @@
+"""Divest regions from a trained line: exact (retrain without them) or fast (subtract them, then recover).
+
+- **exact**: the registry records which regions contributed to each version. The line is rebuilt from the last
+  version none of the removed regions touched (version 0 when they took part from round 1), training only the
+  remaining regions up to the head's round: a new run started from that version (`federation.start_version`,
+  `federation.exclude_regions`). Without DP it equals a run in which they never took part from the same start.
+- **fast** (approximate, in the spirit of FedEraser, Liu et al. 2021): the coordinator kept each region's total
+  effect on the global model (`federation.keep_contributions`, `fedrec.coordinator.contributions`). That effect is
+  subtracted from the head, and a few recovery rounds of the remaining regions calibrate the result. What the
+  removed regions did to the other regions' later updates is not subtracted: the removal test
+  (`fedrec.divestment.evidence`) measures what is left.
+
+Every version of a divested line records in its manifest what was removed, how, from which version, and which
+line head it replaces (`divestment`). Nothing is deleted: the old line stays in the registry for audit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedrec.coordinator.contributions import ContributionLedger
+from fedrec.coordinator.history import FederationHistory
+from fedrec.errors import ConfigError
+from fedrec.settings import RunSettings, read_manifest
+from fedrec.versions import ModelRegistry, ModelVersion
+from fedrec.versions.lineage import last_untouched, shaped_by
+
+Engine = Callable[..., FederationHistory]
+METHODS = ("exact", "fast")
+RECOVERY_SHARE = 0.3
+"""Fast divestment's default recovery rounds: this share of the rounds exact divestment would train (at least 1)."""
+
+
+@dataclass(frozen=True)
+class Divestment:
+    """What one divestment did: the new line and what it cost."""
+
+    method: str
+    removed: list[str]
+    replaces: str
+    """The head of the line the removed regions had shaped."""
+    rebuilt_from: str
+    """Exact: the last version they never touched; fast: the head with their contributions subtracted."""
+    head: str
+    """The new line's head (what the remaining regions adopt in place of `replaces`)."""
+    rounds: int
+    silo_rounds: int
+    """Local trainings the rebuild cost (rounds x remaining silos that trained): the cost unit compared."""
+    wall_time_s: float
+    per_region: dict[str, dict[str, float]]
+    overall: dict[str, float]
+    output_dir: str
+    history: FederationHistory = field(repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "history"}
+
+
+def line_head(settings: RunSettings) -> str:
+    """The last version of the run whose settings these are (from its `federated_history.json`)."""
+    path = Path(settings.output_dir) / "federated_history.json"
+    try:
+        versions = json.loads(path.read_text())["model_versions"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"cannot read the run's versions from {path}: {exc}") from exc
+    if not versions:
+        raise ConfigError(f"{path} lists no model version: the run trained nothing")
+    return str(versions[-1]["id"])
+
+
+def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: Path, engine: Engine,
+           head: str | None = None, recovery_rounds: int | None = None, **engine_kw: Any) -> Divestment:
+    """Remove `regions` from the line ending at `head` (default: the run's last version) of the run `settings` ran.
+
+    The rebuilt line's run writes into `out_dir` and registers its versions in the run's registry. `engine` runs
+    the federation (`fedrec.flower.simulation.run_simulation`, or the tests' in-process grid).
+    """
+    if method not in METHODS:
+        raise ConfigError(f"divestment method {method!r}: choose one of {METHODS}")
+    root = settings.registry_root()
+    if root is None:
+        raise ConfigError("the run has no registry (registry-dir or output-dir): nothing records who shaped it")
+    registry = ModelRegistry(root, create=False)
+    head_version = registry.get(head or line_head(settings))
+    world = list(read_manifest(settings.data_dir)["regions"])
+    if unknown := sorted(set(regions) - set(world)):
+        raise ConfigError(f"cannot divest unknown region(s) {unknown}; the world's regions: {world}")
+    if not regions:
+        raise ConfigError("name at least one region to divest")
+    shaped = shaped_by(registry, head_version.id)
+    if not set(regions) & set(shaped):
+        raise ConfigError(f"region(s) {sorted(regions)} never contributed to the line ending at "
+                          f"{head_version.short_id} (contributors: {sorted(shaped)}): nothing to divest")
+    excluded = sorted(set(settings.excluded_regions()) | set(regions))
+    remaining = [r for r in world if r not in excluded]
+    if not remaining:
+        raise ConfigError(f"divesting {sorted(regions)} leaves no region to train")
+    record: dict[str, Any] = {"removed": sorted(regions), "method": method, "replaces": head_version.id}
+    if method == "exact":
+        start = last_untouched(registry, head_version.id, regions)
+        rounds = head_version.round - start.round
+    else:
+        start = _subtracted(settings, registry, head_version, sorted(regions), record)
+        exact_rounds = head_version.round - last_untouched(registry, head_version.id, regions).round
+        rounds = recovery_rounds if recovery_rounds is not None else max(1, math.floor(RECOVERY_SHARE * exact_rounds))
+        if rounds < 1:
+            raise ConfigError(f"recovery rounds must be >= 1, got {rounds}")
+    record["from_version"] = start.id
+    run = dataclasses.replace(
+        settings, output_dir=str(out_dir), registry_dir=str(registry.root), start_version=start.id,
+        exclude_regions=",".join(excluded), num_rounds=start.round + rounds, min_nodes=len(remaining),
+        divestment=json.dumps(record, sort_keys=True), resume=False, run_name="")
+    t = time.perf_counter()
+    history = engine(run, **engine_kw)
+    wall = time.perf_counter() - t
+    trained = [e for e in history.round_log if e.get("participants")]
+    if not history.versions or history.versions[-1]["id"] == start.id:
+        raise ConfigError(f"the rebuilt line trained no round ({history.stopped_early or 'no silo replied'})")
+    last = history.rounds[-1] if history.rounds else {"per_region": {}, "overall": {}}
+    return Divestment(method=method, removed=sorted(regions), replaces=head_version.id, rebuilt_from=start.id,
+                      head=str(history.versions[-1]["id"]), rounds=len(trained),
+                      silo_rounds=sum(len(e["participants"]) for e in trained), wall_time_s=wall,
+                      per_region=dict(last["per_region"]), overall=dict(last["overall"]), output_dir=str(out_dir),
+                      history=history)
+
+
+def _subtracted(settings: RunSettings, registry: ModelRegistry, head: ModelVersion, regions: list[str],
+                record: dict[str, Any]) -> ModelVersion:
+    """The head less the kept contributions of `regions`, registered as a version of the divested line."""
+    ledger = ContributionLedger.load(Path(settings.output_dir))
+    if ledger.head != head.id:
+        raise ConfigError(f"the run kept contributions up to version {ledger.head[:16]}, not {head.short_id}: fast "
+                          "divestment subtracts from the version its contributions end at (use exact)")
+    arrays, _ = registry.load(head.id)
+    return registry.add(ledger.without(arrays, regions), spec=head.model_spec(), parent=head.id, round=head.round,
+                        contributors=(), strategy=f"divest:subtract({','.join(regions)})",
+                        config_hash=head.config_hash,
+                        divestment={**record, "step": "subtract", "from_version": head.id})

@@ -1,0 +1,126 @@
+"""Divest a region from a trained line (`fedrec.divestment`), through the public API on the in-process grid.
+
+- exact divestment without DP equals, array for array, a run in which the region never took part from the same
+  start, and its versions record what was removed, how and from which version;
+- fast divestment subtracts the region's kept contributions, then recovers with the remaining regions; the
+  contributions it subtracts add up to the line's whole movement;
+- bad requests are refused with errors that name the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakegrid import run_in_process
+
+from fedrec.coordinator.contributions import ContributionLedger
+from fedrec.data.split import SplitConfig
+from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
+from fedrec.divestment import divest, line_head
+from fedrec.errors import ConfigError
+from fedrec.settings import RunSettings
+from fedrec.versions import ModelRegistry
+from fedrec.world import prepare_world
+
+WORLD = SyntheticWorldConfig(n_users=360, n_items=90, region_only_items=5, region_sizes=(2.0, 1.0, 1.0),
+                             mean_interactions=12.0, min_interactions=5)
+ROUNDS = 4
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_world(generate_world(WORLD), SplitConfig(), tmp_path_factory.mktemp("world")).data_dir
+
+
+def settings(world_dir: Path, out: Path, **kw: object) -> RunSettings:
+    base = RunSettings(data_dir=str(world_dir), output_dir=str(out), num_rounds=ROUNDS, min_nodes=3, dim=6,
+                       batch_size=64, n_negatives=16, seed=3, keep_contributions=True)
+    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def trained(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunSettings:
+    s = settings(world_dir, tmp_path_factory.mktemp("run"))
+    run_in_process(s)
+    return s
+
+
+def test_exact_divestment_equals_a_run_the_region_never_took_part_in(world_dir: Path, trained: RunSettings,
+                                                                      tmp_path: Path) -> None:
+    out = divest(trained, ["eu"], method="exact", out_dir=tmp_path / "exact", engine=run_in_process)
+    never = run_in_process(settings(world_dir, tmp_path / "never", exclude_regions="eu", min_nodes=2))
+    registry = ModelRegistry(trained.registry_root())  # type: ignore[arg-type]
+    rebuilt, _ = registry.load(out.head)
+    assert set(rebuilt) == set(never.final_arrays)
+    for k, v in never.final_arrays.items():
+        np.testing.assert_array_equal(rebuilt[k], v)
+    assert out.rounds == ROUNDS and out.silo_rounds == 2 * ROUNDS  # na and apac, every round
+    assert set(out.per_region) == {"na", "apac"}
+    # provenance: every version of the rebuilt line names what was removed, how, from where and what it replaces
+    line = registry.lineage(out.head)
+    assert [v.round for v in line] == list(range(ROUNDS, -1, -1))
+    assert line[-1].id == out.rebuilt_from and line[-1].parent is None  # eu took part from round 1: version 0
+    for v in line[:-1]:
+        assert v.divestment == {"removed": ["eu"], "method": "exact", "from_version": out.rebuilt_from,
+                                "replaces": out.replaces}
+        assert "eu" not in v.contributors
+    # and the line it replaces is still there, with eu among its contributors
+    assert "eu" in registry.get(out.replaces).contributors
+    assert not np.array_equal(registry.load(out.replaces)[0]["item_emb.weight"], rebuilt["item_emb.weight"])
+
+
+def test_the_kept_contributions_add_up_to_the_lines_whole_movement(trained: RunSettings) -> None:
+    ledger = ContributionLedger.load(Path(trained.output_dir))
+    registry = ModelRegistry(trained.registry_root())  # type: ignore[arg-type]
+    head, head_v = registry.load(ledger.head)
+    start, _ = registry.load(ledger.start)
+    assert head_v.round == ROUNDS and sorted(ledger.rounds) == ["apac", "eu", "na"]
+    back = ledger.without(head, ["apac", "eu", "na"])
+    for k in head:  # float32 model, float64 bookkeeping: equal to float32 rounding over the rounds
+        np.testing.assert_allclose(back[k], start[k], rtol=0, atol=1e-5)
+        assert not np.allclose(head[k], start[k], atol=1e-3) or k.endswith("bias")
+
+
+def test_fast_divestment_subtracts_then_recovers_at_a_fraction_of_the_cost(trained: RunSettings,
+                                                                           tmp_path: Path) -> None:
+    exact = divest(trained, ["eu"], method="exact", out_dir=tmp_path / "exact", engine=run_in_process)
+    fast = divest(trained, ["eu"], method="fast", out_dir=tmp_path / "fast", engine=run_in_process,
+                  recovery_rounds=1)
+    registry = ModelRegistry(trained.registry_root())  # type: ignore[arg-type]
+    subtracted = registry.get(fast.rebuilt_from)
+    assert subtracted.parent == fast.replaces and subtracted.contributors == ()
+    assert subtracted.divestment["step"] == "subtract" and subtracted.divestment["removed"] == ["eu"]
+    head = registry.get(fast.head)
+    assert head.parent == subtracted.id and head.round == ROUNDS + 1
+    assert head.divestment["method"] == "fast" and head.divestment["from_version"] == subtracted.id
+    assert fast.silo_rounds == 2 and exact.silo_rounds == 8
+    assert set(fast.per_region) == {"na", "apac"}
+
+
+def test_divestment_refuses_what_it_cannot_do(trained: RunSettings, world_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown region"):
+        divest(trained, ["atlantis"], method="exact", out_dir=tmp_path / "a", engine=run_in_process)
+    with pytest.raises(ConfigError, match="choose one of"):
+        divest(trained, ["eu"], method="magic", out_dir=tmp_path / "b", engine=run_in_process)
+    with pytest.raises(ConfigError, match="leaves no region"):
+        divest(trained, ["eu", "na", "apac"], method="exact", out_dir=tmp_path / "c", engine=run_in_process)
+    never = settings(world_dir, tmp_path / "never", exclude_regions="eu", keep_contributions=False, min_nodes=2)
+    run_in_process(never)
+    with pytest.raises(ConfigError, match="never contributed"):
+        divest(never, ["eu"], method="exact", out_dir=tmp_path / "d", engine=run_in_process)
+    with pytest.raises(ConfigError, match="keep_contributions"):
+        divest(never, ["na"], method="fast", out_dir=tmp_path / "e", engine=run_in_process)
+
+
+def test_a_run_cannot_start_from_a_version_an_excluded_region_shaped(trained: RunSettings, tmp_path: Path) -> None:
+    registry = ModelRegistry(trained.registry_root())  # type: ignore[arg-type]
+    head = registry.get(line_head(trained))  # the trained line's head: eu contributed to it
+    s = dataclasses.replace(trained, output_dir=str(tmp_path / "x"), registry_dir=str(registry.root),
+                            start_version=head.id[:12], exclude_regions="eu", num_rounds=ROUNDS + 2, min_nodes=2)
+    with pytest.raises(ConfigError, match="this run excludes"):
+        run_in_process(s)
+    with pytest.raises(ConfigError, match="only 2 region"):
+        run_in_process(dataclasses.replace(s, start_version="", min_nodes=3))
