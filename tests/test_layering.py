@@ -26,7 +26,7 @@ LAYERS = {
     "silo": 3, "coordinator": 3,
     "flower": 4, "deploy": 4,
     "experiment": 5, "report": 5, "plots": 5, "sweep_plots": 5, "privacy_audit": 5, "collect": 5, "privacy_utility": 5,
-    "run_exposure": 5,
+    "run_exposure": 5, "regime_report": 5, "coalition_audit": 5,
     "commands": 6, "conf": 6,
 }
 SIDES = ("silo", "coordinator")

@@ -10,7 +10,7 @@ table; in a simulation each silo's policy comes from its regime entry (`fedrec.s
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,28 @@ class SiloIdentity:
             raise PolicyRefusal(f"the run proposes δ={proposed:g} but jurisdiction {self.region!r} accepts at most "
                                 f"δ={cap:g} ({where}): a run may tighten a silo's δ, never loosen it")
         return self.max_delta if self.max_delta is not None else proposed
+
+    def describe(self, settings: RunSettings) -> dict[str, Any]:
+        """The jurisdiction's effective policy for this run, JSON-ready (`fedrec regimes`, results.json).
+
+        `epsilon_budget`: its own cap (None: it sets none); `run_epsilon`: what this run may spend (the smaller of
+        the run's proposal and its cap; None without DP); `delta`: the δ its ledger is kept at under this run (None
+        without DP or when the proposal exceeds what it accepts); `partners`: None for any.
+        """
+        p = settings.privacy_settings()
+        try:
+            delta = self.delta_for(p.delta) if p.enabled else None
+        except PolicyRefusal:
+            delta = None
+        return {"epsilon_budget": self.epsilon_budget,
+                "run_epsilon": p.budget_for(self.region, self.epsilon_budget) if p.enabled else None,
+                "max_delta": self.max_delta if self.max_delta is not None else DEFAULT_MAX_DELTA,
+                "delta": delta, "requires_dp": self.requires_dp,
+                "partners": list(self.partners) if self.partners is not None else None,
+                "require_secure_aggregation": self.require_secure_aggregation,
+                "secagg_min_contributors": self.secagg_min_contributors,
+                "adoption": {k: v for k, v in asdict(self.policy).items() if v is not None},
+                "ledger_retention_days": self.ledger_retention_days}
 
     def require_state_dir(self) -> Path:
         """The silo's state dir (ledgers, logs), or a clear error naming the setting."""
