@@ -71,8 +71,8 @@ def _adoption(policy: dict[str, Any]) -> str:
 
 def _print(rows: dict[str, dict[str, Any]], console: Console) -> None:
     table = Table(title="jurisdictions: policy and spending", box=box.SIMPLE_HEAD)
-    for col in ("region", "ε budget (own / run)", "max δ (ledger δ)", "partners", "secure agg.", "adoption",
-                "ledger retention", "ε spent (all runs)", "ε this run"):
+    for col in ("region", "ε own / run", "max δ (ledger)", "partners", "secagg", "adoption", "retention",
+                "ε spent", "ε this run"):
         table.add_column(col, overflow="fold")
     for region, row in sorted(rows.items()):
         policy, spent, this = row.get("policy") or {}, row.get("spent") or {}, row.get("this_run") or {}
@@ -83,7 +83,7 @@ def _print(rows: dict[str, dict[str, Any]], console: Console) -> None:
             f"{_fmt(policy.get('max_delta'), 'g')} ({_fmt(spent.get('delta') or policy.get('delta'), 'g')})"
             if policy else f"({_fmt(spent.get('delta'), 'g')})",
             ("any" if partners is None else ", ".join(partners) or "none") if policy else "-",
-            (("required" if policy.get("require_secure_aggregation") else "optional")
+            (("required" if policy.get("require_secure_aggregation") else "-")
              + (f", ≥{policy['secagg_min_contributors']}" if policy.get("secagg_min_contributors") else ""))
             if policy else "-",
             _adoption(policy) if policy else "-",
@@ -94,8 +94,9 @@ def _print(rows: dict[str, dict[str, Any]], console: Console) -> None:
             _fmt(this.get("epsilon")) + (f" ({this['releases']} releases)" if this.get("releases") else ""),
         )
     console.print(table)
-    console.print("policy: the silo's effective one for the run (its regime entry / node config within the run's "
-                  "proposal); spending: its own ledgers, now", highlight=False)
+    console.print("policy: each silo's own for the run (regime entry / node config within the run's proposal: "
+                  "ε own / run = its cap / what the run may spend); ε spent: all runs its ledger holds, at its δ; "
+                  "retention: kept at least that long after the last entry", highlight=False)
 
 
 def regimes_main(argv: list[str], console: Console | None = None) -> int:
