@@ -7,7 +7,8 @@ and the DP round), `training`, `evaluation`, `config`, `settings`, `messages`, `
 region's policy), `adaptation` (a global version adapted to one silo's data, in the silo), `exposure` (how
 many of a silo's users a model shows an item); 3. `silo` (what a jurisdiction runs) and `coordinator` (what
 the coordinator runs), which never import each other; 4. `flower` (the Flower adapters), `deploy`;
-5. `experiment`, `report`, `plots`, `sweep_plots`, `run_exposure` (a finished run's exposure per region);
+5. `experiment`, `report`, `plots`, `sweep_plots`, `run_exposure` (a finished run's exposure per region),
+`regime_report` (each jurisdiction's policy and spend), `coalition_audit` (versions against partners);
 6. `commands`, `conf`.
 """
 
