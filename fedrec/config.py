@@ -183,8 +183,15 @@ class ExperimentConfig:
     seed: int = 0
     adoption: dict[str, dict[str, Any]] = field(default_factory=dict)
     registry_dir: str | None = None
+    regime: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each simulated jurisdiction's own policy (`conf/regime/`), region or `default` → node-config keys. The silos'
+    own, never the run's proposal: checked and applied by `fedrec.silo.regime.Regimes` in the simulated silos."""
 
     def __post_init__(self) -> None:
+        for region, policy in self.regime.items():
+            if not isinstance(policy, dict):
+                raise ConfigError(f"regime.{region} must be a policy such as {{epsilon-budget: 4, partners: [na]}}, "
+                                  f"got {policy!r}")
         for region, policy in self.adoption.items():
             if not isinstance(policy, dict):
                 raise ConfigError(f"adoption.{region} must be a policy such as {{adopt: always}}, got {policy!r}")
@@ -274,4 +281,5 @@ def experiment_from_dict(cfg: dict[str, Any]) -> ExperimentConfig:
         seed=int(cfg.get("seed", 0)),
         adoption={str(k): dict(v) if isinstance(v, dict) else v for k, v in (cfg.get("adoption") or {}).items()},
         registry_dir=cfg.get("registry_dir"),
+        regime={str(k): dict(v) if isinstance(v, dict) else v for k, v in (cfg.get("regime") or {}).items()},
     )

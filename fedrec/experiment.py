@@ -28,16 +28,18 @@ from fedrec.data.schema import Interactions
 from fedrec.errors import FedrecError
 from fedrec.evaluation import SiloEvaluation, pool
 from fedrec.flower.simulation import run_simulation
+from fedrec.regime_report import regimes_block
 from fedrec.settings import RunSettings, silo_state_root
 from fedrec.silo.adaptation import served_kind
 from fedrec.silo.adoption import ServingRecord
 from fedrec.silo.evaluation_log import LoggedEvaluation, read_evaluations
+from fedrec.silo.regime import Regimes
 from fedrec.silo.state_dir import StateDir
 from fedrec.world import PreparedWorld, prepare_world
 
 Engine = Callable[..., FederationHistory]
-"""Runs the federation for `RunSettings` (keywords `on_round`, `cpus_per_client`, `ray_address`) and returns its
-history."""
+"""Runs the federation for `RunSettings` (keywords `on_round`, `cpus_per_client`, `ray_address`, `regimes`) and
+returns its history."""
 Block = dict[str, Any]
 """`{"overall": {metric: value}, "per_region": {region: {metric: value}}}`, as in results.json."""
 
@@ -219,16 +221,18 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
     (the tests' in-process grid). `transform` changes the loaded data before the split (`fedrec.privacy_audit`).
     """
     start = time.perf_counter()
+    regimes = Regimes.parse(cfg.regime)  # each jurisdiction's own policy: checked before any data is loaded
     out_dir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     data, world = prepare(cfg, out_dir, log, transform)
+    regimes.check_regions(world.regions)
     timings = {"prepare_s": time.perf_counter() - t}
 
     t = time.perf_counter()
     settings = RunSettings.from_experiment(cfg, data_dir=str(world.data_dir), output_dir=str(out_dir),
                                           n_regions=len(world.regions) - len(cfg.federation.exclude_regions))
     history = engine(settings, on_round=on_round, cpus_per_client=cfg.federation.cpus_per_client,
-                     ray_address=cfg.federation.ray_address)
+                     ray_address=cfg.federation.ray_address, regimes=regimes)
     timings["federated_s"] = time.perf_counter() - t
     private = settings.privacy_settings().enabled
     view = SiloView.read(settings, world.regions, history.run_id)
@@ -263,6 +267,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
         "model_versions": history.versions,
         "round_log": history.round_log,
         "adoption": view.adoption(),
+        "regimes": regimes_block(settings, regimes, history.run_id),
         "baselines": baseline_facts,
         "stopped_early": history.stopped_early,
         "artifacts": {"global_model": "global_model.safetensors", "world": "world/",

@@ -17,6 +17,13 @@ NAMES_KEY = "secagg-array-names"
 """SecAgg+ carries arrays positionally: the coordinator names them, in order, in the round's config."""
 CLIP_KEY = "secagg-clipping-range"
 """Silos refuse to mask values outside this range (SecAgg+ would clip them silently)."""
+ROUND_MEMBERS_KEY = "round-members"
+"""In a training message's config: the regions the coordinator sends this round's training message to (the round's
+declared coalition). A silo whose jurisdiction lists `partners` trains only when every member is one of them."""
+MODEL_IDENTITY_KEY = "model-identity"
+"""In a training message's config: the JSON of the sent version's identity (`ModelVersion.identity`: parent,
+contributors, weights hash, ...), whose SHA-256 is its `model-version` id; a silo with `partners` checks both and
+builds on no version a partner it does not allow contributed to."""
 WEIGHT_KEY = "weight"
 TRAIN_LOSS_KEY = "train-loss"
 """A non-private round's mean training loss (never under DP: a loss computed on private data is a release)."""
@@ -69,6 +76,15 @@ def read_version(content: RecordDict, record: str = "config") -> str:
     """
     config = content.config_records.get(record)
     return str(config.get("model-version", "")) if config is not None else ""
+
+
+def read_members(content: RecordDict) -> list[str] | None:
+    """The round's declared members a training message names (None when it declares none)."""
+    config = content.config_records.get("config")
+    value = config.get(ROUND_MEMBERS_KEY) if config is not None else None
+    if value is None:
+        return None
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 def read_region(content: RecordDict) -> str:

@@ -37,7 +37,7 @@ import os
 import pickle
 import random
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from uuid import uuid4
@@ -58,11 +58,15 @@ from fedrec.flower.egress_recorder import Mod
 from fedrec.flower.server_app import make_server_app
 from fedrec.flower.simulation import QUIET_ENV
 from fedrec.settings import RunSettings, read_manifest
+from fedrec.silo.regime import Regimes
 
 log = logging.getLogger(__name__)
 
 SERVER_NODE_ID = 0
 """The ServerApp context's node id in Flower's simulation (`Context(node_id=0, ...)`)."""
+Tamper = Callable[[Message, Context], None]
+"""A hostile coordinator (or network): rewrites, in place, each instruction as its node receives it (the node's
+context tells which silo it is), before any of the silo's code, its egress ledger included, reads it."""
 
 
 def _copy(obj: Any) -> Any:
@@ -85,8 +89,9 @@ class FakeGrid(Grid):
     """A Grid whose nodes are ClientApps called in this process, one `Context` each, no threads."""
 
     def __init__(self, client_app: ClientApp, num_nodes: int, *, run_id: int,
-                 node_ids: list[int] | None = None) -> None:
+                 node_ids: list[int] | None = None, tamper: Tamper | None = None) -> None:
         self.client_app = client_app
+        self.tamper = tamper
         self.node_ids = list(node_ids) if node_ids is not None else random_node_ids(num_nodes)
         if len(self.node_ids) != num_nodes or len(set(self.node_ids)) != num_nodes:
             raise ValueError(f"need {num_nodes} distinct node ids, got {self.node_ids}")
@@ -173,6 +178,8 @@ class FakeGrid(Grid):
         received.metadata.delivered_at = now().isoformat()
         self.delivered.append(received)
         context = _copy(self.contexts[node_id])
+        if self.tamper is not None:
+            self.tamper(received, context)
         try:
             try:
                 reply = self.client_app(message=received, context=context)
@@ -223,13 +230,16 @@ def task_identity(run_id: int) -> Iterator[None]:
 def run_in_process(settings: RunSettings, *, on_round: RoundCallback | None = None,
                    cpus_per_client: float = 1.0, flwr_logs: bool = False, client_mods: list[Mod] | None = None,
                    reproducible_noise: bool = False, run_id: int | None = None,
-                   node_ids: list[int] | None = None, ray_address: str | None = None) -> FederationHistory:
+                   node_ids: list[int] | None = None, ray_address: str | None = None, regimes: Regimes | None = None,
+                   tamper: Tamper | None = None) -> FederationHistory:
     """`fedrec.flower.simulation.run_simulation` on a `FakeGrid`: same apps, same outputs, no Ray.
 
     The real ServerApp (`make_server_app(settings, on_round=...)`, which seeds `random` and calls
     `run_federation`) runs on a FakeGrid whose nodes are `make_client_app(settings, mods=client_mods,
     reproducible_noise=...)`, one per region of the world. `cpus_per_client` and `ray_address` are accepted for the same
     signature and ignored. `run_id` is random like Flower's unless given (silos key their state by it).
+    `regimes` goes to the silos' ClientApp as in `run_simulation`; `tamper` makes the coordinator hostile
+    (`FakeGrid`: each instruction rewritten as its node receives it).
     """
     if settings.secure_aggregation == "secaggplus":
         raise NotImplementedError("tests/fakegrid.py does not run SecAgg+ (secure-aggregation=secaggplus): "
@@ -239,8 +249,8 @@ def run_in_process(settings: RunSettings, *, on_round: RoundCallback | None = No
         os.environ.setdefault(k, v)
     n_regions = len(settings.participating_regions(list(read_manifest(settings.data_dir)["regions"])))
     run_id = random.SystemRandom().getrandbits(64) if run_id is None else run_id
-    grid = FakeGrid(make_client_app(settings, mods=client_mods, reproducible_noise=reproducible_noise), n_regions,
-                    run_id=run_id, node_ids=node_ids)
+    grid = FakeGrid(make_client_app(settings, mods=client_mods, reproducible_noise=reproducible_noise,
+                                    regimes=regimes), n_regions, run_id=run_id, node_ids=node_ids, tamper=tamper)
     server_context = Context(run_id=run_id, node_id=SERVER_NODE_ID, node_config={}, state=RecordDict(),
                              run_config={})
     flwr_logger = logging.getLogger("flwr")

@@ -14,9 +14,10 @@ from omegaconf import OmegaConf
 
 from fedrec.config import ExperimentConfig, experiment_from_dict
 from fedrec.data.registry import load_dataset
-from fedrec.data.synthetic import SyntheticWorldConfig
+from fedrec.data.synthetic import DEFAULT_REGION_NAMES, SyntheticWorldConfig
 from fedrec.errors import ConfigError
 from fedrec.settings import RunSettings
+from fedrec.silo.regime import Regimes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -220,7 +221,15 @@ GROUP_OPTIONS: dict[tuple[str, str], Any] = {
     ("privacy", "user_dp"): lambda e: (e.privacy.name, e.privacy.epsilon, e.privacy.delta) == ("user_dp", 8.0, 1e-6),
     ("train", "default"): lambda e: (e.train.loss, e.train.batch_size) == ("softmax", 512),
     ("federation", "default"): lambda e: (e.federation.rounds, e.federation.weighting) == (20, "uniform"),
+    ("regime", "none"): lambda e: e.regime == {},
+    ("regime", "sovereign"): lambda e: _sovereign_holds(Regimes.parse(e.regime)),
 }
+
+
+def _sovereign_holds(regimes: Regimes) -> bool:
+    """conf/regime/sovereign.yaml is a valid regime for the default synthetic world, every region with a policy."""
+    regimes.check_regions(DEFAULT_REGION_NAMES[:5])
+    return all(regimes.entry_for(r).get("partners") is not None for r in DEFAULT_REGION_NAMES[:5])
 
 
 def test_every_group_option_on_disk_is_covered() -> None:

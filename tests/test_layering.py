@@ -8,6 +8,7 @@ region's policy), `adaptation` (a global version adapted to one silo's data, in 
 many of a silo's users a model shows an item); 3. `silo` (what a jurisdiction runs) and `coordinator` (what
 the coordinator runs), which never import each other; 4. `flower` (the Flower adapters), `deploy`;
 5. `experiment`, `report`, `plots`, `sweep_plots`, `run_exposure` (a finished run's exposure per region),
+`regime_report` (each jurisdiction's policy and spend), `coalition_audit` (versions against partners),
 `divestment` (a region removed from a trained line);
 6. `commands`, `conf`.
 """
@@ -27,7 +28,7 @@ LAYERS = {
     "silo": 3, "coordinator": 3,
     "flower": 4, "deploy": 4,
     "experiment": 5, "report": 5, "plots": 5, "sweep_plots": 5, "privacy_audit": 5, "collect": 5, "privacy_utility": 5,
-    "run_exposure": 5, "divestment": 5,
+    "run_exposure": 5, "regime_report": 5, "coalition_audit": 5, "divestment": 5,
     "commands": 6, "conf": 6,
 }
 SIDES = ("silo", "coordinator")

@@ -1,5 +1,8 @@
 """`fedrec audit verify PATH`: check a silo's egress ledger (its hash chain and ε totals).
 
+`fedrec audit partners RUN_DIR`: every version's contributors against each jurisdiction's partners, and every
+coalition the coordinator declared to the silos against the others' and the registry's (`fedrec.coalition_audit`).
+
 `fedrec audit privacy --region R [OVERRIDES]`: an empirical ε lower bound from one run with canary users
 planted in silo R (`fedrec.privacy_audit`), next to the ε its accountant claims.
 """
@@ -24,6 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check the hash chain and the ε totals of an egress ledger")
     v.add_argument("path", type=Path, help=f"the ledger ({EGRESS_LEDGER_FILE}) or the silo's state dir holding it")
     v.add_argument("--accountant", default="pld", choices=("pld", "rdp"), help="the silo's privacy.accountant")
+    c = sub.add_parser("partners", help="check versions and declared coalitions against each region's partners")
+    c.add_argument("run_dir", type=Path, nargs="?",
+                   help="a finished run's output directory (its registry, silos' ledgers and regimes)")
+    c.add_argument("--registry", type=Path, default=None, help="the run's registry (default: the run's)")
+    c.add_argument("--state-dir", action="append", default=[], metavar="REGION=DIR",
+                   help="a silo's state dir holding its egress ledger (repeatable; default: the run's silos)")
+    c.add_argument("--regime", type=Path, default=None,
+                   help="YAML or JSON mapping region (or default) to its policy, as conf/regime/ (default: the "
+                        "policies the run recorded)")
     p = sub.add_parser("privacy", help="plant canary users in one silo, run the experiment, bound ε empirically")
     p.add_argument("--region", required=True, help="the silo to plant the canaries in")
     p.add_argument("--canaries", type=int, default=500, help="canary users, each included with probability 1/2")
@@ -56,6 +68,53 @@ def _privacy(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _partners(args: argparse.Namespace, console: Console) -> int:
+    from fedrec.coalition_audit import audit_coalitions
+    from fedrec.regime_report import run_regimes, run_registry
+
+    recorded = run_regimes(args.run_dir) if args.run_dir is not None else {}
+    registry = args.registry or (run_registry(args.run_dir) if args.run_dir is not None else None)
+    if registry is None:
+        raise ConfigError("give a run's output directory, or --registry DIR with --state-dir REGION=DIR")
+    states = {r: Path(row["state_dir"]) for r, row in recorded.items() if row.get("state_dir")}
+    for item in args.state_dir:
+        region, sep, where = item.partition("=")
+        if not sep or not region or not where:
+            raise ConfigError(f"--state-dir {item!r}: give REGION=DIR")
+        states[region] = Path(where)
+    partners = {r: (row.get("policy") or {}).get("partners") for r, row in recorded.items()}
+    if args.regime is not None:
+        partners.update(_regime_partners(args.regime, set(states) | set(partners)))
+    ledgers = {r: StateDir(d).egress_ledger for r, d in states.items() if StateDir(d).egress_ledger.exists()}
+    report = audit_coalitions(registry, ledgers, partners)
+    rules = ", ".join(f"{r}: {', '.join(p) or 'none'}" for r, p in sorted(partners.items()) if p is not None)
+    if report.ok:
+        console.print(f"OK: {report.versions} versions and {report.entries} training replies of "
+                      f"{len(ledgers)} silos respect every partners rule ({rules or 'no region sets partners'})",
+                      highlight=False)
+        return 0
+    console.print(f"[bold red]VIOLATIONS[/] ({len(report.violations)}; partners: {rules or 'none set'}):",
+                  highlight=False)
+    for line in report.violations:
+        console.print(f"  - {line}", highlight=False)
+    return 1
+
+
+def _regime_partners(path: Path, regions: set[str]) -> dict[str, tuple[str, ...] | None]:
+    """Each region's partners from a regime file (YAML or JSON, as conf/regime/)."""
+    import yaml
+
+    from fedrec.silo.policy import node_partners
+    from fedrec.silo.regime import Regimes
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--regime {path}: not YAML or JSON ({exc})") from exc
+    regimes = Regimes.parse(raw)
+    return {r: node_partners(regimes.entry_for(r)) for r in regions | (set(regimes.entries) - {"default"})}
+
+
 def _verify(args: argparse.Namespace, console: Console) -> int:
     path = StateDir(args.path).egress_ledger if args.path.is_dir() else args.path
     if not path.is_file():
@@ -74,5 +133,5 @@ def _verify(args: argparse.Namespace, console: Console) -> int:
 def audit_main(argv: list[str], console: Console | None = None) -> int:
     """Entry point of `fedrec audit`: 0 ok, 1 tampered or inconsistent, 2 a user mistake."""
     out = console or Console()
-    return run_command("fedrec audit", build_parser(),
-                       lambda args: _privacy(args, out) if args.command == "privacy" else _verify(args, out), argv)
+    handlers = {"privacy": _privacy, "partners": _partners, "verify": _verify}
+    return run_command("fedrec audit", build_parser(), lambda args: handlers[args.command](args, out), argv)

@@ -7,6 +7,7 @@ world's manifest. Any problem stops the run before anything is trained, naming e
 from __future__ import annotations
 
 import time
+import weakref
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -16,6 +17,13 @@ from fedrec.coordinator.strategies import trimming_problem
 from fedrec.errors import ConfigError
 from fedrec.messages import PREFLIGHT_ERROR
 from fedrec.settings import RunSettings
+
+_REGIONS: weakref.WeakKeyDictionary[Grid, dict[int, str]] = weakref.WeakKeyDictionary()
+
+
+def node_regions(grid: Grid) -> dict[int, str]:
+    """Node id → region, as each node answered this grid's last preflight (empty before one)."""
+    return dict(_REGIONS.get(grid, {}))
 
 
 def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
@@ -55,6 +63,7 @@ def run_preflight(grid: Grid, s: RunSettings, regions: list[str], *, timeout: fl
         elif region in seen:
             problems.append(f"nodes {seen[region]} and {node} both claim region {region!r}")
         seen.setdefault(region, node)
+    _REGIONS[grid] = {node: region for region, node in seen.items()}  # who a round's messages go to
     answered = {r.metadata.src_node_id for r in replies}
     problems += [f"node {n}: no answer to the preflight check within {timeout:g} s" for n in nodes if n not in answered]
     return problems

@@ -1,11 +1,16 @@
 """One round's training exchange at the coordinator: send, collect, sort out and screen the replies.
 
+Every training message declares the round's members (`round-members`: the regions this round's training messages
+go to, as preflight learnt them) and the sent version's identity (`model-identity`, from the registry), so a silo
+whose jurisdiction lists `partners` can refuse a coalition or a lineage its law forbids (`fedrec.silo.coalition`).
+
 Plain replies go through the update screen (`screen.py`; a statistics model's replies are screened for form
 only); under SecAgg+ only the mean is visible, so a bad reply voids the round.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,11 +18,21 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid
 
+from fedrec.coordinator.preflight import node_regions
 from fedrec.coordinator.screen import ScreenRules, metadata_problem, screen
 from fedrec.coordinator.secure_aggregation import secure_train_round
 from fedrec.errors import ConfigError
-from fedrec.messages import TRAIN_LOSS_KEY, read_decline, read_float, read_privacy, read_region
+from fedrec.messages import (
+    MODEL_IDENTITY_KEY,
+    ROUND_MEMBERS_KEY,
+    TRAIN_LOSS_KEY,
+    read_decline,
+    read_float,
+    read_privacy,
+    read_region,
+)
 from fedrec.settings import RunSettings
+from fedrec.versions import ModelRegistry
 
 
 def _region(msg: Message) -> str:
@@ -41,7 +56,7 @@ class TrainStep:
 def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: ArrayRecord, config: ConfigRecord,
                   version: str, rules: ScreenRules, timeout: float, context: Context | None) -> TrainStep:
     """Send the round's training messages and screen the replies (plain, or through SecAgg+)."""
-    messages = list(strategy.configure_train(rnd, arrays, config, grid))
+    messages = declare_coalition(list(strategy.configure_train(rnd, arrays, config, grid)), grid, s, version)
     secure = None
     if s.secure_aggregation == "secaggplus":
         if context is None:
@@ -72,3 +87,27 @@ def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: A
         return TrainStep(answered, [], [], declined, rejected, privacy, failures)
     return TrainStep(answered, [secure.as_reply()], [_region(r) for r in contributing], declined, {}, privacy,
                      failures)
+
+
+def declare_coalition(messages: list[Message], grid: Grid, s: RunSettings, version: str) -> list[Message]:
+    """Put the round's members and the sent version's identity in every training message (in place).
+
+    A node preflight did not see is declared as `node-ID` (no silo's partners can allow it); without a registry, or
+    for a version not in it, no identity is declared (a silo with `partners` then declines).
+    """
+    regions = node_regions(grid)
+    members = sorted({regions.get(m.metadata.dst_node_id, f"node-{m.metadata.dst_node_id}") for m in messages})
+    identity = _identity_json(s, version)
+    for msg in messages:
+        config = msg.content.config_records["config"]
+        config[ROUND_MEMBERS_KEY] = list(members)
+        if identity is not None:
+            config[MODEL_IDENTITY_KEY] = identity
+    return messages
+
+
+def _identity_json(s: RunSettings, version: str) -> str | None:
+    root = s.registry_root()
+    if root is None or not version or not (root / "versions" / version).is_dir():
+        return None
+    return json.dumps(ModelRegistry(root, create=False).get(version).identity(), sort_keys=True)

@@ -17,6 +17,7 @@ from fedrec.flower.egress_recorder import Mod
 from fedrec.flower.runtime import prompt_engine
 from fedrec.flower.server_app import make_server_app
 from fedrec.settings import RunSettings, read_manifest
+from fedrec.silo.regime import Regimes
 
 QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_DEDUP_LOGS": "0",
              "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
@@ -25,7 +26,7 @@ QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "R
 def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = None,
                    cpus_per_client: float = 1.0, flwr_logs: bool = False, client_mods: list[Mod] | None = None,
                    reproducible_noise: bool = False, inner_mods: list[Mod] | None = None,
-                   ray_address: str | None = None) -> FederationHistory:
+                   ray_address: str | None = None, regimes: Regimes | None = None) -> FederationHistory:
     """Run the federation and return what it did (also in `federated_history.json` when there is an output dir).
 
     `client_mods` are Flower mods wrapped around every silo's ClientApp (e.g. `egress_recorder`); `inner_mods`
@@ -33,7 +34,8 @@ def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = No
     `reproducible_noise` seeds the silos' DP noise from the run's seed (research and tests only; by default
     every silo draws it from the OS CSPRNG and two runs release different models). `ray_address` picks the Ray
     cluster (`federation.ray_address`); it only matters when this call starts Ray (not inside a
-    `fedrec.flower.runtime.shared_runtime()` that already did).
+    `fedrec.flower.runtime.shared_runtime()` that already did). `regimes` is each simulated jurisdiction's own
+    policy (`fedrec.silo.regime`), handed to the silos' ClientApp, never put in the run config.
     """
     from flwr.simulation import run_simulation as flwr_run_simulation
 
@@ -50,7 +52,7 @@ def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = No
             flwr_run_simulation(
                 server_app=make_server_app(settings, on_round=on_round, history=history),
                 client_app=make_client_app(settings, mods=client_mods, reproducible_noise=reproducible_noise,
-                                           inner_mods=inner_mods),
+                                           inner_mods=inner_mods, regimes=regimes),
                 num_supernodes=n_regions,
                 backend_config={
                     "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},

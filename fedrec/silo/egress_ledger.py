@@ -3,7 +3,9 @@
 Each reply gets one line in `<state-dir>/egress_ledger.jsonl`, written (and fsynced) before Flower ships the
 reply: the round, the message kind, its size and SHA-256 over Flower's own wire serialization of the
 content (so the hash is of what travelled, not of what the code meant to send), the DP parameters of the
-release and ε after it. Every line carries the hash of the previous one, so changing, dropping or
+release and ε after it, and for a training reply the version it was asked to train on and the round's members the
+coordinator declared (`round-members`: what left, to which declared coalition; `fedrec audit partners` compares
+them with what the registry records). Every line carries the hash of the previous one, so changing, dropping or
 reordering any entry breaks the chain, and `verify` also recomputes the silo's ε from the recorded
 releases and checks it against what each release reported.
 
@@ -26,7 +28,7 @@ from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.common.serde import recorddict_to_proto
 from flwr.common.serde_utils import error_to_proto
 
-from fedrec.messages import read_decline, read_privacy
+from fedrec.messages import read_decline, read_members, read_privacy, read_version
 from fedrec.privacy.accountant import GaussianSteps, epsilon_of
 from fedrec.silo.state_dir import StateDir
 
@@ -59,12 +61,26 @@ class EgressEntry:
     dp: dict[str, float] = field(default_factory=dict)
     recorded_at: float = 0.0
     hash: str = ""
+    version: str | None = None
+    """Training replies: the `model-version` the message asked the silo to train on."""
+    members: list[str] | None = None
+    """Training replies: the round's members as the coordinator declared them (None: it declared none)."""
 
     def body(self) -> dict[str, Any]:
-        """Every field but `hash`: what the hash is computed over."""
+        """Every field but `hash` (and the optional ones left unset): what the hash is computed over."""
         out = asdict(self)
         out.pop("hash")
+        for key in OPTIONAL_FIELDS:  # absent from entries written before they existed: those still verify
+            if out[key] is None:
+                out.pop(key)
         return out
+
+    def as_json(self) -> dict[str, Any]:
+        """The line as written: the body and its hash."""
+        return {**self.body(), "hash": self.hash}
+
+
+OPTIONAL_FIELDS = ("version", "members")
 
 
 class EgressLedger:
@@ -87,11 +103,12 @@ class EgressLedger:
                 raise ValueError(f"{self.path}:{no}: not an egress entry ({exc})") from exc
         return out
 
-    def append(self, *, run_id: str, server_round: int, kind: str, region: str, content: RecordDict) -> EgressEntry:
+    def append(self, *, run_id: str, server_round: int, kind: str, region: str, content: RecordDict,
+               version: str | None = None, members: list[str] | None = None) -> EgressEntry:
         """Record a reply before it is sent (fsynced); returns the entry."""
         return self._append(run_id=run_id, server_round=server_round, kind=kind, region=region,
                             payload=wire_bytes(content), declined=read_decline(content) is not None,
-                            dp=read_privacy(content) or {})
+                            dp=read_privacy(content) or {}, version=version, members=members)
 
     def append_error(self, *, run_id: str, server_round: int, kind: str, error: Error) -> EgressEntry:
         """Record an error reply before it is sent: the error record exactly as it travels."""
@@ -100,16 +117,16 @@ class EgressLedger:
                             declined=True, dp={})
 
     def _append(self, *, run_id: str, server_round: int, kind: str, region: str, payload: bytes, declined: bool,
-                dp: dict[str, float]) -> EgressEntry:
+                dp: dict[str, float], version: str | None = None, members: list[str] | None = None) -> EgressEntry:
         last = self.entries()[-1:] or None
         entry = EgressEntry(seq=last[0].seq + 1 if last else 0, prev=last[0].hash if last else GENESIS,
                             run_id=run_id, server_round=server_round, kind=kind, region=region, n_bytes=len(payload),
                             sha256=hashlib.sha256(payload).hexdigest(), declined=declined, dp=dp,
-                            recorded_at=time.time())
+                            recorded_at=time.time(), version=version, members=members)
         entry = EgressEntry(**{**entry.body(), "hash": _entry_hash(entry.body())})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
-            f.write(json.dumps(asdict(entry), sort_keys=True) + "\n")
+            f.write(json.dumps(entry.as_json(), sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
         return entry
@@ -195,9 +212,12 @@ def egress_ledger_mod(state_dir_of: Callable[[Context], Path | None]) -> Callabl
                           kind=f"{msg.metadata.message_type}:secagg", region="", content=reply.content)
             return reply
         meta = reply.content.config_records["meta"]
+        train = msg.metadata.message_type == MessageType.TRAIN and msg.has_content()
         try:
             ledger.append(run_id=str(context.run_id), server_round=int(str(meta["server-round"])),
-                          kind=msg.metadata.message_type, region=str(meta["region"]), content=reply.content)
+                          kind=msg.metadata.message_type, region=str(meta["region"]), content=reply.content,
+                          version=read_version(msg.content) if train else None,
+                          members=read_members(msg.content) if train else None)
         except OSError as exc:
             if msg.metadata.message_type != MessageType.QUERY:
                 raise  # nothing leaves unrecorded

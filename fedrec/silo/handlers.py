@@ -1,7 +1,8 @@
 """What a silo does with each message it receives, decided here and Flower-free (the ClientApp only adapts).
 
 A training message gets a cached reply re-sent the way it left, a decline (secure aggregation required,
-a region that forked and does not contribute, DP required but not proposed, a spent budget), a new
+a coalition or a lineage the jurisdiction's `partners` forbid, a region that forked and does not contribute,
+DP required but not proposed, a spent budget), a new
 update (a DP round under `privacy=user_dp`), or for a statistics model (`model=ease` / `ials`) the silo's statistics.
 An evaluation message is evaluated in the silo, reviewed by the region's adoption policy, logged in the silo,
 and answered with metric sums only when not private.
@@ -19,6 +20,7 @@ from fedrec.errors import FedrecError
 from fedrec.messages import read_arrays, read_decline, read_int, read_version
 from fedrec.settings import RunSettings
 from fedrec.silo.adaptation import advance_own_line, own_start, review_adapted
+from fedrec.silo.coalition import coalition_problem
 from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, statistics_reply, train_reply
 from fedrec.silo.evaluation_log import log_evaluation
 from fedrec.silo.policy import SiloIdentity
@@ -51,6 +53,8 @@ def train_message(silo: Silo, content: RecordDict, reproducible_noise: bool = Fa
     if ident.require_secure_aggregation and how == PLAIN:
         reason = "this jurisdiction requires secure aggregation (node config): it sends no update in the clear"
         return decline_reply(region=ident.region, server_round=rnd, reason=reason)
+    if ident.partners is not None and (why := coalition_problem(ident, content, read_arrays(content))):
+        return decline_reply(region=ident.region, server_round=rnd, reason=why)
     cached = silo.state.cached_reply(rnd, version)
     if cached is not None:  # asked again (a restarted coordinator): the same reply, not a second release ...
         sent_as, content = cached

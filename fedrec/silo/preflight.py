@@ -57,6 +57,11 @@ def check_silo(s: RunSettings, node_config: dict[str, object]) -> tuple[str, str
 def preflight_reply(s: RunSettings, node_config: dict[str, object]) -> RecordDict:
     """The silo's answer to the coordinator's preflight query."""
     region, problem = check_silo(s, node_config)
+    return preflight_answer(region, problem)
+
+
+def preflight_answer(region: str, problem: str | None) -> RecordDict:
+    """The preflight reply: the silo's region and its problem, if any (public configuration facts only)."""
     meta = ConfigRecord({"region": region, "server-round": 0})
     if problem:
         meta[PREFLIGHT_ERROR] = problem[:1000]

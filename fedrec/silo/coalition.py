@@ -1,0 +1,71 @@
+"""Coalitions: a jurisdiction trains only with the partners its law allows (node config / regime `partners`).
+
+The coordinator declares, in every training message, the round's members (`round-members`) and the identity of the
+version it sends (`model-identity`: parent, contributors, weights hash, ... whose SHA-256 is the `model-version`
+id). A silo whose jurisdiction lists `partners` declines the round when the members are not declared, do not
+include it, or include a region outside its partners; and when the version it would build on is not declared,
+does not hash to its id, is not the arrays it received, or has a contributor outside its partners. So a silo
+never builds on a version a forbidden partner made, and never trains in a coalition declared to include one.
+
+What a silo cannot check alone: whether the coordinator told the truth about the members (it could tell one silo
+[eu, na] while also training apac). Every silo's egress ledger records the members it was told, and `fedrec audit
+partners` compares them across silos and with the contributors the registry records (`fedrec.coalition_audit`):
+a lie leaves evidence. A silo without `partners` checks nothing here.
+"""
+
+from __future__ import annotations
+
+import json
+
+from flwr.app import RecordDict
+
+from fedrec.messages import MODEL_IDENTITY_KEY, read_members, read_version
+from fedrec.silo.policy import SiloIdentity
+from fedrec.training import Arrays
+from fedrec.versions.version import canonical_arrays, version_id, weights_digest
+
+
+def coalition_problem(ident: SiloIdentity, content: RecordDict, arrays: Arrays) -> str | None:
+    """Why this silo must decline the training message (None: its jurisdiction allows the round)."""
+    if ident.partners is None:
+        return None
+    allowed = {*ident.partners, ident.region}
+    law = f"jurisdiction {ident.region!r} federates only with {', '.join(ident.partners) or 'no one'} (partners)"
+    members = read_members(content)
+    if members is None:
+        return f"the coordinator declared no round members (round-members): {law}, so it trains only in a declared " \
+               "coalition"
+    if ident.region not in members:
+        return f"the declared round members {sorted(members)} do not include this silo, which was sent the round"
+    if forbidden := sorted(set(members) - allowed):
+        return f"the round's declared members include {forbidden}: {law}"
+    return lineage_problem(ident, content, arrays, allowed, law)
+
+
+def lineage_problem(ident: SiloIdentity, content: RecordDict, arrays: Arrays, allowed: set[str], law: str
+                    ) -> str | None:
+    """Why the sent version may not be built on: undeclared, not what its id names, or made with a forbidden partner."""
+    version = read_version(content)
+    config = content.config_records["config"]
+    raw = config.get(MODEL_IDENTITY_KEY)
+    if not version or not isinstance(raw, str):
+        return f"the coordinator did not declare who made the version it sent (model-identity): {law}, so it builds " \
+               "only on a version whose contributors it can check"
+    try:
+        identity = json.loads(raw)
+        declared_id = version_id(identity)
+        contributors = [str(c) for c in identity["contributors"]]
+        weights = str(identity["weights_sha256"])
+    except (ValueError, TypeError, KeyError):
+        return "the declared model-identity is not a version identity"
+    if declared_id != version:
+        return f"the declared model-identity hashes to {declared_id[:16]}, not to the sent model-version {version[:16]}"
+    try:
+        received = weights_digest(canonical_arrays(arrays))
+    except ValueError:
+        received = ""
+    if received != weights:
+        return "the sent arrays are not the weights the declared model-identity names"
+    if forbidden := sorted(set(contributors) - allowed):
+        return f"version {version[:16]} was made with contributions from {forbidden}: {law}"
+    return None
