@@ -7,7 +7,6 @@ world's manifest. Any problem stops the run before anything is trained, naming e
 from __future__ import annotations
 
 import time
-import weakref
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -17,13 +16,6 @@ from fedrec.coordinator.strategies import trimming_problem
 from fedrec.errors import ConfigError
 from fedrec.messages import PREFLIGHT_ERROR
 from fedrec.settings import RunSettings
-
-_REGIONS: weakref.WeakKeyDictionary[Grid, dict[int, str]] = weakref.WeakKeyDictionary()
-
-
-def node_regions(grid: Grid) -> dict[int, str]:
-    """Node id → region, as each node answered this grid's last preflight (empty before one)."""
-    return dict(_REGIONS.get(grid, {}))
 
 
 def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
@@ -37,13 +29,13 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
 
 
 def run_preflight(grid: Grid, s: RunSettings, regions: list[str], *, timeout: float, statistics: bool = False
-                  ) -> list[str]:
-    """Ask every connected silo to check itself; return the problems (empty: go)."""
+                  ) -> tuple[list[str], dict[int, str]]:
+    """Ask every connected silo to check itself: (the problems (empty: go), node id → the region it answered)."""
     nodes = wait_for_nodes(grid, s.min_nodes, timeout)
     if len(nodes) < s.min_nodes:
-        return [f"only {len(nodes)} silo(s) connected within {timeout:g} s, min-nodes is {s.min_nodes}"]
+        return [f"only {len(nodes)} silo(s) connected within {timeout:g} s, min-nodes is {s.min_nodes}"], {}
     if problem := trimming_problem(s, len(nodes), statistics=statistics):
-        return [problem]
+        return [problem], {}
     queries = [Message(RecordDict({"config": ConfigRecord({"server-round": 0})}), dst_node_id=node,
                        message_type=MessageType.QUERY, group_id="preflight") for node in nodes]
     replies = list(grid.send_and_receive(queries, timeout=timeout))
@@ -63,10 +55,9 @@ def run_preflight(grid: Grid, s: RunSettings, regions: list[str], *, timeout: fl
         elif region in seen:
             problems.append(f"nodes {seen[region]} and {node} both claim region {region!r}")
         seen.setdefault(region, node)
-    _REGIONS[grid] = {node: region for region, node in seen.items()}  # who a round's messages go to
     answered = {r.metadata.src_node_id for r in replies}
     problems += [f"node {n}: no answer to the preflight check within {timeout:g} s" for n in nodes if n not in answered]
-    return problems
+    return problems, {node: region for region, node in seen.items()}
 
 
 def preflight_failure(problems: list[str], out_dir: str) -> ConfigError:

@@ -141,6 +141,7 @@ class _Run:
         self.rule = aggregation_rule(s, statistics=self.family is not None)
         self.round_robust: dict[str, Any] = {}
         self.divestment = s.divestment_record()
+        self.node_regions: dict[int, str] = {}  # node id -> region, as preflight learnt it
         if s.start_version:  # continue a registered line (`fedrec.coordinator.line_start`)
             start, self.current = load_start(self.registry, s, self.init)
             self.arrays = ArrayRecord({k: Array(v) for k, v in start.items()})
@@ -182,7 +183,8 @@ class _Run:
             raise ConfigError(f"min-nodes={self.s.min_nodes} but only {len(regions)} region(s) of the world take part "
                               f"({', '.join(regions)}; exclude-regions={self.s.exclude_regions!r}): the run would wait "
                               "for silos that cannot come")
-        problems = run_preflight(self.grid, self.s, regions, timeout=self.timeout, statistics=self.family is not None)
+        problems, self.node_regions = run_preflight(self.grid, self.s, regions, timeout=self.timeout,
+                                                    statistics=self.family is not None)
         if problems:
             self.history.stopped_early = "preflight failed: " + "; ".join(problems)
             self.history.save(self.s.output_dir)
@@ -218,8 +220,8 @@ class _Run:
         s, t0 = self.s, time.perf_counter()
         self.round_robust = {}
         config = ConfigRecord({"server-round": rnd, "model-version": self.current.id})
-        step = collect_train(self.grid, self.strategy, s, rnd, self.arrays, config, self.current.id, self.rules,
-                             self.timeout, self.context)
+        step = collect_train(self.grid, self.strategy, s, rnd, self.arrays, config, self.current, self.node_regions,
+                             self.rules, self.timeout, self.context)
         solved = self.solve(step) if self.family is not None and step.to_aggregate else None
         ok, too_few = step.to_aggregate, ""
         if ok and len(step.contributors) < s.min_replies:

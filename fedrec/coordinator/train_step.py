@@ -1,7 +1,7 @@
 """One round's training exchange at the coordinator: send, collect, sort out and screen the replies.
 
 Every training message declares the round's members (`round-members`: the regions this round's training messages
-go to, as preflight learnt them) and the sent version's identity (`model-identity`, from the registry), so a silo
+go to, as preflight learnt them) and the sent version's identity (`model-identity`), so a silo
 whose jurisdiction lists `partners` can refuse a coalition or a lineage its law forbids (`fedrec.silo.coalition`).
 
 Plain replies go through the update screen (`screen.py`; a statistics model's replies are screened for form
@@ -18,7 +18,6 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid
 
-from fedrec.coordinator.preflight import node_regions
 from fedrec.coordinator.screen import ScreenRules, metadata_problem, screen
 from fedrec.coordinator.secure_aggregation import secure_train_round
 from fedrec.errors import ConfigError
@@ -32,7 +31,7 @@ from fedrec.messages import (
     read_region,
 )
 from fedrec.settings import RunSettings
-from fedrec.versions import ModelRegistry
+from fedrec.versions import ModelVersion
 
 
 def _region(msg: Message) -> str:
@@ -54,9 +53,14 @@ class TrainStep:
 
 
 def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: ArrayRecord, config: ConfigRecord,
-                  version: str, rules: ScreenRules, timeout: float, context: Context | None) -> TrainStep:
-    """Send the round's training messages and screen the replies (plain, or through SecAgg+)."""
-    messages = declare_coalition(list(strategy.configure_train(rnd, arrays, config, grid)), grid, s, version)
+                  sent: ModelVersion, node_regions: dict[int, str], rules: ScreenRules, timeout: float,
+                  context: Context | None) -> TrainStep:
+    """Send the round's training messages and screen the replies (plain, or through SecAgg+).
+
+    `sent` is the version the round trains from; `node_regions` maps node ids to regions, as preflight learnt them.
+    """
+    version = sent.id
+    messages = declare_coalition(list(strategy.configure_train(rnd, arrays, config, grid)), node_regions, sent)
     secure = None
     if s.secure_aggregation == "secaggplus":
         if context is None:
@@ -89,25 +93,15 @@ def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: A
                      failures)
 
 
-def declare_coalition(messages: list[Message], grid: Grid, s: RunSettings, version: str) -> list[Message]:
+def declare_coalition(messages: list[Message], node_regions: dict[int, str], sent: ModelVersion) -> list[Message]:
     """Put the round's members and the sent version's identity in every training message (in place).
 
-    A node preflight did not see is declared as `node-ID` (no silo's partners can allow it); without a registry, or
-    for a version not in it, no identity is declared (a silo with `partners` then declines).
+    A node preflight did not see is declared as `node-ID` (no silo's partners can allow it).
     """
-    regions = node_regions(grid)
-    members = sorted({regions.get(m.metadata.dst_node_id, f"node-{m.metadata.dst_node_id}") for m in messages})
-    identity = _identity_json(s, version)
+    members = sorted({node_regions.get(m.metadata.dst_node_id, f"node-{m.metadata.dst_node_id}") for m in messages})
+    identity = json.dumps(sent.identity(), sort_keys=True)
     for msg in messages:
         config = msg.content.config_records["config"]
         config[ROUND_MEMBERS_KEY] = list(members)
-        if identity is not None:
-            config[MODEL_IDENTITY_KEY] = identity
+        config[MODEL_IDENTITY_KEY] = identity
     return messages
-
-
-def _identity_json(s: RunSettings, version: str) -> str | None:
-    root = s.registry_root()
-    if root is None or not version or not (root / "versions" / version).is_dir():
-        return None
-    return json.dumps(ModelRegistry(root, create=False).get(version).identity(), sort_keys=True)
