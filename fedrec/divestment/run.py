@@ -28,7 +28,7 @@ from typing import Any
 from fedrec.coordinator.contributions import ContributionLedger
 from fedrec.coordinator.history import FederationHistory
 from fedrec.errors import ConfigError
-from fedrec.settings import RunSettings, read_manifest
+from fedrec.settings import RunSettings, read_manifest, silo_state_root
 from fedrec.versions import ModelRegistry, ModelVersion
 from fedrec.versions.lineage import last_untouched, shaped_by
 
@@ -79,8 +79,9 @@ def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: P
            head: str | None = None, recovery_rounds: int | None = None, **engine_kw: Any) -> Divestment:
     """Remove `regions` from the line ending at `head` (default: the run's last version) of the run `settings` ran.
 
-    The rebuilt line's run writes into `out_dir` and registers its versions in the run's registry. `engine` runs
-    the federation (`fedrec.flower.simulation.run_simulation`, or the tests' in-process grid).
+    The rebuilt line's run writes into `out_dir` and registers its versions in the run's registry; the remaining
+    silos keep their state dirs (their serving pointers, ledgers and budgets carry on). `engine` runs the
+    federation (`fedrec.flower.simulation.run_simulation`, or the tests' in-process grid).
     """
     if method not in METHODS:
         raise ConfigError(f"divestment method {method!r}: choose one of {METHODS}")
@@ -113,8 +114,10 @@ def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: P
         if rounds < 1:
             raise ConfigError(f"recovery rounds must be >= 1, got {rounds}")
     record["from_version"] = start.id
+    state_root = silo_state_root(settings)  # the silos keep serving (and spending) where they did: no new state
     run = dataclasses.replace(
         settings, output_dir=str(out_dir), registry_dir=str(registry.root), start_version=start.id,
+        state_dir=str(state_root) if state_root is not None else "",
         exclude_regions=",".join(excluded), num_rounds=start.round + rounds, min_nodes=len(remaining),
         divestment=json.dumps(record, sort_keys=True), resume=False, run_name="")
     t = time.perf_counter()
