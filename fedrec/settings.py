@@ -20,6 +20,7 @@ from typing import Any
 
 from fedrec.config import AdoptionPolicy, ExperimentConfig, FederationConfig, StrategyConfig, check_model
 from fedrec.errors import ConfigError
+from fedrec.io import atomic_write_text
 from fedrec.models.base import ModelSpec
 from fedrec.privacy.dp_round import check_dp_loss
 from fedrec.privacy.plan import PrivacySettings
@@ -98,6 +99,9 @@ class RunSettings:
     start_version: str = ""
     """The registered version the run continues from ("" = the seeded initial model)."""
     keep_contributions: bool = False
+    users_from: str = ""
+    """A run key: each silo starts from its own per-user state of that run while it has none for this one (the
+    rebuilt line of a fast divestment continues its users; `fedrec.divestment`)."""
     divestment: str = "{}"
     """What a divestment run removed, how and from which version (JSON; `fedrec.divestment`): recorded in the
     manifest of every version the run makes."""
@@ -126,6 +130,10 @@ class RunSettings:
         if self.resume and not self.run_name:
             raise ConfigError("resume=true needs run-name: a restarted coordinator gets a new Flower run id, and "
                               "silos find their state (budget plan, users, last reply) by the run's name")
+        if self.users_from and (not all(c.isalnum() or c in "-_." for c in self.users_from)
+                                or not self.users_from.strip(".")):
+            raise ConfigError(f"users-from={self.users_from!r}: a run key (letters, digits, '-', '_' and '.', not "
+                              "dots alone): it names a directory in each silo's state dir")
         if self.run_name and (not all(c.isalnum() or c in "-_." for c in self.run_name)
                               or not self.run_name.strip(".")):
             raise ConfigError(f"run-name={self.run_name!r}: use letters, digits, '-', '_' and '.' only (not dots "
@@ -259,6 +267,32 @@ class RunSettings:
             raise ConfigError(f"unknown run-config keys {unknown}; known keys: {sorted(known)}")
         values = {known[key].name: _cast(key, value, str(known[key].type)) for key, value in run_config.items()}
         return cls(**values)
+
+
+RUN_CONFIG_FILE = "run_config.json"
+"""What the coordinator proposed for a run, as it wrote it into the run's output dir (`save_run_config`)."""
+
+
+def save_run_config(settings: RunSettings) -> None:
+    """Write `<output-dir>/run_config.json` (the flat run config; nothing without an output dir)."""
+    if settings.output_dir:
+        out = Path(settings.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / RUN_CONFIG_FILE, json.dumps(settings.to_run_config(), indent=1, sort_keys=True))
+
+
+def load_run_config(run_dir: Path) -> RunSettings:
+    """The settings a finished run's coordinator proposed (its `run_config.json`), with a clear error else."""
+    path = Path(run_dir) / RUN_CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path} is missing: is {run_dir} a fedrec run's output directory?") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return RunSettings.from_run_config(raw)
 
 
 def _json_object(key: str, text: str) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def test_fast_divestment_subtracts_then_recovers_at_a_fraction_of_the_cost(train
     registry = ModelRegistry(trained.registry_root())  # type: ignore[arg-type]
     subtracted = registry.get(fast.rebuilt_from)
     assert subtracted.parent == fast.replaces and subtracted.contributors == ()
-    assert subtracted.divestment["step"] == "subtract" and subtracted.divestment["removed"] == ["eu"]
+    assert subtracted.divestment["step"] == "subtract (reweighted)" and subtracted.divestment["removed"] == ["eu"]
     head = registry.get(fast.head)
     assert head.parent == subtracted.id and head.round == ROUNDS + 1
     assert head.divestment["method"] == "fast" and head.divestment["from_version"] == subtracted.id
@@ -124,3 +124,19 @@ def test_a_run_cannot_start_from_a_version_an_excluded_region_shaped(trained: Ru
         run_in_process(s)
     with pytest.raises(ConfigError, match="only 2 region"):
         run_in_process(dataclasses.replace(s, start_version="", min_nodes=3))
+
+
+def test_after_one_round_the_reweighted_line_is_the_exact_line(world_dir: Path, tmp_path: Path) -> None:
+    """The others trained round 1 from the same start with the same seeds in both lines: reweighting their recorded
+    updates without eu gives the exact line's round-1 model (float32 rounding apart)."""
+    one = settings(world_dir, tmp_path / "one", num_rounds=1)
+    run_in_process(one)
+    registry = ModelRegistry(one.registry_root())  # type: ignore[arg-type]
+    ledger = ContributionLedger.load(Path(one.output_dir))
+    replayed = ledger.reweighted_without(registry.load(ledger.start)[0], "eu")
+    exact = divest(one, ["eu"], method="exact", out_dir=tmp_path / "exact", engine=run_in_process)
+    rebuilt = registry.load(exact.head)[0]
+    direct = ledger.without(registry.load(ledger.head)[0], ["eu"])
+    for k, v in rebuilt.items():
+        np.testing.assert_allclose(replayed[k], v, rtol=0, atol=1e-6)
+    assert max(np.abs(direct[k] - rebuilt[k]).max() for k in rebuilt) > 1e-4  # subtracting alone is not the same

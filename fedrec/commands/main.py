@@ -1,4 +1,4 @@
-"""The `fedrec` command: `models`, `audit`, `deploy`, `collect`, `regimes` by name, anything else an experiment (Hydra).
+"""The `fedrec` command: `models`, `audit`, `deploy`, `collect`, `regimes`, `divest`, else an experiment (Hydra).
 
 Each command lives in its own module of this package and parses its arguments the same way
 (`fedrec.commands.parsing`); `fedrec --help` lists them all before Hydra's own help.
@@ -22,11 +22,12 @@ Commands:
   fedrec audit privacy --region R [OVR]     empirical ε lower bound from canaries planted in silo R
   fedrec audit partners RUN_DIR             every version and declared coalition against each region's partners
   fedrec regimes RUN_DIR                    each jurisdiction's policy and the ε its ledgers say it spent
+  fedrec divest REGION [--run RUN_DIR]      rebuild a run's global line without REGION (--method exact|fast)
   fedrec deploy local|certs|key|check-node  run and check one Flower SuperNode per jurisdiction
 `fedrec COMMAND --help` lists a command's options; the experiment's config groups follow.
 """
 HELP_FLAGS = ("--help", "-h")
-SUBCOMMANDS = ("models", "audit", "deploy", "collect", "regimes")
+SUBCOMMANDS = ("models", "audit", "deploy", "collect", "regimes", "divest")
 
 
 def wants_help(argv: list[str]) -> bool:
@@ -53,6 +54,10 @@ def main() -> None:
         from fedrec.commands.regimes import regimes_main
 
         sys.exit(regimes_main(argv[1:]))
+    if argv and argv[0] == "divest":
+        from fedrec.commands.divest import divest_main
+
+        sys.exit(divest_main(argv[1:]))
     if argv and argv[0] == "models":
         from fedrec.commands.models import models_main
 

@@ -33,7 +33,7 @@ from fedrec.evaluation import SiloEvaluation, pool
 from fedrec.messages import WEIGHT_KEY, read_arrays, read_float, read_int, read_region
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
-from fedrec.settings import RunSettings, read_manifest
+from fedrec.settings import RunSettings, read_manifest, save_run_config
 from fedrec.statistics import Arrays, is_statistics_model, solve_replies, statistics_family
 from fedrec.statistics.dp_ials import DpIalsStatistics, declared_noise_problem
 from fedrec.training import initial_global_arrays
@@ -178,6 +178,7 @@ class _Run:
 
     def start(self) -> int:
         """Preflight, then a fresh start (version 0 registered) or a resume from the checkpoint: the first round."""
+        save_run_config(self.s)  # what was proposed, beside what came of it (divestment rebuilds from it)
         regions = self.s.participating_regions(list(self.manifest["regions"]))
         if self.s.min_nodes > len(regions):
             raise ConfigError(f"min-nodes={self.s.min_nodes} but only {len(regions)} region(s) of the world take part "

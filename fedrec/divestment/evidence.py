@@ -17,12 +17,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedrec.data.split import SiloData
 from fedrec.evaluation import evaluate_model
 from fedrec.models.base import ModelSpec
+from fedrec.settings import read_manifest
 from fedrec.training import TrainConfig, fitted_model
 
 SIGNAL_METRIC = "recall@20"
@@ -96,3 +99,28 @@ def compare(a: Signal, b: Signal, *, seed: int = 0) -> Comparison:
     boots = d[rng.integers(0, d.size, (BOOTSTRAP, d.size))].mean(axis=1)
     low, high = np.quantile(boots, [0.025, 0.975])
     return Comparison(a.mean, b.mean, float(d.mean()), float(low), float(high), int(d.size))
+
+
+def world_silos(data_dir: Path) -> dict[str, SiloData]:
+    """Every region's silo of a prepared world (a simulation's `world/` directory)."""
+    manifest = read_manifest(str(data_dir))
+    return {r: SiloData.load(Path(data_dir) / f"silo_{r}.npz") for r in manifest["regions"]}
+
+
+def removal_test(data_dir: Path, region: str, spec: ModelSpec, cfg: TrainConfig,
+                 models: Mapping[str, Mapping[str, np.ndarray]], *, seed: int = 0) -> dict[str, Any]:
+    """The region's own items and each model's signal on them.
+
+    With `before` among the models, each other model is compared with it (`before` minus the model, paired over
+    the same users: how much signal it lost).
+    """
+    silos = world_silos(data_dir)
+    items = own_items(silos, region)
+    signals = {label: signal(silos[region], items, spec, arrays, cfg, seed=seed) for label, arrays in models.items()}
+    out: dict[str, Any] = {"region": region, "own_items": int(items.size),
+                           "users": int(next(iter(signals.values())).users.size) if signals else 0,
+                           "metric": SIGNAL_METRIC, "signal": {k: v.mean for k, v in signals.items()}}
+    if "before" in signals:
+        out["lost"] = {k: compare(signals["before"], v, seed=seed).to_dict() for k, v in signals.items()
+                       if k != "before"}
+    return out

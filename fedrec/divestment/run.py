@@ -4,11 +4,13 @@
   version none of the removed regions touched (version 0 when they took part from round 1), training only the
   remaining regions up to the head's round: a new run started from that version (`federation.start_version`,
   `federation.exclude_regions`). Without DP it equals a run in which they never took part from the same start.
-- **fast** (approximate, in the spirit of FedEraser, Liu et al. 2021): the coordinator kept each region's total
-  effect on the global model (`federation.keep_contributions`, `fedrec.coordinator.contributions`). That effect is
-  subtracted from the head, and a few recovery rounds of the remaining regions calibrate the result. What the
-  removed regions did to the other regions' later updates is not subtracted: the removal test
-  (`fedrec.divestment.evidence`) measures what is left.
+- **fast** (approximate, in the spirit of FedEraser, Liu et al. 2021): the coordinator kept each region's part
+  of every round (`federation.keep_contributions`, `fedrec.coordinator.contributions`). For one region the line is
+  replayed from its start with the others' recorded updates, each round averaged without the region; for several,
+  their direct parts are subtracted from the head. A few recovery rounds of the remaining regions then calibrate
+  the result, each silo continuing its own users' parameters from the trained run (`users_from`; they never left
+  it). What the removed regions did to the other regions' later updates (they trained on a model the
+  removed ones had moved) stays: the removal test (`fedrec.divestment.evidence`) measures what is left.
 
 Every version of a divested line records in its manifest what was removed, how, from which version, and which
 line head it replaces (`divestment`). Nothing is deleted: the old line stays in the registry for audit.
@@ -119,7 +121,8 @@ def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: P
         settings, output_dir=str(out_dir), registry_dir=str(registry.root), start_version=start.id,
         state_dir=str(state_root) if state_root is not None else "",
         exclude_regions=",".join(excluded), num_rounds=start.round + rounds, min_nodes=len(remaining),
-        divestment=json.dumps(record, sort_keys=True), resume=False, run_name="")
+        divestment=json.dumps(record, sort_keys=True), resume=False, run_name="",
+        users_from=_run_key(settings) if method == "fast" else "")
     t = time.perf_counter()
     history = engine(run, **engine_kw)
     wall = time.perf_counter() - t
@@ -134,6 +137,17 @@ def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: P
                       history=history)
 
 
+def _run_key(settings: RunSettings) -> str:
+    """The run key the run's silos kept their state under (its run-name, else Flower's run id)."""
+    if settings.run_name:
+        return settings.run_name
+    path = Path(settings.output_dir) / "federated_history.json"
+    try:
+        return str(json.loads(path.read_text())["run_id"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"cannot read the run's id from {path}: {exc}") from exc
+
+
 def _subtracted(settings: RunSettings, registry: ModelRegistry, head: ModelVersion, regions: list[str],
                 record: dict[str, Any]) -> ModelVersion:
     """The head less the kept contributions of `regions`, registered as a version of the divested line."""
@@ -141,8 +155,11 @@ def _subtracted(settings: RunSettings, registry: ModelRegistry, head: ModelVersi
     if ledger.head != head.id:
         raise ConfigError(f"the run kept contributions up to version {ledger.head[:16]}, not {head.short_id}: fast "
                           "divestment subtracts from the version its contributions end at (use exact)")
-    arrays, _ = registry.load(head.id)
-    return registry.add(ledger.without(arrays, regions), spec=head.model_spec(), parent=head.id, round=head.round,
+    if len(regions) == 1:  # the others' recorded updates, each round averaged without the region
+        subtracted, how = ledger.reweighted_without(registry.load(ledger.start)[0], regions[0]), "reweighted"
+    else:  # several regions: their direct parts only (the ledger follows one region's reweighted line at a time)
+        subtracted, how = ledger.without(registry.load(head.id)[0], regions), "direct"
+    return registry.add(subtracted, spec=head.model_spec(), parent=head.id, round=head.round,
                         contributors=(), strategy=f"divest:subtract({','.join(regions)})",
                         config_hash=head.config_hash,
-                        divestment={**record, "step": "subtract", "from_version": head.id})
+                        divestment={**record, "step": f"subtract ({how})", "from_version": head.id})

@@ -131,7 +131,8 @@ def _resolve(node: _NodeConfig, context: Context) -> Silo:
     torch.set_num_threads(s.client_threads)
     ident = node.identity(context)
     run_key = s.run_key(context.run_id)
-    return Silo(s, ident, _load_silo_data(ident.data_path), run_key, SiloState(context, ident.state_dir, run_key))
+    state = SiloState(context, ident.state_dir, run_key, users_from=s.users_from)
+    return Silo(s, ident, _load_silo_data(ident.data_path), run_key, state)
 
 
 def _load_silo_data(path: Path) -> SiloData:

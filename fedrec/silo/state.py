@@ -33,9 +33,17 @@ OPTIMIZER_STATE_KEY = "fedrec-optimizer-state"
 class SiloState:
     """One silo's per-run state: on disk under `<state-dir>/runs/<run key>/`, else in `context.state`."""
 
-    def __init__(self, context: Context, state_dir: Path | None, run_key: str) -> None:
+    def __init__(self, context: Context, state_dir: Path | None, run_key: str, *, users_from: str = "") -> None:
+        """Open the state of run `run_key` (`users_from`: an earlier run of this silo, see below).
+
+        While the silo has no per-user parameters or optimizer moments of its own for this run, it starts from
+        those of run `users_from` in its own state dir (the rebuilt line of a fast divestment continues its users,
+        `fedrec.divestment`).
+        """
         self.context = context
         self.dir = StateDir(Path(state_dir)).run(run_key) if state_dir is not None else None
+        self.earlier = (StateDir(Path(state_dir)).run(users_from)
+                        if state_dir is not None and users_from and users_from != run_key else None)
 
     # --- arrays, on disk or in the node's memory -------------------------------------------------------
 
@@ -53,9 +61,16 @@ class SiloState:
             return
         atomic_save_arrays(self.dir / f"{key}.safetensors", arrays)
 
+    def _read_or_earlier(self, key: str) -> Arrays | None:
+        own = self._read(key)
+        if own is not None or self.earlier is None:
+            return own
+        path = self.earlier / f"{key}.safetensors"
+        return load_file(str(path)) if path.exists() else None
+
     def local(self) -> Tensors | None:
         """The silo's per-user parameters (None before its first round)."""
-        arrays = self._read(LOCAL_STATE_KEY)
+        arrays = self._read_or_earlier(LOCAL_STATE_KEY)
         return {k: torch.as_tensor(v) for k, v in arrays.items()} if arrays is not None else None
 
     def save_local(self, local: Tensors) -> None:
@@ -64,7 +79,7 @@ class SiloState:
 
     def optimizer(self) -> Arrays | None:
         """The silo's optimizer moments (None before its first round)."""
-        return self._read(OPTIMIZER_STATE_KEY)
+        return self._read_or_earlier(OPTIMIZER_STATE_KEY)
 
     def save_optimizer(self, state: Arrays) -> None:
         """Keep the optimizer moments (derived from private data) in the silo."""
