@@ -140,3 +140,44 @@ def test_after_one_round_the_reweighted_line_is_the_exact_line(world_dir: Path, 
     for k, v in rebuilt.items():
         np.testing.assert_allclose(replayed[k], v, rtol=0, atol=1e-6)
     assert max(np.abs(direct[k] - rebuilt[k]).max() for k in rebuilt) > 1e-4  # subtracting alone is not the same
+
+
+def test_the_divest_command_rebuilds_reports_and_runs_the_removal_test(trained: RunSettings, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from fedrec.commands.divest import divest_main
+    from fedrec.flower import simulation
+
+    monkeypatch.setattr(simulation, "run_simulation", run_in_process)  # the same apps, without Ray
+    assert divest_main(["eu", "--run", trained.output_dir, "--method", "fast", "--out", str(tmp_path / "d")]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    report = json.loads((tmp_path / "d" / "divestment.json").read_text())
+    assert report["method"] == "fast" and report["removed"] == ["eu"] and report["rounds"] == 1  # 30% of 4, >= 1
+    test = report["removal_test"]["eu"]
+    assert test["own_items"] > 0 and test["users"] > 0
+    assert test["signal"]["before"] > test["signal"]["after"]  # what only eu taught the model is (mostly) gone
+    assert set(report["before"]["per_region"]) == {"eu", "na", "apac"} and set(report["per_region"]) == {"na", "apac"}
+    assert "removal test eu" in printed and report["head"][:16] in printed
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["atlantis"], "unknown region"),
+    (["eu", "--method", "fast", "--recovery-rounds", "0"], "recovery rounds must be >= 1"),
+])
+def test_the_divest_command_refuses_mistakes_in_one_line(trained: RunSettings, args: list[str], message: str,
+                                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedrec.commands.divest import divest_main
+
+    assert divest_main([*args, "--run", trained.output_dir, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_divest_command_names_a_directory_that_is_not_a_run(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from fedrec.commands.divest import divest_main
+
+    assert divest_main(["eu", "--run", str(tmp_path)]) == 2
+    assert "run_config.json is missing" in capsys.readouterr().err

@@ -110,11 +110,11 @@ def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: P
         start = last_untouched(registry, head_version.id, regions)
         rounds = head_version.round - start.round
     else:
-        start = _subtracted(settings, registry, head_version, sorted(regions), record)
         exact_rounds = head_version.round - last_untouched(registry, head_version.id, regions).round
         rounds = recovery_rounds if recovery_rounds is not None else max(1, math.floor(RECOVERY_SHARE * exact_rounds))
         if rounds < 1:
             raise ConfigError(f"recovery rounds must be >= 1, got {rounds}")
+        start = _subtracted(settings, registry, head_version, sorted(regions), record)
     record["from_version"] = start.id
     state_root = silo_state_root(settings)  # the silos keep serving (and spending) where they did: no new state
     run = dataclasses.replace(
