@@ -22,11 +22,12 @@ Commands:
   fedrec audit privacy --region R [OVR]     empirical ε lower bound from canaries planted in silo R
   fedrec audit partners RUN_DIR             every version and declared coalition against each region's partners
   fedrec regimes RUN_DIR                    each jurisdiction's policy and the ε its ledgers say it spent
+  fedrec leave RUN_DIR --region R           a region leaves: its own line, served once trained (no gap)
   fedrec deploy local|certs|key|check-node  run and check one Flower SuperNode per jurisdiction
 `fedrec COMMAND --help` lists a command's options; the experiment's config groups follow.
 """
 HELP_FLAGS = ("--help", "-h")
-SUBCOMMANDS = ("models", "audit", "deploy", "collect", "regimes")
+SUBCOMMANDS = ("models", "audit", "deploy", "collect", "regimes", "leave")
 
 
 def wants_help(argv: list[str]) -> bool:
@@ -53,6 +54,10 @@ def main() -> None:
         from fedrec.commands.regimes import regimes_main
 
         sys.exit(regimes_main(argv[1:]))
+    if argv and argv[0] == "leave":
+        from fedrec.commands.leave import leave_main
+
+        sys.exit(leave_main(argv[1:]))
     if argv and argv[0] == "models":
         from fedrec.commands.models import models_main
 
