@@ -1,4 +1,4 @@
-"""The `fedrec` command: `models`, `audit`, `deploy`, `collect`, `regimes`, `divest`, else an experiment (Hydra).
+"""The `fedrec` command: `models`, `audit`, `deploy`, `collect`, `regimes`, `divest`, `leave`, else Hydra.
 
 Each command lives in its own module of this package and parses its arguments the same way
 (`fedrec.commands.parsing`); `fedrec --help` lists them all before Hydra's own help.
@@ -23,11 +23,12 @@ Commands:
   fedrec audit partners RUN_DIR             every version and declared coalition against each region's partners
   fedrec regimes RUN_DIR                    each jurisdiction's policy and the ε its ledgers say it spent
   fedrec divest REGION [--run RUN_DIR]      rebuild a run's global line without REGION (--method exact|fast)
+  fedrec leave RUN_DIR --region R           a region leaves: its own line, served once trained (no gap)
   fedrec deploy local|certs|key|check-node  run and check one Flower SuperNode per jurisdiction
 `fedrec COMMAND --help` lists a command's options; the experiment's config groups follow.
 """
 HELP_FLAGS = ("--help", "-h")
-SUBCOMMANDS = ("models", "audit", "deploy", "collect", "regimes", "divest")
+SUBCOMMANDS = ("models", "audit", "deploy", "collect", "regimes", "divest", "leave")
 
 
 def wants_help(argv: list[str]) -> bool:
@@ -58,6 +59,10 @@ def main() -> None:
         from fedrec.commands.divest import divest_main
 
         sys.exit(divest_main(argv[1:]))
+    if argv and argv[0] == "leave":
+        from fedrec.commands.leave import leave_main
+
+        sys.exit(leave_main(argv[1:]))
     if argv and argv[0] == "models":
         from fedrec.commands.models import models_main
 

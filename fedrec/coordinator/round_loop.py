@@ -237,7 +237,8 @@ class _Run:
                                               if r not in step.declined})
             if self.contributions is not None and self.pending_contribution is not None:
                 self.contributions.record(rnd, *self.pending_contribution, head=self.current.id)
-        evaluate = bool(ok) and (rnd == 1 or rnd == s.num_rounds or rnd % s.eval_every == 0)
+        first = rnd == 1 and not s.start_version  # a continued line was evaluated at its start already
+        evaluate = bool(ok) and (first or rnd == s.num_rounds or rnd % s.eval_every == 0)
         per_region, overall, eval_failures = self.evaluate(rnd) if evaluate else ({}, {}, [])
         if ok:
             self.register(self.current, overall)

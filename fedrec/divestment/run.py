@@ -13,7 +13,10 @@
   removed ones had moved) stays: the removal test (`fedrec.divestment.evidence`) measures what is left.
 
 Every version of a divested line records in its manifest what was removed, how, from which version, and which
-line head it replaces (`divestment`). Nothing is deleted: the old line stays in the registry for audit.
+line head it replaces (`divestment`). Nothing is deleted: the old line stays in the registry for audit. The rebuilt
+line is evaluated once, at its head: the remaining regions keep serving what they served (the old line) until the
+rebuilt head is ready, then review it under their own adoption policy; none of them is shown the rebuild's weak
+early versions.
 """
 
 from __future__ import annotations
@@ -121,6 +124,7 @@ def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: P
         settings, output_dir=str(out_dir), registry_dir=str(registry.root), start_version=start.id,
         state_dir=str(state_root) if state_root is not None else "",
         exclude_regions=",".join(excluded), num_rounds=start.round + rounds, min_nodes=len(remaining),
+        eval_every=rounds,  # evaluated (and so reviewed by the silos) once, at its head: no weak early version served
         divestment=json.dumps(record, sort_keys=True), resume=False, run_name="",
         users_from=_run_key(settings) if method == "fast" else "")
     t = time.perf_counter()

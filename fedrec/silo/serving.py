@@ -4,6 +4,9 @@ Everything lives under `<state-dir>/serving/` and nothing here is ever put in a 
 - `served.safetensors`: the global arrays of the version the region serves (adopt / if_better / pin), so
   `if_better` can score it against each new candidate and the region keeps serving it across restarts
   (under `adopt: adapt`, the served model itself, with its own users when it has them);
+  `served.prev.safetensors` (and `fork.prev.safetensors`, ...): the file each write replaced, kept until the
+  next one, so the model the pointer still names stays readable while a new one is stored and the pointer has
+  not moved yet (`fedrec.silo.served_now` resolves the pointer to a model the way a serving process would);
 - `fork.safetensors`: a fork's whole model (its global-side arrays, its users' parameters, its optimizer
   moments), with its base version and start round in the header; `own.safetensors`: the same for the
   region's own line under `adopt: adapt` (`fedrec.silo.adaptation`), which never adopts;
@@ -19,6 +22,9 @@ two (`fedrec.silo.adaptation`).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,6 +47,8 @@ from fedrec.silo.state_dir import StateDir
 from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, refit_users
 
 SERVED_FILE = "served.safetensors"
+PREV_SERVED_FILE = "served.prev.safetensors"
+"""The served model `store_served` last replaced: what the pointer names until it moves to the new one."""
 GUARD_ROUNDS_FILE = "guard_rounds.json"
 """The training rounds whose own moves `guard_own.safetensors` holds (a re-sent message counts once)."""
 GUARD_OWN_FILE = "guard_own.safetensors"
@@ -122,7 +130,12 @@ class RegionServing:
 
     def store_served(self, version: str, arrays: Arrays, users: Tensors | None = None,
                      withheld: np.ndarray | None = None) -> None:
-        """Keep the served model's arrays (its own users, the guard's withheld items, if any), replaced atomically."""
+        """Keep the served model's arrays (its own users, the guard's withheld items, if any), replaced atomically.
+
+        The model it replaces is kept as `PREV_SERVED_FILE` first (a hard link, renamed into place): the pointer
+        moves after this (`ServingRecord.record`), and until it does it names the model replaced here.
+        """
+        keep_previous(self.dir / SERVED_FILE, self.dir / PREV_SERVED_FILE)
         own = {k: v.detach().numpy() for k, v in (users or {}).items()}
         held = {WITHHELD_KEY: withheld.astype(np.uint8)} if withheld is not None and withheld.any() else {}
         atomic_save_arrays(self.dir / SERVED_FILE, {**arrays, **own, **held},
@@ -189,7 +202,8 @@ class RegionServing:
                     trained_rounds=head.get("trained_rounds", ""))
 
     def save_line(self, file: str, fork: Fork) -> None:
-        """Write a line's whole state in one file (replaced atomically)."""
+        """Write a line's whole state in one file (replaced atomically; the one it replaces kept, `prev_file`)."""
+        keep_previous(self.dir / file, self.dir / prev_file(file))
         arrays = {**{f"g/{k}": v for k, v in fork.global_arrays.items()},
                   **{f"l/{k}": v.detach().numpy() for k, v in fork.local.items()},
                   **{f"o/{k}": v for k, v in fork.optimizer.items()}}
@@ -207,6 +221,25 @@ class RegionServing:
             named = received_version.startswith(p.version)
             return named and (current is None or not current.base.startswith(p.version))
         return current is None and p.from_round is not None and received_round >= p.from_round
+
+
+def prev_file(file: str) -> str:
+    """Where `store_served` / `save_line` keep the file they replace (`served.prev.safetensors`, ...)."""
+    stem, _, ext = file.partition(".")
+    return f"{stem}.prev.{ext}"
+
+
+def keep_previous(path: Path, previous: Path) -> None:
+    """Atomically make `previous` the current content of `path` (if any) before `path` is replaced."""
+    if not path.exists():
+        return
+    tmp = previous.with_name(f".{previous.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # a file system without hard links: copy
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, previous)
 
 
 @dataclass(frozen=True)
@@ -233,6 +266,7 @@ def advance_fork(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: T
     key = f"{run_id}/{server_round}"
     if fork is not None and fork.last_trained == key:
         return fork
+    started: Decision | None = None
     if serving.fork_due(received_round=server_round - 1, received_version=received_version):
         before = serving.record.served()
         users = fork.local if fork is not None else {k: v.clone() for k, v in (local or {}).items()}
@@ -240,13 +274,14 @@ def advance_fork(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: T
                     global_arrays=dict(received_arrays), local=users, optimizer={})
         reason = ("rebased the fork onto this version" if before and before.startswith(FORK_PREFIX)
                   else "the fork starts from this version")
-        serving.record.record(Decision(round=server_round - 1, candidate=received_version, served_before=before,
-                                       served_after=fork_label(received_version), adopted=False, reason=reason,
-                                       run_id=run_id))
+        started = Decision(round=server_round - 1, candidate=received_version, served_before=before,
+                           served_after=fork_label(received_version), adopted=False, reason=reason, run_id=run_id)
     if fork is None:
         return None
     fork = train_line(fork, silo, spec, cfg, seed=seed, key=key)
     serving.save_line(FORK_FILE, fork)
+    if started is not None:  # the pointer moves to the fork once the fork is stored: never to a missing model
+        serving.record.record(started)
     return fork
 
 
