@@ -10,7 +10,9 @@
    part" lines lie apart, the scale against which fast's distance from exact is read.
 4. **Removal test** (`fedrec.divestment.evidence`): recall@20 of the region's own items for its own test users,
    on the model before, after exact, after fast, and on the floor line; paired bootstrap intervals against exact.
-5. Per remaining region NDCG@20 (test) before, after exact / fast, on the floor line and local-only (each region
+5. The departed region's own line (`fedrec.divestment.leave`: what it served, then `--leave-rounds` local rounds
+   on its own data) against what it served before and what it trains alone.
+6. Per remaining region NDCG@20 (test) before, after exact / fast, on the floor line and local-only (each region
    training alone: what it falls back to), and the cost of each rebuild (local trainings, wall time).
 
 Writes `DIR/divestment_study.json` and `DIR/divestment_study.png`; prints the tables.
@@ -30,10 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.commands.run import compose_experiment
+from fedrec.config import AdoptionPolicy
 from fedrec.divestment import Divestment, divest, line_head
 from fedrec.divestment.evidence import compare, own_items, signal, world_silos
+from fedrec.divestment.leave import leave, region_paths
 from fedrec.experiment import run_experiment
 from fedrec.settings import load_run_config
+from fedrec.silo.serving import RegionServing, evaluate_fork
 from fedrec.versions import ModelRegistry
 
 DEFAULT_OVERRIDES = ["federation.rounds=10", "baselines=[]"]
@@ -49,8 +54,8 @@ def engine_for(name: str) -> Any:
     return run_in_process
 
 
-def study(out: Path, overrides: list[str], region: str, recovery: list[int], engine: Any, floor_seeds: int
-          ) -> dict[str, Any]:
+def study(out: Path, overrides: list[str], region: str, recovery: list[int], engine: Any, floor_seeds: int,
+          leave_rounds: int) -> dict[str, Any]:
     """Run every line of the study under `out` and return its summary."""
     if out.exists():
         shutil.rmtree(out)
@@ -77,6 +82,19 @@ def study(out: Path, overrides: list[str], region: str, recovery: list[int], eng
         floors[f"floor{i}"] = engine(dataclasses.replace(
             settings, seed=settings.seed + i, exclude_regions=region, output_dir=str(out / f"floor{i}"),
             registry_dir="", state_dir="", min_nodes=len(remaining), keep_contributions=False))
+
+    print(f"{region} leaves: its own line, {leave_rounds} local round(s) ...", flush=True)
+    departure = leave(settings, region, rounds=leave_rounds)
+    state_dir, _ = region_paths(settings, region)
+    own_line = RegionServing(state_dir, AdoptionPolicy()).fork()
+    assert own_line is not None
+    silos_now = world_silos(Path(settings.data_dir))
+    departed = {"served_before": trained["final"].get("served", trained["final"]["federated"])["per_region"][region]
+                ["ndcg@20"],
+                "own_line": evaluate_fork(own_line, silos_now[region], settings.model_spec, settings.train_config(),
+                                          seed=settings.seed).means()["ndcg@20"],
+                "local_only": trained["final"]["local_only"]["per_region"][region]["ndcg@20"],
+                "rounds": leave_rounds, "departure": departure.to_dict()}
 
     registry = ModelRegistry(settings.registry_root() or out / "trained" / "registry", create=False)
     head = line_head(settings)
@@ -105,7 +123,7 @@ def study(out: Path, overrides: list[str], region: str, recovery: list[int], eng
             "region_share_of_users": trained["dataset"]["regions"][region]["users"]
             / sum(v["users"] for v in trained["dataset"]["regions"].values()),
             "trained_wall_time_s": trained_s, "per_region_ndcg@20": per_region, "overall_ndcg@20": overall,
-            "cost": cost, "removal_test": removal,
+            "cost": cost, "removal_test": removal, "departed": departed,
             "lines": {k: d.to_dict() for k, d in lines.items()}}
 
 
@@ -122,6 +140,9 @@ def print_tables(s: dict[str, Any]) -> None:
         gaps = {r: s["per_region_ndcg@20"][k][r] / s["per_region_ndcg@20"]["exact"][r] - 1 for r in s["remaining"]}
         print(f"  {k:<7}" + "  ".join(f"{r} {g:+.1%}" for r, g in gaps.items())
               + (f"   cost {s['cost'][k]['share_of_exact']:.0%} of exact" if k in s["cost"] else ""))
+    d = s["departed"]
+    print(f"\n{s['region']} on its own line ({d['rounds']} local round(s) from what it served): NDCG@20 "
+          f"{d['own_line']:.4f}; it served {d['served_before']:.4f} before; local-only {d['local_only']:.4f}")
     rt = s["removal_test"]
     print(f"\nremoval test: recall@20 of {rt['region']}'s {rt['own_items']} own items for its {rt['users']} test users")
     for k, v in rt["signal"].items():
@@ -166,15 +187,18 @@ def main() -> None:
     ap.add_argument("--recovery", type=int, nargs="+", default=[1, 2, 3], help="fast: recovery rounds to try")
     ap.add_argument("--engine", choices=("simulation", "in-process"), default="simulation")
     ap.add_argument("--floor-seeds", type=int, default=3, help="lines without the region from other seeds")
+    ap.add_argument("--leave-rounds", type=int, default=2, help="local rounds of the departing region's own line")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     args = ap.parse_args()
     engine = engine_for(args.engine)
     if args.engine == "simulation":
         from fedrec.flower.runtime import shared_runtime
         with shared_runtime():
-            summary = study(args.out, args.overrides, args.region, args.recovery, engine, args.floor_seeds)
+            summary = study(args.out, args.overrides, args.region, args.recovery, engine, args.floor_seeds,
+                            args.leave_rounds)
     else:
-        summary = study(args.out, args.overrides, args.region, args.recovery, engine, args.floor_seeds)
+        summary = study(args.out, args.overrides, args.region, args.recovery, engine, args.floor_seeds,
+                            args.leave_rounds)
     (args.out / "divestment_study.json").write_text(json.dumps(summary, indent=1))
     plot(summary, args.out / "divestment_study.png")
     print_tables(summary)
