@@ -35,6 +35,7 @@ from fedrec.commands.run import compose_experiment
 from fedrec.config import AdoptionPolicy
 from fedrec.divestment import Divestment, divest, line_head
 from fedrec.divestment.evidence import compare, own_items, signal, world_silos
+from fedrec.divestment.figures import plot_divestment
 from fedrec.divestment.leave import leave, region_paths
 from fedrec.experiment import run_experiment
 from fedrec.settings import load_run_config
@@ -151,35 +152,6 @@ def print_tables(s: dict[str, Any]) -> None:
         print(f"  {k:<8}{v:.4f}{ci}")
 
 
-def plot(s: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    cols = list(s["per_region_ndcg@20"])
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [2, 1]})
-    x = np.arange(len(s["remaining"]))
-    width = 0.8 / len(cols)
-    for i, c in enumerate(cols):
-        a.bar(x + i * width, [s["per_region_ndcg@20"][c][r] for r in s["remaining"]], width, label=c)
-    a.set_xticks(x + 0.4 - width / 2, s["remaining"])
-    a.set_ylabel("NDCG@20 (test)")
-    a.set_title(f"remaining regions after {s['region']} is ordered out")
-    a.legend(fontsize=8, ncol=2)
-    rt = s["removal_test"]
-    names = list(rt["signal"])
-    colors = ["tab:red" if n == "before" else "tab:gray" if n.startswith("floor") else "tab:blue" for n in names]
-    b.bar(names, [rt["signal"][n] for n in names], color=colors)
-    b.set_ylabel("recall@20 on its own items")
-    b.set_title(f"removal test: {rt['region']}'s own items ({rt['own_items']})")
-    b.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -200,7 +172,7 @@ def main() -> None:
         summary = study(args.out, args.overrides, args.region, args.recovery, engine, args.floor_seeds,
                             args.leave_rounds)
     (args.out / "divestment_study.json").write_text(json.dumps(summary, indent=1))
-    plot(summary, args.out / "divestment_study.png")
+    plot_divestment(summary).savefig(args.out / "divestment_study.png", dpi=120)
     print_tables(summary)
     print(f"\nwritten: {args.out / 'divestment_study.json'}, {args.out / 'divestment_study.png'}")
 

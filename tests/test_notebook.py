@@ -89,3 +89,29 @@ def test_a_study_notebook_runs_its_tiny_sweep_and_shows_the_collected_table_and_
         value = json.loads(run.read_text())["final"]["federated"]["overall"]["ndcg@20"]
         assert f"{value:.4f}".rstrip("0") in pivot, (run.parent.name, value)
         assert yaml.safe_load((run.parent / ".hydra" / "overrides.yaml").read_text())  # Hydra's own record
+
+
+@pytest.mark.slow
+def test_the_divestment_notebook_runs_its_tiny_study_and_shows_its_numbers(
+        this_interpreter_kernel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With FEDREC_TINY=1 the notebook runs `simulations/divestment.py` (Flower's simulation engine) on a tiny world
+    into FEDREC_DIVEST and shows its tables and figure; the tables hold the study's own numbers."""
+    import json
+
+    nbclient = pytest.importorskip("nbclient")
+    out = tmp_path / "divest"
+    monkeypatch.setenv("FEDREC_TINY", "1")
+    monkeypatch.setenv("FEDREC_DIVEST", str(out))
+    nb = nbformat.read(NOTEBOOK.parent / "study_divestment.ipynb", as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name=this_interpreter_kernel,
+                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute()
+    summary = json.loads((out / "divestment_study.json").read_text())
+    outputs = [o for c in _code_cells(nb) for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    shown = [o for o in outputs if o.output_type in ("display_data", "execute_result")]
+    assert sum("image/png" in o.data for o in shown) == 1
+    html = " ".join(o.data.get("text/html", "") for o in shown)
+    for line, value in summary["overall_ndcg@20"].items():
+        assert f"{value:.4f}".rstrip("0") in html, (line, value)
+    assert f"{summary['removal_test']['signal']['before']:.4f}".rstrip("0") in html
