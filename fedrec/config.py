@@ -49,6 +49,27 @@ class DatasetConfig:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+def usable_name(name: object) -> bool:
+    """True for a name that can be a directory (letters, digits, '-', '_' and '.', not dots alone)."""
+    return (isinstance(name, str) and name != "" and all(c.isalnum() or c in "-_." for c in name)
+            and name.strip(".") != "")
+
+
+def check_coalitions(coalitions: object) -> None:
+    """`federation.coalitions`: names usable as directory names, each a non-empty list of distinct region names."""
+    _require(isinstance(coalitions, dict), "federation.coalitions", coalitions,
+             "a mapping of coalition names to region lists, e.g. {atlantic: [eu, na], pacific: [na, apac]}")
+    assert isinstance(coalitions, dict)
+    for name, regions in coalitions.items():
+        _require(usable_name(name), "federation.coalitions", name,
+                 "keyed by names of letters, digits, '-', '_' and '.' (not dots alone): a name is a directory in "
+                 "each silo's state dir")
+        _require(isinstance(regions, list | tuple) and len(regions) > 0
+                 and all(isinstance(r, str) and r and "," not in r for r in regions)
+                 and len(set(regions)) == len(regions), f"federation.coalitions.{name}", regions,
+                 "a non-empty list of distinct region names")
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     """How the federation runs: rounds, local budget, aggregation weights, participation."""
@@ -75,9 +96,14 @@ class FederationConfig:
     keep_contributions: bool = False
     """The coordinator keeps, per region, what its updates added to the current global model (FedAvg / FedAvgM,
     updates seen in the clear), in `<output dir>/contributions.safetensors`: what fast divestment subtracts."""
+    coalitions: dict[str, list[str]] = field(default_factory=dict)
+    """Coalition name → its regions: the run trains one global line per coalition (`fedrec.coordinator.
+    coalition_line`); a region may be in several and then trains, and spends budget, for each. Empty: one line of
+    every region (the single-line run)."""
 
     def __post_init__(self) -> None:
         _require(self.rounds >= 1, "federation.rounds", self.rounds, ">= 1")
+        check_coalitions(self.coalitions)
         _require(isinstance(self.exclude_regions, list | tuple)
                  and all(isinstance(r, str) and r and "," not in r for r in self.exclude_regions)
                  and len(set(self.exclude_regions)) == len(self.exclude_regions),
@@ -222,6 +248,10 @@ class ExperimentConfig:
                               f"{list(regions)}")
         if len(set(regions) - set(excluded)) < 1:
             raise ConfigError(f"federation.exclude_regions={list(excluded)} leaves no region to train")
+        for name, members in self.federation.coalitions.items():
+            if unknown := sorted(set(members) - set(regions) | set(members) & set(excluded)):
+                raise ConfigError(f"federation.coalitions.{name} names region(s) {unknown} that do not take part; this "
+                                  f"run's regions: {[r for r in regions if r not in excluded]}")
 
     def check_catalog(self, n_items: int) -> None:
         """The model fits the world's catalog (EASE's dense item-item solve: at most 20,000 items)."""
@@ -272,7 +302,10 @@ def experiment_from_dict(cfg: dict[str, Any]) -> ExperimentConfig:
         train=_build(TrainConfig, "train", train),
         federation=_build(FederationConfig, "federation",
                           {**fed, **({"exclude_regions": [str(r) for r in fed["exclude_regions"]]}
-                                     if isinstance(fed.get("exclude_regions"), list | tuple) else {})}),
+                                     if isinstance(fed.get("exclude_regions"), list | tuple) else {}),
+                                  **({"coalitions": {str(k): [str(r) for r in v] if isinstance(v, list | tuple) else v
+                                                     for k, v in fed["coalitions"].items()}}
+                                     if isinstance(fed.get("coalitions"), dict) else {})}),
         strategy=_build(StrategyConfig, "strategy", dict(cfg.get("strategy") or {})),
         privacy=_build(PrivacyConfig, "privacy", {**(p := dict(cfg.get("privacy") or {})),
                                                   "region_epsilon": dict(p.get("region_epsilon") or {})}),

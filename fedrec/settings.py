@@ -105,6 +105,8 @@ class RunSettings:
     divestment: str = "{}"
     """What a divestment run removed, how and from which version (JSON; `fedrec.divestment`): recorded in the
     manifest of every version the run makes."""
+    coalitions: str = "{}"
+    """Coalition name → regions (JSON; `federation.coalitions`): one global line per coalition ("{}": one line)."""
 
     def __post_init__(self) -> None:
         # The typed configs check everything they own (with Hydra's key names in the message) ...
@@ -167,6 +169,7 @@ class RunSettings:
             state_dir=cfg.privacy.state_dir or "", adoption=json.dumps(cfg.adoption),
             registry_dir=cfg.registry_dir or "", exclude_regions=",".join(f.exclude_regions),
             start_version=f.start_version or "", keep_contributions=f.keep_contributions,
+            coalitions=json.dumps(f.coalitions, sort_keys=True),
         )
 
     @cached_property
@@ -181,7 +184,16 @@ class RunSettings:
                                 secure_aggregation=self.secure_aggregation, min_replies=self.min_replies,
                                 update_norm_factor=self.update_norm_factor, exclude_regions=self.excluded_regions(),
                                 start_version=self.start_version or None,
-                                keep_contributions=self.keep_contributions)
+                                keep_contributions=self.keep_contributions, coalitions=self.coalition_members())
+
+    def coalition_members(self) -> dict[str, list[str]]:
+        """The run's coalitions, name → regions, in name order ({}: one line of every region)."""
+        raw = _json_object("coalitions", self.coalitions)
+        return {str(k): list(v) if isinstance(v, list) else v for k, v in sorted(raw.items())}
+
+    def coalitions_of(self, region: str) -> list[str]:
+        """The coalitions `region` trains in, in name order ([] when the run has none)."""
+        return [name for name, members in self.coalition_members().items() if region in members]
 
     def excluded_regions(self) -> list[str]:
         """`exclude-regions` as a list."""

@@ -111,8 +111,8 @@ class ModelRegistry:
     def add(self, arrays: Mapping[str, np.ndarray], *, spec: ModelSpec, parent: str | None, round: int,
             contributors: Iterable[str] = (), epsilon: Mapping[str, float] | None = None, strategy: str = "",
             config_hash: str = "", metrics: Mapping[str, Any] | None = None,
-            influence: Mapping[str, Any] | None = None, divestment: Mapping[str, Any] | None = None
-            ) -> ModelVersion:
+            influence: Mapping[str, Any] | None = None, divestment: Mapping[str, Any] | None = None,
+            coalition: str = "") -> ModelVersion:
         """Store a global model as a new version and return it (the existing one if this content is stored).
 
         Adding the same content again returns the existing version unchanged: its metrics and creation time
@@ -121,7 +121,8 @@ class ModelRegistry:
         """
         version, canon = describe_version(arrays, spec=spec, parent=parent, round=round, contributors=contributors,
                                           epsilon=epsilon, strategy=strategy, config_hash=config_hash,
-                                          metrics=metrics, influence=influence, divestment=divestment)
+                                          metrics=metrics, influence=influence, divestment=divestment,
+                                          coalition=coalition)
         if parent is not None and not (self.versions_dir / parent).is_dir():
             raise ConfigError(f"parent version {parent[:SHORT]} is not in the registry at {self.root}")
         # the header `fedrec.model_io` writes, so the stored file is itself an exportable global model

@@ -51,6 +51,9 @@ class ModelVersion:
     divestment: dict[str, Any] = dataclasses.field(default_factory=dict)
     """For a version of a divested line (`fedrec.divestment`): the regions removed, the method (exact | fast),
     the version the line was rebuilt from and the line it replaces. In the id when present."""
+    coalition: str = ""
+    """The coalition line the version belongs to (`federation.coalitions`; "" for a single-line run). In the id when
+    present, so each line's version 0 is its own."""
 
     def __hash__(self) -> int:
         return hash(self.id)
@@ -71,7 +74,8 @@ class ModelVersion:
         return {"parent": self.parent, "round": self.round, "contributors": list(self.contributors),
                 "epsilon": self.epsilon, "strategy": self.strategy, "config_hash": self.config_hash,
                 "spec": self.spec, "weights_sha256": self.weights_sha256,
-                **({"divestment": self.divestment} if self.divestment else {})}
+                **({"divestment": self.divestment} if self.divestment else {}),
+                **({"coalition": self.coalition} if self.coalition else {})}
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest (JSON-ready), also stored in the weights file's header."""
@@ -93,7 +97,8 @@ class ModelVersion:
                    epsilon={str(k): float(v) for k, v in dict(d["epsilon"]).items()},
                    strategy=str(d["strategy"]), config_hash=str(d["config_hash"]), metrics=dict(d["metrics"]),
                    created_at=str(d["created_at"]), spec=dict(d["spec"]), weights_sha256=str(d["weights_sha256"]),
-                   influence=dict(d.get("influence") or {}), divestment=dict(d.get("divestment") or {}))
+                   influence=dict(d.get("influence") or {}), divestment=dict(d.get("divestment") or {}),
+                   coalition=str(d.get("coalition") or ""))
 
 
 def _plain(obj: Any) -> Any:
@@ -140,8 +145,8 @@ def _now() -> str:
 def describe_version(arrays: Mapping[str, np.ndarray], *, spec: ModelSpec, parent: str | None, round: int,
                      contributors: Iterable[str] = (), epsilon: Mapping[str, float] | None = None,
                      strategy: str = "", config_hash: str = "", metrics: Mapping[str, Any] | None = None,
-                     influence: Mapping[str, Any] | None = None, divestment: Mapping[str, Any] | None = None
-                     ) -> tuple[ModelVersion, dict[str, np.ndarray]]:
+                     influence: Mapping[str, Any] | None = None, divestment: Mapping[str, Any] | None = None,
+                     coalition: str = "") -> tuple[ModelVersion, dict[str, np.ndarray]]:
     """The version (with its content id) these weights would be, and their canonical arrays; nothing stored.
 
     The id depends on what the model is and how it was made, never on metrics or time, so a coordinator can
@@ -173,7 +178,7 @@ def describe_version(arrays: Mapping[str, np.ndarray], *, spec: ModelSpec, paren
         metrics=json.loads(json.dumps(dict(metrics or {}), default=_plain)), created_at=_now(),
         spec=json.loads(json.dumps(spec.to_dict(), default=_plain)), weights_sha256=weights_digest(canon),
         influence=json.loads(json.dumps(dict(influence or {}), default=_plain)),
-        divestment=json.loads(json.dumps(dict(divestment or {}), default=_plain)))
+        divestment=json.loads(json.dumps(dict(divestment or {}), default=_plain)), coalition=str(coalition))
     try:
         vid = version_id(version.identity())
     except ValueError as exc:
