@@ -29,7 +29,7 @@ from fedrec.errors import FedrecError
 from fedrec.evaluation import SiloEvaluation, pool
 from fedrec.flower.simulation import run_simulation
 from fedrec.regime_report import regimes_block
-from fedrec.settings import RunSettings, silo_state_root
+from fedrec.settings import RunSettings, line_key, silo_state_root
 from fedrec.silo.adaptation import served_kind
 from fedrec.silo.adoption import ServingRecord
 from fedrec.silo.evaluation_log import LoggedEvaluation, read_evaluations
@@ -115,6 +115,34 @@ def federated_rounds(history: FederationHistory, view: SiloView, *, private: boo
             out["own_line"] = {r: ev.means() for r, ev in own.items()}
         rounds.append(out)
     return rounds
+
+
+def coalitions_block(history: FederationHistory, settings: RunSettings, *, private: bool) -> dict[str, Any]:
+    """Per coalition line: its regions, its head version and its last evaluation per region (every member's).
+
+    `federated` in results.json shows each region its serving line (its first coalition); this shows every line.
+    Under DP the metrics come from the silos' logs: the serving line's under the run's key, another line's under
+    the line's key (`settings.line_key`).
+    """
+    out: dict[str, Any] = {}
+    root = silo_state_root(settings)
+    for name, line in history.coalitions.items():
+        h = FederationHistory.from_json(line["history"])
+        last = h.rounds[-1] if h.rounds else None
+        block: dict[str, Any] = {"regions": line["regions"], "head": h.versions[-1]["id"] if h.versions else None,
+                                 "rounds_trained": sum(1 for e in h.round_log if e.get("model_version")),
+                                 "stopped_early": h.stopped_early, "round": last["round"] if last else None}
+        per_region, overall = (last["per_region"], last["overall"]) if last else ({}, {})
+        if private and last is not None and root is not None:
+            evals = {}
+            for r in line["regions"]:
+                key = history.run_id if settings.coalitions_of(r)[:1] == [name] else line_key(history.run_id, name)
+                logged = {e.round: e for e in read_evaluations(root / r, key)}
+                if (e := logged.get(last["round"])) is not None:
+                    evals[r] = e.evaluation
+            per_region, overall = pool(evals)
+        out[name] = {**block, "overall": overall, "per_region": per_region}
+    return out
 
 
 def final_privacy(privacy_rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -255,7 +283,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
     baseline_final, baseline_facts = baseline_points(cfg, world, timings)
     final.update(baseline_final)
 
-    results = {
+    results: dict[str, Any] = {
         "config": resolved_config if resolved_config is not None else asdict(cfg),
         "wall_time_s": time.perf_counter() - start,
         "timings": timings,
@@ -273,5 +301,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
         "artifacts": {"global_model": "global_model.safetensors", "world": "world/",
                       "registry": settings.registry_dir or "registry/"},
     }
+    if history.coalitions:
+        results["coalitions"] = coalitions_block(history, settings, private=private)
+        results["artifacts"]["global_model"] = {name: f"coalitions/{name}/global_model.safetensors"
+                                                for name in history.coalitions}
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     return results

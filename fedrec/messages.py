@@ -24,6 +24,9 @@ MODEL_IDENTITY_KEY = "model-identity"
 """In a training message's config: the JSON of the sent version's identity (`ModelVersion.identity`: parent,
 contributors, weights hash, ...), whose SHA-256 is its `model-version` id; a silo with `partners` checks both and
 builds on no version a partner it does not allow contributed to."""
+COALITION_KEY = "coalition"
+"""In a training or evaluation message's config: the coalition line the message belongs to (`federation.
+coalitions`; absent in a run of one line). A silo keeps each line's users and releases apart (`settings.line_key`)."""
 WEIGHT_KEY = "weight"
 TRAIN_LOSS_KEY = "train-loss"
 """A non-private round's mean training loss (never under DP: a loss computed on private data is a release)."""
@@ -85,6 +88,13 @@ def read_members(content: RecordDict) -> list[str] | None:
     if value is None:
         return None
     return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def read_coalition(content: RecordDict) -> str:
+    """The coalition line a message names ("" when it names none)."""
+    config = content.config_records.get("config")
+    value = config.get(COALITION_KEY, "") if config is not None else ""
+    return value if isinstance(value, str) else repr(value)
 
 
 def read_region(content: RecordDict) -> str:

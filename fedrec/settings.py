@@ -140,6 +140,8 @@ class RunSettings:
                               or not self.run_name.strip(".")):
             raise ConfigError(f"run-name={self.run_name!r}: use letters, digits, '-', '_' and '.' only (not dots "
                               "alone: the name is a directory in each silo's state dir)")
+        if self.coalitions != "{}":
+            self._check_coalition_run()
         if self.max_update_norm < 0:
             raise ConfigError(f"max-update-norm={self.max_update_norm} must be >= 0 (0: no absolute bound)")
         if privacy.enabled and not is_statistics_model(self.model_spec):  # iALS's DP release trains no loss
@@ -194,6 +196,30 @@ class RunSettings:
     def coalitions_of(self, region: str) -> list[str]:
         """The coalitions `region` trains in, in name order ([] when the run has none)."""
         return [name for name, members in self.coalition_members().items() if region in members]
+
+    def _check_coalition_run(self) -> None:
+        """What a run with coalitions cannot (yet) combine with, said before anything runs."""
+        if not self.coalition_members():
+            return
+        unsupported = {"start-version": bool(self.start_version), "users-from": bool(self.users_from),
+                       "keep-contributions": self.keep_contributions,
+                       "secure-aggregation=secaggplus": self.secure_aggregation == "secaggplus"}
+        if used := [k for k, on in unsupported.items() if on]:
+            raise ConfigError(f"federation.coalitions cannot be combined with {', '.join(used)} (continuing, divesting "
+                              "and masking a run of several lines is not built): run each coalition as its own run")
+
+    def check_coalition_regions(self, regions: list[str]) -> None:
+        """Every coalition names regions that take part, and every region that takes part is in one."""
+        coalitions = self.coalition_members()
+        if not coalitions:
+            return
+        for name, members in coalitions.items():
+            if unknown := sorted(set(members) - set(regions)):
+                raise ConfigError(f"federation.coalitions.{name} names region(s) {unknown} that do not take part; "
+                                  f"this run's regions: {regions}")
+        if alone := [r for r in regions if not self.coalitions_of(r)]:
+            raise ConfigError(f"region(s) {alone} are in no coalition (federation.coalitions): add them to one, or "
+                              "leave them out of the run (federation.exclude_regions)")
 
     def excluded_regions(self) -> list[str]:
         """`exclude-regions` as a list."""
@@ -357,3 +383,11 @@ def read_manifest(data_dir: str) -> dict[str, Any]:
         return dict(json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read world manifest {path}: {exc}") from exc
+
+
+def line_key(run_key: str, coalition: str) -> str:
+    """What a silo keys one coalition line's state and releases by: `RUN@COALITION` ("" coalition: the run key).
+
+    Run keys and coalition names are letters, digits, '-', '_' and '.', so '@' cannot make two lines' keys meet.
+    """
+    return f"{run_key}@{coalition}" if coalition else run_key

@@ -34,12 +34,15 @@ class FederationHistory:
     versions: list[dict[str, Any]] = field(default_factory=list)
     round_log: list[dict[str, Any]] = field(default_factory=list)
     resumed_at: list[int] = field(default_factory=list)
+    coalitions: dict[str, Any] = field(default_factory=dict)
+    """A run with coalitions (`fedrec.coordinator.coalition_lines`): per line, its regions and its own history."""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (without the arrays)."""
         return {"run_id": self.run_id, "rounds": self.rounds, "privacy_rounds": self.privacy_rounds,
                 "model_versions": self.versions, "round_log": self.round_log, "resumed_at": self.resumed_at,
-                "stopped_early": self.stopped_early, "wall_time_s": self.wall_time_s}
+                "stopped_early": self.stopped_early, "wall_time_s": self.wall_time_s,
+                **({"coalitions": self.coalitions} if self.coalitions else {})}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> FederationHistory:
@@ -47,7 +50,8 @@ class FederationHistory:
         return cls(rounds=list(d["rounds"]), privacy_rounds=list(d["privacy_rounds"]),
                    wall_time_s=float(d["wall_time_s"]), run_id=str(d["run_id"]),
                    stopped_early=str(d["stopped_early"]), versions=list(d["model_versions"]),
-                   round_log=list(d["round_log"]), resumed_at=list(d.get("resumed_at", [])))
+                   round_log=list(d["round_log"]), resumed_at=list(d.get("resumed_at", [])),
+                   coalitions=dict(d.get("coalitions") or {}))
 
     def save(self, output_dir: str | Path) -> None:
         """`<output_dir>/federated_history.json` (nothing when `output_dir` is empty)."""

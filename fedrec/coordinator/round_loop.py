@@ -30,7 +30,7 @@ from fedrec.coordinator.strategies import aggregation_rule, build_strategy, rest
 from fedrec.coordinator.train_step import TrainStep, collect_train
 from fedrec.errors import ConfigError
 from fedrec.evaluation import SiloEvaluation, pool
-from fedrec.messages import WEIGHT_KEY, read_arrays, read_float, read_int, read_region
+from fedrec.messages import COALITION_KEY, WEIGHT_KEY, read_arrays, read_float, read_int, read_region
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
 from fedrec.settings import RunSettings, read_manifest, save_run_config
@@ -49,6 +49,11 @@ def _region(msg: Message) -> str:
 
 def pool_evaluations(replies: list[Message]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Per-region means and the user-weighted overall mean from evaluation replies' metric sums."""
+    return pool(reply_evaluations(replies))
+
+
+def reply_evaluations(replies: list[Message]) -> dict[str, SiloEvaluation]:
+    """Each region's metric sums from evaluation replies (none from a private run's: they stay in the silos)."""
     evals: dict[str, SiloEvaluation] = {}
     for msg in replies:
         c = msg.content
@@ -59,19 +64,19 @@ def pool_evaluations(replies: list[Message]) -> tuple[dict[str, dict[str, float]
             sums={k: read_float(c, "metrics", f"sum-{k}") for k in METRICS}, n_users=read_int(c, "metrics", "n-users"),
             sq_error=read_float(c, "metrics", "sq-error") if explicit else 0.0,
             n_ratings=read_int(c, "metrics", "n-ratings") if explicit else 0)
-    return pool(evals)
+    return evals
 
 
-def evaluate_global(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord, timeout: float, version: str = ""
-                    ) -> tuple[dict[str, dict[str, float]], dict[str, float], list[str]]:
-    """Ask every silo to evaluate `arrays` (global `version`): (per-region metrics, overall, failure reasons).
+def evaluate_global(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord, timeout: float, version: str = "",
+                    line: str = "") -> tuple[dict[str, SiloEvaluation], list[str]]:
+    """Ask every silo to evaluate `arrays` (global `version`, of coalition `line`): (metric sums, failure reasons).
 
     Each silo also reviews the version under its own adoption policy; that stays in the silo.
     """
-    replies = list(grid.send_and_receive(strategy.configure_evaluate(
-        rnd, arrays, ConfigRecord({"server-round": rnd, "model-version": version}), grid), timeout=timeout))
-    per_region, overall = pool_evaluations(sorted((r for r in replies if not r.has_error()), key=_region))
-    return per_region, overall, [str(r.error.reason)[:500] for r in replies if r.has_error()]
+    config = ConfigRecord({"server-round": rnd, "model-version": version, **({COALITION_KEY: line} if line else {})})
+    replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid), timeout=timeout))
+    evals = reply_evaluations(sorted((r for r in replies if not r.has_error()), key=_region))
+    return evals, [str(r.error.reason)[:500] for r in replies if r.has_error()]
 
 
 @dataclass(frozen=True)
@@ -106,12 +111,13 @@ class RoundRecord:
         return {**out, "train_loss": self.train_loss, "round_time_s": self.round_time_s, "robust": self.robust}
 
 
-class _Run:
+class CoordinatorRun:
     """The coordinator's state through one run: strategy, current global arrays and version, history, registry."""
 
     def __init__(self, grid: Grid, s: RunSettings, *, timeout: float | None, run_id: str,
-                 context: Context | None, history: FederationHistory | None) -> None:
-        self.grid, self.s, self.run_id, self.context = grid, s, run_id, context
+                 context: Context | None, history: FederationHistory | None, line: str = "") -> None:
+        self.grid, self.s, self.run_id, self.context, self.line = grid, s, run_id, context, line
+        self.evaluations: dict[int, dict[str, SiloEvaluation]] = {}  # round -> each region's metric sums
         self.manifest = read_manifest(s.data_dir)
         self.n_items = int(self.manifest["n_items"])
         features = load_catalog_features(s.data_dir)  # public: the catalog's item features, if it has any
@@ -164,7 +170,8 @@ class _Run:
         """The content id of the current global arrays (what silos adopt, pin or fork from)."""
         version, _ = describe_version({k: v.numpy() for k, v in self.arrays.items()}, spec=self.s.model_spec,
                                       parent=parent, round=rnd, contributors=contributors, epsilon=epsilon,
-                                      strategy=self.rule, config_hash=self.config_hash, divestment=self.divestment)
+                                      strategy=self.rule, config_hash=self.config_hash, divestment=self.divestment,
+                                      coalition=self.line)
         return version
 
     def register(self, version: ModelVersion, metrics: dict[str, float]) -> None:
@@ -173,23 +180,18 @@ class _Run:
                               parent=version.parent, round=version.round, contributors=version.contributors,
                               strategy=version.strategy, epsilon=version.epsilon, config_hash=self.config_hash,
                               metrics={k: v for k, v in metrics.items() if v == v},  # NaN: metrics kept in silos
-                              influence=self.round_robust, divestment=version.divestment)
+                              influence=self.round_robust, divestment=version.divestment, coalition=self.line)
         self.history.versions.append({"round": version.round, "id": version.id})
 
     def start(self) -> int:
         """Preflight, then a fresh start (version 0 registered) or a resume from the checkpoint: the first round."""
         save_run_config(self.s)  # what was proposed, beside what came of it (divestment rebuilds from it)
-        regions = self.s.participating_regions(list(self.manifest["regions"]))
-        if self.s.min_nodes > len(regions):
-            raise ConfigError(f"min-nodes={self.s.min_nodes} but only {len(regions)} region(s) of the world take part "
-                              f"({', '.join(regions)}; exclude-regions={self.s.exclude_regions!r}): the run would wait "
-                              "for silos that cannot come")
-        problems, self.node_regions = run_preflight(self.grid, self.s, regions, timeout=self.timeout,
-                                                    statistics=self.family is not None)
-        if problems:
-            self.history.stopped_early = "preflight failed: " + "; ".join(problems)
-            self.history.save(self.s.output_dir)
-            raise preflight_failure(problems, self.s.output_dir)
+        self.node_regions = preflight_or_stop(self.grid, self.s, self.history, timeout=self.timeout,
+                                              statistics=self.family is not None)
+        return self.begin()
+
+    def begin(self) -> int:
+        """A fresh start (version 0 registered) or a resume from the checkpoint (after preflight): the first round."""
         ckpt = load_checkpoint(Path(self.s.output_dir), self.run_id) if self.s.resume else None
         if ckpt is None:
             if self.s.start_version:
@@ -220,7 +222,8 @@ class _Run:
         """Train → screen → aggregate (a new version) → evaluate at the evaluation rounds."""
         s, t0 = self.s, time.perf_counter()
         self.round_robust = {}
-        config = ConfigRecord({"server-round": rnd, "model-version": self.current.id})
+        config = ConfigRecord({"server-round": rnd, "model-version": self.current.id,
+                               **({COALITION_KEY: self.line} if self.line else {})})
         step = collect_train(self.grid, self.strategy, s, rnd, self.arrays, config, self.current, self.node_regions,
                              self.rules, self.timeout, self.context)
         solved = self.solve(step) if self.family is not None and step.to_aggregate else None
@@ -301,7 +304,10 @@ class _Run:
         self.arrays = ArrayRecord({k: Array(np.ascontiguousarray(solved[k])) for k in self.init})
 
     def evaluate(self, rnd: int) -> tuple[dict[str, dict[str, float]], dict[str, float], list[str]]:
-        return evaluate_global(self.grid, self.strategy, rnd, self.arrays, self.timeout, self.current.id)
+        evals, failures = evaluate_global(self.grid, self.strategy, rnd, self.arrays, self.timeout, self.current.id,
+                                          self.line)
+        self.evaluations[rnd] = evals
+        return *pool(evals), failures
 
     def record(self, r: RoundRecord) -> dict[str, Any]:
         """Put the round in the history; returns the round's history entry."""
@@ -345,6 +351,23 @@ class _Run:
         return h
 
 
+def preflight_or_stop(grid: Grid, s: RunSettings, history: FederationHistory, *, timeout: float, statistics: bool
+                      ) -> dict[int, str]:
+    """Every taking-part silo checks its configuration before round 1: node id → region, or a clear stop."""
+    regions = s.participating_regions(list(read_manifest(s.data_dir)["regions"]))
+    s.check_coalition_regions(regions)
+    if s.min_nodes > len(regions):
+        raise ConfigError(f"min-nodes={s.min_nodes} but only {len(regions)} region(s) of the world take part "
+                          f"({', '.join(regions)}; exclude-regions={s.exclude_regions!r}): the run would wait "
+                          "for silos that cannot come")
+    problems, node_regions = run_preflight(grid, s, regions, timeout=timeout, statistics=statistics)
+    if problems:
+        history.stopped_early = "preflight failed: " + "; ".join(problems)
+        history.save(s.output_dir)
+        raise preflight_failure(problems, s.output_dir)
+    return node_regions
+
+
 def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = None,
                    timeout: float | None = None, run_id: str = "", context: Context | None = None,
                    history: FederationHistory | None = None) -> FederationHistory:
@@ -357,8 +380,12 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
     `history`, when given, is filled in place (so a caller holds what happened even when the run stops
     with an error, e.g. a failed preflight) and returned.
     """
+    if s.coalition_members():  # one line per coalition, in one run (`fedrec.coordinator.coalition_lines`)
+        from fedrec.coordinator.coalition_lines import run_lines
+        return run_lines(grid, s, on_round=on_round, timeout=timeout, run_id=run_id, context=context,
+                         history=history)
     started = time.perf_counter()
-    run = _Run(grid, s, timeout=timeout, run_id=run_id, context=context, history=history)
+    run = CoordinatorRun(grid, s, timeout=timeout, run_id=run_id, context=context, history=history)
     for rnd in range(run.start(), s.num_rounds + 1):
         record = run.round(rnd)
         entry = run.record(record)

@@ -11,14 +11,15 @@ Every reply is built by `egress`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from flwr.app import RecordDict
 
 from fedrec.data.split import SiloData
 from fedrec.errors import FedrecError
-from fedrec.messages import read_arrays, read_decline, read_int, read_version
-from fedrec.settings import RunSettings
+from fedrec.messages import read_arrays, read_coalition, read_decline, read_int, read_version
+from fedrec.settings import RunSettings, line_key
 from fedrec.silo.adaptation import advance_own_line, own_start, review_adapted
 from fedrec.silo.coalition import coalition_problem
 from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, statistics_reply, train_reply
@@ -42,13 +43,66 @@ class Silo:
     ident: SiloIdentity
     data: SiloData
     run_key: str
+    """What this message's line keys the silo's users, optimizer, last reply and DP releases by (`line_key`)."""
     state: SiloState
+    line: str = ""
+    """The coalition line the message belongs to ("" in a run of one line)."""
+    serves: bool = True
+    """This line is the one the region reviews and serves (its first coalition in name order): its fork, own line,
+    guard and adoption decisions follow it; the region's other lines are trained and evaluated only."""
+    log_key: str = ""
+    """What the region's serving records and evaluation log key the run by (the run key for the serving line)."""
+    plan_key: str = ""
+    """What the DP plan is stored under: one plan per run, over every line the region trains in."""
+    lines: int = 1
+    """How many lines this region trains in (its DP plan covers rounds × lines releases)."""
+
+    @property
+    def seed_label(self) -> str:
+        """What names this line's training seeds: the region on its serving line, `REGION@LINE` on its others.
+
+        So a line trains as a run of its members alone would, and a region's other lines make their own draws.
+        """
+        return self.ident.region if self.serves else line_key(self.ident.region, self.line)
+
+    def __post_init__(self) -> None:
+        if not self.log_key:
+            object.__setattr__(self, "log_key", self.run_key)
+        if not self.plan_key:
+            object.__setattr__(self, "plan_key", self.run_key)
+
+
+class LineRefused(FedrecError):
+    """A message names a coalition line this region does not train in (or a run without lines names one)."""
+
+
+def for_line(silo: Silo, content: RecordDict) -> Silo:
+    """The silo as the message's coalition line sees it; `LineRefused` for a line the region is not in.
+
+    The region's lines come from the run config's `coalitions` (which regions train together is the run's
+    proposal; a jurisdiction's `partners` decide whether it takes part at all, `fedrec.silo.coalition`).
+    """
+    line, s, region = read_coalition(content), silo.s, silo.ident.region
+    mine = s.coalitions_of(region)
+    if not mine and not line:
+        return silo
+    if line not in mine:
+        raise LineRefused(f"the message names coalition line {line[:80]!r}; region {region!r} trains in "
+                          f"{mine or 'no coalition line (this run has one line)'}")
+    key = line_key(silo.run_key, line)
+    serves = line == mine[0]
+    return dataclasses.replace(silo, run_key=key, state=silo.state.for_run(key), line=line, serves=serves,
+                               log_key=silo.run_key if serves else key, plan_key=silo.run_key, lines=len(mine))
 
 
 def train_message(silo: Silo, content: RecordDict, reproducible_noise: bool = False) -> RecordDict:
     """The reply to a training message: a cached reply re-sent the way it left, a decline, or a new update."""
     s, ident = silo.s, silo.ident
     rnd, version = read_int(content, "config", "server-round"), received_version(content)
+    try:
+        silo = for_line(silo, content)
+    except LineRefused as exc:
+        return decline_reply(region=ident.region, server_round=rnd, reason=str(exc))
     how = aggregation_of(content.config_records["config"])
     if ident.require_secure_aggregation and how == PLAIN:
         reason = "this jurisdiction requires secure aggregation (node config): it sends no update in the clear"
@@ -76,7 +130,7 @@ def train_message(silo: Silo, content: RecordDict, reproducible_noise: bool = Fa
     content = train_content(silo, rnd, version, arrays, reproducible_noise)
     if read_decline(content) is None:
         silo.state.cache_reply(rnd, version, content, how)
-        serving = serving_of(ident)
+        serving = serving_of(ident) if silo.serves else None
         if serving is not None and "arrays" in content.array_records:  # the guard's bound: how far it moved rows
             serving.note_own_move(rnd, arrays, read_arrays(content), n_items=silo.data.n_items)
     return content
@@ -85,24 +139,25 @@ def train_message(silo: Silo, content: RecordDict, reproducible_noise: bool = Fa
 def train_content(silo: Silo, rnd: int, version: str, arrays: Arrays, reproducible_noise: bool) -> RecordDict:
     """A new training reply: the region's fork first, then a DP round, a refusal, or a plain round."""
     s, ident, state = silo.s, silo.ident, silo.state
-    serving = serving_of(ident)
+    serving = serving_of(ident) if silo.serves else None  # the region's own choices follow its serving line
     if serving is not None:  # the guard's first reference: version 0 as the silo builds it from the run's seed
         serving.keep_guard_base(lambda: own_start(s.model_spec, silo.data.n_items, s.seed) or arrays)
     if serving is not None and ident.policy.kind == "adapt":  # the region's own line: local only, never sent
         advance_own_line(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
                          received_version=version or f"round-{rnd - 1}", received_arrays=arrays,
-                         seed=silo_seed(s.seed, ident.region + "/own", rnd), run_id=silo.run_key, run_seed=s.seed)
+                         seed=silo_seed(s.seed, ident.region + "/own", rnd), run_id=silo.log_key, run_seed=s.seed)
     if serving is not None and ident.policy.kind == "fork":
         fork = advance_fork(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
                             received_version=version or f"round-{rnd - 1}", received_arrays=arrays,
                             local=state.local(), seed=silo_seed(s.seed, ident.region + "/fork", rnd),
-                            run_id=silo.run_key)
+                            run_id=silo.log_key)
         if fork is not None and not ident.policy.contribute:
             reason = "this region serves its own fork and does not contribute to the federation"
             return decline_reply(region=ident.region, server_round=rnd, reason=reason)
     if s.privacy_settings().enabled:
         return private_train(s, ident, silo.data, state, silo.run_key, rnd, arrays, version,
-                             reproducible_noise=reproducible_noise)
+                             reproducible_noise=reproducible_noise, plan_key=silo.plan_key, lines=silo.lines,
+                             seed_label=silo.seed_label)
     if ident.requires_dp:
         reason = ("this jurisdiction requires user-level DP (node config epsilon-budget / max-delta) but the "
                   "run has privacy=none: nothing released")
@@ -111,7 +166,7 @@ def train_content(silo: Silo, rnd: int, version: str, arrays: Arrays, reproducib
         stats = statistics_family(s.model_spec).local_statistics(silo.data, arrays, s.model_spec)
         return statistics_reply(stats, region=ident.region, server_round=rnd, model_version=version)
     out = train_round(silo.data, s.model_spec, arrays, state.local(), s.train_config(),
-                      seed=silo_seed(s.seed, ident.region, rnd), optimizer_state=state.optimizer())
+                      seed=silo_seed(s.seed, silo.seed_label, rnd), optimizer_state=state.optimizer())
     state.save_local(out.local_after)
     state.save_optimizer(out.optimizer_after)
     weight = float(out.n_examples) if s.weighting == "examples" else 1.0
@@ -123,11 +178,12 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     """Evaluate the received version in the silo, let the region review it, reply (under DP: nothing but 'kept')."""
     s, ident = silo.s, silo.ident
     rnd = read_int(content, "config", "server-round")
+    silo = for_line(silo, content)  # a line this region is not in: an error reply (a fixed code)
     arrays = read_arrays(content)
     check_received(arrays, s.model_spec, n_items=silo.data.n_items)
     local = silo.state.local()
-    seed = silo_seed(s.seed, ident.region, rnd)
-    serving = serving_of(ident)
+    seed = silo_seed(s.seed, silo.seed_label, rnd)
+    serving = serving_of(ident) if silo.serves else None
     splits = ("test", "valid") if serving is not None and ident.policy.kind in ("if_better", "adapt") else ("test",)
     fitted, evals = fit_and_evaluate(silo.data, s.model_spec, arrays, local, s.train_config(), seed=seed,
                                      splits=splits)
@@ -137,14 +193,16 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
         rv = review_adapted(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd, candidate=candidate,
                             candidate_arrays=arrays, local=local, candidate_valid=evals["valid"], candidate_test=ev,
                             seed=seed, adapt_seed=silo_seed(s.seed, ident.region + "/adapt", rnd),
-                            run_id=silo.run_key)
-        log_evaluation(ident, run_id=silo.run_key, server_round=rnd, ev=ev, review=rv)
+                            run_id=silo.log_key)
+        log_evaluation(ident, run_id=silo.log_key, server_round=rnd, ev=ev, review=rv)
     elif serving is not None:  # the region's own choice of model, decided and evaluated in the silo
         rv = review(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
                     candidate=candidate, candidate_arrays=arrays, local=local,
                     candidate_test=ev, candidate_valid=evals.get("valid"), candidate_model=fitted, seed=seed,
-                    fetch=lambda v: fetch_version(s, v), run_id=silo.run_key)
-        log_evaluation(ident, run_id=silo.run_key, server_round=rnd, ev=ev, review=rv)
+                    fetch=lambda v: fetch_version(s, v), run_id=silo.log_key)
+        log_evaluation(ident, run_id=silo.log_key, server_round=rnd, ev=ev, review=rv)
+    elif ident.state_dir is not None and silo.line:  # another line of the region's: evaluated, not reviewed
+        log_evaluation(ident, run_id=silo.log_key, server_round=rnd, ev=ev)
     if s.privacy_settings().enabled or ident.requires_dp:
         return evaluate_reply(None, region=ident.region, server_round=rnd)
     return evaluate_reply(ev, region=ident.region, server_round=rnd)
@@ -181,11 +239,16 @@ def fetch_version(s: RunSettings, version: str) -> tuple[str, Arrays] | None:
 
 
 def private_train(s: RunSettings, ident: SiloIdentity, silo: SiloData, state: SiloState, run_key: str, rnd: int,
-                  arrays: Arrays, version: str = "", *, reproducible_noise: bool = False) -> RecordDict:
-    """A user-level DP round: recorded in the silo's ledger before its noised update is put in the reply."""
+                  arrays: Arrays, version: str = "", *, reproducible_noise: bool = False, plan_key: str = "",
+                  lines: int = 1, seed_label: str = "") -> RecordDict:
+    """A user-level DP round: recorded in the silo's ledger before its noised update is put in the reply.
+
+    `run_key` keys the release (a coalition line's key), `plan_key` the run's plan over its `lines` lines.
+    """
     out = private_train_round(silo, s, ident, run_id=run_key, server_round=rnd, global_arrays=arrays,
                               local=state.local(), optimizer_state=state.optimizer(),
-                              reproducible_noise=reproducible_noise)
+                              reproducible_noise=reproducible_noise, plan_key=plan_key or run_key, lines=lines,
+                              seed_label=seed_label or ident.region)
     if out.declined is not None:
         return decline_reply(region=ident.region, server_round=rnd, reason=out.declined, privacy=out.report or None)
     if out.statistics is not None:  # iALS: the round's noised statistics, recorded in the ledger already

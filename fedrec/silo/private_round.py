@@ -52,11 +52,14 @@ def mechanism_of(s: RunSettings) -> str:
     return "dp_statistics" if is_statistics_model(s.model_spec) else "dp_sgd"
 
 
-def run_plan(ledger: BudgetLedger, s: RunSettings, run_id: str) -> PrivacyPlan | Decline:
+def run_plan(ledger: BudgetLedger, s: RunSettings, run_id: str, lines: int = 1) -> PrivacyPlan | Decline:
     """The plan this silo fixed for `run_id` (calibrated and stored on first use), or why it cannot train.
 
     σ is calibrated at the run's proposed δ when it is tighter than the ledger's (never looser: the
-    jurisdiction refused that in `open_ledger`), so the run keeps its promise at both.
+    jurisdiction refused that in `open_ledger`), so the run keeps its promise at both. A region in `lines`
+    coalition lines releases once per round for each: the plan covers rounds × lines releases. (The count comes
+    from the run config; a coordinator that sends more lines than it declared only meets the budget sooner: the
+    ledger declines every release past it.)
     """
     mechanism = mechanism_of(s)
     stored = ledger.plan_for(run_id)
@@ -69,7 +72,8 @@ def run_plan(ledger: BudgetLedger, s: RunSettings, run_id: str) -> PrivacyPlan |
     p = s.privacy_settings()
     try:
         plan = make_plan(p, budget=ledger.budget_epsilon, delta=min(p.delta, ledger.accountant.delta),
-                         rounds=s.num_rounds, prior=list(ledger.accountant.events), mechanism=mechanism)
+                         rounds=s.num_rounds * max(1, lines), prior=list(ledger.accountant.events),
+                         mechanism=mechanism)
     except BudgetSpent as exc:
         return Decline(str(exc), ledger.epsilon_spent())
     try:
@@ -114,8 +118,12 @@ class PrivateRound:
 
 def private_train_round(silo: SiloData, s: RunSettings, ident: SiloIdentity, *, run_id: str, server_round: int,
                         global_arrays: Arrays, local: Tensors | None, optimizer_state: Arrays | None,
-                        reproducible_noise: bool = False) -> PrivateRound:
+                        reproducible_noise: bool = False, plan_key: str = "", lines: int = 1,
+                        seed_label: str = "") -> PrivateRound:
     """Steps 1-4 of the module docstring; the caller passes the result to `egress`.
+
+    `run_id` keys the release (once per round and key); `plan_key` (default `run_id`) the plan, over `lines`
+    coalition lines; `seed_label` (default the region) names the reproducible noise stream, one per line.
 
     Noise and sampling come from the OS CSPRNG. `reproducible_noise` (in-process research and tests only,
     never from a run config) seeds them from the run's seed instead; a jurisdiction with its own privacy
@@ -127,14 +135,14 @@ def private_train_round(silo: SiloData, s: RunSettings, ident: SiloIdentity, *, 
         ledger = open_ledger(s, ident)
     except PolicyRefusal as exc:
         return PrivateRound(report={}, declined=str(exc))
-    plan = run_plan(ledger, s, run_id)
+    plan = run_plan(ledger, s, plan_key or run_id, lines)
     if isinstance(plan, Decline):
         return PrivateRound(report=privacy_report(ledger, None, run_id), declined=plan.reason)
     release = ledger.authorize(run_id=run_id, server_round=server_round, event=plan.event())
     if not isinstance(release, Release):
         return PrivateRound(report=privacy_report(ledger, plan, run_id), declined=release.reason)
     # Spent from here on, whatever happens: a round that fails (out of memory, say) is not a free probe.
-    seed = silo_seed(s.seed, ident.region, server_round)
+    seed = silo_seed(s.seed, seed_label or ident.region, server_round)
     noise = NoiseSource("seeded", seed=seed) if reproducible_noise else NoiseSource("secure")
     if plan.mechanism == "dp_statistics":
         assert release.event == plan.event() and plan.event().sample_rate == 1.0  # one release over every user

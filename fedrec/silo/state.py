@@ -40,15 +40,23 @@ class SiloState:
         those of run `users_from` in its own state dir (the rebuilt line of a fast divestment continues its users,
         `fedrec.divestment`).
         """
-        self.context = context
+        self.context, self.state_dir, self.run_key, self.users_from = context, state_dir, run_key, users_from
         self.dir = StateDir(Path(state_dir)).run(run_key) if state_dir is not None else None
         self.earlier = (StateDir(Path(state_dir)).run(users_from)
                         if state_dir is not None and users_from and users_from != run_key else None)
+        self.memory_suffix = ""  # in the node's memory, a coalition line's arrays apart from the run's others
+
+    def for_run(self, run_key: str) -> SiloState:
+        """The state of another key of this silo (a coalition line's, `settings.line_key`), same place and node."""
+        other = SiloState(self.context, self.state_dir, run_key, users_from=self.users_from)
+        other.memory_suffix = "" if run_key == self.run_key else "@" + run_key
+        return other
 
     # --- arrays, on disk or in the node's memory -------------------------------------------------------
 
     def _read(self, key: str) -> Arrays | None:
         if self.dir is None:
+            key += self.memory_suffix
             if key not in self.context.state.array_records:
                 return None
             return {k: v.numpy() for k, v in self.context.state.array_records[key].items()}
@@ -57,7 +65,8 @@ class SiloState:
 
     def _write(self, key: str, arrays: Arrays) -> None:
         if self.dir is None:
-            self.context.state[key] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+            self.context.state[key + self.memory_suffix] = ArrayRecord({k: Array(np.ascontiguousarray(v))
+                                                                        for k, v in arrays.items()})
             return
         atomic_save_arrays(self.dir / f"{key}.safetensors", arrays)
 

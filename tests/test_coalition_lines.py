@@ -1,0 +1,202 @@
+"""Coalitions (issue 15.3): one global line per coalition in one run; a region in two trains and spends for both.
+
+Checked through the public entry points (a run on the in-process grid, `run_experiment`): each line is the run
+its members would make alone; a region in two lines keeps their users apart and spends one budget for both; a
+silo declines a line it is not in, and one its law forbids; `fedrec audit partners` finds nothing to blame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakegrid import run_in_process
+from flwr.app import Context, MessageType, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedrec.config import experiment_from_dict
+from fedrec.coordinator.coalition_lines import LineGrid
+from fedrec.data.split import SplitConfig
+from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
+from fedrec.errors import ConfigError
+from fedrec.flower.client_app import make_client_app
+from fedrec.messages import COALITION_KEY, read_decline
+from fedrec.model_io import load_global_model
+from fedrec.settings import RunSettings, read_manifest
+from fedrec.silo.state_dir import StateDir
+from fedrec.training import initial_global_arrays
+from fedrec.versions import ModelRegistry
+from fedrec.world import prepare_world
+from tests.test_client_egress import instruction
+
+WORLD = SyntheticWorldConfig(n_users=300, n_items=80, region_only_items=5, region_sizes=(2.0, 1.0, 1.0),
+                             mean_interactions=12.0, min_interactions=5)
+LINES = {"atlantic": ["eu", "na"], "pacific": ["na", "apac"]}
+ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_world(generate_world(WORLD), SplitConfig(), tmp_path_factory.mktemp("world")).data_dir
+
+
+def settings(world_dir: Path, out: Path, **kw: object) -> RunSettings:
+    base = RunSettings(data_dir=str(world_dir), output_dir=str(out), num_rounds=ROUNDS, min_nodes=3, dim=6,
+                       batch_size=64, n_negatives=16, seed=5, coalitions=json.dumps(LINES))
+    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def two_lines(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunSettings:
+    s = settings(world_dir, tmp_path_factory.mktemp("lines"))
+    run_in_process(s)
+    return s
+
+
+def head_arrays(out: Path, line: str) -> dict[str, np.ndarray]:
+    return load_global_model(out / "coalitions" / line / "global_model.safetensors")[0]
+
+
+def test_each_line_trains_only_its_members_and_records_its_coalition(two_lines: RunSettings) -> None:
+    out = Path(two_lines.output_dir)
+    history = json.loads((out / "federated_history.json").read_text())
+    trained = [(e["round"], e["coalition"], e["participants"]) for e in history["round_log"]]
+    assert trained == [(r, c, sorted(LINES[c])) for r in range(1, ROUNDS + 1) for c in sorted(LINES)]
+    registry = ModelRegistry(out / "registry", create=False)
+    for line, members in LINES.items():
+        ids = [v["id"] for v in history["model_versions"] if v["coalition"] == line]
+        assert len(ids) == ROUNDS + 1  # version 0 and one per round
+        for vid in ids:
+            version = registry.get(vid)
+            assert version.coalition == line and set(version.contributors) <= set(members)
+    zeros = {v["id"] for v in history["model_versions"] if v["round"] == 0}
+    assert len(zeros) == 2  # the same initial weights, but each line's version 0 is its own
+
+
+def test_a_line_is_the_run_its_members_would_make_alone(two_lines: RunSettings, world_dir: Path,
+                                                          tmp_path: Path) -> None:
+    # eu and na both serve `atlantic` (their first coalition), so it trains exactly as a run of eu and na alone
+    alone = settings(world_dir, tmp_path, coalitions="{}", exclude_regions="apac", min_nodes=2)
+    h = run_in_process(alone)
+    line = head_arrays(Path(two_lines.output_dir), "atlantic")
+    assert set(line) == set(h.final_arrays)
+    for k in line:
+        np.testing.assert_array_equal(line[k], h.final_arrays[k])
+    # na's other line is trained with its own draws and its own users: the two lines' heads differ
+    pacific = head_arrays(Path(two_lines.output_dir), "pacific")
+    assert any(not np.array_equal(pacific[k], line[k]) for k in line)
+
+
+def test_a_region_in_two_lines_keeps_each_lines_users_apart(two_lines: RunSettings) -> None:
+    runs = StateDir(Path(two_lines.output_dir) / "silo-state" / "na").root / "runs"
+    keys = sorted(p.name for p in runs.iterdir())
+    assert [k.split("@")[1] for k in keys] == ["atlantic", "pacific"]
+    users = [(runs / k / "fedrec-user-state.safetensors").read_bytes() for k in keys]
+    assert users[0] != users[1]
+    assert [p.name for p in (Path(two_lines.output_dir) / "silo-state" / "eu" / "runs").iterdir()] == [
+        keys[0].split("@")[0] + "@atlantic"]
+
+
+def experiment(out: Path, **extra: object) -> dict:  # type: ignore[type-arg]
+    cfg = experiment_from_dict({"dataset": {"name": "synthetic", "n_users": 300, "n_items": 80,
+                                            "region_only_items": 5, "region_sizes": [2.0, 1.0, 1.0], "seed": 2},
+                                "federation": {"rounds": 2, "coalitions": LINES}, "model": {"name": "mf", "dim": 6},
+                                "bounds": [], "baselines": [], **extra})
+    from fedrec.experiment import run_experiment
+    return run_experiment(cfg, out, log=lambda *_: None, engine=lambda s, **kw: run_in_process(s, **kw))
+
+
+def test_results_show_each_region_its_serving_line_and_every_line_apart(tmp_path: Path) -> None:
+    res = experiment(tmp_path)
+    lines = res["coalitions"]
+    assert {n: b["regions"] for n, b in lines.items()} == {n: sorted(m) for n, m in LINES.items()}
+    fed = res["final"]["federated"]["per_region"]
+    serves = {"eu": "atlantic", "na": "atlantic", "apac": "pacific"}  # the first coalition in name order
+    for region, line in serves.items():
+        assert fed[region] == lines[line]["per_region"][region]
+    assert lines["pacific"]["per_region"]["na"] != lines["atlantic"]["per_region"]["na"]
+    for name, block in lines.items():
+        assert block["rounds_trained"] == 2 and block["head"]
+        assert (tmp_path / res["artifacts"]["global_model"][name]).exists()
+
+
+def test_under_dp_a_region_in_two_lines_spends_one_budget_for_both(tmp_path: Path) -> None:
+    res = experiment(tmp_path, privacy={"name": "user_dp", "epsilon": 3.0})
+    ledger = json.loads((tmp_path / "silo-state" / "na" / "privacy_ledger.json").read_text())
+    released = sorted((r["run_id"].split("@")[1], r["server_round"]) for r in ledger["releases"])
+    assert released == [(c, r) for c in ("atlantic", "pacific") for r in (1, 2)]
+    assert len(ledger["plans"]) == 1  # one plan for the run, over both lines
+    na, eu = res["privacy"]["na"], res["privacy"]["eu"]
+    assert max(r["epsilon_after"] for r in ledger["releases"]) <= 3.0
+    assert eu["epsilon"] <= 3.0 and na["epsilon"] <= 3.0
+    assert na["noise_multiplier"] > eu["noise_multiplier"]  # twice the releases on one budget: more noise each
+    # under DP the lines' metrics come from the silos' own logs, and are there for every line
+    assert all(res["coalitions"][n]["per_region"].keys() == set(m) for n, m in LINES.items())
+
+
+def send(app: ClientApp, s: RunSettings, line: str, rnd: int = 1) -> RecordDict:
+    """A training message of coalition `line` to eu's node (partition 0)."""
+    n_items = int(read_manifest(s.data_dir)["n_items"])
+    msg = instruction(MessageType.TRAIN, initial_global_arrays(s.model_spec, n_items=n_items, seed=s.seed), rnd)
+    msg.content.config_records["config"][COALITION_KEY] = line
+    ctx = Context(run_id=1, node_id=msg.metadata.dst_node_id, node_config={"partition-id": 0, "num-partitions": 3},
+                  state=RecordDict(), run_config={})
+    return app(msg, ctx).content
+
+
+def test_a_silo_declines_a_line_it_is_not_in(world_dir: Path, tmp_path: Path) -> None:
+    s = settings(world_dir, tmp_path, coalitions=json.dumps({"atlantic": ["eu", "na"], "pacific": ["na", "apac"]}))
+    app = make_client_app(s)
+    reply = send(app, s, "pacific")  # partition 0 is eu: not in pacific
+    assert "trains in ['atlantic']" in str(read_decline(reply))
+    reply = send(app, s, "arctic")
+    assert "arctic" in str(read_decline(reply))
+    plain = settings(world_dir, tmp_path, coalitions="{}")
+    reply = send(make_client_app(plain), plain, "atlantic")
+    assert "this run has one line" in str(read_decline(reply))
+
+
+def test_a_hostile_coordinator_sending_extra_lines_meets_the_budget(world_dir: Path, tmp_path: Path) -> None:
+    # the run config declares eu in one line, so its plan covers ROUNDS releases; asking for the same rounds again
+    # under other line keys (here: a second run config naming a second line) only meets the ledger's budget
+    one = settings(world_dir, tmp_path, privacy="user_dp", privacy_epsilon=1.0,
+                   coalitions=json.dumps({"atlantic": ["eu", "na", "apac"]}))
+    app = make_client_app(one, reproducible_noise=True)
+    for rnd in range(1, ROUNDS + 1):
+        assert read_decline(send(app, one, "atlantic", rnd)) is None
+    spent = json.loads((tmp_path / "silo-state" / "eu" / "privacy_ledger.json").read_text())
+    assert max(r["epsilon_after"] for r in spent["releases"]) <= 1.0
+    two = dataclasses.replace(one, coalitions=json.dumps({"atlantic": ["eu", "na", "apac"], "b": ["eu", "na"]}))
+    app2 = make_client_app(two, reproducible_noise=True)
+    replies = [send(app2, two, "b", rnd) for rnd in range(1, ROUNDS + 1)]
+    assert any("budget" in str(read_decline(r)) for r in replies)
+    after = json.loads((tmp_path / "silo-state" / "eu" / "privacy_ledger.json").read_text())
+    assert max(r["epsilon_after"] for r in after["releases"]) <= 1.0
+
+
+@pytest.mark.parametrize(("coalitions", "extra", "message"), [
+    ({"x": ["eu", "mars"]}, {}, "do not take part"),
+    ({"x": ["eu", "na"]}, {}, "in no coalition"),
+    ({"x": ["eu", "na", "apac"]}, {"keep_contributions": True}, "cannot be combined with keep-contributions"),
+    ({"x": []}, {}, "non-empty list"),
+    ({"../x": ["eu"]}, {}, "names of letters"),
+])
+def test_bad_coalitions_are_refused_before_anything_runs(world_dir: Path, tmp_path: Path, coalitions: dict,  # type: ignore[type-arg]
+                                                         extra: dict, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError, match=message):
+        run_in_process(settings(world_dir, tmp_path, coalitions=json.dumps(coalitions), **extra))
+
+
+def test_a_line_grid_shows_only_its_coalitions_nodes() -> None:
+    class Grid:
+        def get_node_ids(self) -> list[int]:
+            return [1, 2, 3]
+
+        pull_interval = 0.5
+
+    view = LineGrid(Grid(), {1, 3, 9})  # type: ignore[arg-type]
+    assert list(view.get_node_ids()) == [1, 3]
+    assert view.pull_interval == 0.5
