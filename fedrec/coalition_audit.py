@@ -4,7 +4,8 @@ Inputs: a run's registry (every version with its contributors, each id a hash ov
 ledgers (each training reply with the version it trained on and the round's members the coordinator declared),
 and each jurisdiction's `partners` (its regime entry or node config). Violations:
 - a version whose contributors include a pair that one of them does not allow (its partners);
-- a round whose declared members differ between silos (the coordinator told them different coalitions);
+- a round whose declared members differ between silos (the coordinator told them different coalitions) within one
+  coalition line (a run with `federation.coalitions` trains one line per coalition, each silo records the line);
 - a silo's update in a round whose resulting version (the child, in the registry, of the version it trained on)
   records a contributor outside the members the silo was told: the evidence a lying coordinator leaves.
 A silo declines forbidden coalitions and lineages itself (`fedrec.silo.coalition`); this finds what it could not
@@ -69,17 +70,17 @@ def _version_violations(versions: list[ModelVersion], partners: Mapping[str, tup
 
 
 def _declaration_violations(entries: Mapping[str, list[EgressEntry]]) -> list[str]:
-    told: dict[tuple[str, int], dict[str, tuple[str, ...]]] = {}
+    told: dict[tuple[str, int, str], dict[str, tuple[str, ...]]] = {}
     for region, mine in entries.items():
         for e in mine:
             if e.members is not None:
-                told.setdefault((e.run_id, e.server_round), {})[region] = tuple(sorted(e.members))
+                told.setdefault((e.run_id, e.server_round, e.coalition or ""), {})[region] = tuple(sorted(e.members))
     out = []
-    for (run_id, rnd), by_region in sorted(told.items()):
+    for (run_id, rnd, line), by_region in sorted(told.items()):
         if len(set(by_region.values())) > 1:
             said = "; ".join(f"{r} was told {list(m)}" for r, m in sorted(by_region.items()))
-            out.append(f"run {run_id} round {rnd}: the coordinator declared different members to different silos "
-                       f"({said})")
+            where = f"run {run_id} round {rnd}" + (f" line {line}" if line else "")
+            out.append(f"{where}: the coordinator declared different members to different silos ({said})")
     return out
 
 

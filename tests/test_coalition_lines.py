@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakegrid import run_in_process
-from flwr.app import Context, MessageType, RecordDict
+from fakegrid import Tamper, run_in_process
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrec.config import experiment_from_dict
@@ -22,8 +22,9 @@ from fedrec.coordinator.coalition_lines import LineGrid
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError
+from fedrec.experiment import run_experiment
 from fedrec.flower.client_app import make_client_app
-from fedrec.messages import COALITION_KEY, read_decline
+from fedrec.messages import COALITION_KEY, MODEL_IDENTITY_KEY, read_decline
 from fedrec.model_io import load_global_model
 from fedrec.settings import RunSettings, read_manifest
 from fedrec.silo.state_dir import StateDir
@@ -31,6 +32,7 @@ from fedrec.training import initial_global_arrays
 from fedrec.versions import ModelRegistry
 from fedrec.world import prepare_world
 from tests.test_client_egress import instruction
+from tests.test_coalitions import audit, train_entries
 
 WORLD = SyntheticWorldConfig(n_users=300, n_items=80, region_only_items=5, region_sizes=(2.0, 1.0, 1.0),
                              mean_interactions=12.0, min_interactions=5)
@@ -100,13 +102,13 @@ def test_a_region_in_two_lines_keeps_each_lines_users_apart(two_lines: RunSettin
         keys[0].split("@")[0] + "@atlantic"]
 
 
-def experiment(out: Path, **extra: object) -> dict:  # type: ignore[type-arg]
+def experiment(out: Path, tamper: Tamper | None = None, rounds: int = 2, **extra: object) -> dict:  # type: ignore[type-arg]
     cfg = experiment_from_dict({"dataset": {"name": "synthetic", "n_users": 300, "n_items": 80,
                                             "region_only_items": 5, "region_sizes": [2.0, 1.0, 1.0], "seed": 2},
-                                "federation": {"rounds": 2, "coalitions": LINES}, "model": {"name": "mf", "dim": 6},
-                                "bounds": [], "baselines": [], **extra})
-    from fedrec.experiment import run_experiment
-    return run_experiment(cfg, out, log=lambda *_: None, engine=lambda s, **kw: run_in_process(s, **kw))
+                                "federation": {"rounds": rounds, "coalitions": LINES},
+                                "model": {"name": "mf", "dim": 6}, "bounds": [], "baselines": [], **extra})
+    return run_experiment(cfg, out, log=lambda *_: None,
+                          engine=lambda s, **kw: run_in_process(s, **kw, tamper=tamper))
 
 
 def test_results_show_each_region_its_serving_line_and_every_line_apart(tmp_path: Path) -> None:
@@ -200,3 +202,40 @@ def test_a_line_grid_shows_only_its_coalitions_nodes() -> None:
     view = LineGrid(Grid(), {1, 3, 9})  # type: ignore[arg-type]
     assert list(view.get_node_ids()) == [1, 3]
     assert view.pull_interval == 0.5
+
+
+EU_LAW = {"eu": {"partners": ["na"]}}  # eu's law allows na, not apac: atlantic is lawful for it, pacific is not
+
+
+def test_a_region_trains_in_the_coalition_its_law_allows_and_the_audit_agrees(tmp_path: Path) -> None:
+    res = experiment(tmp_path, regime=EU_LAW)
+    atlantic = [e for e in res["round_log"] if e["coalition"] == "atlantic"]
+    assert [e["participants"] for e in atlantic] == [["eu", "na"]] * 2 and not any(e["declined"] for e in atlantic)
+    code, text = audit(tmp_path)
+    assert code == 0 and "respect every partners rule" in text
+
+
+def test_a_coordinator_cannot_pass_another_lines_version_to_a_silo_whose_law_forbids_its_makers(
+        tmp_path: Path) -> None:
+    """From round 2 the coordinator sends eu, as atlantic's, the head of pacific (which apac shaped)."""
+    def swap_in_pacific(msg: Message, context: Context) -> None:
+        config = msg.content.config_records["config"]
+        if msg.metadata.message_type != MessageType.TRAIN or int(config["server-round"]) < 2 \
+                or context.node_config["partition-id"] != 0:  # eu
+            return
+        registry = ModelRegistry(tmp_path / "registry", create=False)
+        head = max((v for v in registry.list() if v.coalition == "pacific"), key=lambda v: v.round)
+        arrays, _ = registry.load(head.id)
+        msg.content.array_records["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+        config["model-version"] = head.id
+        config[MODEL_IDENTITY_KEY] = json.dumps(head.identity(), sort_keys=True)
+
+    res = experiment(tmp_path, tamper=swap_in_pacific, rounds=3, regime=EU_LAW)
+    for entry in res["round_log"]:
+        if entry["coalition"] == "atlantic" and entry["round"] >= 2:
+            assert "eu" not in entry["participants"]
+            assert "made with contributions from ['apac']" in entry["declined"]["eu"]
+    registry = ModelRegistry(tmp_path / "registry", create=False)
+    for e in train_entries(tmp_path, "eu"):  # every update eu released built on a version without apac
+        if not e.declined:
+            assert "apac" not in registry.get(e.version).contributors

@@ -28,7 +28,7 @@ from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.common.serde import recorddict_to_proto
 from flwr.common.serde_utils import error_to_proto
 
-from fedrec.messages import read_decline, read_members, read_privacy, read_version
+from fedrec.messages import read_coalition, read_decline, read_members, read_privacy, read_version
 from fedrec.privacy.accountant import GaussianSteps, epsilon_of
 from fedrec.silo.state_dir import StateDir
 
@@ -65,6 +65,8 @@ class EgressEntry:
     """Training replies: the `model-version` the message asked the silo to train on."""
     members: list[str] | None = None
     """Training replies: the round's members as the coordinator declared them (None: it declared none)."""
+    coalition: str | None = None
+    """Training replies of a run with coalition lines: the line the message named (None: a run of one line)."""
 
     def body(self) -> dict[str, Any]:
         """Every field but `hash` (and the optional ones left unset): what the hash is computed over."""
@@ -80,7 +82,7 @@ class EgressEntry:
         return {**self.body(), "hash": self.hash}
 
 
-OPTIONAL_FIELDS = ("version", "members")
+OPTIONAL_FIELDS = ("version", "members", "coalition")
 
 
 class EgressLedger:
@@ -104,11 +106,12 @@ class EgressLedger:
         return out
 
     def append(self, *, run_id: str, server_round: int, kind: str, region: str, content: RecordDict,
-               version: str | None = None, members: list[str] | None = None) -> EgressEntry:
+               version: str | None = None, members: list[str] | None = None, coalition: str | None = None
+               ) -> EgressEntry:
         """Record a reply before it is sent (fsynced); returns the entry."""
         return self._append(run_id=run_id, server_round=server_round, kind=kind, region=region,
                             payload=wire_bytes(content), declined=read_decline(content) is not None,
-                            dp=read_privacy(content) or {}, version=version, members=members)
+                            dp=read_privacy(content) or {}, version=version, members=members, coalition=coalition)
 
     def append_error(self, *, run_id: str, server_round: int, kind: str, error: Error) -> EgressEntry:
         """Record an error reply before it is sent: the error record exactly as it travels."""
@@ -117,12 +120,13 @@ class EgressLedger:
                             declined=True, dp={})
 
     def _append(self, *, run_id: str, server_round: int, kind: str, region: str, payload: bytes, declined: bool,
-                dp: dict[str, float], version: str | None = None, members: list[str] | None = None) -> EgressEntry:
+                dp: dict[str, float], version: str | None = None, members: list[str] | None = None,
+                coalition: str | None = None) -> EgressEntry:
         last = self.entries()[-1:] or None
         entry = EgressEntry(seq=last[0].seq + 1 if last else 0, prev=last[0].hash if last else GENESIS,
                             run_id=run_id, server_round=server_round, kind=kind, region=region, n_bytes=len(payload),
                             sha256=hashlib.sha256(payload).hexdigest(), declined=declined, dp=dp,
-                            recorded_at=time.time(), version=version, members=members)
+                            recorded_at=time.time(), version=version, members=members, coalition=coalition)
         entry = EgressEntry(**{**entry.body(), "hash": _entry_hash(entry.body())})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
@@ -217,7 +221,8 @@ def egress_ledger_mod(state_dir_of: Callable[[Context], Path | None]) -> Callabl
             ledger.append(run_id=str(context.run_id), server_round=int(str(meta["server-round"])),
                           kind=msg.metadata.message_type, region=str(meta["region"]), content=reply.content,
                           version=read_version(msg.content) if train else None,
-                          members=read_members(msg.content) if train else None)
+                          members=read_members(msg.content) if train else None,
+                          coalition=(read_coalition(msg.content) or None) if train else None)
         except OSError as exc:
             if msg.metadata.message_type != MessageType.QUERY:
                 raise  # nothing leaves unrecorded
