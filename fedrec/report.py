@@ -39,7 +39,7 @@ def round_progress(total: int, *, enabled: bool, console: Console | None = None)
 
 def round_description(entry: dict[str, Any]) -> str:
     """One line for the progress display: NDCG@20 when the coordinator has it, ε spent per silo under DP."""
-    parts = []
+    parts = [f"{entry['coalition']} round {entry['round']}"] if entry.get("coalition") else []
     ndcg = entry.get("overall", {}).get("ndcg@20")
     if entry.get("evaluated") and ndcg is not None and ndcg == ndcg:  # NaN when metrics stay in the silos
         parts.append(f"NDCG@20 {ndcg:.4f}")
@@ -147,10 +147,31 @@ def served_label(label: str | None) -> str:
     return label if label == "-" else "global " + label[:8]
 
 
+def coalitions_table(results: dict[str, Any], metric: str = "ndcg@20") -> Table:
+    """Rows: regions; columns: each coalition line's last evaluation (a region's served line marked *)."""
+    lines = results["coalitions"]
+    table = Table(title=f"{metric} per coalition line (* the line the region serves: its first coalition)")
+    table.add_column("region")
+    for name, block in lines.items():
+        table.add_column(f"{name} ({', '.join(block['regions'])})", justify="right")
+    regions = sorted({r for block in lines.values() for r in block["regions"]})
+    for region in regions:
+        serving = next(n for n, b in lines.items() if region in b["regions"])
+        cells = []
+        for name, block in lines.items():
+            value = block["per_region"].get(region, {}).get(metric)
+            cells.append("" if value is None else f"{value:.4f}" + ("*" if name == serving else ""))
+        table.add_row(region, *cells)
+    table.add_row("overall", *[f"{b['overall'][metric]:.4f}" if metric in b["overall"] else "" for b in lines.values()])
+    return table
+
+
 def print_summary(results: dict[str, Any], console: Console | None = None) -> None:
     """The end-of-run table plus one line of timings."""
     console = console or Console()
     console.print(results_table(results))
+    if results.get("coalitions"):
+        console.print(coalitions_table(results))
     if line := baselines_line(results):
         console.print(line, highlight=False)
     if any(a.get("policy", {}).get("kind", "always") != "always" for a in results.get("adoption", {}).values()):

@@ -239,3 +239,18 @@ def test_a_coordinator_cannot_pass_another_lines_version_to_a_silo_whose_law_for
     for e in train_entries(tmp_path, "eu"):  # every update eu released built on a version without apac
         if not e.declined:
             assert "apac" not in registry.get(e.version).contributors
+
+
+@pytest.mark.slow
+def test_two_lines_on_flowers_simulation_engine(tmp_path: Path) -> None:
+    """The real engine (Ray): both lines train, the region in two keeps both, the run reports every line."""
+    cfg = experiment_from_dict({"dataset": {"name": "synthetic", "n_users": 300, "n_items": 80,
+                                            "region_only_items": 5, "region_sizes": [2.0, 1.0, 1.0], "seed": 2},
+                                "federation": {"rounds": 2, "coalitions": LINES},
+                                "model": {"name": "mf", "dim": 6}, "bounds": [], "baselines": []})
+    res = run_experiment(cfg, tmp_path, log=lambda *_: None)
+    assert [(e["round"], e["coalition"], e["participants"]) for e in res["round_log"]] == [
+        (r, c, sorted(LINES[c])) for r in (1, 2) for c in sorted(LINES)]
+    assert set(res["coalitions"]) == set(LINES)
+    assert sorted(p.name.split("@")[1] for p in (tmp_path / "silo-state" / "na" / "runs").iterdir()) == [
+        "atlantic", "pacific"]

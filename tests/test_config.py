@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from dataclasses import fields
@@ -110,7 +111,14 @@ def check_study(exp: ExperimentConfig) -> None:
     assert (exp.strategy.name, exp.model.name, exp.federation.rounds) == ("fedavg", "mf", 20)
 
 
-EXPERIMENT_CHECKS = {"quick": check_quick, "ml100k": check_ml100k, "compare_strategies": check_compare_strategies,
+def check_coalitions(exp: ExperimentConfig) -> None:
+    """The quick world, as two coalition lines."""
+    check_quick(dataclasses.replace(exp, federation=dataclasses.replace(exp.federation, coalitions={})))
+    assert exp.federation.coalitions == {"atlantic": ["eu", "na"], "pacific": ["na", "apac"]}
+
+
+EXPERIMENT_CHECKS = {"quick": check_quick, "coalitions": check_coalitions, "ml100k": check_ml100k,
+                     "compare_strategies": check_compare_strategies,
                      "synthetic_large": check_synthetic_large, "synthetic_dp": check_synthetic_dp,
                      "sovereign_dp": check_sovereign_dp, "sovereign_dp_ials": check_sovereign_dp_ials,
                      "distinct_region": check_distinct_region, "ease": check_ease,

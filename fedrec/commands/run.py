@@ -74,7 +74,8 @@ def run(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
     console.print(f"fedrec: dataset={exp.dataset.name} model={exp.model.name} strategy={exp.strategy.name} "
                   f"rounds={exp.federation.rounds} privacy={exp.privacy.name}"
                   + (f" (ε={exp.privacy.epsilon:g} per silo)" if exp.privacy.name != "none" else "") + f" → {out_dir}")
-    with round_progress(exp.federation.rounds, enabled=show, console=console) as on_round:
+    lines = max(1, len(exp.federation.coalitions))  # a run with coalitions reports each line's rounds
+    with round_progress(exp.federation.rounds * lines, enabled=show, console=console) as on_round:
         results = run_experiment(exp, out_dir, on_round=on_round, resolved_config=resolved, log=console.print)
     print_summary(results, console)
     from fedrec.plots import save_figures
