@@ -24,6 +24,10 @@ MODEL_IDENTITY_KEY = "model-identity"
 """In a training message's config: the JSON of the sent version's identity (`ModelVersion.identity`: parent,
 contributors, weights hash, ...), whose SHA-256 is its `model-version` id; a silo with `partners` checks both and
 builds on no version a partner it does not allow contributed to."""
+MODEL_LINEAGE_KEY = "model-lineage"
+"""In a training message's config: the JSON list of the sent version's ancestors' identities, its parent first, back
+to the line's root (the version without a parent). Each hashes to the `parent` the one before names, so a silo with
+`partners` checks the whole line it would build on, not only who made the last round of it."""
 WEIGHT_KEY = "weight"
 TRAIN_LOSS_KEY = "train-loss"
 """A non-private round's mean training loss (never under DP: a loss computed on private data is a release)."""

@@ -11,6 +11,7 @@ only); under SecAgg+ only the mean is visible, so a bad reply voids the round.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from fedrec.coordinator.secure_aggregation import secure_train_round
 from fedrec.errors import ConfigError
 from fedrec.messages import (
     MODEL_IDENTITY_KEY,
+    MODEL_LINEAGE_KEY,
     ROUND_MEMBERS_KEY,
     TRAIN_LOSS_KEY,
     read_decline,
@@ -54,13 +56,15 @@ class TrainStep:
 
 def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: ArrayRecord, config: ConfigRecord,
                   sent: ModelVersion, node_regions: dict[int, str], rules: ScreenRules, timeout: float,
-                  context: Context | None) -> TrainStep:
+                  context: Context | None, ancestry: Sequence[ModelVersion] = ()) -> TrainStep:
     """Send the round's training messages and screen the replies (plain, or through SecAgg+).
 
-    `sent` is the version the round trains from; `node_regions` maps node ids to regions, as preflight learnt them.
+    `sent` is the version the round trains from, `ancestry` its ancestors (parent first, back to the line's root);
+    `node_regions` maps node ids to regions, as preflight learnt them.
     """
     version = sent.id
-    messages = declare_coalition(list(strategy.configure_train(rnd, arrays, config, grid)), node_regions, sent)
+    messages = declare_coalition(list(strategy.configure_train(rnd, arrays, config, grid)), node_regions, sent,
+                                 ancestry)
     secure = None
     if s.secure_aggregation == "secaggplus":
         if context is None:
@@ -93,15 +97,18 @@ def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: A
                      failures)
 
 
-def declare_coalition(messages: list[Message], node_regions: dict[int, str], sent: ModelVersion) -> list[Message]:
-    """Put the round's members and the sent version's identity in every training message (in place).
+def declare_coalition(messages: list[Message], node_regions: dict[int, str], sent: ModelVersion,
+                      ancestry: Sequence[ModelVersion] = ()) -> list[Message]:
+    """Put the round's members, the sent version's identity and its ancestors' in every training message (in place).
 
     A node preflight did not see is declared as `node-ID` (no silo's partners can allow it).
     """
     members = sorted({node_regions.get(m.metadata.dst_node_id, f"node-{m.metadata.dst_node_id}") for m in messages})
     identity = json.dumps(sent.identity(), sort_keys=True)
+    lineage = json.dumps([v.identity() for v in ancestry], sort_keys=True)
     for msg in messages:
         config = msg.content.config_records["config"]
         config[ROUND_MEMBERS_KEY] = list(members)
         config[MODEL_IDENTITY_KEY] = identity
+        config[MODEL_LINEAGE_KEY] = lineage
     return messages
