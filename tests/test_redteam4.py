@@ -150,3 +150,38 @@ def test_the_audit_finds_an_update_released_on_a_forbidden_line(world, tmp_path)
     assert "whose line ['apac'] contributed to" in text
     assert "which the registry does not hold" in text and "e" * 16 not in text
     assert len(report.violations) == 2
+
+
+# ---- leave: the coordinator keeps sending to a region that left ----------------------------------------------
+
+
+def test_a_region_that_left_neither_adopts_nor_releases_what_the_coordinator_sends_after(tmp_path) -> None:
+    """After `fedrec leave` the region serves its own line; its node still answers the federation's messages (the
+    SuperNode runs on): an evaluation message must not move its pointer back to a federation version, and a
+    training message must not make it release (spend ε, contribute to a line it left)."""
+    from fedrec.divestment.leave import leave
+    from fedrec.silo.served_now import served_now
+    from fedrec.silo.serving import FORK_PREFIX
+
+    s = RunSettings(data_dir=str(small_world(tmp_path)), output_dir=str(tmp_path / "run"), num_rounds=2,
+                    min_nodes=3, dim=6, batch_size=64, n_negatives=16, seed=5)
+    run_in_process(s)
+    state = tmp_path / "run" / "silo-state" / "na"
+    leave(s, "na", rounds=1)
+    assert str(served_now(state).label).startswith(FORK_PREFIX)
+    egress_before = len(EgressLedger(StateDir(state).egress_ledger).entries())
+    registry = ModelRegistry(tmp_path / "run" / "registry")
+    head, _ = registry.load(registry.list()[-1].id)
+    crafted = {k: v + 0.05 for k, v in head.items()}  # a version the coordinator made after na left
+    vid = describe_version(crafted, spec=s.model_spec, parent=None, round=3)[0].id
+    app = make_client_app(s)
+    node = Context(run_id=99, node_id=2, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(),
+                   run_config={})
+    reply = app(instruction(MessageType.EVALUATE, crafted, 3, version=vid), node)
+    assert str(served_now(state).label).startswith(FORK_PREFIX), "the coordinator moved a departed region's pointer"
+    assert not reply.content.metric_records.get("metrics"), "a departed region released evaluation metrics"
+    reply = app(instruction(MessageType.TRAIN, crafted, 3, version=vid), node)
+    assert "arrays" not in reply.content and "left the federation" in declined(reply)
+    assert str(served_now(state).label).startswith(FORK_PREFIX)
+    entries = EgressLedger(StateDir(state).egress_ledger).entries()[egress_before:]
+    assert all(e.declined or e.kind != "train" for e in entries)

@@ -21,6 +21,7 @@ from fedrec.messages import read_arrays, read_decline, read_int, read_version
 from fedrec.settings import RunSettings
 from fedrec.silo.adaptation import advance_own_line, own_start, review_adapted
 from fedrec.silo.coalition import coalition_problem
+from fedrec.silo.departure import has_left
 from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, statistics_reply, train_reply
 from fedrec.silo.evaluation_log import log_evaluation
 from fedrec.silo.policy import SiloIdentity
@@ -32,6 +33,8 @@ from fedrec.silo.state import SiloState
 from fedrec.statistics import is_statistics_model, statistics_family
 from fedrec.training import Arrays
 from fedrec.versions import ModelRegistry
+
+LEFT = "this region left the federation (fedrec leave): it trains on, reviews and releases nothing it is sent"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ def train_message(silo: Silo, content: RecordDict, reproducible_noise: bool = Fa
     s, ident = silo.s, silo.ident
     rnd, version = read_int(content, "config", "server-round"), received_version(content)
     how = aggregation_of(content.config_records["config"])
+    if has_left(ident.state_dir):  # `fedrec leave`: the region serves its own line and sends nothing more
+        return decline_reply(region=ident.region, server_round=rnd, reason=LEFT)
     if ident.require_secure_aggregation and how == PLAIN:
         reason = "this jurisdiction requires secure aggregation (node config): it sends no update in the clear"
         return decline_reply(region=ident.region, server_round=rnd, reason=reason)
@@ -123,6 +128,8 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     """Evaluate the received version in the silo, let the region review it, reply (under DP: nothing but 'kept')."""
     s, ident = silo.s, silo.ident
     rnd = read_int(content, "config", "server-round")
+    if has_left(ident.state_dir):  # no review (its pointer stays on its own line), no metrics
+        return evaluate_reply(None, region=ident.region, server_round=rnd)
     arrays = read_arrays(content)
     check_received(arrays, s.model_spec, n_items=silo.data.n_items)
     local = silo.state.local()
