@@ -185,3 +185,27 @@ def test_a_region_that_left_neither_adopts_nor_releases_what_the_coordinator_sen
     assert str(served_now(state).label).startswith(FORK_PREFIX)
     entries = EgressLedger(StateDir(state).egress_ledger).entries()[egress_before:]
     assert all(e.declined or e.kind != "train" for e in entries)
+
+
+# ---- a co-silo that answers training under another region's name --------------------------------------------
+
+
+def test_a_co_silo_cannot_silence_or_impersonate_another_region(tmp_path) -> None:
+    """apac answered preflight as apac, then signs its training replies "na": the coordinator used to reject both
+    replies claiming na (na silenced every round, by a co-silo) or, with na absent, credit apac's update to na (a
+    version whose contributors omit apac: what a silo with partners trusts)."""
+    from collections.abc import Callable
+
+    def claim_na(msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        reply = call_next(msg, ctx)
+        if msg.metadata.message_type == MessageType.TRAIN and reply.has_content() \
+                and reply.content.config_records["meta"]["region"] == "apac":
+            reply.content.config_records["meta"]["region"] = "na"
+        return reply
+
+    s = RunSettings(data_dir=str(small_world(tmp_path)), output_dir=str(tmp_path / "run"), num_rounds=2,
+                    min_nodes=3, dim=6, batch_size=64, n_negatives=16, seed=5)
+    h = run_in_process(s, client_mods=[claim_na])
+    for entry in h.round_log:
+        assert entry["participants"] == ["eu", "na"], entry  # na's own update counts; apac's false one does not
+        assert "claims region 'na'" in entry["rejected"]["apac"]

@@ -78,16 +78,21 @@ def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: A
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         failures = [str(r.error.reason)[:500] for r in replies if r.has_error()]
     answered = sorted((r for r in replies if not r.has_error()), key=_region)
+    impostors = impostor_replies(answered, node_regions)  # a node answering under another region's name
+    answered = [r for r in answered if r.metadata.src_node_id not in impostors]
     declined = {_region(r): str(read_decline(r.content)) for r in answered if read_decline(r.content)}
     privacy = {_region(r): p for r in answered if (p := read_privacy(r.content)) is not None}
     contributing = [r for r in answered if _region(r) not in declined]
+    false_names = {node_regions[node]: why for node, why in impostors.items()}
     if secure is None:
         ok, rejected = screen(contributing, {k: v.numpy() for k, v in arrays.items()}, version=version, rules=rules)
+        rejected = {**rejected, **false_names}
         losses = {_region(r): read_float(r.content, "metrics", TRAIN_LOSS_KEY) for r in ok
                   if TRAIN_LOSS_KEY in r.content.metric_records.get("metrics", {})}
         return TrainStep(answered, ok, [_region(r) for r in ok], declined, rejected, privacy, failures, losses)
     # SecAgg+: only the mean is visible; a bad reply cannot be taken out of it, so it voids the round
     rejected = {_region(r): why for r in contributing if (why := metadata_problem(r, version=version))}
+    rejected |= false_names  # its masked update is in the mean: the round is void
     mean_ok = secure.arrays is not None and all(np.isfinite(a.numpy()).all() for a in secure.arrays.values())
     if secure.arrays is not None and not mean_ok:
         failures.append("SecAgg+ mean holds NaN or Inf: round not aggregated")
@@ -95,6 +100,22 @@ def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: A
         return TrainStep(answered, [], [], declined, rejected, privacy, failures)
     return TrainStep(answered, [secure.as_reply()], [_region(r) for r in contributing], declined, {}, privacy,
                      failures)
+
+
+def impostor_replies(replies: list[Message], node_regions: dict[int, str]) -> dict[int, str]:
+    """Node id -> why, for each reply whose region is not the one its node answered preflight with.
+
+    A reply is credited to the region its node proved at preflight (regions are distinct there), never to the name
+    it signs: a co-silo signing another region's name would otherwise get both replies rejected as duplicates (the
+    other region silenced) or its update credited to a region a partners rule allows.
+    """
+    out = {}
+    for r in replies:
+        node = r.metadata.src_node_id
+        if node in node_regions and _region(r) != node_regions[node]:
+            out[node] = (f"its reply claims region {_region(r)[:40]!r}, but its node answered preflight as "
+                         f"{node_regions[node]!r}")
+    return out
 
 
 def declare_coalition(messages: list[Message], node_regions: dict[int, str], sent: ModelVersion,
