@@ -7,7 +7,9 @@ and each jurisdiction's `partners` (its regime entry or node config). Violations
 - a round whose declared members differ between silos (the coordinator told them different coalitions) within one
   coalition line (a run with `federation.coalitions` trains one line per coalition, each silo records the line);
 - a silo's update in a round whose resulting version (the child, in the registry, of the version it trained on)
-  records a contributor outside the members the silo was told: the evidence a lying coordinator leaves.
+  records a contributor outside the members the silo was told: the evidence a lying coordinator leaves;
+- a silo's update trained on a version whose line (in the registry, back to its root) a region outside its
+  partners contributed to, or on a version of a run the registry records that the registry does not hold.
 A silo declines forbidden coalitions and lineages itself (`fedrec.silo.coalition`); this finds what it could not
 see: a coordinator that lied to it.
 """
@@ -52,6 +54,7 @@ def audit_coalitions(registry_root: Path, ledgers: Mapping[str, Path],
             raise ConfigError(str(exc)) from exc
     violations += _declaration_violations(entries)
     violations += _lineage_violations(entries, versions)
+    violations += _ancestry_violations(entries, versions, partners)
     return CoalitionReport(violations, len(versions), sum(len(e) for e in entries.values()))
 
 
@@ -99,4 +102,37 @@ def _lineage_violations(entries: Mapping[str, list[EgressEntry]], versions: list
                     out.append(f"{region} was told round {e.server_round}'s members were {sorted(e.members)}, but "
                                f"version {child.short_id} made in that round records contributors "
                                f"{list(child.contributors)} ({extra} undeclared)")
+    return out
+
+
+def _ancestry_violations(entries: Mapping[str, list[EgressEntry]], versions: list[ModelVersion],
+                         partners: Mapping[str, tuple[str, ...] | list[str] | None]) -> list[str]:
+    """Updates a silo with partners released on a line a forbidden region shaped, or on an unregistered version."""
+    by_id = {v.id: v for v in versions}
+    runs = {e.run_id for mine in entries.values() for e in mine if e.version in by_id}  # runs of this registry
+    out = []
+    for region, mine in sorted(entries.items()):
+        allowed = partners.get(region)
+        if allowed is None:
+            continue
+        for e in mine:
+            if e.declined or not e.version:
+                continue
+            if e.version not in by_id:
+                if e.run_id in runs:
+                    out.append(f"{region} trained round {e.server_round} of run {e.run_id} on version "
+                               f"{e.version[:16]}, which the registry does not hold (the coordinator sent a version "
+                               "it did not register)")
+                continue
+            shaped: set[str] = set()
+            v: ModelVersion | None = by_id[e.version]
+            seen: set[str] = set()
+            while v is not None and v.id not in seen:
+                seen.add(v.id)
+                shaped |= set(v.contributors)
+                v = by_id.get(v.parent) if v.parent is not None else None
+            if bad := sorted(shaped - set(allowed) - {region}):
+                out.append(f"{region} trained round {e.server_round} on version {e.version[:16]}, whose line "
+                           f"{bad} contributed to: {region}'s partners ({', '.join(allowed) or 'none'}) do not allow "
+                           "them")
     return out

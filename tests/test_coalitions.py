@@ -24,7 +24,7 @@ from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError
 from fedrec.experiment import run_experiment
 from fedrec.flower.client_app import make_client_app
-from fedrec.messages import MODEL_IDENTITY_KEY, ROUND_MEMBERS_KEY
+from fedrec.messages import MODEL_IDENTITY_KEY, MODEL_LINEAGE_KEY, ROUND_MEMBERS_KEY
 from fedrec.models import ModelSpec
 from fedrec.settings import read_manifest
 from fedrec.silo.egress_ledger import EgressLedger
@@ -164,7 +164,8 @@ def crafted(world: PreparedWorld, *, contributors: list[str], members: list[str]
             claimed: list[str] | None = None, other_weights: bool = False) -> Message:
     """A training message naming a version made by `contributors` (or claiming `claimed` for the same id)."""
     arrays = initial_global_arrays(ModelSpec("mf", 8), n_items=world.n_items, seed=0)
-    version, _ = describe_version(arrays, spec=ModelSpec("mf", 8), parent="ab" * 32, round=1,
+    root, _ = describe_version({k: v - 1.0 for k, v in arrays.items()}, spec=ModelSpec("mf", 8), parent=None, round=0)
+    version, _ = describe_version(arrays, spec=ModelSpec("mf", 8), parent=root.id, round=1,
                                   contributors=contributors)
     identity = version.identity()
     if claimed is not None:
@@ -174,6 +175,7 @@ def crafted(world: PreparedWorld, *, contributors: list[str], members: list[str]
     config = msg.content.config_records["config"]
     config[MODEL_IDENTITY_KEY] = json.dumps(identity)
     config[ROUND_MEMBERS_KEY] = members if members is not None else ["eu", "na"]
+    config[MODEL_LINEAGE_KEY] = json.dumps([root.identity()])  # the line's root, its only ancestor
     return msg
 
 

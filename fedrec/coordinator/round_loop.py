@@ -148,9 +148,12 @@ class CoordinatorRun:
         self.round_robust: dict[str, Any] = {}
         self.divestment = s.divestment_record()
         self.node_regions: dict[int, str] = {}  # node id -> region, as preflight learnt it
+        self.ancestry: list[ModelVersion] = []  # the current version's ancestors, parent first (to the root)
         if s.start_version:  # continue a registered line (`fedrec.coordinator.line_start`)
             start, self.current = load_start(self.registry, s, self.init)
             self.arrays = ArrayRecord({k: Array(v) for k, v in start.items()})
+            assert self.registry is not None  # load_start refuses a run without one
+            self.ancestry = self.registry.lineage(self.current.id)[1:]
         else:
             self.current = self.name_version(0, None, [], {})  # version 0: forks and pins may start there
         self.contributions: ContributionLedger | None = None
@@ -202,6 +205,7 @@ class CoordinatorRun:
         if self.registry is None:  # a restarted coordinator: continue after the last finished round
             raise ConfigError("resume needs the registry (output-dir or registry-dir) that holds the run's versions")
         loaded, self.current = self.registry.load(ckpt.version.id)
+        self.ancestry = self.registry.lineage(self.current.id)[1:]
         # the model's order (FedAvgM's momentum is a list)
         self.arrays = ArrayRecord({k: Array(loaded[k]) for k in self.init})
         restore_strategy_state(self.strategy, ckpt.strategy_state, list(self.init))
@@ -225,7 +229,7 @@ class CoordinatorRun:
         config = ConfigRecord({"server-round": rnd, "model-version": self.current.id,
                                **({COALITION_KEY: self.line} if self.line else {})})
         step = collect_train(self.grid, self.strategy, s, rnd, self.arrays, config, self.current, self.node_regions,
-                             self.rules, self.timeout, self.context)
+                             self.rules, self.timeout, self.context, self.ancestry)
         solved = self.solve(step) if self.family is not None and step.to_aggregate else None
         ok, too_few = step.to_aggregate, ""
         if ok and len(step.contributors) < s.min_replies:
@@ -235,6 +239,7 @@ class CoordinatorRun:
         if ok:
             self.aggregate(rnd, ok, solved)
             self.last_aggregated = rnd
+            self.ancestry = [self.current, *self.ancestry]
             self.current = self.name_version(rnd, self.current.id, step.contributors,
                                              {r: p["epsilon"] for r, p in step.privacy.items()
                                               if r not in step.declined})

@@ -11,6 +11,7 @@ only); under SecAgg+ only the mean is visible, so a bad reply voids the round.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from fedrec.coordinator.secure_aggregation import secure_train_round
 from fedrec.errors import ConfigError
 from fedrec.messages import (
     MODEL_IDENTITY_KEY,
+    MODEL_LINEAGE_KEY,
     ROUND_MEMBERS_KEY,
     TRAIN_LOSS_KEY,
     read_decline,
@@ -54,13 +56,15 @@ class TrainStep:
 
 def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: ArrayRecord, config: ConfigRecord,
                   sent: ModelVersion, node_regions: dict[int, str], rules: ScreenRules, timeout: float,
-                  context: Context | None) -> TrainStep:
+                  context: Context | None, ancestry: Sequence[ModelVersion] = ()) -> TrainStep:
     """Send the round's training messages and screen the replies (plain, or through SecAgg+).
 
-    `sent` is the version the round trains from; `node_regions` maps node ids to regions, as preflight learnt them.
+    `sent` is the version the round trains from, `ancestry` its ancestors (parent first, back to the line's root);
+    `node_regions` maps node ids to regions, as preflight learnt them.
     """
     version = sent.id
-    messages = declare_coalition(list(strategy.configure_train(rnd, arrays, config, grid)), node_regions, sent)
+    messages = declare_coalition(list(strategy.configure_train(rnd, arrays, config, grid)), node_regions, sent,
+                                 ancestry)
     secure = None
     if s.secure_aggregation == "secaggplus":
         if context is None:
@@ -74,16 +78,21 @@ def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: A
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         failures = [str(r.error.reason)[:500] for r in replies if r.has_error()]
     answered = sorted((r for r in replies if not r.has_error()), key=_region)
+    impostors = impostor_replies(answered, node_regions)  # a node answering under another region's name
+    answered = [r for r in answered if r.metadata.src_node_id not in impostors]
     declined = {_region(r): str(read_decline(r.content)) for r in answered if read_decline(r.content)}
     privacy = {_region(r): p for r in answered if (p := read_privacy(r.content)) is not None}
     contributing = [r for r in answered if _region(r) not in declined]
+    false_names = {node_regions[node]: why for node, why in impostors.items()}
     if secure is None:
         ok, rejected = screen(contributing, {k: v.numpy() for k, v in arrays.items()}, version=version, rules=rules)
+        rejected = {**rejected, **false_names}
         losses = {_region(r): read_float(r.content, "metrics", TRAIN_LOSS_KEY) for r in ok
                   if TRAIN_LOSS_KEY in r.content.metric_records.get("metrics", {})}
         return TrainStep(answered, ok, [_region(r) for r in ok], declined, rejected, privacy, failures, losses)
     # SecAgg+: only the mean is visible; a bad reply cannot be taken out of it, so it voids the round
     rejected = {_region(r): why for r in contributing if (why := metadata_problem(r, version=version))}
+    rejected |= false_names  # its masked update is in the mean: the round is void
     mean_ok = secure.arrays is not None and all(np.isfinite(a.numpy()).all() for a in secure.arrays.values())
     if secure.arrays is not None and not mean_ok:
         failures.append("SecAgg+ mean holds NaN or Inf: round not aggregated")
@@ -93,15 +102,34 @@ def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: A
                      failures)
 
 
-def declare_coalition(messages: list[Message], node_regions: dict[int, str], sent: ModelVersion) -> list[Message]:
-    """Put the round's members and the sent version's identity in every training message (in place).
+def impostor_replies(replies: list[Message], node_regions: dict[int, str]) -> dict[int, str]:
+    """Node id -> why, for each reply whose region is not the one its node answered preflight with.
+
+    A reply is credited to the region its node proved at preflight (regions are distinct there), never to the name
+    it signs: a co-silo signing another region's name would otherwise get both replies rejected as duplicates (the
+    other region silenced) or its update credited to a region a partners rule allows.
+    """
+    out = {}
+    for r in replies:
+        node = r.metadata.src_node_id
+        if node in node_regions and _region(r) != node_regions[node]:
+            out[node] = (f"its reply claims region {_region(r)[:40]!r}, but its node answered preflight as "
+                         f"{node_regions[node]!r}")
+    return out
+
+
+def declare_coalition(messages: list[Message], node_regions: dict[int, str], sent: ModelVersion,
+                      ancestry: Sequence[ModelVersion] = ()) -> list[Message]:
+    """Put the round's members, the sent version's identity and its ancestors' in every training message (in place).
 
     A node preflight did not see is declared as `node-ID` (no silo's partners can allow it).
     """
     members = sorted({node_regions.get(m.metadata.dst_node_id, f"node-{m.metadata.dst_node_id}") for m in messages})
     identity = json.dumps(sent.identity(), sort_keys=True)
+    lineage = json.dumps([v.identity() for v in ancestry], sort_keys=True)
     for msg in messages:
         config = msg.content.config_records["config"]
         config[ROUND_MEMBERS_KEY] = list(members)
         config[MODEL_IDENTITY_KEY] = identity
+        config[MODEL_LINEAGE_KEY] = lineage
     return messages

@@ -2,10 +2,14 @@
 
 The coordinator declares, in every training message, the round's members (`round-members`) and the identity of the
 version it sends (`model-identity`: parent, contributors, weights hash, ... whose SHA-256 is the `model-version`
-id). A silo whose jurisdiction lists `partners` declines the round when the members are not declared, do not
-include it, or include a region outside its partners; and when the version it would build on is not declared,
-does not hash to its id, is not the arrays it received, or has a contributor outside its partners. So a silo
-never builds on a version a forbidden partner made, and never trains in a coalition declared to include one.
+id), and the identities of that version's ancestors back to the line's root (`model-lineage`, each hashing to the
+`parent` the one before names). A silo whose jurisdiction lists `partners` declines the round when the members are
+not declared, do not include it, or include a region outside its partners; and when the version it would build on
+is not declared, does not hash to its id, is not the arrays it received, or it or any ancestor has a contributor
+outside its partners. So a silo never builds on a line a forbidden partner shaped (a version made by allowed
+regions from one apac made is still apac's work, and so is a divested line's version that subtracts apac's direct
+part: its divestment record is the coordinator's word and its parent is apac's line), and never trains in a
+coalition declared to include one.
 
 What a silo cannot check alone: whether the coordinator told the truth about the members (it could tell one silo
 [eu, na] while also training apac). Every silo's egress ledger records the members it was told, and `fedrec audit
@@ -19,7 +23,7 @@ import json
 
 from flwr.app import RecordDict
 
-from fedrec.messages import MODEL_IDENTITY_KEY, read_members, read_version
+from fedrec.messages import MODEL_IDENTITY_KEY, MODEL_LINEAGE_KEY, read_members, read_version
 from fedrec.silo.policy import SiloIdentity
 from fedrec.training import Arrays
 from fedrec.versions.version import canonical_arrays, version_id, weights_digest
@@ -68,4 +72,33 @@ def lineage_problem(ident: SiloIdentity, content: RecordDict, arrays: Arrays, al
         return "the sent arrays are not the weights the declared model-identity names"
     if forbidden := sorted(set(contributors) - allowed):
         return f"version {version[:16]} was made with contributions from {forbidden}: {law}"
+    return ancestry_problem(config.get(MODEL_LINEAGE_KEY), identity.get("parent"), version, allowed, law)
+
+
+def ancestry_problem(raw: object, parent: object, version: str, allowed: set[str], law: str) -> str | None:
+    """Why the sent version's line may not be built on (None: every ancestor's contributors are allowed).
+
+    Its ancestors undeclared, not a hash chain from its parent to a root, or one of them made with a forbidden
+    partner. The check reads only the message: a coordinator that fabricates a whole line (a root of its own making)
+    is caught only by `fedrec audit partners` against the registry and the other silos' ledgers.
+    """
+    if not isinstance(raw, str):
+        return f"the coordinator did not declare the lineage of the version it sent (model-lineage): {law}, so it " \
+               "builds only on a line whose every version's contributors it can check"
+    try:
+        ancestors = json.loads(raw)
+        if not isinstance(ancestors, list):
+            raise TypeError("not a list")
+        shaped: set[str] = set()
+        for ancestor in ancestors:
+            if parent is None or version_id(ancestor) != parent:
+                return f"the declared lineage of version {version[:16]} is not the chain of its parents"
+            shaped |= {str(c) for c in ancestor["contributors"]}
+            parent = ancestor["parent"]
+    except (ValueError, TypeError, KeyError):
+        return "the declared model-lineage is not a list of version identities"
+    if parent is not None:
+        return f"the declared lineage of version {version[:16]} stops before the line's root"
+    if forbidden := sorted(shaped - allowed):
+        return f"version {version[:16]} descends from a version made with contributions from {forbidden}: {law}"
     return None

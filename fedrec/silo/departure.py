@@ -16,10 +16,17 @@ message). `depart` does it inside the silo, with nothing leaving it:
 Until step 3 the old pointer keeps naming the old model, which stays stored: the region serves something at
 every moment (measured by `fedrec.divestment.transition`). The guard's withheld items of an adopted version are
 not carried over: the line is trained on the region's data alone from here on.
+
+Leaving is durable: before step 1 it writes `serving/left.json`, and from then on the silo answers every training
+message with a decline and every evaluation message with nothing, without reviewing it (`fedrec.silo.handlers`):
+a coordinator that keeps sending to the region's node (its SuperNode still running) can neither move what it
+serves back to a federation version nor make it release. Rejoining is the jurisdiction's act: its operator
+removes that file.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +36,7 @@ from safetensors.numpy import load_file
 from fedrec.config import AdoptionPolicy
 from fedrec.data.split import SiloData
 from fedrec.errors import ConfigError
+from fedrec.io import atomic_write_text
 from fedrec.models import ModelSpec
 from fedrec.models.base import is_local
 from fedrec.silo.adaptation import ADAPTED_PREFIX, OWN_PREFIX
@@ -50,6 +58,8 @@ from fedrec.silo.state import LOCAL_STATE_KEY
 from fedrec.silo.state_dir import StateDir
 from fedrec.training import Tensors, TrainConfig
 
+LEFT_FILE = "left.json"
+"""In the serving dir: the region left the federation (`depart`); its silo trains and reviews nothing more."""
 LEFT_REASON = "left the federation"
 LEFT_RUN_ID = "left"
 """The `run_id` of a departure's decision (no federated run made it)."""
@@ -96,6 +106,8 @@ def depart(state_dir: Path, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *
     if not now.ok:
         raise ConfigError(f"the silo at {state_dir} cannot load what it serves: {now.problem}; restore its serving "
                           f"dir ({serving.dir}) from a backup, or pin a version in a federated run first")
+    serving.dir.mkdir(parents=True, exist_ok=True)  # from here the silo answers the federation with nothing
+    atomic_write_text(serving.dir / LEFT_FILE, json.dumps({"left": True, "from": now.label}))
     line, users = _start(serving, now.label, now.source, state_dir)
     try:
         check_received(line.global_arrays, spec, n_items=silo.n_items)
@@ -124,6 +136,11 @@ def depart(state_dir: Path, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *
         run_id=LEFT_RUN_ID))
     return Departure(served_before=now.label, served_after=label, base=line.base, rounds=rounds,
                      line_rounds=line.rounds, users=users, valid_before=before, valid_after=after)
+
+
+def has_left(state_dir: Path | None) -> bool:
+    """Whether the region of `state_dir` left the federation (`depart`): it then trains and reviews nothing."""
+    return state_dir is not None and (StateDir(Path(state_dir)).serving / LEFT_FILE).exists()
 
 
 def _start(serving: RegionServing, label: str, source: str, state_dir: Path) -> tuple[Fork, str]:

@@ -22,6 +22,7 @@ from fedrec.messages import read_arrays, read_coalition, read_decline, read_int,
 from fedrec.settings import RunSettings, line_key
 from fedrec.silo.adaptation import advance_own_line, own_start, review_adapted
 from fedrec.silo.coalition import coalition_problem
+from fedrec.silo.departure import has_left
 from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, statistics_reply, train_reply
 from fedrec.silo.evaluation_log import log_evaluation
 from fedrec.silo.policy import SiloIdentity
@@ -33,6 +34,8 @@ from fedrec.silo.state import SiloState
 from fedrec.statistics import is_statistics_model, statistics_family
 from fedrec.training import Arrays
 from fedrec.versions import ModelRegistry
+
+LEFT = "this region left the federation (fedrec leave): it trains on, reviews and releases nothing it is sent"
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ def train_message(silo: Silo, content: RecordDict, reproducible_noise: bool = Fa
     except LineRefused as exc:
         return decline_reply(region=ident.region, server_round=rnd, reason=str(exc))
     how = aggregation_of(content.config_records["config"])
+    if has_left(ident.state_dir):  # `fedrec leave`: the region serves its own line and sends nothing more
+        return decline_reply(region=ident.region, server_round=rnd, reason=LEFT)
     if ident.require_secure_aggregation and how == PLAIN:
         reason = "this jurisdiction requires secure aggregation (node config): it sends no update in the clear"
         return decline_reply(region=ident.region, server_round=rnd, reason=reason)
@@ -178,6 +183,8 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     """Evaluate the received version in the silo, let the region review it, reply (under DP: nothing but 'kept')."""
     s, ident = silo.s, silo.ident
     rnd = read_int(content, "config", "server-round")
+    if has_left(ident.state_dir):  # no review (its pointer stays on its own line), no metrics
+        return evaluate_reply(None, region=ident.region, server_round=rnd)
     silo = for_line(silo, content)  # a line this region is not in: an error reply (a fixed code)
     arrays = read_arrays(content)
     check_received(arrays, s.model_spec, n_items=silo.data.n_items)
