@@ -135,6 +135,7 @@ def test_under_dp_a_region_in_two_lines_spends_one_budget_for_both(tmp_path: Pat
     assert max(r["epsilon_after"] for r in ledger["releases"]) <= 3.0
     assert eu["epsilon"] <= 3.0 and na["epsilon"] <= 3.0
     assert na["noise_multiplier"] > eu["noise_multiplier"]  # twice the releases on one budget: more noise each
+    assert na["steps"] == 2 * eu["steps"]  # the run's steps over both lines
     # under DP the lines' metrics come from the silos' own logs, and are there for every line
     assert all(res["coalitions"][n]["per_region"].keys() == set(m) for n, m in LINES.items())
 

@@ -88,15 +88,16 @@ def privacy_report(ledger: BudgetLedger, plan: PrivacyPlan | None, run_id: str, 
                    ) -> dict[str, float]:
     """Where the silo stands (public): ε spent at its δ, σ, q, this run's steps, C and its budget.
 
-    Steps count this run's releases only: a lifetime total would tell the coordinator how much the silo
-    trained in other federations.
+    Steps count this run's releases only (over every coalition line of it: `RUN@LINE` keys): a lifetime total
+    would tell the coordinator how much the silo trained in other federations.
     """
+    run = run_id.split("@", 1)[0]
     return {
         "epsilon": ledger.epsilon_spent() if epsilon is None else epsilon,
         "delta": ledger.accountant.delta,
         "noise_multiplier": plan.noise_multiplier if plan else 0.0,
         "sample_rate": plan.sample_rate if plan else 0.0,
-        "steps": float(sum(r.event.steps for r in ledger.releases if r.run_id == run_id)),
+        "steps": float(sum(r.event.steps for r in ledger.releases if r.run_id.split("@", 1)[0] == run)),
         "release_steps": float(plan.steps_per_round if plan else 0),
         "clip_norm": plan.clip_norm if plan else 0.0,
         "budget_epsilon": ledger.budget_epsilon,
