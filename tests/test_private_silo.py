@@ -115,6 +115,20 @@ def test_a_new_run_calibrates_against_what_the_ledger_already_spent(world, tmp_p
     assert second.content["meta"]["dp-noise-multiplier"] > first.content["meta"]["dp-noise-multiplier"]
 
 
+def test_a_run_that_starts_late_plans_only_the_rounds_left(world, tmp_path) -> None:
+    # a run continuing a registered line (start_version at round 2 of 3) first asks this silo for round 3
+    s_late, s_whole = settings(world, tmp_path / "late"), settings(world, tmp_path / "whole")
+    late = train(make_client_app(s_late), s_late, world, context(), 3)
+    whole = [train(make_client_app(s_whole), s_whole, world, context(), rnd) for rnd in (1, 2, 3)]
+    sigma = [r.content["meta"]["dp-noise-multiplier"] for r in (late, whole[0])]
+    assert sigma[0] < sigma[1]  # one release planned instead of three: less noise on it
+    assert late.content["meta"]["dp-epsilon"] > 0.95 * 3.0  # ... and it is the whole budget
+    # the ledger caps every run whatever its first round: a second run's releases stay within the budget
+    after = [train(make_client_app(s_late), s_late, world, context(run_id=2), rnd) for rnd in (1, 2)]
+    assert ledger(s_late, world, tmp_path / "late").epsilon_spent() <= 3.0
+    assert all("arrays" not in r.content or r.content["meta"]["dp-epsilon"] <= 3.0 for r in after)
+
+
 def test_per_region_budgets_and_a_jurisdiction_that_lowers_its_own(world, tmp_path) -> None:
     s = settings(world, tmp_path, privacy_region_epsilon=json.dumps({"eu": 1.0}))
     node = {"region": "na", "data-path": str(world.data_dir / "silo_na.npz"), "state-dir": str(tmp_path / "na"),

@@ -52,14 +52,17 @@ def mechanism_of(s: RunSettings) -> str:
     return "dp_statistics" if is_statistics_model(s.model_spec) else "dp_sgd"
 
 
-def run_plan(ledger: BudgetLedger, s: RunSettings, run_id: str, lines: int = 1) -> PrivacyPlan | Decline:
+def run_plan(ledger: BudgetLedger, s: RunSettings, run_id: str, lines: int = 1, first_round: int = 1
+             ) -> PrivacyPlan | Decline:
     """The plan this silo fixed for `run_id` (calibrated and stored on first use), or why it cannot train.
 
     σ is calibrated at the run's proposed δ when it is tighter than the ledger's (never looser: the
     jurisdiction refused that in `open_ledger`), so the run keeps its promise at both. A region in `lines`
     coalition lines releases once per round for each: the plan covers rounds × lines releases. (The count comes
     from the run config; a coordinator that sends more lines than it declared only meets the budget sooner: the
-    ledger declines every release past it.)
+    ledger declines every release past it.) A plan fixed at `first_round` > 1 (a run continuing a registered
+    line, `start_version`) covers the rounds left, `num_rounds - first_round + 1`: fewer releases, less noise
+    each; a coordinator that starts late only plans fewer releases, and the ledger declines any beyond the budget.
     """
     mechanism = mechanism_of(s)
     stored = ledger.plan_for(run_id)
@@ -72,7 +75,8 @@ def run_plan(ledger: BudgetLedger, s: RunSettings, run_id: str, lines: int = 1) 
     p = s.privacy_settings()
     try:
         plan = make_plan(p, budget=ledger.budget_epsilon, delta=min(p.delta, ledger.accountant.delta),
-                         rounds=s.num_rounds * max(1, lines), prior=list(ledger.accountant.events),
+                         rounds=max(1, s.num_rounds - first_round + 1) * max(1, lines),
+                         prior=list(ledger.accountant.events),
                          mechanism=mechanism)
     except BudgetSpent as exc:
         return Decline(str(exc), ledger.epsilon_spent())
@@ -136,7 +140,7 @@ def private_train_round(silo: SiloData, s: RunSettings, ident: SiloIdentity, *, 
         ledger = open_ledger(s, ident)
     except PolicyRefusal as exc:
         return PrivateRound(report={}, declined=str(exc))
-    plan = run_plan(ledger, s, plan_key or run_id, lines)
+    plan = run_plan(ledger, s, plan_key or run_id, lines, first_round=server_round)
     if isinstance(plan, Decline):
         return PrivateRound(report=privacy_report(ledger, None, run_id), declined=plan.reason)
     release = ledger.authorize(run_id=run_id, server_round=server_round, event=plan.event())
