@@ -15,7 +15,15 @@ from rich.console import Console
 from rich.table import Table
 
 from fedrec.commands.parsing import CommandParser, run_command
-from fedrec.versions import DEFAULT_ROOT, ENV_ROOT, RUN_REGISTRY_GLOBS, SHORT, ModelRegistry, resolve_registry_root
+from fedrec.versions import (
+    DEFAULT_ROOT,
+    ENV_ROOT,
+    RUN_REGISTRY_GLOBS,
+    SHORT,
+    ModelRegistry,
+    ModelVersion,
+    resolve_registry_root,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +75,15 @@ def _metrics_summary(metrics: Mapping[str, Any], limit: int = 3) -> str:
     return "\n".join(flat[:limit] + (["..."] if len(flat) > limit else [])) if flat else "-"
 
 
+def _line_label(v: ModelVersion) -> str:
+    """The version's line: its coalition, and for a divested line what was removed and how."""
+    parts = [v.coalition] if v.coalition else []
+    if v.divestment:
+        removed = ",".join(str(r) for r in v.divestment.get("removed", []))
+        parts.append(f"without {removed} ({v.divestment.get('method', '?')})")
+    return " ".join(parts) or "-"
+
+
 def _print_list(registry: ModelRegistry, console: Console) -> None:
     versions = registry.list()
     if not versions:
@@ -76,11 +93,15 @@ def _print_list(registry: ModelRegistry, console: Console) -> None:
     table.add_column("id", no_wrap=True)
     table.add_column("round", justify="right")
     table.add_column("parent", no_wrap=True)
+    lines = any(v.coalition or v.divestment for v in versions)  # a column only when the registry has such lines
+    if lines:
+        table.add_column("line", overflow="fold", min_width=6)
     for col, width in (("silos", 5), ("ε spent", 7), ("strategy", 5)):
         table.add_column(col, overflow="fold", min_width=width)
     table.add_column("metrics", min_width=18)  # cut with "…" on narrow terminals; `show` has them all
     for v in versions:
-        table.add_row(v.short_id, str(v.round), v.parent[:8] if v.parent else "-", _fmt(v.contributors),
+        line = [_line_label(v)] if lines else []
+        table.add_row(v.short_id, str(v.round), v.parent[:8] if v.parent else "-", *line, _fmt(v.contributors),
                       _fmt(v.epsilon), _fmt(v.strategy), _metrics_summary(v.metrics, limit=2))
     console.print(table)
 
