@@ -181,3 +181,21 @@ def test_the_divest_command_names_a_directory_that_is_not_a_run(tmp_path: Path,
 
     assert divest_main(["eu", "--run", str(tmp_path)]) == 2
     assert "run_config.json is missing" in capsys.readouterr().err
+
+
+def test_the_deployment_plan_is_a_run_config_flower_reads_and_it_rebuilds_the_exact_line(
+        trained: RunSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flwr.common.config import parse_config_args
+
+    from fedrec.commands.divest import DEPLOYMENT_FILE, divest_main
+
+    assert divest_main(["eu", "--run", trained.output_dir, "--deployment", "--out", str(tmp_path / "p")]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    path = tmp_path / "p" / DEPLOYMENT_FILE
+    assert f"--run-config {path}" in printed and "exclude-regions = \"eu\"" in printed
+    assert not (tmp_path / "p" / "federated_history.json").exists()  # nothing trained
+    run = RunSettings.from_run_config(parse_config_args([str(path)]))  # as `flwr run --run-config FILE` reads it
+    assert run.excluded_regions() == ["eu"] and run.divestment_record()["method"] == "exact"
+    started = run_in_process(run)
+    exact = divest(trained, ["eu"], method="exact", out_dir=tmp_path / "exact", engine=run_in_process)
+    assert started.versions[-1]["id"] == exact.head  # the operators' run is the exact line, version for version

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recovery-rounds", type=int, default=None,
                         help="fast: recovery rounds (default: 30%% of what exact would train, at least 1)")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: RUN/divest-METHOD-TIME)")
+    parser.add_argument("--deployment", action="store_true",
+                        help="train nothing: write and print the run config of the rebuilt line, for the operators "
+                             "to start it on the deployed federation (`flwr run`)")
     return parser
 
 
@@ -44,6 +47,42 @@ def _newest_run() -> Path:
     if not runs:
         raise ConfigError("no run found under outputs/ or multirun/: pass --run RUN_DIR")
     return runs[0]
+
+
+DEPLOYMENT_FILE = "divestment_run_config.toml"
+
+
+def _plan(args: argparse.Namespace, console: Console) -> int:
+    """`--deployment`: the rebuilt line's whole run config as a TOML file for `flwr run --run-config FILE`."""
+    from fedrec.divestment.run import plan_divestment
+    from fedrec.settings import load_run_config
+
+    run_dir = args.run or _newest_run()
+    settings = load_run_config(run_dir)
+    out = args.out or run_dir / f"divest-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    plan = plan_divestment(settings, list(args.regions), method=args.method, out_dir=out,
+                           recovery_rounds=args.recovery_rounds)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / DEPLOYMENT_FILE
+    lines = [f"# fedrec divest {' '.join(args.regions)} --method {args.method}: the rebuilt line's run config",
+             "# (the whole run config: Flower reads a --run-config file alone, without the app's defaults)"]
+    path.write_text("\n".join([*lines, *(f"{k} = {_toml(v)}" for k, v in sorted(plan.run.to_run_config().items()))])
+                    + "\n")
+    console.print(f"the rebuilt line starts from {plan.start.short_id} (round {plan.start.round}) and replaces "
+                  f"{plan.replaces.short_id}: {plan.run.num_rounds - plan.start.round} round(s) over "
+                  f"{plan.run.min_nodes} region(s). Changed from the run's config:", highlight=False)
+    for key, value in sorted(plan.run_config_changes(settings).items()):
+        console.print(f"  {key} = {_toml(value)}", highlight=False, soft_wrap=True)
+    console.print(f"start it on the deployed federation: flwr run . FEDERATION --stream --run-config {path}",
+                  highlight=False, soft_wrap=True)
+    return 0
+
+
+def _toml(value: Any) -> str:
+    """A run-config value in TOML (a JSON string is a TOML basic string)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, int | float) else json.dumps(str(value))
 
 
 def _divest(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,6 +144,8 @@ def divest_main(argv: list[str], console: Console | None = None) -> int:
     out = console or Console()
 
     def handle(args: argparse.Namespace) -> int:
+        if args.deployment:
+            return _plan(args, out)
         _print(_divest(args), out)
         return 0
 

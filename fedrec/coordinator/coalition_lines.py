@@ -24,7 +24,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid
 
 from fedrec.coordinator.history import FederationHistory
-from fedrec.coordinator.round_loop import CoordinatorRun, RoundCallback, preflight_or_stop
+from fedrec.coordinator.preflight import preflight_or_stop
+from fedrec.coordinator.round_loop import CoordinatorRun, RoundCallback
 from fedrec.evaluation import SiloEvaluation, pool
 from fedrec.settings import RunSettings, save_run_config
 

@@ -12,10 +12,11 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.strategies import trimming_problem
 from fedrec.errors import ConfigError
 from fedrec.messages import PREFLIGHT_ERROR
-from fedrec.settings import RunSettings
+from fedrec.settings import RunSettings, read_manifest
 
 
 def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
@@ -64,3 +65,20 @@ def preflight_failure(problems: list[str], out_dir: str) -> ConfigError:
     """The error that stops the run (its message lists every problem)."""
     where = f" (also in {Path(out_dir) / 'federated_history.json'})" if out_dir else ""
     return ConfigError("preflight failed, nothing was trained" + where + ":\n  " + "\n  ".join(problems))
+
+
+def preflight_or_stop(grid: Grid, s: RunSettings, history: FederationHistory, *, timeout: float, statistics: bool
+                      ) -> dict[int, str]:
+    """Every taking-part silo checks its configuration before round 1: node id → region, or a clear stop."""
+    regions = s.participating_regions(list(read_manifest(s.data_dir)["regions"]))
+    s.check_coalition_regions(regions)
+    if s.min_nodes > len(regions):
+        raise ConfigError(f"min-nodes={s.min_nodes} but only {len(regions)} region(s) of the world take part "
+                          f"({', '.join(regions)}; exclude-regions={s.exclude_regions!r}): the run would wait "
+                          "for silos that cannot come")
+    problems, node_regions = run_preflight(grid, s, regions, timeout=timeout, statistics=statistics)
+    if problems:
+        history.stopped_early = "preflight failed: " + "; ".join(problems)
+        history.save(s.output_dir)
+        raise preflight_failure(problems, s.output_dir)
+    return node_regions

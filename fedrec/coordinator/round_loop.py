@@ -21,17 +21,17 @@ from flwr.serverapp import Grid
 
 from fedrec.coordinator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedrec.coordinator.contributions import ContributionLedger, contributions_problem
+from fedrec.coordinator.evaluate_step import evaluate_global
 from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.line_start import load_start
-from fedrec.coordinator.preflight import preflight_failure, run_preflight
+from fedrec.coordinator.preflight import preflight_or_stop
 from fedrec.coordinator.robust import attribution, clip_rows, mix_nearest
 from fedrec.coordinator.screen import ScreenRules, StatisticsScreen
 from fedrec.coordinator.strategies import aggregation_rule, build_strategy, restore_strategy_state, strategy_state
 from fedrec.coordinator.train_step import TrainStep, collect_train
 from fedrec.errors import ConfigError
 from fedrec.evaluation import SiloEvaluation, pool
-from fedrec.messages import COALITION_KEY, WEIGHT_KEY, read_arrays, read_float, read_int, read_region
-from fedrec.metrics import METRICS
+from fedrec.messages import COALITION_KEY, WEIGHT_KEY, read_arrays, read_float, read_region
 from fedrec.model_io import save_global_model
 from fedrec.settings import RunSettings, read_manifest, save_run_config
 from fedrec.statistics import Arrays, is_statistics_model, solve_replies, statistics_family
@@ -41,42 +41,6 @@ from fedrec.versions import ModelRegistry, ModelVersion, describe_version
 from fedrec.world import load_catalog_features
 
 RoundCallback = Callable[[dict[str, Any]], None]
-
-
-def _region(msg: Message) -> str:
-    return read_region(msg.content)
-
-
-def pool_evaluations(replies: list[Message]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Per-region means and the user-weighted overall mean from evaluation replies' metric sums."""
-    return pool(reply_evaluations(replies))
-
-
-def reply_evaluations(replies: list[Message]) -> dict[str, SiloEvaluation]:
-    """Each region's metric sums from evaluation replies (none from a private run's: they stay in the silos)."""
-    evals: dict[str, SiloEvaluation] = {}
-    for msg in replies:
-        c = msg.content
-        if "metrics" not in c.metric_records:  # kept in the silo (private run): nothing to pool
-            continue
-        explicit = "n-ratings" in c.metric_records["metrics"]
-        evals[_region(msg)] = SiloEvaluation(
-            sums={k: read_float(c, "metrics", f"sum-{k}") for k in METRICS}, n_users=read_int(c, "metrics", "n-users"),
-            sq_error=read_float(c, "metrics", "sq-error") if explicit else 0.0,
-            n_ratings=read_int(c, "metrics", "n-ratings") if explicit else 0)
-    return evals
-
-
-def evaluate_global(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord, timeout: float, version: str = "",
-                    line: str = "") -> tuple[dict[str, SiloEvaluation], list[str]]:
-    """Ask every silo to evaluate `arrays` (global `version`, of coalition `line`): (metric sums, failure reasons).
-
-    Each silo also reviews the version under its own adoption policy; that stays in the silo.
-    """
-    config = ConfigRecord({"server-round": rnd, "model-version": version, **({COALITION_KEY: line} if line else {})})
-    replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid), timeout=timeout))
-    evals = reply_evaluations(sorted((r for r in replies if not r.has_error()), key=_region))
-    return evals, [str(r.error.reason)[:500] for r in replies if r.has_error()]
 
 
 @dataclass(frozen=True)
@@ -270,10 +234,10 @@ class CoordinatorRun:
         """
         assert self.family is not None
         current = {k: v.numpy() for k, v in self.arrays.items()}
-        parts = [(_region(r), read_arrays(r.content)) for r in step.to_aggregate]
+        parts = [(read_region(r.content), read_arrays(r.content)) for r in step.to_aggregate]
         solved, left_out = solve_replies(self.family, parts, current, self.s.model_spec, self.n_items)
         step.rejected.update(left_out)
-        step.to_aggregate = [r for r in step.to_aggregate if _region(r) not in left_out]
+        step.to_aggregate = [r for r in step.to_aggregate if read_region(r.content) not in left_out]
         step.contributors = [c for c in step.contributors if c not in left_out]
         return solved
 
@@ -297,7 +261,7 @@ class CoordinatorRun:
                                                     n_items=self.n_items)
             self.round_robust = robust
             if self.contributions is not None:  # what each region's reply adds (after row_clip: what is averaged)
-                self.pending_contribution = (sent, {_region(m): (read_arrays(m.content),
+                self.pending_contribution = (sent, {read_region(m.content): (read_arrays(m.content),
                                                                  read_float(m.content, "metrics", WEIGHT_KEY))
                                                     for m in replies})
             aggregated, _ = self.strategy.aggregate_train(rnd, replies)
@@ -354,23 +318,6 @@ class CoordinatorRun:
                               metadata={"rounds": self.s.num_rounds, "strategy": self.rule,
                                         "privacy": self.s.privacy})
         return h
-
-
-def preflight_or_stop(grid: Grid, s: RunSettings, history: FederationHistory, *, timeout: float, statistics: bool
-                      ) -> dict[int, str]:
-    """Every taking-part silo checks its configuration before round 1: node id → region, or a clear stop."""
-    regions = s.participating_regions(list(read_manifest(s.data_dir)["regions"]))
-    s.check_coalition_regions(regions)
-    if s.min_nodes > len(regions):
-        raise ConfigError(f"min-nodes={s.min_nodes} but only {len(regions)} region(s) of the world take part "
-                          f"({', '.join(regions)}; exclude-regions={s.exclude_regions!r}): the run would wait "
-                          "for silos that cannot come")
-    problems, node_regions = run_preflight(grid, s, regions, timeout=timeout, statistics=statistics)
-    if problems:
-        history.stopped_early = "preflight failed: " + "; ".join(problems)
-        history.save(s.output_dir)
-        raise preflight_failure(problems, s.output_dir)
-    return node_regions
 
 
 def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = None,

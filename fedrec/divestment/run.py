@@ -80,13 +80,29 @@ def line_head(settings: RunSettings) -> str:
     return str(versions[-1]["id"])
 
 
-def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: Path, engine: Engine,
-           head: str | None = None, recovery_rounds: int | None = None, **engine_kw: Any) -> Divestment:
-    """Remove `regions` from the line ending at `head` (default: the run's last version) of the run `settings` ran.
+@dataclass(frozen=True)
+class DivestmentPlan:
+    """The run that rebuilds a line without some regions: its settings, and what it removes from which head."""
 
-    The rebuilt line's run writes into `out_dir` and registers its versions in the run's registry; the remaining
-    silos keep their state dirs (their serving pointers, ledgers and budgets carry on). `engine` runs the
-    federation (`fedrec.flower.simulation.run_simulation`, or the tests' in-process grid).
+    run: RunSettings
+    """The rebuilt line's run config (start version, the regions left out, the divestment record, ...)."""
+    replaces: ModelVersion
+    start: ModelVersion
+    record: dict[str, Any]
+
+    def run_config_changes(self, original: RunSettings) -> dict[str, Any]:
+        """The run-config keys that differ from the original run's: what an operator passes to `flwr run`."""
+        old = original.to_run_config()
+        return {k: v for k, v in self.run.to_run_config().items() if old.get(k) != v}
+
+
+def plan_divestment(settings: RunSettings, regions: list[str], *, method: str, out_dir: Path,
+                    head: str | None = None, recovery_rounds: int | None = None) -> DivestmentPlan:
+    """The run that removes `regions` from the line ending at `head` (default: the run's last version).
+
+    Nothing is trained. For `fast` the head less the regions' kept contributions is registered (the version the
+    recovery rounds start from). In a simulation `divest` runs the plan; in a deployment the operators start it
+    (`fedrec divest --deployment` prints the run-config keys that change).
     """
     if method not in METHODS:
         raise ConfigError(f"divestment method {method!r}: choose one of {METHODS}")
@@ -127,14 +143,28 @@ def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: P
         eval_every=rounds,  # evaluated (and so reviewed by the silos) once, at its head: no weak early version served
         divestment=json.dumps(record, sort_keys=True), resume=False, run_name="",
         users_from=_run_key(settings) if method == "fast" else "")
+    return DivestmentPlan(run=run, replaces=head_version, start=start, record=record)
+
+
+def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: Path, engine: Engine,
+           head: str | None = None, recovery_rounds: int | None = None, **engine_kw: Any) -> Divestment:
+    """Remove `regions` from the line ending at `head` (default: the run's last version) of the run `settings` ran.
+
+    The rebuilt line's run (`plan_divestment`) writes into `out_dir` and registers its versions in the run's
+    registry; the remaining silos keep their state dirs (their serving pointers, ledgers and budgets carry on).
+    `engine` runs the federation (`fedrec.flower.simulation.run_simulation`, or the tests' in-process grid).
+    """
+    plan = plan_divestment(settings, regions, method=method, out_dir=out_dir, head=head,
+                           recovery_rounds=recovery_rounds)
+    start = plan.start
     t = time.perf_counter()
-    history = engine(run, **engine_kw)
+    history = engine(plan.run, **engine_kw)
     wall = time.perf_counter() - t
     trained = [e for e in history.round_log if e.get("participants")]
     if not history.versions or history.versions[-1]["id"] == start.id:
         raise ConfigError(f"the rebuilt line trained no round ({history.stopped_early or 'no silo replied'})")
     last = history.rounds[-1] if history.rounds else {"per_region": {}, "overall": {}}
-    return Divestment(method=method, removed=sorted(regions), replaces=head_version.id, rebuilt_from=start.id,
+    return Divestment(method=method, removed=sorted(regions), replaces=plan.replaces.id, rebuilt_from=start.id,
                       head=str(history.versions[-1]["id"]), rounds=len(trained),
                       silo_rounds=sum(len(e["participants"]) for e in trained), wall_time_s=wall,
                       per_region=dict(last["per_region"]), overall=dict(last["overall"]), output_dir=str(out_dir),
