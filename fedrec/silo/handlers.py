@@ -21,7 +21,7 @@ from fedrec.errors import FedrecError
 from fedrec.messages import read_arrays, read_coalition, read_decline, read_int, read_version
 from fedrec.settings import RunSettings, line_key
 from fedrec.silo.adaptation import advance_own_line, own_start, review_adapted
-from fedrec.silo.coalition import coalition_problem
+from fedrec.silo.coalition import coalition_problem, line_problem
 from fedrec.silo.departure import has_left
 from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, statistics_reply, train_reply
 from fedrec.silo.evaluation_log import log_evaluation
@@ -51,8 +51,9 @@ class Silo:
     line: str = ""
     """The coalition line the message belongs to ("" in a run of one line)."""
     serves: bool = True
-    """This line is the one the region reviews and serves (its first coalition in name order): its fork, own line,
-    guard and adoption decisions follow it; the region's other lines are trained and evaluated only."""
+    """This line is the one the region reviews and serves (its first coalition in name order that its partners
+    allow): its fork, own line, guard and adoption decisions follow it; its other lines are trained and evaluated
+    only."""
     log_key: str = ""
     """What the region's serving records and evaluation log key the run by (the run key for the serving line)."""
     plan_key: str = ""
@@ -83,7 +84,9 @@ def for_line(silo: Silo, content: RecordDict) -> Silo:
     """The silo as the message's coalition line sees it; `LineRefused` for a line the region is not in.
 
     The region's lines come from the run config's `coalitions` (which regions train together is the run's
-    proposal; a jurisdiction's `partners` decide whether it takes part at all, `fedrec.silo.coalition`).
+    proposal; a jurisdiction's `partners` decide whether it takes part at all, `fedrec.silo.coalition`): a line
+    declared with a region its partners forbid is none of its lines, so it neither trains in it nor reviews or
+    serves from it, and it serves the first line its law allows.
     """
     line, s, region = read_coalition(content), silo.s, silo.ident.region
     mine = s.coalitions_of(region)
@@ -92,6 +95,10 @@ def for_line(silo: Silo, content: RecordDict) -> Silo:
     if line not in mine:
         raise LineRefused(f"the message names coalition line {line[:80]!r}; region {region!r} trains in "
                           f"{mine or 'no coalition line (this run has one line)'}")
+    members = s.coalition_members()
+    if why := line_problem(silo.ident, line, members[line]):
+        raise LineRefused(why)
+    mine = [c for c in mine if line_problem(silo.ident, c, members[c]) is None]
     key = line_key(silo.run_key, line)
     serves = line == mine[0]
     return dataclasses.replace(silo, run_key=key, state=silo.state.for_run(key), line=line, serves=serves,

@@ -1,0 +1,65 @@
+"""Red team 5: coalition lines against a hostile coordinator and a hostile co-silo.
+
+Checked through the real ServerApp and ClientApps on the in-process grid (`run_in_process`, its `tamper` hook
+plays the coordinator) and through single messages to one silo's ClientApp.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fakegrid import Tamper, run_in_process
+from flwr.app import Context, Message, MessageType
+
+from fedrec.config import experiment_from_dict
+from fedrec.experiment import run_experiment
+from fedrec.messages import COALITION_KEY, ROUND_MEMBERS_KEY
+from fedrec.silo.adoption import ServingRecord
+from fedrec.silo.state_dir import StateDir
+from fedrec.versions import ModelRegistry
+from tests.test_coalitions import train_entries
+
+EU_LAW = {"eu": {"partners": ["na"]}}  # eu's law allows na, not apac
+# `aaa` comes first in name order, so it would be eu's serving line; its run-config members include apac
+WITH_APAC_FIRST = {"aaa": ["eu", "na", "apac"], "atlantic": ["eu", "na"]}
+
+
+def experiment(out: Path, coalitions: dict[str, list[str]], tamper: Tamper | None = None, rounds: int = 2,
+               **extra: object) -> dict:  # type: ignore[type-arg]
+    cfg = experiment_from_dict({"dataset": {"name": "synthetic", "n_users": 300, "n_items": 80,
+                                            "region_only_items": 5, "region_sizes": [2.0, 1.0, 1.0], "seed": 2},
+                                "federation": {"rounds": rounds, "coalitions": coalitions},
+                                "model": {"name": "mf", "dim": 6}, "bounds": [], "baselines": [], **extra})
+    return run_experiment(cfg, out, log=lambda *_: None,
+                          engine=lambda s, **kw: run_in_process(s, **kw, tamper=tamper))
+
+
+def test_a_region_never_serves_a_line_whose_declared_coalition_its_law_forbids(tmp_path: Path) -> None:
+    """The coordinator names coalitions so that eu's first (serving) line is one apac trains in: eu declines to
+    train there, but must not review, adopt and serve that line's versions (apac shaped them) either."""
+    experiment(tmp_path, WITH_APAC_FIRST, regime=EU_LAW)
+    registry = ModelRegistry(tmp_path / "registry", create=False)
+    served = [d.served_after for d in ServingRecord(StateDir(tmp_path / "silo-state" / "eu").serving).decisions()]
+    assert served, "eu reviews the line it lawfully trains in"
+    for label in served:
+        if label is not None and ":" not in label:
+            version = registry.get(label)
+            assert version.coalition == "atlantic", f"eu serves a version of line {version.coalition}"
+            assert "apac" not in version.contributors
+
+
+def test_a_coordinator_cannot_hide_a_forbidden_partner_of_a_line_by_declaring_fewer_members(tmp_path: Path) -> None:
+    """The run config says line `aaa` is [eu, na, apac]; the coordinator tells eu that aaa's round members are
+    [eu, na]. eu holds the run config: it must not release an update into a line declared to include apac."""
+    def tell_eu_aaa_is_eu_and_na(msg: Message, context: Context) -> None:
+        config = msg.content.config_records["config"]
+        if (msg.metadata.message_type == MessageType.TRAIN and context.node_config["partition-id"] == 0
+                and config.get(COALITION_KEY) == "aaa"):
+            config[ROUND_MEMBERS_KEY] = ["eu", "na"]
+
+    experiment(tmp_path, WITH_APAC_FIRST, tamper=tell_eu_aaa_is_eu_and_na, regime=EU_LAW)
+    released = [e for e in train_entries(tmp_path, "eu") if not e.declined]
+    assert released and all(e.coalition == "atlantic" for e in released), \
+        [(e.coalition, e.server_round) for e in released]
+    for v in ModelRegistry(tmp_path / "registry", create=False).list():
+        assert not {"eu", "apac"} <= set(v.contributors), (v.coalition, v.round, v.contributors)
