@@ -63,3 +63,26 @@ def test_a_coordinator_cannot_hide_a_forbidden_partner_of_a_line_by_declaring_fe
         [(e.coalition, e.server_round) for e in released]
     for v in ModelRegistry(tmp_path / "registry", create=False).list():
         assert not {"eu", "apac"} <= set(v.contributors), (v.coalition, v.round, v.contributors)
+
+
+LINES = {"atlantic": ["eu", "na"], "pacific": ["na", "apac"]}  # na serves atlantic, trains pacific too
+
+
+def test_a_region_that_forked_and_does_not_contribute_sends_nothing_on_any_line(tmp_path: Path) -> None:
+    """na's policy: fork from version 0 and contribute nothing. Its fork follows its serving line (atlantic); its
+    other line (pacific) must not go on receiving its updates."""
+    res = experiment(tmp_path, LINES, adoption={"na": {"fork": 0, "contribute": False}})
+    released = [(e.coalition, e.server_round) for e in train_entries(tmp_path, "na") if not e.declined]
+    assert released == []
+    assert all("na" not in e["participants"] for e in res["round_log"])
+
+
+def test_a_non_contributing_fork_holds_on_another_line_asked_first(tmp_path: Path) -> None:
+    """The coordinator asks na's non-serving line (pacific) before its serving line ever reaches it."""
+    def no_atlantic_for_na(msg: Message, context: Context) -> None:
+        config = msg.content.config_records["config"]
+        if context.node_config["partition-id"] == 1 and config.get(COALITION_KEY) == "atlantic":
+            config[COALITION_KEY] = "pacific"  # na never gets a message of its serving line
+
+    experiment(tmp_path, LINES, tamper=no_atlantic_for_na, adoption={"na": {"fork": 0, "contribute": False}})
+    assert [e for e in train_entries(tmp_path, "na") if not e.declined] == []

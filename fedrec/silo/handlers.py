@@ -35,6 +35,7 @@ from fedrec.statistics import is_statistics_model, statistics_family
 from fedrec.training import Arrays
 from fedrec.versions import ModelRegistry
 
+FORKED = "this region serves its own fork and does not contribute to the federation (on any of its lines)"
 LEFT = "this region left the federation (fedrec leave): it trains on, reviews and releases nothing it is sent"
 
 
@@ -164,8 +165,13 @@ def train_content(silo: Silo, rnd: int, version: str, arrays: Arrays, reproducib
                             local=state.local(), seed=silo_seed(s.seed, ident.region + "/fork", rnd),
                             run_id=silo.log_key)
         if fork is not None and not ident.policy.contribute:
-            reason = "this region serves its own fork and does not contribute to the federation"
-            return decline_reply(region=ident.region, server_round=rnd, reason=reason)
+            return decline_reply(region=ident.region, server_round=rnd, reason=FORKED)
+    if serving is None and ident.policy.kind == "fork" and not ident.policy.contribute and silo.line:
+        # another line of the region's: once its fork (of its serving line) is started or due, it sends nothing here
+        forked = serving_of(ident)
+        due = ident.policy.from_round is not None and rnd - 1 >= ident.policy.from_round
+        if due or (forked is not None and forked.fork() is not None):
+            return decline_reply(region=ident.region, server_round=rnd, reason=FORKED)
     if s.privacy_settings().enabled:
         return private_train(s, ident, silo.data, state, silo.run_key, rnd, arrays, version,
                              reproducible_noise=reproducible_noise, plan_key=silo.plan_key, lines=silo.lines,
