@@ -6,17 +6,18 @@ plays the coordinator) and through single messages to one silo's ClientApp.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fakegrid import Tamper, run_in_process
-from flwr.app import Context, Message, MessageType
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 
 from fedrec.config import experiment_from_dict
 from fedrec.experiment import run_experiment
-from fedrec.messages import COALITION_KEY, ROUND_MEMBERS_KEY
+from fedrec.messages import COALITION_KEY, MODEL_IDENTITY_KEY, MODEL_LINEAGE_KEY, ROUND_MEMBERS_KEY
 from fedrec.silo.adoption import ServingRecord
 from fedrec.silo.state_dir import StateDir
-from fedrec.versions import ModelRegistry
+from fedrec.versions import ModelRegistry, ModelVersion
 from tests.test_coalitions import train_entries
 
 EU_LAW = {"eu": {"partners": ["na"]}}  # eu's law allows na, not apac
@@ -86,3 +87,35 @@ def test_a_non_contributing_fork_holds_on_another_line_asked_first(tmp_path: Pat
 
     experiment(tmp_path, LINES, tamper=no_atlantic_for_na, adoption={"na": {"fork": 0, "contribute": False}})
     assert [e for e in train_entries(tmp_path, "na") if not e.declined] == []
+
+
+def served_versions(out: Path, region: str) -> list[ModelVersion]:
+    """Every registered global version a region's serving decisions name (whatever the label's prefix)."""
+    registry = ModelRegistry(out / "registry", create=False)
+    ids = {v.id: v for v in registry.list()}
+    labels = [d.served_after for d in ServingRecord(StateDir(out / "silo-state" / region).serving).decisions()]
+    return [ids[label.rsplit(":", 1)[-1]] for label in labels if label and label.rsplit(":", 1)[-1] in ids]
+
+
+def test_a_coordinator_cannot_get_a_region_to_serve_another_lines_version_its_law_forbids(tmp_path: Path) -> None:
+    """From round 2 the coordinator asks eu to evaluate (and so review for serving), as atlantic's new version,
+    the head of pacific, which apac shaped; eu's law forbids apac. It may evaluate it, never adopt it."""
+    def offer_pacific(msg: Message, context: Context) -> None:
+        config = msg.content.config_records["config"]
+        if msg.metadata.message_type != MessageType.EVALUATE or int(config["server-round"]) < 2 \
+                or context.node_config["partition-id"] != 0:  # eu
+            return
+        registry = ModelRegistry(tmp_path / "registry", create=False)
+        head = max((v for v in registry.list() if v.coalition == "pacific"), key=lambda v: v.round)
+        arrays, _ = registry.load(head.id)
+        msg.content.array_records["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+        config["model-version"] = head.id
+        config[MODEL_IDENTITY_KEY] = json.dumps(head.identity(), sort_keys=True)
+        config[MODEL_LINEAGE_KEY] = json.dumps([v.identity() for v in registry.lineage(head.id)[1:]],
+                                               sort_keys=True)
+
+    experiment(tmp_path, LINES, tamper=offer_pacific, rounds=3, regime=EU_LAW)
+    served = served_versions(tmp_path, "eu")
+    assert served
+    assert all("apac" not in v.contributors and v.coalition == "atlantic" for v in served), \
+        [(v.coalition, v.round, v.contributors) for v in served]

@@ -10,7 +10,7 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,16 @@ from fedrec.coordinator.strategies import aggregation_rule, build_strategy, rest
 from fedrec.coordinator.train_step import TrainStep, collect_train
 from fedrec.errors import ConfigError
 from fedrec.evaluation import SiloEvaluation, pool
-from fedrec.messages import COALITION_KEY, WEIGHT_KEY, read_arrays, read_float, read_int, read_region
+from fedrec.messages import (
+    COALITION_KEY,
+    MODEL_IDENTITY_KEY,
+    MODEL_LINEAGE_KEY,
+    WEIGHT_KEY,
+    read_arrays,
+    read_float,
+    read_int,
+    read_region,
+)
 from fedrec.metrics import METRICS
 from fedrec.model_io import save_global_model
 from fedrec.settings import RunSettings, read_manifest, save_run_config
@@ -68,12 +77,17 @@ def reply_evaluations(replies: list[Message]) -> dict[str, SiloEvaluation]:
 
 
 def evaluate_global(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord, timeout: float, version: str = "",
-                    line: str = "") -> tuple[dict[str, SiloEvaluation], list[str]]:
+                    line: str = "", sent: ModelVersion | None = None, ancestry: Sequence[ModelVersion] = ()
+                    ) -> tuple[dict[str, SiloEvaluation], list[str]]:
     """Ask every silo to evaluate `arrays` (global `version`, of coalition `line`): (metric sums, failure reasons).
 
-    Each silo also reviews the version under its own adoption policy; that stays in the silo.
+    Each silo also reviews the version under its own adoption policy; that stays in the silo. `sent` and its
+    `ancestry` are declared as in a training message (a silo with partners serves no line a forbidden region shaped).
     """
     config = ConfigRecord({"server-round": rnd, "model-version": version, **({COALITION_KEY: line} if line else {})})
+    if sent is not None:
+        config[MODEL_IDENTITY_KEY] = json.dumps(sent.identity(), sort_keys=True)
+        config[MODEL_LINEAGE_KEY] = json.dumps([v.identity() for v in ancestry], sort_keys=True)
     replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid), timeout=timeout))
     evals = reply_evaluations(sorted((r for r in replies if not r.has_error()), key=_region))
     return evals, [str(r.error.reason)[:500] for r in replies if r.has_error()]
@@ -310,7 +324,7 @@ class CoordinatorRun:
 
     def evaluate(self, rnd: int) -> tuple[dict[str, dict[str, float]], dict[str, float], list[str]]:
         evals, failures = evaluate_global(self.grid, self.strategy, rnd, self.arrays, self.timeout, self.current.id,
-                                          self.line)
+                                          self.line, self.current, self.ancestry)
         self.evaluations[rnd] = evals
         return *pool(evals), failures
 

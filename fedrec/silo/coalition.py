@@ -66,6 +66,17 @@ def coalition_problem(ident: SiloIdentity, content: RecordDict, arrays: Arrays) 
     return lineage_problem(ident, content, arrays, allowed, law)
 
 
+def version_problem(ident: SiloIdentity, content: RecordDict, arrays: Arrays) -> str | None:
+    """Why this silo may not serve (review, adopt) the version an evaluation message sends (None: it may).
+
+    The same check as a training message's version (`lineage_problem`): a region serves no model its forbidden
+    partner shaped, whichever line or run the coordinator took it from.
+    """
+    if ident.partners is None:
+        return None
+    return lineage_problem(ident, content, arrays, {*ident.partners, ident.region}, law_of(ident))
+
+
 def lineage_problem(ident: SiloIdentity, content: RecordDict, arrays: Arrays, allowed: set[str], law: str
                     ) -> str | None:
     """Why the sent version may not be built on: undeclared, not what its id names, or made with a forbidden partner."""

@@ -21,7 +21,7 @@ from fedrec.errors import FedrecError
 from fedrec.messages import read_arrays, read_coalition, read_decline, read_int, read_version
 from fedrec.settings import RunSettings, line_key
 from fedrec.silo.adaptation import advance_own_line, own_start, review_adapted
-from fedrec.silo.coalition import coalition_problem, line_problem
+from fedrec.silo.coalition import coalition_problem, line_problem, version_problem
 from fedrec.silo.departure import has_left
 from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, statistics_reply, train_reply
 from fedrec.silo.evaluation_log import log_evaluation
@@ -201,6 +201,9 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     silo = for_line(silo, content)  # a line this region is not in: an error reply (a fixed code)
     arrays = read_arrays(content)
     check_received(arrays, s.model_spec, n_items=silo.data.n_items)
+    if ident.partners is not None and version_problem(ident, content, arrays) is not None:
+        # a version the jurisdiction's partners forbid (or whose makers it cannot check): not evaluated, not reviewed
+        return evaluate_reply(None, region=ident.region, server_round=rnd)
     local = silo.state.local()
     seed = silo_seed(s.seed, silo.seed_label, rnd)
     serving = serving_of(ident) if silo.serves else None
