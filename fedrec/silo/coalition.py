@@ -11,6 +11,9 @@ regions from one apac made is still apac's work, and so is a divested line's ver
 part: its divestment record is the coordinator's word and its parent is apac's line), and never trains in a
 coalition declared to include one: in its round's members, or, in a run of coalition lines, in the run config's
 members of the line (`line_problem`: the silo then neither trains in the line nor reviews or serves its versions).
+An evaluation message declares its version's identity and lineage too: a silo with partners neither evaluates nor
+reviews (adopts, serves) a version it would not build on (`version_problem`), whichever line the coordinator took it
+from.
 
 What a silo cannot check alone: whether the coordinator told the truth about the members (it could tell one silo
 [eu, na] while also training apac). Every silo's egress ledger records the members it was told, and `fedrec audit
