@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from fakegrid import Tamper, run_in_process
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 
-from fedrec.config import experiment_from_dict
+from fedrec.config import FederationConfig, experiment_from_dict
+from fedrec.errors import ConfigError
 from fedrec.experiment import run_experiment
 from fedrec.messages import COALITION_KEY, MODEL_IDENTITY_KEY, MODEL_LINEAGE_KEY, ROUND_MEMBERS_KEY
+from fedrec.settings import RunSettings
 from fedrec.silo.adoption import ServingRecord
 from fedrec.silo.state_dir import StateDir
 from fedrec.versions import ModelRegistry, ModelVersion
@@ -119,3 +122,12 @@ def test_a_coordinator_cannot_get_a_region_to_serve_another_lines_version_its_la
     assert served
     assert all("apac" not in v.contributors and v.coalition == "atlantic" for v in served), \
         [(v.coalition, v.round, v.contributors) for v in served]
+
+
+def test_two_lines_whose_names_differ_only_by_case_are_refused() -> None:
+    """A line keeps its silo state in `runs/RUN@NAME`: `A` and `a` would be one directory on a case-insensitive file
+    system (macOS, Windows), so two lines would read and overwrite each other's users, optimizer and cached reply."""
+    with pytest.raises(ConfigError, match="differ other than by case"):
+        RunSettings(coalitions=json.dumps({"A": ["eu", "na"], "a": ["na", "apac"]}))
+    with pytest.raises(ConfigError, match="differ other than by case"):
+        FederationConfig(coalitions={"Pacific": ["eu"], "pacific": ["na"]})
