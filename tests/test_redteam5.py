@@ -9,18 +9,33 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fakegrid import Tamper, run_in_process
-from flwr.app import Array, ArrayRecord, Context, Message, MessageType
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
 
 from fedrec.config import FederationConfig, experiment_from_dict
+from fedrec.data.split import SplitConfig
+from fedrec.data.synthetic import generate_world
 from fedrec.errors import ConfigError
 from fedrec.experiment import run_experiment
-from fedrec.messages import COALITION_KEY, MODEL_IDENTITY_KEY, MODEL_LINEAGE_KEY, ROUND_MEMBERS_KEY
-from fedrec.settings import RunSettings
+from fedrec.flower.client_app import make_client_app
+from fedrec.messages import (
+    COALITION_KEY,
+    MODEL_IDENTITY_KEY,
+    MODEL_LINEAGE_KEY,
+    ROUND_MEMBERS_KEY,
+    read_arrays,
+    read_decline,
+)
+from fedrec.settings import RunSettings, read_manifest
 from fedrec.silo.adoption import ServingRecord
 from fedrec.silo.state_dir import StateDir
+from fedrec.training import initial_global_arrays
 from fedrec.versions import ModelRegistry, ModelVersion
+from fedrec.world import prepare_world
+from tests.test_client_egress import instruction
+from tests.test_coalition_lines import WORLD
 from tests.test_coalitions import train_entries
 
 EU_LAW = {"eu": {"partners": ["na"]}}  # eu's law allows na, not apac
@@ -131,3 +146,30 @@ def test_two_lines_whose_names_differ_only_by_case_are_refused() -> None:
         RunSettings(coalitions=json.dumps({"A": ["eu", "na"], "a": ["na", "apac"]}))
     with pytest.raises(ConfigError, match="differ other than by case"):
         FederationConfig(coalitions={"Pacific": ["eu"], "pacific": ["na"]})
+
+
+def test_one_round_on_two_lines_is_two_recorded_releases_with_their_own_noise(tmp_path: Path) -> None:
+    """na trains in both lines: the same round and arrays under each line name are two releases, each in the ledger
+    under its line key and within the budget, and even reproducible (seeded) noise differs between them."""
+    world = prepare_world(generate_world(WORLD), SplitConfig(), tmp_path / "world").data_dir
+    s = RunSettings(data_dir=str(world), output_dir=str(tmp_path / "out"), num_rounds=2, min_nodes=3, dim=6,
+                    batch_size=64, n_negatives=16, seed=5, coalitions=json.dumps(LINES), privacy="user_dp",
+                    privacy_epsilon=1.0)
+    app = make_client_app(s, reproducible_noise=True)
+    n_items = int(read_manifest(s.data_dir)["n_items"])
+    start = initial_global_arrays(s.model_spec, n_items=n_items, seed=s.seed)
+    replies = {}
+    for line in ("atlantic", "pacific", "atlantic", "arctic"):
+        msg = instruction(MessageType.TRAIN, start, 1)
+        msg.content.config_records["config"][COALITION_KEY] = line
+        ctx = Context(run_id=1, node_id=msg.metadata.dst_node_id, node_config={"partition-id": 1, "num-partitions": 3},
+                      state=RecordDict(), run_config={})
+        replies.setdefault(line, []).append(app(msg, ctx).content)
+    assert read_decline(replies["arctic"][0]) is not None  # a line the run config does not list
+    (a, again), (p,) = replies["atlantic"], replies["pacific"]
+    assert read_decline(a) is None and read_decline(p) is None
+    assert all(np.array_equal(read_arrays(again)[k], v) for k, v in read_arrays(a).items())  # asked again: re-sent
+    assert not all(np.array_equal(read_arrays(p)[k], v) for k, v in read_arrays(a).items())
+    ledger = json.loads((tmp_path / "out" / "silo-state" / "na" / "privacy_ledger.json").read_text())
+    assert sorted(r["run_id"] for r in ledger["releases"]) == ["1@atlantic", "1@pacific"]
+    assert max(r["epsilon_after"] for r in ledger["releases"]) <= 1.0
