@@ -68,6 +68,9 @@ def check_coalitions(coalitions: object) -> None:
                  and all(isinstance(r, str) and r and "," not in r for r in regions)
                  and len(set(regions)) == len(regions), f"federation.coalitions.{name}", regions,
                  "a non-empty list of distinct region names")
+    _require(len({str(name).casefold() for name in coalitions}) == len(coalitions), "federation.coalitions",
+             sorted(coalitions), "names that differ other than by case (a line's state is a directory RUN@NAME, and "
+             "on a case-insensitive file system two such lines would share one silo's users and replies)")
 
 
 @dataclass(frozen=True)

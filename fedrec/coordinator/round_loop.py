@@ -274,7 +274,7 @@ class CoordinatorRun:
 
     def evaluate(self, rnd: int) -> tuple[dict[str, dict[str, float]], dict[str, float], list[str]]:
         evals, failures = evaluate_global(self.grid, self.strategy, rnd, self.arrays, self.timeout, self.current.id,
-                                          self.line)
+                                          self.line, self.current, self.ancestry)
         self.evaluations[rnd] = evals
         return *pool(evals), failures
 

@@ -9,7 +9,11 @@ is not declared, does not hash to its id, is not the arrays it received, or it o
 outside its partners. So a silo never builds on a line a forbidden partner shaped (a version made by allowed
 regions from one apac made is still apac's work, and so is a divested line's version that subtracts apac's direct
 part: its divestment record is the coordinator's word and its parent is apac's line), and never trains in a
-coalition declared to include one.
+coalition declared to include one: in its round's members, or, in a run of coalition lines, in the run config's
+members of the line (`line_problem`: the silo then neither trains in the line nor reviews or serves its versions).
+An evaluation message declares its version's identity and lineage too: a silo with partners neither evaluates nor
+reviews (adopts, serves) a version it would not build on (`version_problem`), whichever line the coordinator took it
+from.
 
 What a silo cannot check alone: whether the coordinator told the truth about the members (it could tell one silo
 [eu, na] while also training apac). Every silo's egress ledger records the members it was told, and `fedrec audit
@@ -29,12 +33,31 @@ from fedrec.training import Arrays
 from fedrec.versions.version import canonical_arrays, version_id, weights_digest
 
 
+def law_of(ident: SiloIdentity) -> str:
+    """The jurisdiction's partners rule, as a decline states it."""
+    return f"jurisdiction {ident.region!r} federates only with {', '.join(ident.partners or ()) or 'no one'} (partners)"
+
+
+def line_problem(ident: SiloIdentity, line: str, members: list[str]) -> str | None:
+    """Why this silo takes no part in coalition line `line`, whose run config declares `members` (None: it may).
+
+    The run config is the coordinator's declaration of who trains in the line: a silo whose partners forbid one of
+    them neither trains in the line (whatever members a round then declares) nor reviews or serves its versions.
+    """
+    if ident.partners is None:
+        return None
+    if forbidden := sorted(set(members) - {*ident.partners, ident.region}):
+        return f"coalition line {line!r} is declared with {forbidden} (run config federation.coalitions): " \
+               f"{law_of(ident)}"
+    return None
+
+
 def coalition_problem(ident: SiloIdentity, content: RecordDict, arrays: Arrays) -> str | None:
     """Why this silo must decline the training message (None: its jurisdiction allows the round)."""
     if ident.partners is None:
         return None
     allowed = {*ident.partners, ident.region}
-    law = f"jurisdiction {ident.region!r} federates only with {', '.join(ident.partners) or 'no one'} (partners)"
+    law = law_of(ident)
     members = read_members(content)
     if members is None:
         return f"the coordinator declared no round members (round-members): {law}, so it trains only in a declared " \
@@ -44,6 +67,17 @@ def coalition_problem(ident: SiloIdentity, content: RecordDict, arrays: Arrays) 
     if forbidden := sorted(set(members) - allowed):
         return f"the round's declared members include {forbidden}: {law}"
     return lineage_problem(ident, content, arrays, allowed, law)
+
+
+def version_problem(ident: SiloIdentity, content: RecordDict, arrays: Arrays) -> str | None:
+    """Why this silo may not serve (review, adopt) the version an evaluation message sends (None: it may).
+
+    The same check as a training message's version (`lineage_problem`): a region serves no model its forbidden
+    partner shaped, whichever line or run the coordinator took it from.
+    """
+    if ident.partners is None:
+        return None
+    return lineage_problem(ident, content, arrays, {*ident.partners, ident.region}, law_of(ident))
 
 
 def lineage_problem(ident: SiloIdentity, content: RecordDict, arrays: Arrays, allowed: set[str], law: str

@@ -21,7 +21,7 @@ from fedrec.errors import FedrecError
 from fedrec.messages import read_arrays, read_coalition, read_decline, read_int, read_version
 from fedrec.settings import RunSettings, line_key
 from fedrec.silo.adaptation import advance_own_line, own_start, review_adapted
-from fedrec.silo.coalition import coalition_problem
+from fedrec.silo.coalition import coalition_problem, line_problem, version_problem
 from fedrec.silo.departure import has_left
 from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, statistics_reply, train_reply
 from fedrec.silo.evaluation_log import log_evaluation
@@ -35,6 +35,7 @@ from fedrec.statistics import is_statistics_model, statistics_family
 from fedrec.training import Arrays
 from fedrec.versions import ModelRegistry
 
+FORKED = "this region serves its own fork and does not contribute to the federation (on any of its lines)"
 LEFT = "this region left the federation (fedrec leave): it trains on, reviews and releases nothing it is sent"
 
 
@@ -51,8 +52,9 @@ class Silo:
     line: str = ""
     """The coalition line the message belongs to ("" in a run of one line)."""
     serves: bool = True
-    """This line is the one the region reviews and serves (its first coalition in name order): its fork, own line,
-    guard and adoption decisions follow it; the region's other lines are trained and evaluated only."""
+    """This line is the one the region reviews and serves (its first coalition in name order that its partners
+    allow): its fork, own line, guard and adoption decisions follow it; its other lines are trained and evaluated
+    only."""
     log_key: str = ""
     """What the region's serving records and evaluation log key the run by (the run key for the serving line)."""
     plan_key: str = ""
@@ -83,7 +85,9 @@ def for_line(silo: Silo, content: RecordDict) -> Silo:
     """The silo as the message's coalition line sees it; `LineRefused` for a line the region is not in.
 
     The region's lines come from the run config's `coalitions` (which regions train together is the run's
-    proposal; a jurisdiction's `partners` decide whether it takes part at all, `fedrec.silo.coalition`).
+    proposal; a jurisdiction's `partners` decide whether it takes part at all, `fedrec.silo.coalition`): a line
+    declared with a region its partners forbid is none of its lines, so it neither trains in it nor reviews or
+    serves from it, and it serves the first line its law allows.
     """
     line, s, region = read_coalition(content), silo.s, silo.ident.region
     mine = s.coalitions_of(region)
@@ -92,6 +96,10 @@ def for_line(silo: Silo, content: RecordDict) -> Silo:
     if line not in mine:
         raise LineRefused(f"the message names coalition line {line[:80]!r}; region {region!r} trains in "
                           f"{mine or 'no coalition line (this run has one line)'}")
+    members = s.coalition_members()
+    if why := line_problem(silo.ident, line, members[line]):
+        raise LineRefused(why)
+    mine = [c for c in mine if line_problem(silo.ident, c, members[c]) is None]
     key = line_key(silo.run_key, line)
     serves = line == mine[0]
     return dataclasses.replace(silo, run_key=key, state=silo.state.for_run(key), line=line, serves=serves,
@@ -157,8 +165,13 @@ def train_content(silo: Silo, rnd: int, version: str, arrays: Arrays, reproducib
                             local=state.local(), seed=silo_seed(s.seed, ident.region + "/fork", rnd),
                             run_id=silo.log_key)
         if fork is not None and not ident.policy.contribute:
-            reason = "this region serves its own fork and does not contribute to the federation"
-            return decline_reply(region=ident.region, server_round=rnd, reason=reason)
+            return decline_reply(region=ident.region, server_round=rnd, reason=FORKED)
+    if serving is None and ident.policy.kind == "fork" and not ident.policy.contribute and silo.line:
+        # another line of the region's: once its fork (of its serving line) is started or due, it sends nothing here
+        forked = serving_of(ident)
+        due = ident.policy.from_round is not None and rnd - 1 >= ident.policy.from_round
+        if due or (forked is not None and forked.fork() is not None):
+            return decline_reply(region=ident.region, server_round=rnd, reason=FORKED)
     if s.privacy_settings().enabled:
         return private_train(s, ident, silo.data, state, silo.run_key, rnd, arrays, version,
                              reproducible_noise=reproducible_noise, plan_key=silo.plan_key, lines=silo.lines,
@@ -188,6 +201,9 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     silo = for_line(silo, content)  # a line this region is not in: an error reply (a fixed code)
     arrays = read_arrays(content)
     check_received(arrays, s.model_spec, n_items=silo.data.n_items)
+    if ident.partners is not None and version_problem(ident, content, arrays) is not None:
+        # a version the jurisdiction's partners forbid (or whose makers it cannot check): not evaluated, not reviewed
+        return evaluate_reply(None, region=ident.region, server_round=rnd)
     local = silo.state.local()
     seed = silo_seed(s.seed, silo.seed_label, rnd)
     serving = serving_of(ident) if silo.serves else None
