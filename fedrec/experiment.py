@@ -106,7 +106,7 @@ def federated_rounds(history: FederationHistory, view: SiloView, *, private: boo
     for entry in history.rounds:
         rnd = entry["round"]
         out = dict(entry)
-        if private:
+        if private or history.coalitions:  # with lines: the line each region serves, as its silo chose it
             per_region, overall = pool(view.evaluations(rnd))
             out.update(per_region=per_region, overall=overall, metrics_source="silo logs")
         out["served"] = {r: {**ev.means(), "version": d["served_after"], "kind": served_kind(d["served_after"]),
@@ -120,12 +120,13 @@ def federated_rounds(history: FederationHistory, view: SiloView, *, private: boo
 def coalitions_block(history: FederationHistory, settings: RunSettings, *, private: bool) -> dict[str, Any]:
     """Per coalition line: its regions, its head version and its last evaluation per region (every member's).
 
-    `federated` in results.json shows each region its serving line (its first coalition); this shows every line.
-    Under DP the metrics come from the silos' logs: the serving line's under the run's key, another line's under
-    the line's key (`settings.line_key`).
+    `federated` in results.json shows each region the line it serves (read from its silo's log); this shows every
+    line. Under DP the metrics come from the silos' logs: another line's under the line's key (`settings.line_key`),
+    the served line's under the run's.
     """
     out: dict[str, Any] = {}
     root = silo_state_root(settings)
+    served = served_lines(history, root)
     for name, line in history.coalitions.items():
         h = FederationHistory.from_json(line["history"])
         last = h.rounds[-1] if h.rounds else None
@@ -135,13 +136,33 @@ def coalitions_block(history: FederationHistory, settings: RunSettings, *, priva
         per_region, overall = (last["per_region"], last["overall"]) if last else ({}, {})
         if private and last is not None and root is not None:
             evals = {}
-            for r in line["regions"]:
-                key = history.run_id if settings.coalitions_of(r)[:1] == [name] else line_key(history.run_id, name)
-                logged = {e.round: e for e in read_evaluations(root / r, key)}
+            for r in line["regions"]:  # another line's log is under its key, the served line's under the run's
+                logged = {e.round: e for e in read_evaluations(root / r, line_key(history.run_id, name))}
+                if not logged and served.get(r) == name:
+                    logged = {e.round: e for e in read_evaluations(root / r, history.run_id)}
                 if (e := logged.get(last["round"])) is not None:
                     evals[r] = e.evaluation
             per_region, overall = pool(evals)
-        out[name] = {**block, "overall": overall, "per_region": per_region}
+        out[name] = {**block, "overall": overall, "per_region": per_region,
+                     "served_by": sorted(r for r, n in served.items() if n == name)}
+    return out
+
+
+def served_lines(history: FederationHistory, root: Path | None) -> dict[str, str]:
+    """Region → the coalition line it serves, as its silo's logs show (simulation; {} without state dirs).
+
+    A silo logs the line it serves under the run's key and its other lines under theirs (`settings.line_key`): the
+    served line is the one of its lines without a log of its own. (A silo whose partners forbid every line serves
+    none.)
+    """
+    if root is None:
+        return {}
+    out = {}
+    for name, line in history.coalitions.items():
+        for r in line["regions"]:
+            if not read_evaluations(root / r, line_key(history.run_id, name)) and read_evaluations(root / r,
+                                                                                                    history.run_id):
+                out[r] = name
     return out
 
 

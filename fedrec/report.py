@@ -150,13 +150,13 @@ def served_label(label: str | None) -> str:
 def coalitions_table(results: dict[str, Any], metric: str = "ndcg@20") -> Table:
     """Rows: regions; columns: each coalition line's last evaluation (a region's served line marked *)."""
     lines = results["coalitions"]
-    table = Table(title=f"{metric} per coalition line (* the line the region serves: its first coalition)")
+    table = Table(title=f"{metric} per coalition line (* the line the region serves)")
     table.add_column("region")
     for name, block in lines.items():
         table.add_column(f"{name} ({', '.join(block['regions'])})", justify="right")
     regions = sorted({r for block in lines.values() for r in block["regions"]})
     for region in regions:
-        serving = next(n for n, b in lines.items() if region in b["regions"])
+        serving = next((n for n, b in lines.items() if region in b.get("served_by", [])), None)
         cells = []
         for name, block in lines.items():
             value = block["per_region"].get(region, {}).get(metric)

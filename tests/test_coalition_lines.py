@@ -119,6 +119,7 @@ def test_results_show_each_region_its_serving_line_and_every_line_apart(tmp_path
     serves = {"eu": "atlantic", "na": "atlantic", "apac": "pacific"}  # the first coalition in name order
     for region, line in serves.items():
         assert fed[region] == lines[line]["per_region"][region]
+        assert region in lines[line]["served_by"]
     assert lines["pacific"]["per_region"]["na"] != lines["atlantic"]["per_region"]["na"]
     for name, block in lines.items():
         assert block["rounds_trained"] == 2 and block["head"]
@@ -255,3 +256,13 @@ def test_two_lines_on_flowers_simulation_engine(tmp_path: Path) -> None:
     assert set(res["coalitions"]) == set(LINES)
     assert sorted(p.name.split("@")[1] for p in (tmp_path / "silo-state" / "na" / "runs").iterdir()) == [
         "atlantic", "pacific"]
+
+
+def test_results_follow_the_line_a_region_serves_when_its_law_skips_its_first(tmp_path: Path) -> None:
+    # eu's law forbids apac: of aaa (eu, na, apac) and atlantic (eu, na) it trains in, and serves, atlantic only
+    res = experiment(tmp_path, regime=EU_LAW, federation={"rounds": 2, "coalitions": {
+        "aaa": ["eu", "na", "apac"], "atlantic": ["eu", "na"]}})
+    lines = res["coalitions"]
+    assert "eu" in lines["atlantic"]["served_by"] and "eu" not in lines["aaa"]["served_by"]
+    assert res["final"]["federated"]["per_region"]["eu"] == lines["atlantic"]["per_region"]["eu"]
+    assert all("eu" not in e["participants"] for e in res["round_log"] if e["coalition"] == "aaa")

@@ -8,10 +8,10 @@ then evaluates every line, in name order; a line whose silos all decline stops t
 
 A region in several coalitions trains for each: its silo keeps each line's users and releases apart and spends
 its one budget for all of them (`fedrec.silo.handlers.for_line`). It serves the line of its first coalition in
-name order (a silo with `partners`: its first coalition they allow, which the coordinator does not know and this
-history does not follow); the run's own history (`<output>/federated_history.json`, the federated column of
-results.json) shows each region that line, pooled exactly from the silos' metric sums, and `coalitions` holds every
-line's history.
+name order (a silo with `partners`: its first coalition they allow, which the coordinator does not know). The run's
+own history (`<output>/federated_history.json`) pools each region's metrics from its first coalition's line (the
+coordinator's view, exact from the silos' metric sums); results.json's federated column reads each region's served
+line from its silo's own log instead, and `coalitions` holds every line's history.
 """
 
 from __future__ import annotations
