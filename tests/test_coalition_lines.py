@@ -21,7 +21,7 @@ from fedrec.config import experiment_from_dict
 from fedrec.coordinator.coalition_lines import LineGrid
 from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
-from fedrec.errors import ConfigError
+from fedrec.errors import ConfigError, FedrecError
 from fedrec.experiment import run_experiment
 from fedrec.flower.client_app import make_client_app
 from fedrec.messages import COALITION_KEY, MODEL_IDENTITY_KEY, read_decline
@@ -266,3 +266,16 @@ def test_results_follow_the_line_a_region_serves_when_its_law_skips_its_first(tm
     assert "eu" in lines["atlantic"]["served_by"] and "eu" not in lines["aaa"]["served_by"]
     assert res["final"]["federated"]["per_region"]["eu"] == lines["atlantic"]["per_region"]["eu"]
     assert all("eu" not in e["participants"] for e in res["round_log"] if e["coalition"] == "aaa")
+
+
+def test_a_region_serves_the_line_its_own_policy_names(tmp_path: Path) -> None:
+    res = experiment(tmp_path, regime={"na": {"serve-coalition": "pacific"}})
+    lines = res["coalitions"]
+    assert lines["pacific"]["served_by"] == ["apac", "na"] and lines["atlantic"]["served_by"] == ["eu"]
+    assert res["final"]["federated"]["per_region"]["na"] == lines["pacific"]["per_region"]["na"]
+    assert res["regimes"]["na"]["policy"]["serve_coalition"] == "pacific"
+
+
+def test_a_serve_coalition_the_region_does_not_train_in_stops_the_run_at_preflight(tmp_path: Path) -> None:
+    with pytest.raises(FedrecError, match="serve-coalition='atlantic' is not a line region 'apac' trains in"):
+        experiment(tmp_path, regime={"apac": {"serve-coalition": "atlantic"}})

@@ -27,6 +27,7 @@ import json
 
 from flwr.app import RecordDict
 
+from fedrec.errors import ConfigError
 from fedrec.messages import MODEL_IDENTITY_KEY, MODEL_LINEAGE_KEY, read_members, read_version
 from fedrec.silo.policy import SiloIdentity
 from fedrec.training import Arrays
@@ -50,6 +51,26 @@ def line_problem(ident: SiloIdentity, line: str, members: list[str]) -> str | No
         return f"coalition line {line!r} is declared with {forbidden} (run config federation.coalitions): " \
                f"{law_of(ident)}"
     return None
+
+
+def lawful_lines(ident: SiloIdentity, coalitions: dict[str, list[str]]) -> list[str]:
+    """The coalition lines this region trains in: those the run config puts it in and its law allows, name order."""
+    return [c for c, members in coalitions.items()
+            if ident.region in members and line_problem(ident, c, members) is None]
+
+
+def served_line(ident: SiloIdentity, coalitions: dict[str, list[str]]) -> str | None:
+    """The line this region serves: its `serve-coalition`, else its first lawful line (None: it trains in none).
+
+    A `serve-coalition` that is not one of its lawful lines is a `ConfigError` (the preflight's answer).
+    """
+    lines = lawful_lines(ident, coalitions)
+    if ident.serve_coalition is None:
+        return lines[0] if lines else None
+    if ident.serve_coalition not in lines:
+        raise ConfigError(f"serve-coalition={ident.serve_coalition!r} is not a line region {ident.region!r} trains in "
+                          f"(this run's lines it may train in: {lines})")
+    return ident.serve_coalition
 
 
 def coalition_problem(ident: SiloIdentity, content: RecordDict, arrays: Arrays) -> str | None:

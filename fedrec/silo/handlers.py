@@ -21,7 +21,7 @@ from fedrec.errors import FedrecError
 from fedrec.messages import read_arrays, read_coalition, read_decline, read_int, read_version
 from fedrec.settings import RunSettings, line_key
 from fedrec.silo.adaptation import advance_own_line, own_start, review_adapted
-from fedrec.silo.coalition import coalition_problem, line_problem, version_problem
+from fedrec.silo.coalition import coalition_problem, lawful_lines, line_problem, served_line, version_problem
 from fedrec.silo.departure import has_left
 from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, statistics_reply, train_reply
 from fedrec.silo.evaluation_log import log_evaluation
@@ -87,7 +87,7 @@ def for_line(silo: Silo, content: RecordDict) -> Silo:
     The region's lines come from the run config's `coalitions` (which regions train together is the run's
     proposal; a jurisdiction's `partners` decide whether it takes part at all, `fedrec.silo.coalition`): a line
     declared with a region its partners forbid is none of its lines, so it neither trains in it nor reviews or
-    serves from it, and it serves the first line its law allows.
+    serves from it; it serves its `serve-coalition`, else the first line its law allows (`served_line`).
     """
     line, s, region = read_coalition(content), silo.s, silo.ident.region
     mine = s.coalitions_of(region)
@@ -99,9 +99,9 @@ def for_line(silo: Silo, content: RecordDict) -> Silo:
     members = s.coalition_members()
     if why := line_problem(silo.ident, line, members[line]):
         raise LineRefused(why)
-    mine = [c for c in mine if line_problem(silo.ident, c, members[c]) is None]
+    mine = lawful_lines(silo.ident, members)
     key = line_key(silo.run_key, line)
-    serves = line == mine[0]
+    serves = line == served_line(silo.ident, members)
     return dataclasses.replace(silo, run_key=key, state=silo.state.for_run(key), line=line, serves=serves,
                                log_key=silo.run_key if serves else key, plan_key=silo.run_key, lines=len(mine))
 

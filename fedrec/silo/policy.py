@@ -37,8 +37,8 @@ class SiloIdentity:
     `adapt-rounds`, `adapt-mu="0,1,10,100"`, `adapt-confidence`; `always` / `if_better`: `guard=false`,
     `guard-k`, `guard-max-exposure`, `guard-support` for the region-side guard),
     `pin="VERSION"` or `fork="VERSION"|ROUND` (+ `contribute=false`), overriding the run config's `adoption` entry;
-    `partners="eu,na"` (the regions its law lets it federate with: `fedrec.silo.coalition`) and
-    `ledger-retention-days` (recorded and shown only).
+    `partners="eu,na"` (the regions its law lets it federate with: `fedrec.silo.coalition`), `serve-coalition`
+    (the coalition line it serves in a run with several) and `ledger-retention-days` (recorded and shown only).
     Simulation (`partition-id`, the researcher owns every silo): the region is the manifest's entry, data
     comes from `<data-dir>`, state from `<state-dir or output-dir/silo-state>/<region>`, and the policy keys from
     the region's regime entry (`fedrec.silo.regime`), merged into the node config before this reads it.
@@ -56,6 +56,9 @@ class SiloIdentity:
     partners: tuple[str, ...] | None = None
     """The regions this jurisdiction's law lets it federate with (None: any; `()`: none). `fedrec.silo.coalition`
     declines a round whose declared members, or the version it would build on, include any other."""
+    serve_coalition: str | None = None
+    """In a run with coalition lines (`federation.coalitions`): the line this region serves (None: its first lawful
+    coalition in name order). A line it does not train in is a preflight error, never silently replaced."""
     ledger_retention_days: int | None = None
     """The least time, in days after their last entry, this jurisdiction keeps its ledgers. Recorded and shown
     (`fedrec regimes`); no fedrec command deletes a ledger, so there is nothing it could refuse."""
@@ -88,7 +91,8 @@ class SiloIdentity:
         return cls(region=region, data_path=path, state_dir=state_dir, epsilon_budget=budget,
                    policy=node_policy(region, node_config) or settings.policy_for(region), max_delta=max_delta,
                    require_secure_aggregation=secure, secagg_min_contributors=crowd, deployed="region" in node_config,
-                   partners=node_partners(node_config), ledger_retention_days=_retention(node_config))
+                   partners=node_partners(node_config), ledger_retention_days=_retention(node_config),
+                   serve_coalition=_serve_coalition(node_config))
 
     @property
     def requires_dp(self) -> bool:
@@ -129,7 +133,7 @@ class SiloIdentity:
                 "require_secure_aggregation": self.require_secure_aggregation,
                 "secagg_min_contributors": self.secagg_min_contributors,
                 "adoption": {k: v for k, v in asdict(self.policy).items() if v is not None},
-                "ledger_retention_days": self.ledger_retention_days}
+                "ledger_retention_days": self.ledger_retention_days, "serve_coalition": self.serve_coalition}
 
     def require_state_dir(self) -> Path:
         """The silo's state dir (ledgers, logs), or a clear error naming the setting."""
@@ -182,6 +186,7 @@ def check_policy(region: str, node_config: dict[str, Any]) -> None:
     _privacy_policy(node_config)
     node_partners(node_config)
     _retention(node_config)
+    _serve_coalition(node_config)
     node_policy(region, node_config)
 
 
@@ -199,6 +204,17 @@ def node_partners(node_config: dict[str, Any]) -> tuple[str, ...] | None:
     if bad := [n for n in names if not n or any(c.isspace() or c in ",:" for c in n)]:
         raise ConfigError(f"node config partners={value!r}: {bad} is not a region name (comma-separated names)")
     return tuple(sorted(set(names)))
+
+
+def _serve_coalition(node_config: dict[str, Any]) -> str | None:
+    """`serve-coalition`: a coalition name (letters, digits, '-', '_', '.'); None when not set."""
+    value = node_config.get("serve-coalition")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or not all(c.isalnum() or c in "-_." for c in value):
+        raise ConfigError(f"node config serve-coalition={value!r} must name a coalition (letters, digits, '-', '_', "
+                          "'.'), e.g. \"atlantic\"")
+    return value
 
 
 def _retention(node_config: dict[str, Any]) -> int | None:
@@ -234,7 +250,7 @@ NODE_POLICY_KEYS = {"adopt": "adopt", "adopt-metric": "metric", "adopt-margin": 
                     "guard-support": "guard_support"}
 
 REGIME_KEYS = frozenset({*NODE_DP_KEYS, "require-secure-aggregation", "secagg-min-contributors", "partners",
-                         "ledger-retention-days", *NODE_POLICY_KEYS})
+                         "ledger-retention-days", "serve-coalition", *NODE_POLICY_KEYS})
 """The jurisdiction's policy keys: what a simulation's regime entry (`conf/regime/`) may set."""
 NODE_CONFIG_KEYS = frozenset({"region", "data-path", "state-dir", "partition-id", "num-partitions", *REGIME_KEYS})
 """Every node-config key a silo reads (`partition-id` / `num-partitions`: set by Flower's simulation engine)."""

@@ -29,6 +29,10 @@ def check_silo(s: RunSettings, node_config: dict[str, object]) -> tuple[str, str
         ident = SiloIdentity.from_node_config(dict(node_config), s)
         region = ident.region
         SiloData.load(ident.data_path)
+        if s.coalition_members():
+            from fedrec.silo.coalition import served_line
+
+            served_line(ident, s.coalition_members())  # a serve-coalition it does not train in: said now
         if ident.state_dir is not None:
             ident.state_dir.mkdir(parents=True, exist_ok=True)
             probe = ident.state_dir / ".preflight"
