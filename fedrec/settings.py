@@ -202,11 +202,10 @@ class RunSettings:
         if not self.coalition_members():
             return
         unsupported = {"start-version": bool(self.start_version), "users-from": bool(self.users_from),
-                       "keep-contributions": self.keep_contributions,
-                       "secure-aggregation=secaggplus": self.secure_aggregation == "secaggplus"}
+                       "keep-contributions": self.keep_contributions}
         if used := [k for k, on in unsupported.items() if on]:
-            raise ConfigError(f"federation.coalitions cannot be combined with {', '.join(used)} (continuing, divesting "
-                              "and masking a run of several lines is not built): run each coalition as its own run")
+            raise ConfigError(f"federation.coalitions cannot be combined with {', '.join(used)} (continuing or "
+                              "divesting a run of several lines is not built): run each coalition as its own run")
 
     def check_coalition_regions(self, regions: list[str]) -> None:
         """Every coalition names regions that take part, and every region that takes part is in one."""

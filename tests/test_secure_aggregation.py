@@ -105,3 +105,22 @@ def test_every_secagg_message_is_in_the_egress_ledger(runs, world) -> None:
 def test_secagg_refuses_weights_it_cannot_mask() -> None:
     with pytest.raises(ConfigError, match="weighting=uniform"):
         RunSettings(secure_aggregation="secaggplus", weighting="examples")
+
+
+def test_coalition_lines_are_masked_too(world, tmp_path) -> None:
+    """Each coalition line runs its own SecAgg+ rounds among its members; its mean is the plain line's."""
+    from fakegrid import run_in_process
+
+    lines = json.dumps({"atlantic": ["eu", "na"], "pacific": ["na", "apac"]})
+    first = {}
+    for name, kw, engine in (("plain", {}, run_in_process),
+                             ("secure", {"secure_aggregation": "secaggplus"}, run_simulation)):
+        s = RunSettings(data_dir=str(world.data_dir), output_dir=str(tmp_path / name), num_rounds=2, min_nodes=3,
+                        dim=6, batch_size=64, n_negatives=16, coalitions=lines, **kw)  # type: ignore[arg-type]
+        h = engine(s)
+        assert [(e["coalition"], e["participants"]) for e in h.round_log] == [
+            ("atlantic", ["eu", "na"]), ("pacific", ["apac", "na"])] * 2
+        registry = ModelRegistry(tmp_path / name / "registry", create=False)
+        first[name] = {v.coalition: registry.load(v.id)[0] for v in registry.list() if v.round == 1}
+    for line in ("atlantic", "pacific"):
+        assert max_diff(first["plain"][line], first["secure"][line]) < 2e-5
