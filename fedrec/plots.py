@@ -234,6 +234,32 @@ def _policy_label(policy: dict[str, Any]) -> str:
     return "adopt always"
 
 
+def plot_coalitions(summary: dict[str, Any]) -> Figure:
+    """The coalition study (`simulations/coalitions.py`): per region alone, the whole federation, each line it is in.
+
+    A region's bar for a line it is not in is left out; the line it serves is hatched.
+    """
+    regions = list(summary["per_region"])
+    columns = ["local_only", "whole", *summary["coalitions"]]
+    fig = Figure(figsize=(1.7 * len(regions) + 2, 3.8))
+    ax = fig.subplots()
+    width = 0.8 / len(columns)
+    for i, col in enumerate(columns):
+        rows = [(j, summary["per_region"][r]) for j, r in enumerate(regions)
+                if summary["per_region"][r].get(col) is not None]
+        bars = ax.bar([j + i * width for j, _ in rows], [row[col] for _, row in rows], width,
+                      label=col.replace("_", "-"), color=f"C{i}")
+        for bar, (_, row) in zip(bars, rows, strict=True):
+            if row.get("serves") == col:
+                bar.set_hatch("//")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(regions))], regions)
+    ax.set_ylabel(summary["metric"].upper())
+    ax.set_title("per region: alone, the whole federation, each coalition line (hatched: the line it serves)")
+    ax.legend(fontsize=8, ncol=len(columns))
+    fig.tight_layout()
+    return fig
+
+
 def save_figures(results: dict[str, Any], out_dir: Path | str, metric: str = "ndcg@20") -> list[Path]:
     """Write the figures as PNG next to results.json, so a run's outcome can be seen without Python.
 

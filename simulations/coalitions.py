@@ -25,13 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from fedrec.commands.run import compose_experiment
 from fedrec.experiment import run_experiment
+from fedrec.plots import plot_coalitions
 
 DEFAULT_OVERRIDES = ["federation.rounds=10", "baselines=[]"]
 DEFAULT_COALITIONS = {"atlantic": ["eu", "na", "latam"], "eastern": ["apac", "mena", "na"]}
@@ -86,7 +82,7 @@ def study(out: Path, overrides: list[str], coalitions: dict[str, list[str]], eng
         mine = [n for n in sorted(coalitions) if r in coalitions[n]]
         for n in mine:
             row[n] = lines["coalitions"][n]["per_region"].get(r, {}).get(METRIC)
-        row["serves"] = mine[0] if mine else None
+        row["serves"] = next((n for n in mine if r in lines["coalitions"][n].get("served_by", [])), None)
         table[r] = row
     trainings = {"whole": sum(len(e["participants"]) for e in whole["round_log"]),
                  **{n: sum(len(e["participants"]) for e in lines["round_log"] if e.get("coalition") == n)
@@ -95,26 +91,6 @@ def study(out: Path, overrides: list[str], coalitions: dict[str, list[str]], eng
             "overrides": [*DEFAULT_OVERRIDES, *overrides], "coalitions": coalitions, "metric": METRIC,
             "per_region": table, "local_trainings": trainings, "wall_s": {"whole": whole_s, "coalitions": lines_s},
             "privacy": {"whole": whole.get("privacy", {}), "coalitions": lines.get("privacy", {})}}
-
-
-def plot(summary: dict[str, Any], path: Path) -> None:
-    """Per region: local-only, the whole federation, and each coalition line it is in."""
-    regions = list(summary["per_region"])
-    lines = list(summary["coalitions"])
-    columns = ["local_only", "whole", *lines]
-    fig, ax = plt.subplots(figsize=(1.6 * len(regions) + 2, 3.6))
-    width = 0.8 / len(columns)
-    for i, col in enumerate(columns):
-        xs = [j + i * width for j, r in enumerate(regions) if summary["per_region"][r].get(col) is not None]
-        ys = [summary["per_region"][r][col] for r in regions if summary["per_region"][r].get(col) is not None]
-        ax.bar(xs, ys, width, label=col.replace("_", "-"))
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(regions))], regions)
-    ax.set_ylabel(summary["metric"].upper())
-    ax.set_title("per region: alone, the whole federation, each coalition line")
-    ax.legend(fontsize=8, ncol=len(columns))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = study(args.out, args.overrides, parse_coalitions(args.coalition), engine_for(args.engine))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "coalitions_study.json").write_text(json.dumps(summary, indent=1))
-    plot(summary, args.out / "coalitions_study.png")
+    plot_coalitions(summary).savefig(args.out / "coalitions_study.png", dpi=120)
     cols = ["local_only", "whole", *summary["coalitions"], "centralized"]
     print(f"{summary['metric']} per region (* served line)")
     print("region    " + "".join(f"{c:>13}" for c in cols))

@@ -115,3 +115,29 @@ def test_the_divestment_notebook_runs_its_tiny_study_and_shows_its_numbers(
     for line, value in summary["overall_ndcg@20"].items():
         assert f"{value:.4f}".rstrip("0") in html, (line, value)
     assert f"{summary['removal_test']['signal']['before']:.4f}".rstrip("0") in html
+
+
+@pytest.mark.slow
+def test_coalition_study_notebook_executes_on_a_tiny_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         this_interpreter_kernel: str) -> None:
+    """With FEDREC_TINY=1 the notebook runs `simulations/coalitions.py` (in-process grid) into FEDREC_COALITIONS and
+    shows its table and figure, holding the study's own numbers."""
+    import json
+
+    nbclient = pytest.importorskip("nbclient")
+    out = tmp_path / "coalitions"
+    monkeypatch.setenv("FEDREC_TINY", "1")
+    monkeypatch.setenv("FEDREC_COALITIONS", str(out))
+    nb = nbformat.read(NOTEBOOK.parent / "study_coalitions.ipynb", as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name=this_interpreter_kernel,
+                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute()
+    summary = json.loads((out / "coalitions_study.json").read_text())
+    outputs = [o for c in _code_cells(nb) for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    shown = [o for o in outputs if o.output_type in ("display_data", "execute_result")]
+    assert sum("image/png" in o.data for o in shown) == 1
+    html = " ".join(o.data.get("text/html", "") for o in shown)
+    assert set(summary["coalitions"]) == {"atlantic", "pacific"}
+    for region, row in summary["per_region"].items():
+        assert region in html and str(round(row["whole"], 4))[:5] in html, region
