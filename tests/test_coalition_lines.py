@@ -279,3 +279,31 @@ def test_a_region_serves_the_line_its_own_policy_names(tmp_path: Path) -> None:
 def test_a_serve_coalition_the_region_does_not_train_in_stops_the_run_at_preflight(tmp_path: Path) -> None:
     with pytest.raises(FedrecError, match="serve-coalition='atlantic' is not a line region 'apac' trains in"):
         experiment(tmp_path, regime={"apac": {"serve-coalition": "atlantic"}})
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_a_coordinator_that_dies_mid_round_resumes_every_line_where_it_stopped(world_dir: Path, tmp_path: Path) -> None:
+    """Killed after atlantic's round 2 (before its checkpoint, pacific's round 2 not yet run): the restarted
+    coordinator (a new Flower run id, the same run-name) ends every line exactly where a run that never died does."""
+    def crash(entry: dict) -> None:  # type: ignore[type-arg]
+        if (entry["round"], entry["coalition"]) == (2, "atlantic"):
+            raise Crash("coordinator killed")
+
+    crashed = settings(world_dir, tmp_path / "crashed", run_name="lines", state_dir=str(tmp_path / "crashed-state"))
+    with pytest.raises(Crash):
+        run_in_process(crashed, on_round=crash, run_id=1)
+    run_in_process(dataclasses.replace(crashed, resume=True), run_id=2)
+    straight = settings(world_dir, tmp_path / "straight", run_name="lines", state_dir=str(tmp_path / "s-state"))
+    run_in_process(straight, run_id=3)
+    for line in LINES:
+        a, b = head_arrays(tmp_path / "crashed", line), head_arrays(tmp_path / "straight", line)
+        assert all(np.array_equal(a[k], b[k]) for k in a), line
+    resumed = json.loads((tmp_path / "crashed" / "federated_history.json").read_text())
+    assert [(e["round"], e["coalition"]) for e in resumed["round_log"]] == [
+        (r, c) for r in (1, 2, 3) for c in sorted(LINES)]
+    whole = json.loads((tmp_path / "straight" / "federated_history.json").read_text())
+    assert [(e["round"], e["per_region"]) for e in resumed["rounds"]] == [
+        (e["round"], e["per_region"]) for e in whole["rounds"]]  # the rounds before the crash too

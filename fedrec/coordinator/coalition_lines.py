@@ -120,7 +120,8 @@ def combine(out: FederationHistory, lines: dict[str, CoordinatorRun], serves: di
                 continue
             versions[name] = entry.get("model_version")
             failures += [f"{name}: {f}" for f in entry.get("failures", [])]
-            evals.update({r: ev for r, ev in run.evaluations.get(rnd, {}).items() if serves.get(r) == name})
+            evals.update({r: SiloEvaluation(**sums) for r, sums in entry.get("metric_sums", {}).items()
+                          if serves.get(r) == name})  # from the history: a resumed run has its earlier rounds too
         per_region, overall = pool(evals)
         out.rounds.append({"round": rnd, "evaluated": True, "model_version": None, "coalition_versions": versions,
                            "per_region": per_region, "overall": overall, "failures": failures})

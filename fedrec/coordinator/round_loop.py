@@ -64,6 +64,9 @@ class RoundRecord:
     robust: dict[str, Any] = field(default_factory=dict)
     """What robust aggregation did (`clipped_rows` per region) and who moved what (`top_moved`), when the
     coordinator saw each update (`fedrec.coordinator.robust`)."""
+    metric_sums: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """A coalition line's evaluated round: each region's metric sums as its reply carried them (what the run's
+    history pools per served line, `coalition_lines.combine`, also after a resume). Empty otherwise."""
 
     LOG_KEYS = ("round", "model_version", "participants", "declined", "rejected", "failures", "train_loss",
                 "round_time_s", "robust")
@@ -72,7 +75,8 @@ class RoundRecord:
         """The round as `federated_history.json` and the progress callback see it."""
         out = {k: getattr(self, k) for k in ("round", "model_version", "evaluated", "per_region", "overall",
                                               "participants", "declined", "rejected", "privacy", "failures")}
-        return {**out, "train_loss": self.train_loss, "round_time_s": self.round_time_s, "robust": self.robust}
+        return {**out, "train_loss": self.train_loss, "round_time_s": self.round_time_s, "robust": self.robust,
+                **({"metric_sums": self.metric_sums} if self.metric_sums else {})}
 
 
 class CoordinatorRun:
@@ -224,7 +228,7 @@ class CoordinatorRun:
                            declined=step.declined, rejected=step.rejected, privacy=step.privacy,
                            failures=step.failures + eval_failures + ([too_few] if too_few else []),
                            train_loss=step.train_loss, round_time_s=time.perf_counter() - t0, stopped=stopped,
-                           robust=self.round_robust)
+                           robust=self.round_robust, metric_sums=self.line_sums(rnd) if evaluate else {})
 
     def solve(self, step: TrainStep) -> Arrays | None:
         """A statistics model's new global arrays from the screened replies (`solve_replies`).
@@ -278,6 +282,13 @@ class CoordinatorRun:
         self.evaluations[rnd] = evals
         return *pool(evals), failures
 
+    def line_sums(self, rnd: int) -> dict[str, dict[str, Any]]:
+        """A coalition line's metric sums of round `rnd` per region, JSON-ready ({} for a run of one line)."""
+        if not self.line:
+            return {}
+        return {r: {"sums": e.sums, "n_users": e.n_users, "sq_error": e.sq_error, "n_ratings": e.n_ratings}
+                for r, e in self.evaluations.get(rnd, {}).items()}
+
     def record(self, r: RoundRecord) -> dict[str, Any]:
         """Put the round in the history; returns the round's history entry."""
         entry, h = r.entry(), self.history
@@ -303,8 +314,9 @@ class CoordinatorRun:
         h.stopped_early = why
         if self.last_aggregated and (not h.rounds or h.rounds[-1]["round"] < self.last_aggregated):
             per_region, overall, failures = self.evaluate(self.last_aggregated)
+            sums = self.line_sums(self.last_aggregated)
             h.rounds.append({"round": self.last_aggregated, "evaluated": True, "per_region": per_region,
-                             "overall": overall, "failures": failures})
+                             "overall": overall, "failures": failures, **({"metric_sums": sums} if sums else {})})
 
     def finish(self, started: float) -> FederationHistory:
         """The final arrays and wall time; `federated_history.json` and the global model when there is an output."""
