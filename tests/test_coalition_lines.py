@@ -307,3 +307,42 @@ def test_a_coordinator_that_dies_mid_round_resumes_every_line_where_it_stopped(w
     whole = json.loads((tmp_path / "straight" / "federated_history.json").read_text())
     assert [(e["round"], e["per_region"]) for e in resumed["rounds"]] == [
         (e["round"], e["per_region"]) for e in whole["rounds"]]  # the rounds before the crash too
+
+
+def test_divesting_a_coalition_run_rebuilds_only_the_lines_the_region_shaped(two_lines: RunSettings, world_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    from fedrec.divestment import divest_lines
+
+    rebuilt = divest_lines(two_lines, ["apac"], method="exact", out_dir=tmp_path / "d", engine=run_in_process)
+    assert list(rebuilt) == ["pacific"]  # atlantic never saw apac: left as it is
+    registry = ModelRegistry(Path(two_lines.output_dir) / "registry", create=False)
+    head = registry.get(rebuilt["pacific"].head)
+    assert head.divestment["removed"] == ["apac"] and head.divestment["line"] == "pacific"
+    assert set(head.contributors) == {"na"}
+    # without DP the rebuilt line is the run na would have made alone from the same start
+    alone = run_in_process(settings(world_dir, tmp_path / "alone", coalitions="{}", exclude_regions="eu,apac",
+                                    min_nodes=1))
+    arrays = registry.load(head.id)[0]
+    assert all(np.array_equal(arrays[k], alone.final_arrays[k]) for k in arrays)
+    with pytest.raises(ConfigError, match="use --method exact"):
+        divest_lines(two_lines, ["apac"], method="fast", out_dir=tmp_path / "f", engine=run_in_process)
+
+
+def test_the_divest_command_on_a_coalition_run_reports_each_rebuilt_line(two_lines: RunSettings, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from fedrec.commands.divest import DEPLOYMENT_FILE, divest_main
+    from fedrec.flower import simulation
+
+    monkeypatch.setattr(simulation, "run_simulation", run_in_process)  # the same apps, without Ray
+    assert divest_main(["na", "--run", two_lines.output_dir, "--out", str(tmp_path / "d")]) == 0
+    report = json.loads((tmp_path / "d" / "divestment.json").read_text())
+    assert set(report["lines"]) == {"atlantic", "pacific"}  # na shaped both
+    assert set(report["lines"]["atlantic"]["per_region"]) == {"eu"}
+    assert set(report["lines"]["pacific"]["per_region"]) == {"apac"}
+    assert report["lines"]["atlantic"]["removal_test"]["na"]["own_items"] > 0
+    printed = capsys.readouterr().out
+    assert "coalition line atlantic" in printed and "coalition line pacific" in printed
+    assert divest_main(["eu", "--run", two_lines.output_dir, "--deployment", "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "atlantic" / DEPLOYMENT_FILE).is_file()
+    assert not (tmp_path / "p" / "pacific").exists()

@@ -5,6 +5,8 @@
 few recovery rounds. Both run on Flower's simulation engine, register the new line in the run's registry (every
 version records what was removed, how and from where) and write `divestment.json`. When the run's world holds
 the removed region's data (a simulation), the removal test is run too: its own items' signal before and after.
+A run of coalition lines is divested line by line (exact only): every line the regions shaped is rebuilt.
+`--deployment` trains nothing and writes the rebuilt line's run config for the operators (`flwr run`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
@@ -21,6 +23,10 @@ from rich.table import Table
 
 from fedrec.commands.parsing import CommandParser, run_command
 from fedrec.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedrec.divestment import Divestment
+    from fedrec.settings import RunSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,28 +59,40 @@ DEPLOYMENT_FILE = "divestment_run_config.toml"
 
 
 def _plan(args: argparse.Namespace, console: Console) -> int:
-    """`--deployment`: the rebuilt line's whole run config as a TOML file for `flwr run --run-config FILE`."""
-    from fedrec.divestment.run import plan_divestment
+    """`--deployment`: the rebuilt line's whole run config as a TOML file for `flwr run --run-config FILE`.
+
+    A run of coalition lines gets one file per line the regions shaped (`LINE/divestment_run_config.toml`).
+    """
+    from fedrec.divestment.run import divested_lines, line_view, plan_divestment
     from fedrec.settings import load_run_config
 
     run_dir = args.run or _newest_run()
     settings = load_run_config(run_dir)
     out = args.out or run_dir / f"divest-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    plan = plan_divestment(settings, list(args.regions), method=args.method, out_dir=out,
-                           recovery_rounds=args.recovery_rounds)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / DEPLOYMENT_FILE
-    lines = [f"# fedrec divest {' '.join(args.regions)} --method {args.method}: the rebuilt line's run config",
-             "# (the whole run config: Flower reads a --run-config file alone, without the app's defaults)"]
-    path.write_text("\n".join([*lines, *(f"{k} = {_toml(v)}" for k, v in sorted(plan.run.to_run_config().items()))])
-                    + "\n")
-    console.print(f"the rebuilt line starts from {plan.start.short_id} (round {plan.start.round}) and replaces "
-                  f"{plan.replaces.short_id}: {plan.run.num_rounds - plan.start.round} round(s) over "
-                  f"{plan.run.min_nodes} region(s). Changed from the run's config:", highlight=False)
-    for key, value in sorted(plan.run_config_changes(settings).items()):
-        console.print(f"  {key} = {_toml(value)}", highlight=False, soft_wrap=True)
-    console.print(f"start it on the deployed federation: flwr run . FEDERATION --stream --run-config {path}",
-                  highlight=False, soft_wrap=True)
+    if settings.coalition_members():
+        if args.method != "exact":
+            raise ConfigError(f"--method {args.method}: a run of coalition lines keeps no contributions; use exact")
+        parts = [(line, line_view(settings, line), removed, out / line)
+                 for line, removed in divested_lines(settings, list(args.regions)).items()]
+    else:
+        parts = [("", settings, list(args.regions), out)]
+    for line, view, removed, where in parts:
+        plan = plan_divestment(view, removed, method=args.method, out_dir=where, recovery_rounds=args.recovery_rounds)
+        where.mkdir(parents=True, exist_ok=True)
+        path = where / DEPLOYMENT_FILE
+        head = [f"# fedrec divest {' '.join(removed)} --method {args.method}"
+                + (f" (coalition line {line})" if line else "") + ": the rebuilt line's run config",
+                "# (the whole run config: Flower reads a --run-config file alone, without the app's defaults)"]
+        path.write_text("\n".join([*head, *(f"{k} = {_toml(v)}" for k, v in sorted(plan.run.to_run_config().items()))])
+                        + "\n")
+        console.print((f"[bold]coalition line {line}[/bold]: " if line else "")
+                      + f"the rebuilt line starts from {plan.start.short_id} (round {plan.start.round}) and replaces "
+                      f"{plan.replaces.short_id}: {plan.run.num_rounds - plan.start.round} round(s) over "
+                      f"{plan.run.min_nodes} region(s). Changed from the run's config:", highlight=False)
+        for key, value in sorted(plan.run_config_changes(settings).items()):
+            console.print(f"  {key} = {_toml(value)}", highlight=False, soft_wrap=True)
+        console.print(f"start it on the deployed federation: flwr run . FEDERATION --stream --run-config {path}",
+                      highlight=False, soft_wrap=True)
     return 0
 
 
@@ -86,35 +104,61 @@ def _toml(value: Any) -> str:
 
 
 def _divest(args: argparse.Namespace) -> dict[str, Any]:
-    from fedrec.divestment import divest
-    from fedrec.divestment.evidence import removal_test
+    from fedrec.divestment import divest, divest_lines
+    from fedrec.divestment.run import line_view
     from fedrec.flower.simulation import run_simulation
     from fedrec.settings import load_run_config
-    from fedrec.versions import ModelRegistry
 
     run_dir = args.run or _newest_run()
     settings = load_run_config(run_dir)
     out = args.out or run_dir / f"divest-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = divest(settings, list(args.regions), method=args.method, out_dir=out, engine=run_simulation,
-                    recovery_rounds=args.recovery_rounds)
-    report: dict[str, Any] = {"run": str(run_dir), **result.to_dict()}
-    before = json.loads((run_dir / "federated_history.json").read_text())["rounds"]
+    if settings.coalition_members():  # one report per line the regions shaped
+        lines = divest_lines(settings, list(args.regions), method=args.method, out_dir=out, engine=run_simulation,
+                             recovery_rounds=args.recovery_rounds)
+        report: dict[str, Any] = {"run": str(run_dir), "output_dir": str(out), "lines": {
+            line: _line_report(line_view(settings, line), result) for line, result in lines.items()}}
+    else:
+        result = divest(settings, list(args.regions), method=args.method, out_dir=out, engine=run_simulation,
+                        recovery_rounds=args.recovery_rounds)
+        report = {"run": str(run_dir), **_line_report(settings, result)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "divestment.json").write_text(json.dumps(report, indent=1, default=str))
+    return report
+
+
+def _line_report(settings: RunSettings, result: Divestment) -> dict[str, Any]:
+    """One rebuilt line: what `divest` returned, the line before, and the removal test of each removed region."""
+    from fedrec.divestment.evidence import removal_test
+    from fedrec.versions import ModelRegistry
+
+    report: dict[str, Any] = result.to_dict()
+    before = json.loads((Path(settings.output_dir) / "federated_history.json").read_text())["rounds"]
     report["before"] = {"per_region": before[-1]["per_region"], "overall": before[-1]["overall"]} if before else {}
-    registry = ModelRegistry(settings.registry_root() or run_dir / "registry", create=False)
+    registry = ModelRegistry(settings.registry_root() or Path(settings.output_dir) / "registry", create=False)
     data_dir = Path(settings.data_dir)
     report["removal_test"] = {}
-    for region in args.regions:
+    for region in result.removed:
         if not (data_dir / f"silo_{region}.npz").is_file():
             report["removal_test"][region] = {"skipped": f"no data of {region} in {data_dir} (a deployment)"}
             continue
         models = {"before": registry.load(result.replaces)[0], "after": registry.load(result.head)[0]}
         report["removal_test"][region] = removal_test(data_dir, region, settings.model_spec,
                                                       settings.train_config(), models, seed=settings.seed)
-    (out / "divestment.json").write_text(json.dumps(report, indent=1, default=str))
     return report
 
 
 def _print(report: dict[str, Any], console: Console) -> None:
+    if "lines" in report:
+        for line, part in report["lines"].items():
+            console.print(f"[bold]coalition line {line}", highlight=False)
+            _print_line(part, console)
+        console.print(f"written: {Path(report['output_dir']) / 'divestment.json'}", highlight=False)
+        return
+    _print_line(report, console)
+    console.print(f"written: {Path(report['output_dir']) / 'divestment.json'}", highlight=False)
+
+
+def _print_line(report: dict[str, Any], console: Console) -> None:
     table = Table(title=f"divested {', '.join(report['removed'])} ({report['method']}): the remaining regions",
                   box=box.SIMPLE_HEAD)
     for col in ("region", "ndcg@20 before", "ndcg@20 after"):
@@ -136,7 +180,6 @@ def _print(report: dict[str, Any], console: Console) -> None:
                       f"{test['users']} test users: before {test['signal']['before']:.4f}, after "
                       f"{test['signal']['after']:.4f} (lost {lost['difference']:.4f}, 95% CI "
                       f"{lost['low']:.4f}..{lost['high']:.4f})", highlight=False)
-    console.print(f"written: {Path(report['output_dir']) / 'divestment.json'}", highlight=False)
 
 
 def divest_main(argv: list[str], console: Console | None = None) -> int:

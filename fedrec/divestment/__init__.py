@@ -4,6 +4,6 @@
 taught the model, before and after.
 """
 
-from fedrec.divestment.run import METHODS, Divestment, divest, line_head
+from fedrec.divestment.run import METHODS, Divestment, divest, divest_lines, line_head
 
-__all__ = ["METHODS", "Divestment", "divest", "line_head"]
+__all__ = ["METHODS", "Divestment", "divest", "divest_lines", "line_head"]

@@ -12,6 +12,9 @@
   it). What the removed regions did to the other regions' later updates (they trained on a model the
   removed ones had moved) stays: the removal test (`fedrec.divestment.evidence`) measures what is left.
 
+A run of coalition lines (`federation.coalitions`) is divested line by line (`divest_lines`, exact only): every
+line the regions shaped is rebuilt without them, the others are left as they are.
+
 Every version of a divested line records in its manifest what was removed, how, from which version, and which
 line head it replaces (`divestment`). Nothing is deleted: the old line stays in the registry for audit. The rebuilt
 line is evaluated once, at its head: the remaining regions keep serving what they served (the old line) until the
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedrec.coordinator.coalition_lines import LINES_DIR
 from fedrec.coordinator.contributions import ContributionLedger
 from fedrec.coordinator.history import FederationHistory
 from fedrec.errors import ConfigError
@@ -124,7 +128,8 @@ def plan_divestment(settings: RunSettings, regions: list[str], *, method: str, o
     remaining = [r for r in world if r not in excluded]
     if not remaining:
         raise ConfigError(f"divesting {sorted(regions)} leaves no region to train")
-    record: dict[str, Any] = {"removed": sorted(regions), "method": method, "replaces": head_version.id}
+    record: dict[str, Any] = {"removed": sorted(regions), "method": method, "replaces": head_version.id,
+                              **({"line": head_version.coalition} if head_version.coalition else {})}
     if method == "exact":
         start = last_untouched(registry, head_version.id, regions)
         rounds = head_version.round - start.round
@@ -154,6 +159,8 @@ def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: P
     registry; the remaining silos keep their state dirs (their serving pointers, ledgers and budgets carry on).
     `engine` runs the federation (`fedrec.flower.simulation.run_simulation`, or the tests' in-process grid).
     """
+    if settings.coalition_members():
+        raise ConfigError("a run of coalition lines is divested line by line (`divest_lines`; `fedrec divest` does it)")
     plan = plan_divestment(settings, regions, method=method, out_dir=out_dir, head=head,
                            recovery_rounds=recovery_rounds)
     start = plan.start
@@ -169,6 +176,52 @@ def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: P
                       silo_rounds=sum(len(e["participants"]) for e in trained), wall_time_s=wall,
                       per_region=dict(last["per_region"]), overall=dict(last["overall"]), output_dir=str(out_dir),
                       history=history)
+
+
+def line_view(settings: RunSettings, line: str) -> RunSettings:
+    """Coalition line `line` of a run with coalitions, as a run of one line (its members only, its output dir).
+
+    Its registry and its silos' state dirs stay the run's: what `plan_divestment` rebuilds the line from.
+    """
+    members = settings.coalition_members()[line]
+    world = list(read_manifest(settings.data_dir)["regions"])
+    root, state = settings.registry_root(), silo_state_root(settings)
+    return dataclasses.replace(
+        settings, coalitions="{}", output_dir=str(Path(settings.output_dir) / LINES_DIR / line),
+        registry_dir=str(root) if root is not None else "", state_dir=str(state) if state is not None else "",
+        exclude_regions=",".join(r for r in world if r not in members), min_nodes=len(members))
+
+
+def divested_lines(settings: RunSettings, regions: list[str]) -> dict[str, list[str]]:
+    """A run with coalitions: line → the given regions that shaped it (the lines to rebuild), or a clear error."""
+    root = settings.registry_root()
+    if root is None:
+        raise ConfigError("the run has no registry (registry-dir or output-dir): nothing records who shaped it")
+    registry = ModelRegistry(root, create=False)
+    out = {}
+    for line, members in settings.coalition_members().items():
+        shaped = shaped_by(registry, line_head(line_view(settings, line)))
+        if removed := sorted(set(regions) & set(members) & set(shaped)):
+            out[line] = removed
+    if not out:
+        raise ConfigError(f"region(s) {sorted(regions)} shaped none of the run's coalition lines "
+                          f"({', '.join(settings.coalition_members())}): nothing to divest")
+    return out
+
+
+def divest_lines(settings: RunSettings, regions: list[str], *, method: str, out_dir: Path, engine: Engine,
+                 **engine_kw: Any) -> dict[str, Divestment]:
+    """`divest` for a run with coalitions: every line the regions shaped, rebuilt without them (exact only).
+
+    Each line is rebuilt as `divest` rebuilds a run of one line (`line_view`), into `out_dir/LINE`; its versions
+    record the line they replace (`divestment.line`). Lines the regions never shaped are left as they are.
+    """
+    if method != "exact":
+        raise ConfigError(f"--method {method}: a run of coalition lines keeps no contributions (fast divestment "
+                          "subtracts them); use --method exact")
+    return {line: divest(line_view(settings, line), removed, method="exact", out_dir=out_dir / line, engine=engine,
+                         **engine_kw)
+            for line, removed in divested_lines(settings, regions).items()}
 
 
 def _run_key(settings: RunSettings) -> str:
