@@ -107,6 +107,10 @@ class RunSettings:
     manifest of every version the run makes."""
     coalitions: str = "{}"
     """Coalition name → regions (JSON; `federation.coalitions`): one global line per coalition ("{}": one line)."""
+    train_lines: str = ""
+    """The coalition lines this run trains, comma-separated ("": every one). The others stay in `coalitions` so
+    each silo still knows which line it serves: a divestment rebuilding one line (`fedrec.divestment`) offers it
+    for review only to the regions that serve it."""
 
     def __post_init__(self) -> None:
         # The typed configs check everything they own (with Hydra's key names in the message) ...
@@ -140,7 +144,7 @@ class RunSettings:
                               or not self.run_name.strip(".")):
             raise ConfigError(f"run-name={self.run_name!r}: use letters, digits, '-', '_' and '.' only (not dots "
                               "alone: the name is a directory in each silo's state dir)")
-        if self.coalitions != "{}":
+        if self.coalitions != "{}" or self.train_lines:
             self._check_coalition_run()
         if self.max_update_norm < 0:
             raise ConfigError(f"max-update-norm={self.max_update_norm} must be >= 0 (0: no absolute bound)")
@@ -197,15 +201,27 @@ class RunSettings:
         """The coalitions `region` trains in, in name order ([] when the run has none)."""
         return [name for name, members in self.coalition_members().items() if region in members]
 
+    def trained_lines(self) -> list[str]:
+        """The coalition lines this run trains (`train-lines`, else all), in name order."""
+        names = [n.strip() for n in self.train_lines.split(",") if n.strip()]
+        return [n for n in self.coalition_members() if not names or n in names]
+
     def _check_coalition_run(self) -> None:
         """What a run with coalitions cannot (yet) combine with, said before anything runs."""
-        if not self.coalition_members():
+        coalitions = self.coalition_members()
+        named = [n.strip() for n in self.train_lines.split(",") if n.strip()]
+        if unknown := sorted(set(named) - set(coalitions)):
+            raise ConfigError(f"train-lines names {unknown}, not lines of this run (federation.coalitions: "
+                              f"{sorted(coalitions)})")
+        if not coalitions:
             return
-        unsupported = {"start-version": bool(self.start_version), "users-from": bool(self.users_from),
-                       "keep-contributions": self.keep_contributions}
+        unsupported = {"users-from": bool(self.users_from), "keep-contributions": self.keep_contributions,
+                       "start-version (with more than one line to train)": bool(self.start_version)
+                       and len(self.trained_lines()) != 1}
         if used := [k for k, on in unsupported.items() if on]:
-            raise ConfigError(f"federation.coalitions cannot be combined with {', '.join(used)} (continuing or "
-                              "divesting a run of several lines is not built): run each coalition as its own run")
+            raise ConfigError(f"federation.coalitions cannot be combined with {', '.join(used)} (fast divestment and "
+                              "continuing several lines at once are not built): continue one line at a time "
+                              "(train-lines)")
 
     def check_coalition_regions(self, regions: list[str]) -> None:
         """Every coalition names regions that take part, and every region that takes part is in one."""

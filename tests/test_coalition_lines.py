@@ -185,6 +185,8 @@ def test_a_hostile_coordinator_sending_extra_lines_meets_the_budget(world_dir: P
     ({"x": ["eu", "mars"]}, {}, "do not take part"),
     ({"x": ["eu", "na"]}, {}, "in no coalition"),
     ({"x": ["eu", "na", "apac"]}, {"keep_contributions": True}, "cannot be combined with keep-contributions"),
+    ({"x": ["eu", "na", "apac"]}, {"train_lines": "y"}, "train-lines names"),
+    ({"x": ["eu", "na"], "y": ["apac", "na"]}, {"start_version": "ab" * 32}, "start-version \\(with more than one"),
     ({"x": []}, {}, "non-empty list"),
     ({"../x": ["eu"]}, {}, "names of letters"),
 ])
@@ -319,11 +321,17 @@ def test_divesting_a_coalition_run_rebuilds_only_the_lines_the_region_shaped(two
     head = registry.get(rebuilt["pacific"].head)
     assert head.divestment["removed"] == ["apac"] and head.divestment["line"] == "pacific"
     assert set(head.contributors) == {"na"}
-    # without DP the rebuilt line is the run na would have made alone from the same start
-    alone = run_in_process(settings(world_dir, tmp_path / "alone", coalitions="{}", exclude_regions="eu,apac",
-                                    min_nodes=1))
-    arrays = registry.load(head.id)[0]
-    assert all(np.array_equal(arrays[k], alone.final_arrays[k]) for k in arrays)
+    # without DP the rebuilt line is the line a run without apac would have made from the same start
+    never = settings(world_dir, tmp_path / "never", exclude_regions="apac", min_nodes=2,
+                     coalitions=json.dumps({"atlantic": ["eu", "na"], "pacific": ["na"]}))
+    run_in_process(never)
+    arrays, expected = registry.load(head.id)[0], head_arrays(tmp_path / "never", "pacific")
+    assert all(np.array_equal(arrays[k], expected[k]) for k in arrays)
+    # na serves atlantic: the rebuilt pacific head was evaluated in its silo, not offered to it for serving
+    decisions = (Path(two_lines.output_dir) / "silo-state" / "na" / "serving" / "adoption.jsonl").read_text()
+    atlantic_head = json.loads((Path(two_lines.output_dir) / "coalitions" / "atlantic" / "federated_history.json"
+                                ).read_text())["model_versions"][-1]["id"]
+    assert atlantic_head in decisions and head.id not in decisions
     with pytest.raises(ConfigError, match="use --method exact"):
         divest_lines(two_lines, ["apac"], method="fast", out_dir=tmp_path / "f", engine=run_in_process)
 

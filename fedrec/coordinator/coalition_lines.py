@@ -3,8 +3,10 @@
 Each line is a run of its own over the nodes of its coalition's regions (`LineGrid`: the run's grid showing only
 those nodes): its strategy, its current version (the coalition is in the version's identity, so each line's
 version 0 is its own), and its output dir `<output>/coalitions/<name>/` (history, checkpoint, global model).
-Every line's versions go into the run's one registry. Preflight runs once, over every node. Each round trains and
-then evaluates every line, in name order; a line whose silos all decline stops there while the others go on.
+Every line's versions go into the run's one registry. `train-lines` trains only some of the lines (a divestment
+rebuilding one line from a version: `start-version` then applies to that line). Preflight runs once, over every
+node. Each round trains and then evaluates every line, in name order; a line whose silos all decline stops there
+while the others go on.
 
 A region in several coalitions trains for each: its silo keeps each line's users and releases apart and spends
 its one budget for all of them (`fedrec.silo.handlers.for_line`). It serves the line of its first coalition in
@@ -69,7 +71,7 @@ def run_lines(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = No
     started = time.perf_counter()
     combined = history if history is not None else FederationHistory()
     combined.run_id = run_id
-    coalitions = s.coalition_members()
+    coalitions = {name: members for name, members in s.coalition_members().items() if name in s.trained_lines()}
     lines = {name: CoordinatorRun(grid, line_settings(s, name, members), timeout=timeout, run_id=run_id,
                                   context=context, history=None, line=name) for name, members in coalitions.items()}
     first_line = next(iter(lines.values()))
@@ -96,7 +98,7 @@ def run_lines(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = No
                 stopped[name] = record.stopped
     for run in lines.values():
         run.finish(started)
-    regions = sorted({r for members in coalitions.values() for r in members})
+    regions = sorted({r for members in s.coalition_members().values() for r in members})
     combine(combined, lines, serving_lines(s, regions), stopped)
     combined.wall_time_s = time.perf_counter() - started
     combined.save(s.output_dir)

@@ -126,7 +126,9 @@ def plan_divestment(settings: RunSettings, regions: list[str], *, method: str, o
                           f"{head_version.short_id} (contributors: {sorted(shaped)}): nothing to divest")
     excluded = sorted(set(settings.excluded_regions()) | set(regions))
     remaining = [r for r in world if r not in excluded]
-    if not remaining:
+    lines = {n: [r for r in m if r not in excluded] for n, m in settings.coalition_members().items()}
+    trained = [r for n in settings.trained_lines() for r in lines[n]] if lines else remaining
+    if not remaining or not trained:
         raise ConfigError(f"divesting {sorted(regions)} leaves no region to train")
     record: dict[str, Any] = {"removed": sorted(regions), "method": method, "replaces": head_version.id,
                               **({"line": head_version.coalition} if head_version.coalition else {})}
@@ -147,7 +149,9 @@ def plan_divestment(settings: RunSettings, regions: list[str], *, method: str, o
         exclude_regions=",".join(excluded), num_rounds=start.round + rounds, min_nodes=len(remaining),
         eval_every=rounds,  # evaluated (and so reviewed by the silos) once, at its head: no weak early version served
         divestment=json.dumps(record, sort_keys=True), resume=False, run_name="",
-        users_from=_run_key(settings) if method == "fast" else "")
+        users_from=_run_key(settings) if method == "fast" else "",
+        # a coalition line's rebuild: every line without the removed regions, so each silo still knows what it serves
+        coalitions=json.dumps({n: m for n, m in lines.items() if m}, sort_keys=True) if lines else "{}")
     return DivestmentPlan(run=run, replaces=head_version, start=start, record=record)
 
 
@@ -159,7 +163,7 @@ def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: P
     registry; the remaining silos keep their state dirs (their serving pointers, ledgers and budgets carry on).
     `engine` runs the federation (`fedrec.flower.simulation.run_simulation`, or the tests' in-process grid).
     """
-    if settings.coalition_members():
+    if len(settings.trained_lines()) > 1:
         raise ConfigError("a run of coalition lines is divested line by line (`divest_lines`; `fedrec divest` does it)")
     plan = plan_divestment(settings, regions, method=method, out_dir=out_dir, head=head,
                            recovery_rounds=recovery_rounds)
@@ -170,7 +174,10 @@ def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: P
     trained = [e for e in history.round_log if e.get("participants")]
     if not history.versions or history.versions[-1]["id"] == start.id:
         raise ConfigError(f"the rebuilt line trained no round ({history.stopped_early or 'no silo replied'})")
-    last = history.rounds[-1] if history.rounds else {"per_region": {}, "overall": {}}
+    rounds = history.rounds  # a coalition line's rebuild: that line's own evaluation, every member's
+    if history.coalitions:
+        rounds = next(iter(history.coalitions.values()))["history"]["rounds"]
+    last = rounds[-1] if rounds else {"per_region": {}, "overall": {}}
     return Divestment(method=method, removed=sorted(regions), replaces=plan.replaces.id, rebuilt_from=start.id,
                       head=str(history.versions[-1]["id"]), rounds=len(trained),
                       silo_rounds=sum(len(e["participants"]) for e in trained), wall_time_s=wall,
@@ -179,17 +186,16 @@ def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: P
 
 
 def line_view(settings: RunSettings, line: str) -> RunSettings:
-    """Coalition line `line` of a run with coalitions, as a run of one line (its members only, its output dir).
+    """Coalition line `line` of a run with coalitions, as the run that trains it alone (`train-lines`).
 
-    Its registry and its silos' state dirs stay the run's: what `plan_divestment` rebuilds the line from.
+    Its output dir is the line's (its history, its head); its registry and its silos' state dirs stay the run's, and
+    so do the other lines in `coalitions`: each silo still serves the line it served (`plan_divestment` rebuilds
+    from this).
     """
-    members = settings.coalition_members()[line]
-    world = list(read_manifest(settings.data_dir)["regions"])
     root, state = settings.registry_root(), silo_state_root(settings)
     return dataclasses.replace(
-        settings, coalitions="{}", output_dir=str(Path(settings.output_dir) / LINES_DIR / line),
-        registry_dir=str(root) if root is not None else "", state_dir=str(state) if state is not None else "",
-        exclude_regions=",".join(r for r in world if r not in members), min_nodes=len(members))
+        settings, train_lines=line, output_dir=str(Path(settings.output_dir) / LINES_DIR / line),
+        registry_dir=str(root) if root is not None else "", state_dir=str(state) if state is not None else "")
 
 
 def divested_lines(settings: RunSettings, regions: list[str]) -> dict[str, list[str]]:

@@ -99,7 +99,9 @@ def for_line(silo: Silo, content: RecordDict) -> Silo:
     members = s.coalition_members()
     if why := line_problem(silo.ident, line, members[line]):
         raise LineRefused(why)
-    mine = lawful_lines(silo.ident, members)
+    if line not in s.trained_lines():
+        raise LineRefused(f"coalition line {line!r} is not trained in this run (train-lines={s.train_lines!r})")
+    mine = [c for c in lawful_lines(silo.ident, members) if c in s.trained_lines()]
     key = line_key(silo.run_key, line)
     serves = line == served_line(silo.ident, members)
     return dataclasses.replace(silo, run_key=key, state=silo.state.for_run(key), line=line, serves=serves,
