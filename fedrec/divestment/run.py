@@ -125,8 +125,14 @@ def plan_divestment(settings: RunSettings, regions: list[str], *, method: str, o
         raise ConfigError(f"region(s) {sorted(regions)} never contributed to the line ending at "
                           f"{head_version.short_id} (contributors: {sorted(shaped)}): nothing to divest")
     excluded = sorted(set(settings.excluded_regions()) | set(regions))
-    remaining = [r for r in world if r not in excluded]
     lines = {n: [r for r in m if r not in excluded] for n, m in settings.coalition_members().items()}
+    # A rebuilt coalition line keeps only the members that shaped it: a region declared in the line that never
+    # trained in it (its law forbade a removed region, say) must neither start training in it nor, the line now
+    # lawful for it, switch to serving it. A region left in no line is left out of the rebuild (it trains nothing).
+    lines = {n: [r for r in m if r in shaped or n not in settings.trained_lines()] for n, m in lines.items()}
+    if lines:
+        excluded = sorted({*excluded, *(r for r in world if not any(r in m for m in lines.values()))})
+    remaining = [r for r in world if r not in excluded]
     trained = [r for n in settings.trained_lines() for r in lines[n]] if lines else remaining
     if not remaining or not trained:
         raise ConfigError(f"divesting {sorted(regions)} leaves no region to train")
