@@ -9,7 +9,9 @@ directory tree holding runs. Each run contributes one row per method × region �
 - override columns: the run's own Hydra overrides (`.hydra/overrides.yaml`, e.g. `model=mf seed=1` →
   columns `model`, `seed`), so swept values are columns, not parsed from paths;
 - `method`: `federated`, `served`, `centralized`, `local_only`, `popularity`, `local_baseline`,
-  `pooled_baseline`, and each baseline as `baseline:<name>:pooled` / `baseline:<name>:local_only`;
+  `pooled_baseline`, and each baseline as `baseline:<name>:pooled` / `baseline:<name>:local_only` (all on the
+  test split); `valid:federated` is the federated model on the VALIDATION users (results.json's `validation`
+  block: what a tuning study selects on, `experiment=study_tune`);
 - `region`: each region, and `overall` (user-weighted, as in `results.json`).
 
 `summarize` averages over `seed` (every other override kept): mean, standard deviation, number of seeds and
@@ -67,8 +69,10 @@ def run_rows(results: dict[str, Any], run: str, overrides: dict[str, str]) -> li
     final = results.get("final")
     if not isinstance(final, dict):
         raise ConfigError(f"{run}/{RESULTS} has no 'final' block: not a fedrec results file")
+    validation = results.get("validation") or {}
+    blocks = [*_blocks(final), *((f"valid:{m}", b) for m, b in validation.items() if isinstance(b, dict))]
     rows = []
-    for method, block in _blocks(final):
+    for method, block in blocks:
         regions = {**block.get("per_region", {}), "overall": block.get("overall", {})}
         for region, metrics in regions.items():
             for metric, value in metrics.items():

@@ -77,6 +77,10 @@ class SiloView:
         """Each region's evaluation of the global model at round `rnd` (the regions that logged one)."""
         return {r: e.evaluation for r, log in self.logs.items() if (e := log.get(rnd)) is not None}
 
+    def valid(self, rnd: int) -> dict[str, SiloEvaluation]:
+        """Each region's evaluation of the global model at round `rnd` on its validation users (where logged)."""
+        return {r: e.valid for r, log in self.logs.items() if (e := log.get(rnd)) is not None and e.valid is not None}
+
     def served(self, rnd: int) -> dict[str, tuple[SiloEvaluation, dict[str, Any]]]:
         """Each reviewing region's served model at round `rnd`: its metric sums and the decision."""
         return {r: (e.served, e.decision) for r, log in self.logs.items()
@@ -322,6 +326,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
         "artifacts": {"global_model": "global_model.safetensors", "world": "world/",
                       "registry": settings.registry_dir or "registry/"},
     }
+    if valid := view.valid(rounds[-1]["round"]):  # what a tuning study selects on (fedrec.commands.run.objective)
+        results["validation"] = {"federated": _block(pool(valid)), "round": rounds[-1]["round"]}
     if history.coalitions:
         results["coalitions"] = coalitions_block(history, settings, private=private)
         results["artifacts"]["global_model"] = {name: f"coalitions/{name}/global_model.safetensors"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -45,6 +46,11 @@ def test_every_run_method_region_and_metric_is_a_row_with_its_overrides(sweep: P
             "baseline:popularity:local_only"} <= set(table["method"])
     assert {"overall", "eu", "na"} == set(table["region"])
     assert {"ndcg@20", "recall@20", "hr@10", "ndcg@10"} <= set(table["metric"])
+    # the federated model on validation users (what a tuning study selects on), each run's own numbers
+    for run in ("0", "3"):
+        want = json.loads((sweep / run / "results.json").read_text())["validation"]["federated"]["per_region"]
+        got = table[(table["run"] == run) & (table["method"] == "valid:federated") & (table["region"] == "na")]
+        assert dict(zip(got["metric"], got["value"], strict=True)) == want["na"]
 
 
 def test_the_summary_is_the_mean_and_t_interval_over_seeds(sweep: Path) -> None:

@@ -111,6 +111,12 @@ def check_study(exp: ExperimentConfig) -> None:
     assert (exp.strategy.name, exp.model.name, exp.federation.rounds) == ("fedavg", "mf", 20)
 
 
+def check_study_tune(exp: ExperimentConfig) -> None:
+    """The quick world, tuned by the Optuna sweeper (its search space: `test_tuning.py`)."""
+    check_quick(exp)
+    assert (exp.bounds, exp.baselines) == (("local_only",), ("popularity",))
+
+
 def check_coalitions(exp: ExperimentConfig) -> None:
     """The quick world, as two coalition lines."""
     check_quick(dataclasses.replace(exp, federation=dataclasses.replace(exp.federation, coalitions={})))
@@ -123,7 +129,7 @@ EXPERIMENT_CHECKS = {"quick": check_quick, "coalitions": check_coalitions, "ml10
                      "sovereign_dp": check_sovereign_dp, "sovereign_dp_ials": check_sovereign_dp_ials,
                      "distinct_region": check_distinct_region, "ease": check_ease,
                      "study_heterogeneity": check_study, "study_silo_size": check_study,
-                     "study_strategies": check_study}
+                     "study_strategies": check_study, "study_tune": check_study_tune}
 
 
 def test_adoption_policies_compose_per_region_into_the_run_config() -> None:

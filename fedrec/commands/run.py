@@ -85,13 +85,41 @@ def run(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
     return results
 
 
+def objective_metric(cfg: DictConfig) -> str:
+    """The config's `objective`, checked before anything runs (a metric fedrec does not compute: `ConfigError`)."""
+    from fedrec.errors import ConfigError
+    from fedrec.metrics import METRICS
+
+    metric = str(cfg.objective)
+    if metric not in METRICS:
+        raise ConfigError(f"objective={metric!r} is not a metric fedrec computes; one of {', '.join(METRICS)}")
+    return metric
+
+
+def objective(results: dict[str, Any], metric: str) -> float:
+    """The value a Hydra sweeper optimizes: `metric` of the federated model on validation users, pooled.
+
+    NaN when the run has no validation block (no silo logged its last round: a run stopped early); Optuna records
+    such a trial as failed.
+    """
+    block = results.get("validation", {}).get("federated")
+    return float(block["overall"][metric]) if block else float("nan")
+
+
 @hydra.main(version_base=None, config_path=conf_dir(), config_name="config")
-def hydra_main(cfg: DictConfig) -> None:
-    """Run the composed experiment; a user mistake is one red line and exit status 2."""
+def hydra_main(cfg: DictConfig) -> float:
+    """Run the composed experiment and return its `objective` (for sweepers that optimize).
+
+    A user mistake is one red line and exit status 2.
+    """
     console = Console()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        run(cfg, out_dir, console)
+        metric = objective_metric(cfg)
+        results = run(cfg, out_dir, console)
+        value = objective(results, metric)
     except FedrecError as exc:
         console.print(f"[bold red]fedrec: error:[/] {exc}", highlight=False)
         sys.exit(2)
+    console.print(f"objective: validation {metric} of the federated model = {value:.4f}")
+    return value

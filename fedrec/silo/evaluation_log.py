@@ -34,6 +34,9 @@ class LoggedEvaluation:
     """The served model's test metrics (with a review, when the region serves a model)."""
     own_line: SiloEvaluation | None = None
     """`adopt: adapt`: the region's own local-only line's test metrics, served or not."""
+    valid: SiloEvaluation | None = None
+    """The received version's metrics on the region's validation users (the run's last round, and every round a
+    review needed them): what a tuning study may select on, never the test split."""
 
 
 def _sums(ev: SiloEvaluation) -> dict[str, Any]:
@@ -45,11 +48,16 @@ def _evaluation(d: dict[str, Any]) -> SiloEvaluation:
 
 
 def log_evaluation(ident: SiloIdentity, *, run_id: str, server_round: int, ev: SiloEvaluation,
-                   review: Review | None = None) -> Path:
-    """Append an evaluation (and, with a `review`, the region's serving decision) to the silo's log."""
+                   review: Review | None = None, valid: SiloEvaluation | None = None) -> Path:
+    """Append an evaluation (and, with a `review`, the region's serving decision) to the silo's log.
+
+    `valid`: the same version's metrics on the region's validation users, when they were computed.
+    """
     path = StateDir(ident.require_state_dir()).evaluations(run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     line: dict[str, Any] = {"round": server_round, "region": ident.region, **_sums(ev)}
+    if valid is not None:
+        line["valid"] = _sums(valid)
     if review is not None:
         line["policy"] = asdict(ident.policy)
         line["decision"] = asdict(review.decision)
@@ -73,5 +81,6 @@ def read_evaluations(state_dir: Path, run_id: str) -> list[LoggedEvaluation]:
             out.append(LoggedEvaluation(
                 round=int(d["round"]), region=str(d["region"]), evaluation=_evaluation(d), policy=d.get("policy"),
                 decision=d.get("decision"), served=_evaluation(d["served"]) if d.get("served") else None,
-                own_line=_evaluation(d["own_line"]) if d.get("own_line") else None))
+                own_line=_evaluation(d["own_line"]) if d.get("own_line") else None,
+                valid=_evaluation(d["valid"]) if d.get("valid") else None))
     return out

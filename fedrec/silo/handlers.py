@@ -209,7 +209,8 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     local = silo.state.local()
     seed = silo_seed(s.seed, silo.seed_label, rnd)
     serving = serving_of(ident) if silo.serves else None
-    splits = ("test", "valid") if serving is not None and ident.policy.kind in ("if_better", "adapt") else ("test",)
+    reviewed_on_valid = serving is not None and ident.policy.kind in ("if_better", "adapt")
+    splits = ("test", "valid") if reviewed_on_valid or rnd == s.num_rounds else ("test",)  # last: for tuning
     fitted, evals = fit_and_evaluate(silo.data, s.model_spec, arrays, local, s.train_config(), seed=seed,
                                      splits=splits)
     ev = evals["test"]
@@ -219,15 +220,15 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
                             candidate_arrays=arrays, local=local, candidate_valid=evals["valid"], candidate_test=ev,
                             seed=seed, adapt_seed=silo_seed(s.seed, ident.region + "/adapt", rnd),
                             run_id=silo.log_key)
-        log_evaluation(ident, run_id=silo.log_key, server_round=rnd, ev=ev, review=rv)
+        log_evaluation(ident, run_id=silo.log_key, server_round=rnd, ev=ev, review=rv, valid=evals.get("valid"))
     elif serving is not None:  # the region's own choice of model, decided and evaluated in the silo
         rv = review(serving, silo.data, s.model_spec, s.train_config(), server_round=rnd,
                     candidate=candidate, candidate_arrays=arrays, local=local,
                     candidate_test=ev, candidate_valid=evals.get("valid"), candidate_model=fitted, seed=seed,
                     fetch=lambda v: fetch_version(s, v), run_id=silo.log_key)
-        log_evaluation(ident, run_id=silo.log_key, server_round=rnd, ev=ev, review=rv)
+        log_evaluation(ident, run_id=silo.log_key, server_round=rnd, ev=ev, review=rv, valid=evals.get("valid"))
     elif ident.state_dir is not None and silo.line:  # another line of the region's: evaluated, not reviewed
-        log_evaluation(ident, run_id=silo.log_key, server_round=rnd, ev=ev)
+        log_evaluation(ident, run_id=silo.log_key, server_round=rnd, ev=ev, valid=evals.get("valid"))
     if s.privacy_settings().enabled or ident.requires_dp:
         return evaluate_reply(None, region=ident.region, server_round=rnd)
     return evaluate_reply(ev, region=ident.region, server_round=rnd)
