@@ -33,6 +33,7 @@ from fedrec.errors import ConfigError
 from fedrec.evaluation import SiloEvaluation, pool
 from fedrec.messages import COALITION_KEY, WEIGHT_KEY, read_arrays, read_float, read_region
 from fedrec.model_io import save_global_model
+from fedrec.run_lines import coalition_members, divestment_record
 from fedrec.settings import RunSettings, read_manifest, save_run_config
 from fedrec.statistics import Arrays, is_statistics_model, solve_replies, statistics_family
 from fedrec.statistics.dp_ials import DpIalsStatistics, declared_noise_problem
@@ -114,7 +115,7 @@ class CoordinatorRun:
                                           ).hexdigest()
         self.rule = aggregation_rule(s, statistics=self.family is not None)
         self.round_robust: dict[str, Any] = {}
-        self.divestment = s.divestment_record()
+        self.divestment = divestment_record(s)
         self.node_regions: dict[int, str] = {}  # node id -> region, as preflight learnt it
         self.ancestry: list[ModelVersion] = []  # the current version's ancestors, parent first (to the root)
         if s.start_version:  # continue a registered line (`fedrec.coordinator.line_start`)
@@ -344,7 +345,7 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
     `history`, when given, is filled in place (so a caller holds what happened even when the run stops
     with an error, e.g. a failed preflight) and returned.
     """
-    if s.coalition_members():  # one line per coalition, in one run (`fedrec.coordinator.coalition_lines`)
+    if coalition_members(s):  # one line per coalition, in one run (`fedrec.coordinator.coalition_lines`)
         from fedrec.coordinator.coalition_lines import run_lines
         return run_lines(grid, s, on_round=on_round, timeout=timeout, run_id=run_id, context=context,
                          history=history)
