@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.preflight import preflight_or_stop
 from fedrec.coordinator.round_loop import CoordinatorRun, RoundCallback
+from fedrec.coordinator.round_record import record_round
 from fedrec.evaluation import SiloEvaluation, pool
 from fedrec.run_lines import coalition_members, coalitions_of, trained_lines
 from fedrec.settings import RunSettings, save_run_config
@@ -90,7 +91,7 @@ def run_lines(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = No
             if name in stopped or rnd < first[name]:
                 continue
             record = run.round(rnd)
-            entry = run.record(record)
+            entry = record_round(run.history, record)
             if on_round is not None:
                 on_round({**entry, "coalition": name})
             run.checkpoint(rnd)
