@@ -39,7 +39,8 @@ from fedrec.divestment.figures import plot_divestment
 from fedrec.divestment.leave import leave, region_paths
 from fedrec.experiment import run_experiment
 from fedrec.settings import load_run_config
-from fedrec.silo.serving import RegionServing, evaluate_fork
+from fedrec.silo.fork_line import evaluate_fork
+from fedrec.silo.serving import RegionServing
 from fedrec.versions import ModelRegistry
 
 DEFAULT_OVERRIDES = ["federation.rounds=10", "baselines=[]"]
