@@ -26,7 +26,7 @@ contributors, weights hash, ...), whose SHA-256 is its `model-version` id; a sil
 builds on no version a partner it does not allow contributed to."""
 COALITION_KEY = "coalition"
 """In a training or evaluation message's config: the coalition line the message belongs to (`federation.
-coalitions`; absent in a run of one line). A silo keeps each line's users and releases apart (`settings.line_key`)."""
+coalitions`; absent in a run of one line). A silo keeps each line's users and releases apart (`run_lines.line_key`)."""
 MODEL_LINEAGE_KEY = "model-lineage"
 """In a training message's config: the JSON list of the sent version's ancestors' identities, its parent first, back
 to the line's root (the version without a parent). Each hashes to the `parent` the one before names, so a silo with

@@ -7,7 +7,8 @@ policy; a proposal may only tighten it), and the per-round `ConfigRecord` (round
 
 `RunSettings` has no defaults or checks of its own: every default is the typed experiment config's
 (`fedrec.config`, `TrainConfig`, `ModelSpec`, `PrivacySettings`), every check is theirs, and
-`[tool.flwr.app.config]` in pyproject.toml lists the same values (a test holds all three equal).
+`[tool.flwr.app.config]` in pyproject.toml lists the same values (a test holds all three equal). What the
+coalition, train-lines, exclude-regions and divestment keys mean for the run is read in `fedrec.run_lines`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from fedrec import run_lines
 from fedrec.config import AdoptionPolicy, ExperimentConfig, FederationConfig, StrategyConfig, check_model
 from fedrec.errors import ConfigError
 from fedrec.io import atomic_write_text
 from fedrec.models.base import ModelSpec
 from fedrec.privacy.dp_round import check_dp_loss
 from fedrec.privacy.plan import PrivacySettings
+from fedrec.run_config_values import cast_value, json_object
+from fedrec.run_lines import line_key as line_key  # where silos key a coalition line's state (re-exported)
 from fedrec.statistics import check_statistics_run, is_statistics_model
 from fedrec.training import TrainConfig
 
@@ -115,7 +119,7 @@ class RunSettings:
     def __post_init__(self) -> None:
         # The typed configs check everything they own (with Hydra's key names in the message) ...
         self.federation_config()
-        _json_object("divestment", self.divestment)
+        json_object("divestment", self.divestment)
         StrategyConfig(name=self.strategy, server_lr=self.server_lr, server_momentum=self.server_momentum,
                        beta1=self.adam_beta1, beta2=self.adam_beta2, tau=self.adam_tau, robust=self.robust,
                        row_clip=self.row_clip, trim_beta=self.trim_beta)
@@ -145,7 +149,7 @@ class RunSettings:
             raise ConfigError(f"run-name={self.run_name!r}: use letters, digits, '-', '_' and '.' only (not dots "
                               "alone: the name is a directory in each silo's state dir)")
         if self.coalitions != "{}" or self.train_lines:
-            self._check_coalition_run()
+            run_lines.check_coalition_run(self)
         if self.max_update_norm < 0:
             raise ConfigError(f"max-update-norm={self.max_update_norm} must be >= 0 (0: no absolute bound)")
         if privacy.enabled and not is_statistics_model(self.model_spec):  # iALS's DP release trains no loss
@@ -181,82 +185,34 @@ class RunSettings:
     @cached_property
     def model_spec(self) -> ModelSpec:
         """The model to build on every party (under DP, silo-wide parameters train through noised sums)."""
-        return ModelSpec(name=self.model, dim=self.dim, kwargs=_json_object("model-kwargs", self.model_kwargs))
+        return ModelSpec(name=self.model, dim=self.dim, kwargs=json_object("model-kwargs", self.model_kwargs))
 
     def federation_config(self) -> FederationConfig:
         """The run's federation settings as the typed config (validated)."""
         return FederationConfig(rounds=self.num_rounds, local_epochs=self.local_epochs, eval_every=self.eval_every,
                                 weighting=self.weighting, fraction_train=self.fraction_train,
                                 secure_aggregation=self.secure_aggregation, min_replies=self.min_replies,
-                                update_norm_factor=self.update_norm_factor, exclude_regions=self.excluded_regions(),
-                                start_version=self.start_version or None,
-                                keep_contributions=self.keep_contributions, coalitions=self.coalition_members())
+                                update_norm_factor=self.update_norm_factor,
+                                exclude_regions=run_lines.excluded_regions(self),
+                                start_version=self.start_version or None, keep_contributions=self.keep_contributions,
+                                coalitions=run_lines.coalition_members(self))
 
+    # The silo's message handlers ask the settings themselves for these three (`fedrec.run_lines` has the rest).
     def coalition_members(self) -> dict[str, list[str]]:
-        """The run's coalitions, name → regions, in name order ({}: one line of every region)."""
-        raw = _json_object("coalitions", self.coalitions)
-        return {str(k): list(v) if isinstance(v, list) else v for k, v in sorted(raw.items())}
+        """The run's coalitions, name → regions (`run_lines.coalition_members`)."""
+        return run_lines.coalition_members(self)
 
     def coalitions_of(self, region: str) -> list[str]:
-        """The coalitions `region` trains in, in name order ([] when the run has none)."""
-        return [name for name, members in self.coalition_members().items() if region in members]
+        """The coalitions `region` trains in (`run_lines.coalitions_of`)."""
+        return run_lines.coalitions_of(self, region)
 
     def trained_lines(self) -> list[str]:
-        """The coalition lines this run trains (`train-lines`, else all), in name order."""
-        names = [n.strip() for n in self.train_lines.split(",") if n.strip()]
-        return [n for n in self.coalition_members() if not names or n in names]
-
-    def _check_coalition_run(self) -> None:
-        """What a run with coalitions cannot (yet) combine with, said before anything runs."""
-        coalitions = self.coalition_members()
-        named = [n.strip() for n in self.train_lines.split(",") if n.strip()]
-        if unknown := sorted(set(named) - set(coalitions)):
-            raise ConfigError(f"train-lines names {unknown}, not lines of this run (federation.coalitions: "
-                              f"{sorted(coalitions)})")
-        if not coalitions:
-            return
-        unsupported = {"users-from": bool(self.users_from), "keep-contributions": self.keep_contributions,
-                       "start-version (with more than one line to train)": bool(self.start_version)
-                       and len(self.trained_lines()) != 1}
-        if used := [k for k, on in unsupported.items() if on]:
-            raise ConfigError(f"federation.coalitions cannot be combined with {', '.join(used)} (fast divestment and "
-                              "continuing several lines at once are not built): continue one line at a time "
-                              "(train-lines)")
-
-    def check_coalition_regions(self, regions: list[str]) -> None:
-        """Every coalition names regions that take part, and every region that takes part is in one."""
-        coalitions = self.coalition_members()
-        if not coalitions:
-            return
-        for name, members in coalitions.items():
-            if unknown := sorted(set(members) - set(regions)):
-                raise ConfigError(f"federation.coalitions.{name} names region(s) {unknown} that do not take part; "
-                                  f"this run's regions: {regions}")
-        if alone := [r for r in regions if not self.coalitions_of(r)]:
-            raise ConfigError(f"region(s) {alone} are in no coalition (federation.coalitions): add them to one, or "
-                              "leave them out of the run (federation.exclude_regions)")
-
-    def excluded_regions(self) -> list[str]:
-        """`exclude-regions` as a list."""
-        return [r.strip() for r in self.exclude_regions.split(",") if r.strip()]
-
-    def participating_regions(self, regions: list[str]) -> list[str]:
-        """The world's regions that take part in this run, in the world's order (the simulation's nodes)."""
-        excluded = self.excluded_regions()
-        if unknown := sorted(set(excluded) - set(regions)):
-            raise ConfigError(f"exclude-regions names unknown region(s) {unknown}; the world's regions: {regions}")
-        left = [r for r in regions if r not in excluded]
-        if not left:
-            raise ConfigError(f"exclude-regions={self.exclude_regions!r} leaves no region to train")
-        return left
-
-    def divestment_record(self) -> dict[str, Any]:
-        """The parsed `divestment` record ({} for a run that divests nothing)."""
-        return _json_object("divestment", self.divestment)
+        """The coalition lines this run trains (`run_lines.trained_lines`)."""
+        return run_lines.trained_lines(self)
 
     @cached_property
     def _privacy(self) -> PrivacySettings:
-        regions = _json_object("privacy-region-epsilon", self.privacy_region_epsilon)
+        regions = json_object("privacy-region-epsilon", self.privacy_region_epsilon)
         return PrivacySettings(
             mode=self.privacy, epsilon=self.privacy_epsilon, region_epsilon=regions, delta=self.privacy_delta,
             clip_norm=self.privacy_clip_norm, sample_rate=self.privacy_sample_rate,
@@ -280,7 +236,7 @@ class RunSettings:
 
     @cached_property
     def _adoption(self) -> dict[str, AdoptionPolicy]:
-        raw = _json_object("adoption", self.adoption)
+        raw = json_object("adoption", self.adoption)
         if not all(isinstance(v, dict) for v in raw.values()):
             raise ConfigError(f"adoption must map region names (or 'default') to policies, got {self.adoption!r}")
         return {str(r): AdoptionPolicy.from_config(str(r), cfg) for r, cfg in raw.items()}
@@ -318,7 +274,8 @@ class RunSettings:
         unknown = sorted(set(run_config) - set(known))
         if unknown:
             raise ConfigError(f"unknown run-config keys {unknown}; known keys: {sorted(known)}")
-        values = {known[key].name: _cast(key, value, str(known[key].type)) for key, value in run_config.items()}
+        values = {known[key].name: cast_value(key, value, str(known[key].type))
+                  for key, value in run_config.items()}
         return cls(**values)
 
 
@@ -348,36 +305,6 @@ def load_run_config(run_dir: Path) -> RunSettings:
     return RunSettings.from_run_config(raw)
 
 
-def _json_object(key: str, text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"run-config {key} is not valid JSON: {text!r}") from exc
-    if not isinstance(value, dict):
-        raise ConfigError(f"run-config {key} must be a JSON object, got {text!r}")
-    return value
-
-
-def _cast(key: str, value: Any, typ: str) -> Any:
-    """Strict cast of one run-config value: no silent truncation, no truthy strings."""
-    if typ == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-    elif typ == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif typ == "float":
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif isinstance(value, str):
-        return value
-    raise ConfigError(f"run-config {key}={value!r} is not a valid {typ}")
-
-
 def silo_state_root(settings: RunSettings) -> Path | None:
     """Where simulated silos keep their state, `<root>/<region>`.
 
@@ -399,10 +326,3 @@ def read_manifest(data_dir: str) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read world manifest {path}: {exc}") from exc
 
-
-def line_key(run_key: str, coalition: str) -> str:
-    """What a silo keys one coalition line's state and releases by: `RUN@COALITION` ("" coalition: the run key).
-
-    Run keys and coalition names are letters, digits, '-', '_' and '.', so '@' cannot make two lines' keys meet.
-    """
-    return f"{run_key}@{coalition}" if coalition else run_key

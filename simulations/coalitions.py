@@ -19,11 +19,12 @@ import argparse
 import json
 import platform
 import shutil
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from engines import engine_for
 
 from fedrec.commands.run import compose_experiment
 from fedrec.experiment import run_experiment
@@ -32,16 +33,6 @@ from fedrec.plots import plot_coalitions
 DEFAULT_OVERRIDES = ["federation.rounds=10", "baselines=[]"]
 DEFAULT_COALITIONS = {"atlantic": ["eu", "na", "latam"], "eastern": ["apac", "mena", "na"]}
 METRIC = "ndcg@20"
-
-
-def engine_for(name: str) -> Any:
-    """Flower's simulation engine, or the tests' in-process grid (same apps, no Ray; for quick runs)."""
-    if name == "simulation":
-        from fedrec.flower.simulation import run_simulation
-        return run_simulation
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from fakegrid import run_in_process
-    return run_in_process
 
 
 def parse_coalitions(items: list[str] | None) -> dict[str, list[str]]:

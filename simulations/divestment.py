@@ -25,11 +25,12 @@ import dataclasses
 import json
 import platform
 import shutil
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from engines import engine_for
 
 from fedrec.commands.run import compose_experiment
 from fedrec.config import AdoptionPolicy
@@ -39,20 +40,11 @@ from fedrec.divestment.figures import plot_divestment
 from fedrec.divestment.leave import leave, region_paths
 from fedrec.experiment import run_experiment
 from fedrec.settings import load_run_config
-from fedrec.silo.serving import RegionServing, evaluate_fork
+from fedrec.silo.fork_line import evaluate_fork
+from fedrec.silo.serving import RegionServing
 from fedrec.versions import ModelRegistry
 
 DEFAULT_OVERRIDES = ["federation.rounds=10", "baselines=[]"]
-
-
-def engine_for(name: str) -> Any:
-    """Flower's simulation engine, or the tests' in-process grid (same apps, no Ray; for quick runs)."""
-    if name == "simulation":
-        from fedrec.flower.simulation import run_simulation
-        return run_simulation
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from fakegrid import run_in_process
-    return run_in_process
 
 
 def study(out: Path, overrides: list[str], region: str, recovery: list[int], engine: Any, floor_seeds: int,

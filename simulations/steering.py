@@ -25,15 +25,15 @@ at a time on a small machine). `bounds=[]` and `baselines=[]` are added unless g
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import platform
 import shutil
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from engines import engine_for
 
 from fedrec.commands.run import compose_experiment
 from fedrec.experiment import run_experiment
@@ -52,16 +52,6 @@ from fedrec.model_io import load_global_model
 from fedrec.run_exposure import exposure_from_run
 
 NORMS = "update_norms.jsonl"
-
-
-def engine_for(name: str, mods: list[Mod]) -> Any:
-    """The federation engine with these client mods: the in-process grid or Flower's simulation (Ray)."""
-    if name == "simulation":  # inside SecAgg+'s client side: the attacker's node rewrites its plain update
-        from fedrec.flower.simulation import run_simulation
-        return functools.partial(run_simulation, inner_mods=mods)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from fakegrid import run_in_process  # the tests' in-process grid: real apps, no Ray
-    return functools.partial(run_in_process, client_mods=mods)
 
 
 def run(overrides: list[str], out: Path, engine: str, mods: list[Mod], reuse: bool) -> dict[str, Any]:

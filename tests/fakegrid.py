@@ -57,6 +57,7 @@ from fedrec.flower.client_app import make_client_app
 from fedrec.flower.egress_recorder import Mod
 from fedrec.flower.server_app import make_server_app
 from fedrec.flower.simulation import QUIET_ENV
+from fedrec.run_lines import participating_regions
 from fedrec.settings import RunSettings, read_manifest
 from fedrec.silo.regime import Regimes
 
@@ -247,7 +248,7 @@ def run_in_process(settings: RunSettings, *, on_round: RoundCallback | None = No
     del cpus_per_client, ray_address
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
-    n_regions = len(settings.participating_regions(list(read_manifest(settings.data_dir)["regions"])))
+    n_regions = len(participating_regions(settings, list(read_manifest(settings.data_dir)["regions"])))
     run_id = random.SystemRandom().getrandbits(64) if run_id is None else run_id
     grid = FakeGrid(make_client_app(settings, mods=client_mods, reproducible_noise=reproducible_noise,
                                     regimes=regimes), n_regions, run_id=run_id, node_ids=node_ids, tamper=tamper)

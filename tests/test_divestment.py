@@ -21,6 +21,7 @@ from fedrec.data.split import SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.divestment import divest, line_head
 from fedrec.errors import ConfigError
+from fedrec.run_lines import divestment_record, excluded_regions
 from fedrec.settings import RunSettings
 from fedrec.versions import ModelRegistry
 from fedrec.world import prepare_world
@@ -195,7 +196,7 @@ def test_the_deployment_plan_is_a_run_config_flower_reads_and_it_rebuilds_the_ex
     assert f"--run-config {path}" in printed and "exclude-regions = \"eu\"" in printed
     assert not (tmp_path / "p" / "federated_history.json").exists()  # nothing trained
     run = RunSettings.from_run_config(parse_config_args([str(path)]))  # as `flwr run --run-config FILE` reads it
-    assert run.excluded_regions() == ["eu"] and run.divestment_record()["method"] == "exact"
+    assert excluded_regions(run) == ["eu"] and divestment_record(run)["method"] == "exact"
     started = run_in_process(run)
     exact = divest(trained, ["eu"], method="exact", out_dir=tmp_path / "exact", engine=run_in_process)
     assert started.versions[-1]["id"] == exact.head  # the operators' run is the exact line, version for version

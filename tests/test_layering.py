@@ -2,7 +2,8 @@
 
 Layers, lowest first (a module may import its own layer and the ones below, never above):
 0. `errors`, `io`; 1. `data`, `models`, `metrics`; 2. the shared pieces both sides use: `privacy` (DP math
-and the DP round), `training`, `evaluation`, `config`, `settings`, `messages`, `versions`, `model_io`,
+and the DP round), `training`, `evaluation`, `config`, `settings` (with `run_config_values`, how one value is
+read, and `run_lines`, a run's coalition lines and regions), `messages`, `versions`, `model_io`,
 `bounds`, `baselines`, `statistics` (models solved from summed statistics), `world`, `adoption_policy` (a
 region's policy), `adaptation` (a global version adapted to one silo's data, in the silo), `exposure` (how
 many of a silo's users a model shows an item); 3. `silo` (what a jurisdiction runs) and `coordinator` (what
@@ -24,7 +25,7 @@ LAYERS = {
     "data": 1, "models": 1, "metrics": 1,
     "privacy": 2, "training": 2, "evaluation": 2, "config": 2, "settings": 2, "messages": 2, "versions": 2,
     "model_io": 2, "bounds": 2, "world": 2, "baselines": 2, "statistics": 2, "adoption_policy": 2, "adaptation": 2,
-    "exposure": 2,
+    "exposure": 2, "run_config_values": 2, "run_lines": 2,
     "silo": 3, "coordinator": 3,
     "flower": 4, "deploy": 4,
     "experiment": 5, "report": 5, "plots": 5, "sweep_plots": 5, "privacy_audit": 5, "collect": 5, "privacy_utility": 5,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -91,27 +92,34 @@ def test_a_study_notebook_runs_its_tiny_sweep_and_shows_the_collected_table_and_
         assert yaml.safe_load((run.parent / ".hydra" / "overrides.yaml").read_text())  # Hydra's own record
 
 
+def _run_tiny_study(notebook: str, env: str, out: Path, summary_file: str, kernel: str,
+                    monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], str]:
+    """Execute a study notebook with FEDREC_TINY=1 writing into `out` (its `env` variable); check that no cell
+    failed and that it showed one figure; the study's summary and the HTML it displayed."""
+    import json
+
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("FEDREC_TINY", "1")
+    monkeypatch.setenv(env, str(out))
+    nb = nbformat.read(NOTEBOOK.parent / notebook, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name=kernel,
+                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute()
+    summary = json.loads((out / summary_file).read_text())
+    outputs = [o for c in _code_cells(nb) for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    shown = [o for o in outputs if o.output_type in ("display_data", "execute_result")]
+    assert sum("image/png" in o.data for o in shown) == 1
+    return summary, " ".join(o.data.get("text/html", "") for o in shown)
+
+
 @pytest.mark.slow
 def test_the_divestment_notebook_runs_its_tiny_study_and_shows_its_numbers(
         this_interpreter_kernel: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With FEDREC_TINY=1 the notebook runs `simulations/divestment.py` (Flower's simulation engine) on a tiny world
     into FEDREC_DIVEST and shows its tables and figure; the tables hold the study's own numbers."""
-    import json
-
-    nbclient = pytest.importorskip("nbclient")
-    out = tmp_path / "divest"
-    monkeypatch.setenv("FEDREC_TINY", "1")
-    monkeypatch.setenv("FEDREC_DIVEST", str(out))
-    nb = nbformat.read(NOTEBOOK.parent / "study_divestment.ipynb", as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=900, kernel_name=this_interpreter_kernel,
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    client.execute()
-    summary = json.loads((out / "divestment_study.json").read_text())
-    outputs = [o for c in _code_cells(nb) for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    shown = [o for o in outputs if o.output_type in ("display_data", "execute_result")]
-    assert sum("image/png" in o.data for o in shown) == 1
-    html = " ".join(o.data.get("text/html", "") for o in shown)
+    summary, html = _run_tiny_study("study_divestment.ipynb", "FEDREC_DIVEST", tmp_path / "divest",
+                                    "divestment_study.json", this_interpreter_kernel, monkeypatch)
     for line, value in summary["overall_ndcg@20"].items():
         assert f"{value:.4f}".rstrip("0") in html, (line, value)
     assert f"{summary['removal_test']['signal']['before']:.4f}".rstrip("0") in html
@@ -122,22 +130,8 @@ def test_coalition_study_notebook_executes_on_a_tiny_world(tmp_path: Path, monke
                                                          this_interpreter_kernel: str) -> None:
     """With FEDREC_TINY=1 the notebook runs `simulations/coalitions.py` (in-process grid) into FEDREC_COALITIONS and
     shows its table and figure, holding the study's own numbers."""
-    import json
-
-    nbclient = pytest.importorskip("nbclient")
-    out = tmp_path / "coalitions"
-    monkeypatch.setenv("FEDREC_TINY", "1")
-    monkeypatch.setenv("FEDREC_COALITIONS", str(out))
-    nb = nbformat.read(NOTEBOOK.parent / "study_coalitions.ipynb", as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=900, kernel_name=this_interpreter_kernel,
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    client.execute()
-    summary = json.loads((out / "coalitions_study.json").read_text())
-    outputs = [o for c in _code_cells(nb) for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    shown = [o for o in outputs if o.output_type in ("display_data", "execute_result")]
-    assert sum("image/png" in o.data for o in shown) == 1
-    html = " ".join(o.data.get("text/html", "") for o in shown)
+    summary, html = _run_tiny_study("study_coalitions.ipynb", "FEDREC_COALITIONS", tmp_path / "coalitions",
+                                    "coalitions_study.json", this_interpreter_kernel, monkeypatch)
     assert set(summary["coalitions"]) == {"atlantic", "pacific"}
     for region, row in summary["per_region"].items():
         assert region in html and str(round(row["whole"], 4))[:5] in html, region

@@ -64,12 +64,13 @@ def _plan(args: argparse.Namespace, console: Console) -> int:
     A run of coalition lines gets one file per line the regions shaped (`LINE/divestment_run_config.toml`).
     """
     from fedrec.divestment.run import divested_lines, line_view, plan_divestment
+    from fedrec.run_lines import coalition_members
     from fedrec.settings import load_run_config
 
     run_dir = args.run or _newest_run()
     settings = load_run_config(run_dir)
     out = args.out or run_dir / f"divest-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if settings.coalition_members():
+    if coalition_members(settings):
         if args.method != "exact":
             raise ConfigError(f"--method {args.method}: a run of coalition lines keeps no contributions; use exact")
         parts = [(line, line_view(settings, line), removed, out / line)
@@ -107,12 +108,13 @@ def _divest(args: argparse.Namespace) -> dict[str, Any]:
     from fedrec.divestment import divest, divest_lines
     from fedrec.divestment.run import line_view
     from fedrec.flower.simulation import run_simulation
+    from fedrec.run_lines import coalition_members
     from fedrec.settings import load_run_config
 
     run_dir = args.run or _newest_run()
     settings = load_run_config(run_dir)
     out = args.out or run_dir / f"divest-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if settings.coalition_members():  # one report per line the regions shaped
+    if coalition_members(settings):  # one report per line the regions shaped
         lines = divest_lines(settings, list(args.regions), method=args.method, out_dir=out, engine=run_simulation,
                              recovery_rounds=args.recovery_rounds)
         report: dict[str, Any] = {"run": str(run_dir), "output_dir": str(out), "lines": {

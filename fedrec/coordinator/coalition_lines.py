@@ -30,7 +30,9 @@ from flwr.serverapp import Grid
 from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.preflight import preflight_or_stop
 from fedrec.coordinator.round_loop import CoordinatorRun, RoundCallback
+from fedrec.coordinator.round_record import record_round
 from fedrec.evaluation import SiloEvaluation, pool
+from fedrec.run_lines import coalition_members, coalitions_of, trained_lines
 from fedrec.settings import RunSettings, save_run_config
 
 LINES_DIR = "coalitions"
@@ -61,7 +63,7 @@ def line_settings(s: RunSettings, name: str, members: list[str]) -> RunSettings:
 
 def serving_lines(s: RunSettings, regions: list[str]) -> dict[str, str]:
     """Region → the line it serves (its first coalition in name order)."""
-    return {r: s.coalitions_of(r)[0] for r in regions}
+    return {r: coalitions_of(s, r)[0] for r in regions}
 
 
 def run_lines(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = None, timeout: float | None = None,
@@ -71,7 +73,7 @@ def run_lines(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = No
     started = time.perf_counter()
     combined = history if history is not None else FederationHistory()
     combined.run_id = run_id
-    coalitions = {name: members for name, members in s.coalition_members().items() if name in s.trained_lines()}
+    coalitions = {name: members for name, members in coalition_members(s).items() if name in trained_lines(s)}
     lines = {name: CoordinatorRun(grid, line_settings(s, name, members), timeout=timeout, run_id=run_id,
                                   context=context, history=None, line=name) for name, members in coalitions.items()}
     first_line = next(iter(lines.values()))
@@ -89,7 +91,7 @@ def run_lines(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = No
             if name in stopped or rnd < first[name]:
                 continue
             record = run.round(rnd)
-            entry = run.record(record)
+            entry = record_round(run.history, record)
             if on_round is not None:
                 on_round({**entry, "coalition": name})
             run.checkpoint(rnd)
@@ -98,7 +100,7 @@ def run_lines(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None = No
                 stopped[name] = record.stopped
     for run in lines.values():
         run.finish(started)
-    regions = sorted({r for members in s.coalition_members().values() for r in members})
+    regions = sorted({r for members in coalition_members(s).values() for r in members})
     combine(combined, lines, serving_lines(s, regions), stopped)
     combined.wall_time_s = time.perf_counter() - started
     combined.save(s.output_dir)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedrec.errors import ConfigError
+from fedrec.run_lines import excluded_regions
 from fedrec.settings import RunSettings
 from fedrec.versions import ModelRegistry, ModelVersion
 
@@ -35,7 +36,7 @@ def load_start(registry: ModelRegistry | None, s: RunSettings, init: Mapping[str
         raise ConfigError(f"start version {version.short_id} is round {version.round}; federation.rounds="
                           f"{s.num_rounds} leaves nothing to train (the run trains rounds {version.round + 1}.."
                           f"{s.num_rounds})")
-    excluded = set(s.excluded_regions())
+    excluded = set(excluded_regions(s))
     for ancestor in registry.lineage(version.id) if excluded else []:
         if excluded <= set(ancestor.divestment.get("removed", [])):
             break  # a divested version: what came before it is accounted for by its divestment record

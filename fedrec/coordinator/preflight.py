@@ -16,6 +16,7 @@ from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.strategies import trimming_problem
 from fedrec.errors import ConfigError
 from fedrec.messages import PREFLIGHT_ERROR
+from fedrec.run_lines import check_coalition_regions, participating_regions
 from fedrec.settings import RunSettings, read_manifest
 
 
@@ -70,8 +71,8 @@ def preflight_failure(problems: list[str], out_dir: str) -> ConfigError:
 def preflight_or_stop(grid: Grid, s: RunSettings, history: FederationHistory, *, timeout: float, statistics: bool
                       ) -> dict[int, str]:
     """Every taking-part silo checks its configuration before round 1: node id → region, or a clear stop."""
-    regions = s.participating_regions(list(read_manifest(s.data_dir)["regions"]))
-    s.check_coalition_regions(regions)
+    regions = participating_regions(s, list(read_manifest(s.data_dir)["regions"]))
+    check_coalition_regions(s, regions)
     if s.min_nodes > len(regions):
         raise ConfigError(f"min-nodes={s.min_nodes} but only {len(regions)} region(s) of the world take part "
                           f"({', '.join(regions)}; exclude-regions={s.exclude_regions!r}): the run would wait "

@@ -11,7 +11,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,64 +18,30 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid
 
+from fedrec.coordinator.aggregate_step import Contribution, average_step, solve_step
 from fedrec.coordinator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedrec.coordinator.contributions import ContributionLedger, contributions_problem
 from fedrec.coordinator.evaluate_step import evaluate_global
 from fedrec.coordinator.history import FederationHistory
 from fedrec.coordinator.line_start import load_start
 from fedrec.coordinator.preflight import preflight_or_stop
-from fedrec.coordinator.robust import attribution, clip_rows, mix_nearest
+from fedrec.coordinator.round_record import RoundRecord, record_round
 from fedrec.coordinator.screen import ScreenRules, StatisticsScreen
 from fedrec.coordinator.strategies import aggregation_rule, build_strategy, restore_strategy_state, strategy_state
-from fedrec.coordinator.train_step import TrainStep, collect_train
+from fedrec.coordinator.train_step import collect_train
 from fedrec.errors import ConfigError
 from fedrec.evaluation import SiloEvaluation, pool
-from fedrec.messages import COALITION_KEY, WEIGHT_KEY, read_arrays, read_float, read_region
+from fedrec.messages import COALITION_KEY
 from fedrec.model_io import save_global_model
+from fedrec.run_lines import coalition_members, divestment_record
 from fedrec.settings import RunSettings, read_manifest, save_run_config
-from fedrec.statistics import Arrays, is_statistics_model, solve_replies, statistics_family
+from fedrec.statistics import Arrays, is_statistics_model, statistics_family
 from fedrec.statistics.dp_ials import DpIalsStatistics, declared_noise_problem
 from fedrec.training import initial_global_arrays
 from fedrec.versions import ModelRegistry, ModelVersion, describe_version
 from fedrec.world import load_catalog_features
 
 RoundCallback = Callable[[dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class RoundRecord:
-    """What one round did: the version it made (if any), its evaluation, who took part, declined or failed."""
-
-    round: int
-    model_version: str | None
-    evaluated: bool
-    per_region: dict[str, dict[str, float]]
-    overall: dict[str, float]
-    participants: list[str]
-    declined: dict[str, str]
-    rejected: dict[str, str]
-    privacy: dict[str, dict[str, float]]
-    failures: list[str]
-    train_loss: dict[str, float]
-    round_time_s: float
-    stopped: str = ""
-    """Why the run stops after this round ("" when it goes on)."""
-    robust: dict[str, Any] = field(default_factory=dict)
-    """What robust aggregation did (`clipped_rows` per region) and who moved what (`top_moved`), when the
-    coordinator saw each update (`fedrec.coordinator.robust`)."""
-    metric_sums: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """A coalition line's evaluated round: each region's metric sums as its reply carried them (what the run's
-    history pools per served line, `coalition_lines.combine`, also after a resume). Empty otherwise."""
-
-    LOG_KEYS = ("round", "model_version", "participants", "declined", "rejected", "failures", "train_loss",
-                "round_time_s", "robust")
-
-    def entry(self) -> dict[str, Any]:
-        """The round as `federated_history.json` and the progress callback see it."""
-        out = {k: getattr(self, k) for k in ("round", "model_version", "evaluated", "per_region", "overall",
-                                              "participants", "declined", "rejected", "privacy", "failures")}
-        return {**out, "train_loss": self.train_loss, "round_time_s": self.round_time_s, "robust": self.robust,
-                **({"metric_sums": self.metric_sums} if self.metric_sums else {})}
 
 
 class CoordinatorRun:
@@ -114,7 +79,7 @@ class CoordinatorRun:
                                           ).hexdigest()
         self.rule = aggregation_rule(s, statistics=self.family is not None)
         self.round_robust: dict[str, Any] = {}
-        self.divestment = s.divestment_record()
+        self.divestment = divestment_record(s)
         self.node_regions: dict[int, str] = {}  # node id -> region, as preflight learnt it
         self.ancestry: list[ModelVersion] = []  # the current version's ancestors, parent first (to the root)
         if s.start_version:  # continue a registered line (`fedrec.coordinator.line_start`)
@@ -125,8 +90,7 @@ class CoordinatorRun:
         else:
             self.current = self.name_version(0, None, [], {})  # version 0: forks and pins may start there
         self.contributions: ContributionLedger | None = None
-        self.pending_contribution: tuple[dict[str, np.ndarray], dict[str, tuple[dict[str, np.ndarray], float]]] | None
-        self.pending_contribution = None
+        self.pending_contribution: Contribution | None = None
         if s.keep_contributions:
             if why := contributions_problem(strategy=s.strategy, robust=s.robust, statistics=self.family is not None,
                                             secure_aggregation=s.secure_aggregation):
@@ -198,7 +162,8 @@ class CoordinatorRun:
                                **({COALITION_KEY: self.line} if self.line else {})})
         step = collect_train(self.grid, self.strategy, s, rnd, self.arrays, config, self.current, self.node_regions,
                              self.rules, self.timeout, self.context, self.ancestry)
-        solved = self.solve(step) if self.family is not None and step.to_aggregate else None
+        solved = (solve_step(self.family, step, {k: v.numpy() for k, v in self.arrays.items()}, s.model_spec,
+                             self.n_items) if self.family is not None and step.to_aggregate else None)
         ok, too_few = step.to_aggregate, ""
         if ok and len(step.contributors) < s.min_replies:
             too_few = (f"only {len(step.contributors)} acceptable update(s), min-replies is {s.min_replies}: "
@@ -230,51 +195,19 @@ class CoordinatorRun:
                            train_loss=step.train_loss, round_time_s=time.perf_counter() - t0, stopped=stopped,
                            robust=self.round_robust, metric_sums=self.line_sums(rnd) if evaluate else {})
 
-    def solve(self, step: TrainStep) -> Arrays | None:
-        """A statistics model's new global arrays from the screened replies (`solve_replies`).
-
-        Replies whose statistics break the solve, or make a model the silos refuse, are moved from the
-        step's contributors to its rejected ones; when none can be kept the round is not aggregated.
-        """
-        assert self.family is not None
-        current = {k: v.numpy() for k, v in self.arrays.items()}
-        parts = [(read_region(r.content), read_arrays(r.content)) for r in step.to_aggregate]
-        solved, left_out = solve_replies(self.family, parts, current, self.s.model_spec, self.n_items)
-        step.rejected.update(left_out)
-        step.to_aggregate = [r for r in step.to_aggregate if read_region(r.content) not in left_out]
-        step.contributors = [c for c in step.contributors if c not in left_out]
-        return solved
-
     def aggregate(self, rnd: int, replies: list[Message], solved: Arrays | None = None) -> None:
-        """The new global arrays: the strategy's average, or for a statistics model the solve of the replies' sum.
-
-        Statistics are summed unweighted, in region order, in float64 (`fedrec.statistics`), and solved in
-        `solve` (`solved`); no server step.
-        """
-        if self.family is None:
-            sent = {k: v.numpy() for k, v in self.arrays.items()}
-            robust: dict[str, Any] = {}
-            private = self.s.privacy_settings().enabled  # row clipping is not measured on DP releases: not applied
-            if self.s.robust == "row_clip" and self.s.secure_aggregation != "secaggplus" and not private:
-                clip = clip_rows(sent, replies, n_items=self.n_items, clip=self.s.row_clip)
-                robust["clipped_rows"] = clip.clipped
-            if self.s.secure_aggregation != "secaggplus":
-                robust["top_moved"] = attribution(sent, replies, n_items=self.n_items)  # nnm: before mixing
-            if self.s.robust == "nnm" and self.s.secure_aggregation != "secaggplus":
-                robust["excluded_by"] = mix_nearest(sent, replies, f=int(self.s.trim_beta * len(replies)),
-                                                    n_items=self.n_items)
-            self.round_robust = robust
-            if self.contributions is not None:  # what each region's reply adds (after row_clip: what is averaged)
-                self.pending_contribution = (sent, {read_region(m.content): (read_arrays(m.content),
-                                                                 read_float(m.content, "metrics", WEIGHT_KEY))
-                                                    for m in replies})
-            aggregated, _ = self.strategy.aggregate_train(rnd, replies)
-            if aggregated is not None:  # in the model's own dtypes: Flower's FedAdam returns float64 arrays
-                self.arrays = ArrayRecord({k: Array(np.ascontiguousarray(
-                    aggregated[k].numpy().astype(self.init[k].dtype))) for k in self.init})
+        """The new global arrays: the strategy's average (`average_step`), or a statistics model's solve (`solved`)."""
+        if self.family is not None:
+            assert solved is not None
+            self.arrays = ArrayRecord({k: Array(np.ascontiguousarray(solved[k])) for k in self.init})
             return
-        assert solved is not None
-        self.arrays = ArrayRecord({k: Array(np.ascontiguousarray(solved[k])) for k in self.init})
+        averaged = average_step(self.strategy, self.s, rnd, self.arrays, self.init, replies, n_items=self.n_items,
+                                keep_contributions=self.contributions is not None)
+        self.round_robust = averaged.robust
+        if averaged.contribution is not None:
+            self.pending_contribution = averaged.contribution
+        if averaged.arrays is not None:
+            self.arrays = averaged.arrays
 
     def evaluate(self, rnd: int) -> tuple[dict[str, dict[str, float]], dict[str, float], list[str]]:
         evals, failures = evaluate_global(self.grid, self.strategy, rnd, self.arrays, self.timeout, self.current.id,
@@ -288,16 +221,6 @@ class CoordinatorRun:
             return {}
         return {r: {"sums": e.sums, "n_users": e.n_users, "sq_error": e.sq_error, "n_ratings": e.n_ratings}
                 for r, e in self.evaluations.get(rnd, {}).items()}
-
-    def record(self, r: RoundRecord) -> dict[str, Any]:
-        """Put the round in the history; returns the round's history entry."""
-        entry, h = r.entry(), self.history
-        if r.evaluated:
-            h.rounds.append(entry)
-        h.round_log.append({k: entry[k] for k in RoundRecord.LOG_KEYS})
-        if r.privacy or r.declined:
-            h.privacy_rounds.append({"round": r.round, "per_region": r.privacy, "declined": r.declined})
-        return entry
 
     def checkpoint(self, rnd: int) -> None:
         """Everything a restarted coordinator needs to continue after round `rnd` (with an output dir)."""
@@ -344,7 +267,7 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
     `history`, when given, is filled in place (so a caller holds what happened even when the run stops
     with an error, e.g. a failed preflight) and returned.
     """
-    if s.coalition_members():  # one line per coalition, in one run (`fedrec.coordinator.coalition_lines`)
+    if coalition_members(s):  # one line per coalition, in one run (`fedrec.coordinator.coalition_lines`)
         from fedrec.coordinator.coalition_lines import run_lines
         return run_lines(grid, s, on_round=on_round, timeout=timeout, run_id=run_id, context=context,
                          history=history)
@@ -352,7 +275,7 @@ def run_federation(grid: Grid, s: RunSettings, *, on_round: RoundCallback | None
     run = CoordinatorRun(grid, s, timeout=timeout, run_id=run_id, context=context, history=history)
     for rnd in range(run.start(), s.num_rounds + 1):
         record = run.round(rnd)
-        entry = run.record(record)
+        entry = record_round(run.history, record)
         if on_round is not None:
             on_round(entry)  # before the checkpoint: a crash here replays the round, answered from silo caches
         run.checkpoint(rnd)

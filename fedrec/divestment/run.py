@@ -37,6 +37,7 @@ from fedrec.coordinator.coalition_lines import LINES_DIR
 from fedrec.coordinator.contributions import ContributionLedger
 from fedrec.coordinator.history import FederationHistory
 from fedrec.errors import ConfigError
+from fedrec.run_lines import coalition_members, excluded_regions, trained_lines
 from fedrec.settings import RunSettings, read_manifest, silo_state_root
 from fedrec.versions import ModelRegistry, ModelVersion
 from fedrec.versions.lineage import last_untouched, shaped_by
@@ -124,16 +125,16 @@ def plan_divestment(settings: RunSettings, regions: list[str], *, method: str, o
     if not set(regions) & set(shaped):
         raise ConfigError(f"region(s) {sorted(regions)} never contributed to the line ending at "
                           f"{head_version.short_id} (contributors: {sorted(shaped)}): nothing to divest")
-    excluded = sorted(set(settings.excluded_regions()) | set(regions))
-    lines = {n: [r for r in m if r not in excluded] for n, m in settings.coalition_members().items()}
+    excluded = sorted(set(excluded_regions(settings)) | set(regions))
+    lines = {n: [r for r in m if r not in excluded] for n, m in coalition_members(settings).items()}
     # A rebuilt coalition line keeps only the members that shaped it: a region declared in the line that never
     # trained in it (its law forbade a removed region, say) must neither start training in it nor, the line now
     # lawful for it, switch to serving it. A region left in no line is left out of the rebuild (it trains nothing).
-    lines = {n: [r for r in m if r in shaped or n not in settings.trained_lines()] for n, m in lines.items()}
+    lines = {n: [r for r in m if r in shaped or n not in trained_lines(settings)] for n, m in lines.items()}
     if lines:
         excluded = sorted({*excluded, *(r for r in world if not any(r in m for m in lines.values()))})
     remaining = [r for r in world if r not in excluded]
-    trained = [r for n in settings.trained_lines() for r in lines[n]] if lines else remaining
+    trained = [r for n in trained_lines(settings) for r in lines[n]] if lines else remaining
     if not remaining or not trained:
         raise ConfigError(f"divesting {sorted(regions)} leaves no region to train")
     record: dict[str, Any] = {"removed": sorted(regions), "method": method, "replaces": head_version.id,
@@ -169,7 +170,7 @@ def divest(settings: RunSettings, regions: list[str], *, method: str, out_dir: P
     registry; the remaining silos keep their state dirs (their serving pointers, ledgers and budgets carry on).
     `engine` runs the federation (`fedrec.flower.simulation.run_simulation`, or the tests' in-process grid).
     """
-    if len(settings.trained_lines()) > 1:
+    if len(trained_lines(settings)) > 1:
         raise ConfigError("a run of coalition lines is divested line by line (`divest_lines`; `fedrec divest` does it)")
     plan = plan_divestment(settings, regions, method=method, out_dir=out_dir, head=head,
                            recovery_rounds=recovery_rounds)
@@ -211,13 +212,13 @@ def divested_lines(settings: RunSettings, regions: list[str]) -> dict[str, list[
         raise ConfigError("the run has no registry (registry-dir or output-dir): nothing records who shaped it")
     registry = ModelRegistry(root, create=False)
     out = {}
-    for line, members in settings.coalition_members().items():
+    for line, members in coalition_members(settings).items():
         shaped = shaped_by(registry, line_head(line_view(settings, line)))
         if removed := sorted(set(regions) & set(members) & set(shaped)):
             out[line] = removed
     if not out:
         raise ConfigError(f"region(s) {sorted(regions)} shaped none of the run's coalition lines "
-                          f"({', '.join(settings.coalition_members())}): nothing to divest")
+                          f"({', '.join(coalition_members(settings))}): nothing to divest")
     return out
 
 

@@ -16,6 +16,7 @@ from fedrec.flower.client_app import make_client_app
 from fedrec.flower.egress_recorder import Mod
 from fedrec.flower.runtime import prompt_engine
 from fedrec.flower.server_app import make_server_app
+from fedrec.run_lines import participating_regions
 from fedrec.settings import RunSettings, read_manifest
 from fedrec.silo.regime import Regimes
 
@@ -41,7 +42,7 @@ def run_simulation(settings: RunSettings, *, on_round: RoundCallback | None = No
 
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
-    n_regions = len(settings.participating_regions(list(read_manifest(settings.data_dir)["regions"])))
+    n_regions = len(participating_regions(settings, list(read_manifest(settings.data_dir)["regions"])))
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
     if not flwr_logs:

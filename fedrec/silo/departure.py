@@ -41,19 +41,11 @@ from fedrec.models import ModelSpec
 from fedrec.models.base import is_local
 from fedrec.silo.adaptation import ADAPTED_PREFIX, OWN_PREFIX
 from fedrec.silo.adoption import Decision
+from fedrec.silo.fork_line import Fork, evaluate_fork, train_line
 from fedrec.silo.guard import WITHHELD_KEY
 from fedrec.silo.round import InvalidGlobalModel, check_received, silo_seed
 from fedrec.silo.served_now import served_now
-from fedrec.silo.serving import (
-    FORK_FILE,
-    FORK_PREFIX,
-    OWN_FILE,
-    Fork,
-    RegionServing,
-    evaluate_fork,
-    fork_label,
-    train_line,
-)
+from fedrec.silo.serving import FORK_FILE, FORK_PREFIX, OWN_FILE, RegionServing, fork_label
 from fedrec.silo.state import LOCAL_STATE_KEY
 from fedrec.silo.state_dir import StateDir
 from fedrec.training import Tensors, TrainConfig

@@ -17,6 +17,7 @@ from typing import Any
 from fedrec.config import AdoptionPolicy
 from fedrec.errors import ConfigError, FedrecError
 from fedrec.privacy.plan import DEFAULT_MAX_DELTA
+from fedrec.run_lines import participating_regions
 from fedrec.settings import RunSettings, read_manifest, silo_state_root
 
 
@@ -149,7 +150,7 @@ def partition_region(settings: RunSettings, partition_id: int) -> str:
 
     The run's regions are the world's, less `exclude-regions`.
     """
-    regions = settings.participating_regions(list(read_manifest(settings.data_dir)["regions"]))
+    regions = participating_regions(settings, list(read_manifest(settings.data_dir)["regions"]))
     if not 0 <= partition_id < len(regions):
         raise ConfigError(f"partition-id {partition_id} but the run has {len(regions)} regions: run the simulation "
                           f"with exactly {len(regions)} supernodes (options.num-supernodes)")

@@ -17,6 +17,7 @@ from flwr.app import ConfigRecord, RecordDict
 from fedrec.data.split import SiloData
 from fedrec.errors import FedrecError
 from fedrec.messages import PREFLIGHT_ERROR
+from fedrec.run_lines import coalition_members
 from fedrec.settings import RunSettings
 from fedrec.silo.egress import check_reply
 from fedrec.silo.policy import SiloIdentity
@@ -29,10 +30,10 @@ def check_silo(s: RunSettings, node_config: dict[str, object]) -> tuple[str, str
         ident = SiloIdentity.from_node_config(dict(node_config), s)
         region = ident.region
         SiloData.load(ident.data_path)
-        if s.coalition_members():
+        if coalition_members(s):
             from fedrec.silo.coalition import served_line
 
-            served_line(ident, s.coalition_members())  # a serve-coalition it does not train in: said now
+            served_line(ident, coalition_members(s))  # a serve-coalition it does not train in: said now
         if ident.state_dir is not None:
             ident.state_dir.mkdir(parents=True, exist_ok=True)
             probe = ident.state_dir / ".preflight"

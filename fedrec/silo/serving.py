@@ -14,9 +14,9 @@ Everything lives under `<state-dir>/serving/` and nothing here is ever put in a 
   its evidence.
 
 Two hooks, called by the ClientApp: `advance_fork` on every training message (start the fork when its base
-arrives, then train it one round on local data only) and `review` on every evaluation message (apply the
-policy to the new version and evaluate what the region serves on its test users). `adopt: adapt` has its own
-two (`fedrec.silo.adaptation`).
+arrives, then train it one round on local data only; the line itself: `fedrec.silo.fork_line`) and `review` on
+every evaluation message (apply the policy to the new version and evaluate what the region serves on its test
+users). `adopt: adapt` has its own two (`fedrec.silo.adaptation`).
 """
 
 from __future__ import annotations
@@ -35,16 +35,17 @@ from safetensors.numpy import load_file
 
 from fedrec.config import AdoptionPolicy
 from fedrec.data.split import SiloData
-from fedrec.evaluation import SiloEvaluation, evaluate_model
+from fedrec.evaluation import SiloEvaluation
 from fedrec.io import atomic_save_arrays, atomic_write_text
 from fedrec.models import ModelSpec, RecModel
 from fedrec.models.base import is_local
 from fedrec.silo.adoption import Decision, ServingRecord, decide
+from fedrec.silo.fork_line import Fork, evaluate_fork, train_line
 from fedrec.silo.guard import WITHHELD_KEY, item_tables
-from fedrec.silo.guarded_review import guard_candidate, guarded_eval, same_shapes
-from fedrec.silo.round import evaluate_round, evaluate_splits, train_round
+from fedrec.silo.guarded_review import GuardedCandidate, guard_candidate, guarded_eval, same_shapes
+from fedrec.silo.round import evaluate_round, evaluate_splits
 from fedrec.silo.state_dir import StateDir
-from fedrec.training import Arrays, Tensors, TrainConfig, assemble_model, refit_users
+from fedrec.training import Arrays, Tensors, TrainConfig
 
 SERVED_FILE = "served.safetensors"
 PREV_SERVED_FILE = "served.prev.safetensors"
@@ -58,7 +59,9 @@ GUARD_BASE_FILE = "guard_base.safetensors"
 FORK_FILE = "fork.safetensors"
 OWN_FILE = "own.safetensors"
 FORK_PREFIX = "fork:"
-Fetch = Callable[[str], tuple[str, Arrays] | None]
+Served = tuple[str, Arrays]
+"""(version, global arrays) of a stored global version."""
+Fetch = Callable[[str], Served | None]
 
 
 def fork_label(base: str) -> str:
@@ -71,23 +74,6 @@ def _header(path: Path) -> dict[str, str]:
 
     with safe_open(str(path), framework="numpy") as f:
         return dict(f.metadata() or {})
-
-
-@dataclass(frozen=True)
-class Fork:
-    """A region's own line: started from `base` at `since_round`, trained locally `rounds` times since."""
-
-    base: str
-    since_round: int
-    rounds: int
-    global_arrays: Arrays
-    local: Tensors
-    optimizer: Arrays
-    last_trained: str = ""
-    """`<run>/<round>` of the training message the fork last trained for (a replay of it trains nothing)."""
-    trained_rounds: str = ""
-    """The own line's rounds of run `last_trained`'s run it trained for, comma-separated (a replay of any of
-    them trains nothing; rounds need not come in order)."""
 
 
 class RegionServing:
@@ -285,22 +271,6 @@ def advance_fork(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: T
     return fork
 
 
-def train_line(line: Fork, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, seed: int, key: str) -> Fork:
-    """One local round of a region's own line on its data only (`key`: the training message it answers)."""
-    out = train_round(silo, spec, line.global_arrays, line.local or None, cfg, seed=seed,
-                      optimizer_state=line.optimizer)
-    return Fork(base=line.base, since_round=line.since_round, rounds=line.rounds + 1, global_arrays=out.global_after,
-                local=out.local_after, optimizer=out.optimizer_after, last_trained=key)
-
-
-def evaluate_fork(fork: Fork, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, seed: int,
-                  split: str = "test") -> SiloEvaluation:
-    """The fork's own model (its global-side arrays and its users), under the same protocol as a global one."""
-    model = assemble_model(spec, silo, fork.global_arrays, fork.local, seed=seed)
-    return evaluate_model(refit_users(model, silo, cfg, seed=seed), silo, split=split,
-                          rmse_too=cfg.loss == "mse")
-
-
 def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *, server_round: int,
            candidate: str, candidate_arrays: Arrays, local: Tensors | None, candidate_test: SiloEvaluation,
            seed: int, fetch: Fetch | None = None, run_id: str = "",
@@ -317,15 +287,12 @@ def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
     served = record.served()
     fork = serving.fork()
     if policy.kind == "fork" and fork is not None:
-        decision = Decision(server_round, candidate, served, fork_label(fork.base), False,
-                            f"forked from {fork.base[:12]} at round {fork.since_round}: serves its own line",
-                            run_id=run_id)
-        record.record(decision)
-        return Review(decision, evaluate_fork(fork, silo, spec, cfg, seed=seed))
+        return _serve_fork(serving, fork, silo, spec, cfg, server_round=server_round, candidate=candidate,
+                           served=served, seed=seed, run_id=run_id)
+    on = _Scoring(silo, spec, cfg, local, seed)
     stored = serving.served_arrays()
     if stored is not None and not same_shapes(stored[1], candidate_arrays):
         stored = None  # served in a run with another model shape: it cannot be scored against this run's versions
-    served_eval: dict[str, SiloEvaluation] = {}
     seen = stored is not None and stored[0] == candidate
     guarded = (guard_candidate(policy, silo, spec, cfg, candidate_arrays, local,
                                reference=stored[1] if stored is not None else serving.guard_base(),
@@ -335,43 +302,93 @@ def review(serving: RegionServing, silo: SiloData, spec: ModelSpec, cfg: TrainCo
         candidate_valid = (guarded_eval(guarded, silo, spec, cfg, local, seed=seed, split="valid")
                            if policy.kind == "if_better" else None)
         candidate_test = guarded_eval(guarded, silo, spec, cfg, local, seed=seed, split="test")
-    if seen:  # a version seen before (e.g. a re-sent round)
-        decision = Decision(server_round, candidate, served, candidate, False, "already serves this version",
-                            run_id=run_id)
-    elif policy.kind == "if_better" and stored is not None:
-        metric = policy.metric
-        if candidate_valid is None:
-            candidate_valid = evaluate_round(silo, spec, candidate_arrays, local, cfg, seed=seed, split="valid")
-        served_eval = evaluate_splits(silo, spec, stored[1], local, cfg, seed=seed, splits=("valid", "test"),
-                                      withheld=serving.withheld())
-        decision = decide(policy, round=server_round, candidate=candidate, served=stored[0],
-                          candidate_score=candidate_valid.means()[metric],
-                          served_score=served_eval["valid"].means()[metric])
-    elif (policy.kind == "pin" and policy.version and not candidate.startswith(policy.version)
-          and (stored is None or not stored[0].startswith(policy.version)) and fetch is not None
-          and (pinned := fetch(policy.version)) is not None):
-        serving.store_served(*pinned)
-        stored = pinned
-        decision = Decision(server_round, candidate, served, pinned[0], False,
-                            f"pinned to {policy.version}: loaded it from the federation's registry", run_id=run_id)
-    else:
-        decision = decide(policy, round=server_round, candidate=candidate,
-                          served=stored[0] if stored is not None else None)
-    decision = replace(decision, run_id=run_id)
-    if guarded is not None:
-        n_flagged, n_held = int(guarded.evidence.get("guard/flagged", 0)), int(guarded.withheld.sum())
-        note = (f"; the guard served {n_flagged} item row(s) as the region's own training moved them and withheld "
-                f"{n_held} item(s)" if guarded.changed else "")
-        decision = replace(decision, reason=decision.reason + note, evidence={**decision.evidence,
-                                                                              **guarded.evidence})
+    decision, stored, served_eval = _decide(serving, on, server_round=server_round, candidate=candidate,
+                                            candidate_arrays=candidate_arrays, candidate_valid=candidate_valid,
+                                            stored=stored, served=served, fetch=fetch, run_id=run_id)
+    decision = _with_guard(replace(decision, run_id=run_id), guarded)
     if decision.adopted:
         serving.store_served(candidate, guarded.arrays if guarded is not None else candidate_arrays,
                              withheld=guarded.withheld if guarded is not None else None)
     record.record(decision)
-    if decision.served_after == candidate:
-        return Review(decision, candidate_test)
-    if stored is not None and decision.served_after == stored[0]:
-        return Review(decision, served_eval["test"] if served_eval else evaluate_round(
-            silo, spec, stored[1], local, cfg, seed=seed, withheld=serving.withheld()))
-    return Review(decision, None)
+    return Review(decision, _served_metrics(serving, on, decision, candidate, candidate_test, stored, served_eval))
 
+
+@dataclass(frozen=True)
+class _Scoring:
+    """What a review scores a model with: the silo's data and users (re-fitted to the model), the run's settings."""
+
+    silo: SiloData
+    spec: ModelSpec
+    cfg: TrainConfig
+    local: Tensors | None
+    seed: int
+
+
+def _serve_fork(serving: RegionServing, fork: Fork, silo: SiloData, spec: ModelSpec, cfg: TrainConfig, *,
+                server_round: int, candidate: str, served: str | None, seed: int, run_id: str) -> Review:
+    """A region that forked keeps serving its own line, whatever the candidate: say so, evaluate the fork."""
+    decision = Decision(server_round, candidate, served, fork_label(fork.base), False,
+                        f"forked from {fork.base[:12]} at round {fork.since_round}: serves its own line",
+                        run_id=run_id)
+    serving.record.record(decision)
+    return Review(decision, evaluate_fork(fork, silo, spec, cfg, seed=seed))
+
+
+def _decide(serving: RegionServing, on: _Scoring, *, server_round: int, candidate: str, candidate_arrays: Arrays,
+            candidate_valid: SiloEvaluation | None, stored: Served | None, served: str | None, fetch: Fetch | None,
+            run_id: str) -> tuple[Decision, Served | None, dict[str, SiloEvaluation]]:
+    """The policy's decision on `candidate`, the version stored now, and the stored version's evaluations.
+
+    A pinned version fetched here replaces the stored one; the evaluations are `if_better`'s ({} otherwise).
+    """
+    policy = serving.policy
+    if stored is not None and stored[0] == candidate:  # a version seen before (e.g. a re-sent round)
+        return (Decision(server_round, candidate, served, candidate, False, "already serves this version",
+                         run_id=run_id), stored, {})
+    if policy.kind == "if_better" and stored is not None:
+        metric = policy.metric
+        if candidate_valid is None:
+            candidate_valid = evaluate_round(on.silo, on.spec, candidate_arrays, on.local, on.cfg, seed=on.seed,
+                                             split="valid")
+        served_eval = evaluate_splits(on.silo, on.spec, stored[1], on.local, on.cfg, seed=on.seed,
+                                      splits=("valid", "test"), withheld=serving.withheld())
+        return decide(policy, round=server_round, candidate=candidate, served=stored[0],
+                      candidate_score=candidate_valid.means()[metric],
+                      served_score=served_eval["valid"].means()[metric]), stored, served_eval
+    if (pinned := _fetch_pin(policy, candidate, stored, fetch)) is not None:
+        serving.store_served(*pinned)
+        return (Decision(server_round, candidate, served, pinned[0], False,
+                         f"pinned to {policy.version}: loaded it from the federation's registry", run_id=run_id),
+                pinned, {})
+    return decide(policy, round=server_round, candidate=candidate,
+                  served=stored[0] if stored is not None else None), stored, {}
+
+
+def _fetch_pin(policy: AdoptionPolicy, candidate: str, stored: Served | None, fetch: Fetch | None) -> Served | None:
+    """The pinned version, fetched, when the region pins one it neither received now nor stores (else None)."""
+    if (policy.kind != "pin" or not policy.version or candidate.startswith(policy.version)
+            or (stored is not None and stored[0].startswith(policy.version)) or fetch is None):
+        return None
+    return fetch(policy.version)
+
+
+def _with_guard(decision: Decision, guarded: GuardedCandidate | None) -> Decision:
+    """The decision with the guard's evidence, and what it changed in the candidate said in the reason."""
+    if guarded is None:
+        return decision
+    n_flagged, n_held = int(guarded.evidence.get("guard/flagged", 0)), int(guarded.withheld.sum())
+    note = (f"; the guard served {n_flagged} item row(s) as the region's own training moved them and withheld "
+            f"{n_held} item(s)" if guarded.changed else "")
+    return replace(decision, reason=decision.reason + note, evidence={**decision.evidence, **guarded.evidence})
+
+
+def _served_metrics(serving: RegionServing, on: _Scoring, decision: Decision, candidate: str,
+                    candidate_test: SiloEvaluation, stored: Served | None,
+                    served_eval: dict[str, SiloEvaluation]) -> SiloEvaluation | None:
+    """The test metrics of what the region serves after the decision (None: neither the candidate nor `stored`)."""
+    if decision.served_after == candidate:
+        return candidate_test
+    if stored is not None and decision.served_after == stored[0]:
+        return served_eval["test"] if served_eval else evaluate_round(
+            on.silo, on.spec, stored[1], on.local, on.cfg, seed=on.seed, withheld=serving.withheld())
+    return None

@@ -47,7 +47,7 @@ class SiloState:
         self.memory_suffix = ""  # in the node's memory, a coalition line's arrays apart from the run's others
 
     def for_run(self, run_key: str) -> SiloState:
-        """The state of another key of this silo (a coalition line's, `settings.line_key`), same place and node."""
+        """The state of another key of this silo (a coalition line's, `run_lines.line_key`), same place and node."""
         other = SiloState(self.context, self.state_dir, run_key, users_from=self.users_from)
         other.memory_suffix = "" if run_key == self.run_key else "@" + run_key
         return other
