@@ -17,8 +17,9 @@ from fedrec.data.split import SiloData, SplitConfig
 from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.models import ModelSpec
 from fedrec.silo.adoption import ServingRecord
+from fedrec.silo.review import advance_fork, review
 from fedrec.silo.round import evaluate_round, train_round
-from fedrec.silo.serving import FORK_PREFIX, RegionServing, advance_fork, review
+from fedrec.silo.serving import FORK_PREFIX, RegionServing
 from fedrec.training import Arrays, TrainConfig, initial_global_arrays
 from fedrec.world import prepare_world
 

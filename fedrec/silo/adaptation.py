@@ -43,8 +43,9 @@ from fedrec.evaluation import SiloEvaluation
 from fedrec.models import ModelSpec
 from fedrec.silo.adoption import Decision
 from fedrec.silo.fork_line import Fork, train_line
+from fedrec.silo.review import Review
 from fedrec.silo.round import evaluate_splits, silo_seed, train_round
-from fedrec.silo.serving import FORK_PREFIX, OWN_FILE, RegionServing, Review
+from fedrec.silo.serving import FORK_PREFIX, OWN_FILE, RegionServing
 from fedrec.statistics import is_statistics_model
 from fedrec.training import Arrays, Tensors, TrainConfig, initial_global_arrays
 

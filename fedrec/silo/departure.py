@@ -1,7 +1,7 @@
 """A region leaves the federation without a gap: its own line, started and trained in its silo, then switched to.
 
 When a region is ordered out (divest-or-ban), nobody sends it training messages any more, so its fork cannot
-advance the way a federated fork does (`fedrec.silo.serving.advance_fork`, one local round per training
+advance the way a federated fork does (`fedrec.silo.review.advance_fork`, one local round per training
 message). `depart` does it inside the silo, with nothing leaving it:
 
 1. it takes what the region serves now (its serving pointer, resolved by `fedrec.silo.served_now`): a global

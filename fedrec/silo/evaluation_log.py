@@ -15,7 +15,7 @@ from typing import Any
 
 from fedrec.evaluation import SiloEvaluation
 from fedrec.silo.policy import SiloIdentity
-from fedrec.silo.serving import Review
+from fedrec.silo.review import Review
 from fedrec.silo.state_dir import StateDir
 
 

@@ -1,4 +1,4 @@
-"""The region-side guard applied to one candidate version in the silo's review (`fedrec.silo.serving.review`).
+"""The region-side guard applied to one candidate version in the silo's review (`fedrec.silo.review.review`).
 
 `fedrec.silo.guard` holds the guard's arithmetic; this module puts it to work on a candidate: it compares the
 candidate with the region's reference, serves flagged rows the region's own way, withholds what the region's data

@@ -27,9 +27,10 @@ from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, stati
 from fedrec.silo.evaluation_log import log_evaluation
 from fedrec.silo.policy import SiloIdentity
 from fedrec.silo.private_round import private_train_round
+from fedrec.silo.review import advance_fork, review
 from fedrec.silo.round import InvalidGlobalModel, check_received, fit_and_evaluate, silo_seed, train_round
 from fedrec.silo.secure_aggregation import PLAIN, aggregation_of
-from fedrec.silo.serving import RegionServing, advance_fork, review
+from fedrec.silo.serving import RegionServing
 from fedrec.silo.state import SiloState
 from fedrec.statistics import is_statistics_model, statistics_family
 from fedrec.training import Arrays
