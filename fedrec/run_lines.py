@@ -43,13 +43,11 @@ def check_coalition_run(s: RunSettings) -> None:
                           f"{sorted(coalitions)})")
     if not coalitions:
         return
-    unsupported = {"users-from": bool(s.users_from), "keep-contributions": s.keep_contributions,
-                   "start-version (with more than one line to train)": bool(s.start_version)
-                   and len(trained_lines(s)) != 1}
-    if used := [k for k, on in unsupported.items() if on]:
-        raise ConfigError(f"federation.coalitions cannot be combined with {', '.join(used)} (fast divestment and "
-                          "continuing several lines at once are not built): continue one line at a time "
-                          "(train-lines)")
+    # each line keeps its own contributions (keep-contributions) and continues its own users (users-from: the
+    # earlier run's key; each silo reads that run's state of the same line); one start version is one line's
+    if s.start_version and len(trained_lines(s)) != 1:
+        raise ConfigError("federation.coalitions cannot be combined with start-version when more than one line "
+                          "trains (a start version belongs to one line): continue one line at a time (train-lines)")
 
 
 def check_coalition_regions(s: RunSettings, regions: list[str]) -> None:

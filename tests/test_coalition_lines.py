@@ -184,9 +184,8 @@ def test_a_hostile_coordinator_sending_extra_lines_meets_the_budget(world_dir: P
 @pytest.mark.parametrize(("coalitions", "extra", "message"), [
     ({"x": ["eu", "mars"]}, {}, "do not take part"),
     ({"x": ["eu", "na"]}, {}, "in no coalition"),
-    ({"x": ["eu", "na", "apac"]}, {"keep_contributions": True}, "cannot be combined with keep-contributions"),
     ({"x": ["eu", "na", "apac"]}, {"train_lines": "y"}, "train-lines names"),
-    ({"x": ["eu", "na"], "y": ["apac", "na"]}, {"start_version": "ab" * 32}, "start-version \\(with more than one"),
+    ({"x": ["eu", "na"], "y": ["apac", "na"]}, {"start_version": "ab" * 32}, "with start-version when more than one"),
     ({"x": []}, {}, "non-empty list"),
     ({"../x": ["eu"]}, {}, "names of letters"),
 ])
@@ -332,8 +331,60 @@ def test_divesting_a_coalition_run_rebuilds_only_the_lines_the_region_shaped(two
     atlantic_head = json.loads((Path(two_lines.output_dir) / "coalitions" / "atlantic" / "federated_history.json"
                                 ).read_text())["model_versions"][-1]["id"]
     assert atlantic_head in decisions and head.id not in decisions
-    with pytest.raises(ConfigError, match="use --method exact"):
+    with pytest.raises(ConfigError, match="did not keep its contributions"):  # this run kept none
         divest_lines(two_lines, ["apac"], method="fast", out_dir=tmp_path / "f", engine=run_in_process)
+
+
+def test_fast_divestment_of_a_coalition_line_subtracts_its_kept_contributions_and_continues_its_users(
+        world_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedrec.divestment import divest_lines
+    from fedrec.silo.state import SiloState
+
+    run = settings(world_dir, tmp_path / "run", keep_contributions=True, num_rounds=4, run_name="kept")
+    run_in_process(run)
+    for line in LINES:  # each line keeps its own contributions, from its own start
+        assert (tmp_path / "run" / "coalitions" / line / "contributions.safetensors").is_file()
+    opened: list[tuple[str, str]] = []
+    for_run = SiloState.for_run
+
+    def spy(self: SiloState, run_key: str, *, users_from: str | None = None) -> SiloState:
+        other = for_run(self, run_key, users_from=users_from)
+        opened.append((run_key, other.users_from))
+        return other
+
+    monkeypatch.setattr(SiloState, "for_run", spy)
+    rebuilt = divest_lines(run, ["apac"], method="fast", out_dir=tmp_path / "f", engine=run_in_process,
+                           recovery_rounds=1)
+    assert list(rebuilt) == ["pacific"]
+    fast = rebuilt["pacific"]
+    registry = ModelRegistry(tmp_path / "run" / "registry", create=False)
+    head = registry.get(fast.head)
+    subtracted = registry.get(head.parent or "")
+    assert subtracted.strategy == "divest:subtract(apac)" and subtracted.divestment["line"] == "pacific"
+    assert subtracted.parent == line_head_of(tmp_path / "run", "pacific")  # from the line's own head
+    assert (head.divestment["method"], head.divestment["removed"], head.divestment["line"]) == (
+        "fast", ["apac"], "pacific")
+    assert set(head.contributors) == {"na"} and (fast.rounds, fast.silo_rounds) == (1, 1)
+    # na's recovery round continued the users it trained in pacific (kept under its line key), not fresh ones
+    earlier = [users_from for key, users_from in opened if key.endswith("@pacific") and users_from]
+    assert earlier and set(earlier) == {"kept@pacific"}
+    assert (Path(run.output_dir) / "silo-state" / "na" / "runs" / "kept@pacific").is_dir()
+    # in deployment: the rebuilt line's run config names the earlier run whose line users each silo continues
+    import tomllib
+
+    from fedrec.commands.divest import DEPLOYMENT_FILE, divest_main
+
+    assert divest_main(["apac", "--run", run.output_dir, "--method", "fast", "--recovery-rounds", "1",
+                        "--deployment", "--out", str(tmp_path / "p")]) == 0
+    config = tomllib.loads((tmp_path / "p" / "pacific" / DEPLOYMENT_FILE).read_text())
+    assert (config["users-from"], config["train-lines"], config["exclude-regions"]) == ("kept", "pacific", "apac")
+    assert registry.get(config["start-version"]).strategy == "divest:subtract(apac)"
+    assert not (tmp_path / "p" / "atlantic").exists()  # atlantic never saw apac
+
+
+def line_head_of(out: Path, line: str) -> str:
+    history = json.loads((out / "coalitions" / line / "federated_history.json").read_text())
+    return str(history["model_versions"][-1]["id"])
 
 
 def test_the_divest_command_on_a_coalition_run_reports_each_rebuilt_line(two_lines: RunSettings, tmp_path: Path,

@@ -5,7 +5,7 @@
 few recovery rounds. Both run on Flower's simulation engine, register the new line in the run's registry (every
 version records what was removed, how and from where) and write `divestment.json`. When the run's world holds
 the removed region's data (a simulation), the removal test is run too: its own items' signal before and after.
-A run of coalition lines is divested line by line (exact only): every line the regions shaped is rebuilt.
+A run of coalition lines is divested line by line (exact or fast): every line the regions shaped is rebuilt.
 `--deployment` trains nothing and writes the rebuilt line's run config for the operators (`flwr run`).
 """
 
@@ -71,8 +71,6 @@ def _plan(args: argparse.Namespace, console: Console) -> int:
     settings = load_run_config(run_dir)
     out = args.out or run_dir / f"divest-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     if coalition_members(settings):
-        if args.method != "exact":
-            raise ConfigError(f"--method {args.method}: a run of coalition lines keeps no contributions; use exact")
         parts = [(line, line_view(settings, line), removed, out / line)
                  for line, removed in divested_lines(settings, list(args.regions)).items()]
     else:

@@ -12,8 +12,9 @@
   it). What the removed regions did to the other regions' later updates (they trained on a model the
   removed ones had moved) stays: the removal test (`fedrec.divestment.evidence`) measures what is left.
 
-A run of coalition lines (`federation.coalitions`) is divested line by line (`divest_lines`, exact only): every
-line the regions shaped is rebuilt without them, the others are left as they are.
+A run of coalition lines (`federation.coalitions`) is divested line by line (`divest_lines`, exact or fast: each
+line keeps its own contributions, and each silo's recovery rounds continue the users it trained in that line):
+every line the regions shaped is rebuilt without them, the others are left as they are.
 
 Every version of a divested line records in its manifest what was removed, how, from which version, and which
 line head it replaces (`divestment`). Nothing is deleted: the old line stays in the registry for audit. The rebuilt
@@ -223,17 +224,16 @@ def divested_lines(settings: RunSettings, regions: list[str]) -> dict[str, list[
 
 
 def divest_lines(settings: RunSettings, regions: list[str], *, method: str, out_dir: Path, engine: Engine,
-                 **engine_kw: Any) -> dict[str, Divestment]:
-    """`divest` for a run with coalitions: every line the regions shaped, rebuilt without them (exact only).
+                 recovery_rounds: int | None = None, **engine_kw: Any) -> dict[str, Divestment]:
+    """`divest` for a run with coalitions: every line the regions shaped, rebuilt without them.
 
     Each line is rebuilt as `divest` rebuilds a run of one line (`line_view`), into `out_dir/LINE`; its versions
-    record the line they replace (`divestment.line`). Lines the regions never shaped are left as they are.
+    record the line they replace (`divestment.line`). Lines the regions never shaped are left as they are. `fast`
+    subtracts the contributions the line kept (`federation.keep_contributions=true`: each line keeps its own) and
+    each silo's recovery rounds continue the users it trained in that line.
     """
-    if method != "exact":
-        raise ConfigError(f"--method {method}: a run of coalition lines keeps no contributions (fast divestment "
-                          "subtracts them); use --method exact")
-    return {line: divest(line_view(settings, line), removed, method="exact", out_dir=out_dir / line, engine=engine,
-                         **engine_kw)
+    return {line: divest(line_view(settings, line), removed, method=method, out_dir=out_dir / line, engine=engine,
+                         recovery_rounds=recovery_rounds, **engine_kw)
             for line, removed in divested_lines(settings, regions).items()}
 
 

@@ -105,8 +105,11 @@ def for_line(silo: Silo, content: RecordDict) -> Silo:
     mine = [c for c in lawful_lines(silo.ident, members) if c in s.trained_lines()]
     key = line_key(silo.run_key, line)
     serves = line == served_line(silo.ident, members)
-    return dataclasses.replace(silo, run_key=key, state=silo.state.for_run(key), line=line, serves=serves,
-                               log_key=silo.run_key if serves else key, plan_key=silo.run_key, lines=len(mine))
+    # a fast divestment's rebuilt line continues the users this silo trained in the same line of the earlier run
+    earlier = line_key(s.users_from, line) if s.users_from else ""
+    return dataclasses.replace(silo, run_key=key, state=silo.state.for_run(key, users_from=earlier), line=line,
+                               serves=serves, log_key=silo.run_key if serves else key, plan_key=silo.run_key,
+                               lines=len(mine))
 
 
 def train_message(silo: Silo, content: RecordDict, reproducible_noise: bool = False) -> RecordDict:

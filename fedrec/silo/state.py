@@ -46,9 +46,13 @@ class SiloState:
                         if state_dir is not None and users_from and users_from != run_key else None)
         self.memory_suffix = ""  # in the node's memory, a coalition line's arrays apart from the run's others
 
-    def for_run(self, run_key: str) -> SiloState:
-        """The state of another key of this silo (a coalition line's, `run_lines.line_key`), same place and node."""
-        other = SiloState(self.context, self.state_dir, run_key, users_from=self.users_from)
+    def for_run(self, run_key: str, *, users_from: str | None = None) -> SiloState:
+        """The state of another key of this silo (a coalition line's, `run_lines.line_key`), same place and node.
+
+        `users_from`: the earlier run key that key's users continue (default: this state's).
+        """
+        other = SiloState(self.context, self.state_dir, run_key,
+                          users_from=self.users_from if users_from is None else users_from)
         other.memory_suffix = "" if run_key == self.run_key else "@" + run_key
         return other
 
