@@ -265,6 +265,31 @@ def dataset_facts(cfg: ExperimentConfig, data: Interactions, world: PreparedWorl
     }
 
 
+def checked_rounds(history: FederationHistory, view: SiloView, *, private: bool) -> list[dict[str, Any]]:
+    """`federated_rounds`, or a clear error when the federation trained nothing or its last model went unevaluated."""
+    rounds = federated_rounds(history, view, private=private)
+    if not rounds:
+        raise FedrecError(f"the federation trained no round ({history.stopped_early or 'no silo replied'}); "
+                          "a silo whose privacy budget is spent needs a larger privacy.epsilon or a fresh "
+                          "privacy.state_dir (budgets are meant to persist: never reset a real silo's ledger)")
+    if not rounds[-1]["per_region"]:
+        failed = [f for r in history.rounds for f in r.get("failures", [])]
+        raise FedrecError(f"no silo could evaluate the federation's last model (round {rounds[-1]['round']}): "
+                          f"{(failed or [history.stopped_early or 'no reply'])[-1][:500]}")
+    return rounds
+
+
+def federated_finals(rounds: list[dict[str, Any]], view: SiloView) -> dict[str, Block]:
+    """`final`'s federation blocks at the last evaluated round: the global model, what regions serve, own lines."""
+    last = rounds[-1]["round"]
+    final: dict[str, Block] = {"federated": {"overall": rounds[-1]["overall"], "per_region": rounds[-1]["per_region"]}}
+    if served_last := {r: ev for r, (ev, _) in view.served(last).items()}:
+        final["served"] = _block(pool(served_last))
+    if own_last := view.own_lines(last):
+        final["own_line"] = _block(pool(own_last))
+    return final
+
+
 def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallback | None = None,
                    resolved_config: dict[str, Any] | None = None, log: Any = print,
                    engine: Engine = run_simulation, transform: DataTransform | None = None) -> dict[str, Any]:
@@ -289,21 +314,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: Path, *, on_round: RoundCallb
     timings["federated_s"] = time.perf_counter() - t
     private = settings.privacy_settings().enabled
     view = SiloView.read(settings, world.regions, history.run_id)
-    rounds = federated_rounds(history, view, private=private)
-    if not rounds:
-        raise FedrecError(f"the federation trained no round ({history.stopped_early or 'no silo replied'}); "
-                          "a silo whose privacy budget is spent needs a larger privacy.epsilon or a fresh "
-                          "privacy.state_dir (budgets are meant to persist: never reset a real silo's ledger)")
-    if not rounds[-1]["per_region"]:
-        failed = [f for r in history.rounds for f in r.get("failures", [])]
-        raise FedrecError(f"no silo could evaluate the federation's last model (round {rounds[-1]['round']}): "
-                          f"{(failed or [history.stopped_early or 'no reply'])[-1][:500]}")
-    final: dict[str, Block] = {"federated": {"overall": rounds[-1]["overall"], "per_region": rounds[-1]["per_region"]}}
-    served_last = {r: ev for r, (ev, _) in view.served(rounds[-1]["round"]).items()}
-    if served_last:
-        final["served"] = _block(pool(served_last))
-    if own_last := view.own_lines(rounds[-1]["round"]):
-        final["own_line"] = _block(pool(own_last))
+    rounds = checked_rounds(history, view, private=private)
+    final = federated_finals(rounds, view)
     final.update(reference_points(cfg, world, rounds, timings))
     baseline_final, baseline_facts = baseline_points(cfg, world, timings)
     final.update(baseline_final)
