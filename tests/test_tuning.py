@@ -157,3 +157,21 @@ def test_the_tuning_notebook_runs_a_real_optuna_sweep_that_picks_the_best_valida
     for valid, _, test in trials:  # ...and every trial's validation and test figures are in the notebook's table
         assert f"{valid:.4f}".rstrip("0") in shown and f"{test:.4f}".rstrip("0") in shown
     assert sum("image/png" in o.data for o in outputs if o.output_type == "display_data") == 1
+
+
+def test_a_tuning_study_without_the_optuna_plugin_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+    import sys
+
+    from fedrec.commands import main as entry
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == entry.OPTUNA_PLUGIN
+                        else real(name, *a))
+    monkeypatch.setattr(sys, "argv", ["fedrec", "-m", "experiment=study_tune"])
+    with pytest.raises(SystemExit) as exit_:
+        entry.main()
+    assert exit_.value.code == 2
+    assert 'pip install -e ".[tune]"' in capsys.readouterr().err
+    assert entry.missing_tuning_plugin(["experiment=quick"]) is None  # other runs never need it

@@ -36,6 +36,20 @@ def wants_help(argv: list[str]) -> bool:
     return bool(argv) and argv[0] not in SUBCOMMANDS and any(arg in HELP_FLAGS for arg in argv)
 
 
+OPTUNA_PLUGIN = "hydra_plugins.hydra_optuna_sweeper"
+
+
+def missing_tuning_plugin(argv: list[str]) -> str | None:
+    """Why `fedrec` cannot run these overrides (a tuning study without Hydra's Optuna sweeper), or None."""
+    import importlib.util
+
+    wants = any(a.removeprefix("+") in ("experiment=study_tune", "hydra/sweeper=optuna") for a in argv)
+    if not wants or importlib.util.find_spec(OPTUNA_PLUGIN) is not None:
+        return None
+    return ("the tuning study uses Hydra's Optuna sweeper, which is not installed: pip install -e \".[tune]\" "
+            "(or pip install hydra-optuna-sweeper)")
+
+
 def main() -> None:
     """Console-script entry point: `fedrec audit|models|deploy ...`, else the Hydra experiment app."""
     argv = sys.argv[1:]
@@ -67,6 +81,9 @@ def main() -> None:
         from fedrec.commands.models import models_main
 
         sys.exit(models_main(argv[1:]))
+    if why := missing_tuning_plugin(argv):
+        print(f"fedrec: error: {why}", file=sys.stderr)
+        sys.exit(2)
     from fedrec.commands.run import hydra_main  # Hydra: not needed by the commands above
 
     if any(arg in (*HELP_FLAGS, "--hydra-help") for arg in argv):
