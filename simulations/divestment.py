@@ -10,6 +10,9 @@
    part" lines lie apart, the scale against which fast's distance from exact is read.
 4. **Removal test** (`fedrec.divestment.evidence`): recall@20 of the region's own items for its own test users,
    on the model before, after exact, after fast, and on the floor line; paired bootstrap intervals against exact.
+   With `--canaries N`, N canary users are planted in the region before training (half of them, by a seeded coin;
+   `fedrec.privacy_audit.plant_canaries`), and each model's AUC of included against excluded canaries is reported:
+   near 1 before, 0.5 once included canaries look like items the model never trained on.
 5. The departed region's own line (`fedrec.divestment.leave`: what it served, then `--leave-rounds` local rounds
    on its own data) against what it served before and what it trains alone.
 6. Per remaining region NDCG@20 (test) before, after exact / fast, on the floor line and local-only (each region
@@ -35,10 +38,11 @@ from engines import engine_for
 from fedrec.commands.run import compose_experiment
 from fedrec.config import AdoptionPolicy
 from fedrec.divestment import Divestment, divest, line_head
-from fedrec.divestment.evidence import compare, own_items, signal, world_silos
+from fedrec.divestment.evidence import canary_auc, compare, own_items, signal, world_silos
 from fedrec.divestment.figures import plot_divestment
 from fedrec.divestment.leave import leave, region_paths
 from fedrec.experiment import run_experiment
+from fedrec.privacy_audit import Canaries, CanaryPlan, canary_scores, plant_canaries
 from fedrec.settings import load_run_config
 from fedrec.silo.fork_line import evaluate_fork
 from fedrec.silo.serving import RegionServing
@@ -48,14 +52,22 @@ DEFAULT_OVERRIDES = ["federation.rounds=10", "baselines=[]"]
 
 
 def study(out: Path, overrides: list[str], region: str, recovery: list[int], engine: Any, floor_seeds: int,
-          leave_rounds: int) -> dict[str, Any]:
+          leave_rounds: int, canaries: int = 0) -> dict[str, Any]:
     """Run every line of the study under `out` and return its summary."""
     if out.exists():
         shutil.rmtree(out)
     cfg = compose_experiment([*DEFAULT_OVERRIDES, *overrides, "federation.keep_contributions=true"])
     t = time.perf_counter()
-    print(f"training the world ({cfg.federation.rounds} rounds) ...", flush=True)
-    trained = run_experiment(cfg, out / "trained", log=lambda *_: None, engine=engine)
+    print(f"training the world ({cfg.federation.rounds} rounds"
+          + (f", {canaries} canaries planted in {region}" if canaries else "") + ") ...", flush=True)
+    planted: dict[str, Canaries] = {}
+
+    def plant(data: Any) -> Any:
+        data, planted["canaries"] = plant_canaries(data, CanaryPlan(region=region, canaries=canaries, seed=cfg.seed))
+        return data
+
+    trained = run_experiment(cfg, out / "trained", log=lambda *_: None, engine=engine,
+                             transform=plant if canaries else None)
     trained_s = time.perf_counter() - t
     settings = load_run_config(out / "trained")
     if region not in trained["final"]["federated"]["per_region"]:
@@ -101,6 +113,10 @@ def study(out: Path, overrides: list[str], region: str, recovery: list[int], eng
                "signal": {k: s.mean for k, s in signals.items()},
                "vs_exact": {k: compare(s, signals["exact"], seed=settings.seed).to_dict()
                             for k, s in signals.items() if k != "exact"}}
+    if planted:
+        c = planted["canaries"]
+        removal["canaries"] = {k: canary_auc(canary_scores(a, c), c.included, seed=settings.seed).to_dict()
+                               for k, a in models.items()}
 
     per_region = {"before": {r: trained["final"]["federated"]["per_region"][r]["ndcg@20"] for r in remaining},
                   **{k: {r: d.per_region[r]["ndcg@20"] for r in remaining} for k, d in lines.items()},
@@ -142,6 +158,12 @@ def print_tables(s: dict[str, Any]) -> None:
         c = rt["vs_exact"].get(k)
         ci = f"   vs exact {c['difference']:+.4f} (95% CI {c['low']:+.4f}..{c['high']:+.4f})" if c else ""
         print(f"  {k:<8}{v:.4f}{ci}")
+    if "canaries" in rt:
+        first = next(iter(rt["canaries"].values()))
+        print(f"\ncanary test: AUC of {first['included']} included against {first['excluded']} excluded canaries "
+              "(0.5: nothing learnt about which were planted)")
+        for k, c in rt["canaries"].items():
+            print(f"  {k:<8}{c['auc']:.3f}   (95% CI {c['low']:.3f}..{c['high']:.3f})")
 
 
 def main() -> None:
@@ -152,6 +174,7 @@ def main() -> None:
     ap.add_argument("--engine", choices=("simulation", "in-process"), default="simulation")
     ap.add_argument("--floor-seeds", type=int, default=3, help="lines without the region from other seeds")
     ap.add_argument("--leave-rounds", type=int, default=2, help="local rounds of the departing region's own line")
+    ap.add_argument("--canaries", type=int, default=0, help="canary users planted in the region (0: none)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides (after --)")
     args = ap.parse_args()
     engine = engine_for(args.engine)
@@ -159,10 +182,10 @@ def main() -> None:
         from fedrec.flower.runtime import shared_runtime
         with shared_runtime():
             summary = study(args.out, args.overrides, args.region, args.recovery, engine, args.floor_seeds,
-                            args.leave_rounds)
+                            args.leave_rounds, args.canaries)
     else:
         summary = study(args.out, args.overrides, args.region, args.recovery, engine, args.floor_seeds,
-                            args.leave_rounds)
+                        args.leave_rounds, args.canaries)
     (args.out / "divestment_study.json").write_text(json.dumps(summary, indent=1))
     plot_divestment(summary).savefig(args.out / "divestment_study.png", dpi=120)
     print_tables(summary)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -200,3 +201,42 @@ def test_the_deployment_plan_is_a_run_config_flower_reads_and_it_rebuilds_the_ex
     started = run_in_process(run)
     exact = divest(trained, ["eu"], method="exact", out_dir=tmp_path / "exact", engine=run_in_process)
     assert started.versions[-1]["id"] == exact.head  # the operators' run is the exact line, version for version
+
+
+def test_the_canary_auc_is_one_for_separated_scores_and_a_half_for_scores_that_carry_nothing() -> None:
+    from fedrec.divestment.evidence import canary_auc
+
+    included = np.arange(200) % 2 == 0
+    separated = canary_auc(np.where(included, 1.0, 0.0) + np.linspace(0, 0.1, 200), included)
+    assert separated.auc == 1.0 and (separated.included, separated.excluded) == (100, 100)
+    noise = canary_auc(np.random.default_rng(3).normal(size=200), included)
+    assert noise.low < 0.5 < noise.high and noise.high - noise.low < 0.35
+    with pytest.raises(ValueError, match="both included and excluded"):
+        canary_auc(np.zeros(4), np.ones(4, bool))
+
+
+def test_canaries_planted_in_the_region_are_known_before_and_gone_after_exact_divestment(tmp_path: Path) -> None:
+    from fedrec.config import experiment_from_dict
+    from fedrec.divestment.evidence import canary_auc
+    from fedrec.experiment import run_experiment
+    from fedrec.privacy_audit import CanaryPlan, canary_scores, plant_canaries
+    from fedrec.settings import load_run_config
+
+    planted: dict[str, Any] = {}
+
+    def plant(data: Any) -> Any:
+        data, planted["c"] = plant_canaries(data, CanaryPlan(region="eu", canaries=80, seed=1))
+        return data
+
+    cfg = experiment_from_dict({"dataset": {"name": "synthetic", "n_users": 300, "n_items": 60, "region_only_items": 3,
+                                            "region_sizes": [2.0, 1.0, 1.0]}, "model": {"dim": 6},
+                                "federation": {"rounds": 3}, "bounds": [], "baselines": []})
+    run_experiment(cfg, tmp_path / "run", log=lambda *_: None, engine=run_in_process, transform=plant)
+    settings = load_run_config(tmp_path / "run")
+    exact = divest(settings, ["eu"], method="exact", out_dir=tmp_path / "exact", engine=run_in_process)
+    registry = ModelRegistry(tmp_path / "run" / "registry", create=False)
+    canaries = planted["c"]
+    before = canary_auc(canary_scores(registry.load(line_head(settings))[0], canaries), canaries.included)
+    after = canary_auc(canary_scores(registry.load(exact.head)[0], canaries), canaries.included)
+    assert before.low > 0.7  # the trained model tells planted canaries from items it never trained on
+    assert after.low < 0.5 < after.high  # the rebuilt line cannot

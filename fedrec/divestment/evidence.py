@@ -10,6 +10,13 @@ any item it knows nothing about.
 
 Two models are compared on the same users (a paired bootstrap over users, `compare`): before divestment against
 the exact line shows the signal was there; the fast line against the exact line shows whether it is gone.
+
+The second test uses *canary users* planted in the region before training (`fedrec.privacy_audit.plant_canaries`):
+canary j is a user of the region holding interactions with canary item j only, planted with probability 1/2 (a
+seeded coin). An excluded canary's item is an item no model ever trained on. `canary_test` scores each canary item
+by what a model learnt about it (its global item bias: only canary j's user ever held it) and reports the AUC of
+included against excluded canaries. Before divestment, the AUC is near 1: the model knows which canaries were
+there. After a complete removal it is 0.5: included canaries look like items the model never trained on.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from fedrec.data.split import SiloData
 from fedrec.evaluation import evaluate_model
@@ -124,3 +132,36 @@ def removal_test(data_dir: Path, region: str, spec: ModelSpec, cfg: TrainConfig,
         out["lost"] = {k: compare(signals["before"], v, seed=seed).to_dict() for k, v in signals.items()
                        if k != "before"}
     return out
+
+
+@dataclass(frozen=True)
+class CanarySignal:
+    """How well a model's canary scores tell included canaries from excluded ones: AUC and its 95% interval."""
+
+    auc: float
+    low: float
+    high: float
+    included: int
+    excluded: int
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def canary_auc(scores: np.ndarray, included: np.ndarray, *, seed: int = 0) -> CanarySignal:
+    """AUC of `scores` for included (True) against excluded canaries, with a bootstrap over canaries.
+
+    0.5: the model's scores carry nothing about which canaries were planted (as for items it never trained on).
+    """
+    included = np.asarray(included, dtype=bool)
+    if included.all() or not included.any():
+        raise ValueError("a canary test needs both included and excluded canaries")
+    auc = float(roc_auc_score(included, scores))
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(BOOTSTRAP // 4):
+        idx = rng.integers(0, included.size, included.size)
+        if included[idx].any() and not included[idx].all():
+            boots.append(roc_auc_score(included[idx], scores[idx]))
+    low, high = np.quantile(boots, [0.025, 0.975])
+    return CanarySignal(auc, float(low), float(high), int(included.sum()), int((~included).sum()))
