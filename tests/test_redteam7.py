@@ -91,31 +91,35 @@ def trained_with_na(world: PreparedWorld, state: Path, **node: Any) -> None:
 
 
 def test_users_from_cannot_make_a_silo_continue_users_a_partner_its_law_now_forbids_shaped(
-        world: PreparedWorld, tmp_path: Path) -> None:
+        world: PreparedWorld, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """eu trained line a with na; its law now allows only apac. The coordinator proposes a clean line a with apac
     (root, contributors and members all lawful) and `users-from=r1`: eu would continue users and Adam moments
-    trained on na's versions, and build on them what it sends apac. It declines, saying why."""
+    trained on na's versions, and build on them what it sends apac. It declines; who shaped them is said in its own
+    log only (users-from may name another federation's run)."""
     state = tmp_path / "eu"
     trained_with_na(world, state, partners="na")
     why = ask(train(world, ["eu", "apac"], 1), eu(world, state, run_name="r2", line=["eu", "apac"], users_from="r1",
                                             partners="apac"))
-    assert why is not None and "['na']" in why and "users-from" in why
+    assert why is not None and "does not continue" in why and "users-from" in why and "'na'" not in why
+    assert "made with contributions from ['na']" in caplog.text
     # the same message without users-from is lawful: the decline is about what it would continue, nothing else
     lawful = eu(world, state, run_name="r3", line=["eu", "apac"], partners="apac")
     assert ask(train(world, ["eu", "apac"], 1), lawful) is None
 
 
-def test_reusing_a_run_name_with_a_fresh_lineage_cannot_either(world: PreparedWorld, tmp_path: Path) -> None:
+def test_reusing_a_run_name_with_a_fresh_lineage_cannot_either(world: PreparedWorld, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     """The same without users-from: the coordinator reuses run name r1 and sends round 2 of a 'new' line a with apac,
     from a fresh root. The lineage is clean, but eu's own state of r1@a is na's work."""
     state = tmp_path / "eu"
     trained_with_na(world, state, partners="na")
     why = ask(train(world, ["eu", "apac"], 2, seed=1), eu(world, state, run_name="r1", line=["eu", "apac"],
                                                    partners="apac"))
-    assert why is not None and "['na']" in why
+    assert why is not None and "does not continue" in why and "made with contributions from ['na']" in caplog.text
 
 
-def test_a_silo_whose_law_still_allows_every_maker_continues_them(world: PreparedWorld, tmp_path: Path) -> None:
+def test_a_silo_whose_law_still_allows_every_maker_continues_them(world: PreparedWorld, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """Fast divestment's own use: the law allows who shaped r1@a, so eu continues its users (and declines nothing);
     and a silo that kept no record of who shaped them (trained before it had partners) cannot check, so declines."""
     state = tmp_path / "eu"
@@ -126,13 +130,14 @@ def test_a_silo_whose_law_still_allows_every_maker_continues_them(world: Prepare
     trained_with_na(world, unchecked)  # no partners then: nothing checked, nothing recorded
     why = ask(train(world, ["eu", "apac"], 1), eu(world, unchecked, run_name="r2", line=["eu", "apac"], users_from="r1",
                                            partners="na,apac"))
-    assert why is not None and "cannot check" in why
+    assert why is not None and "does not continue" in why and "cannot check who shaped them" in caplog.text
 
 
 # ---- DP: a policy tightened since ---------------------------------------------------------------------------
 
 
-def test_a_dp_round_never_continues_users_trained_without_dp(world: PreparedWorld, tmp_path: Path) -> None:
+def test_a_dp_round_never_continues_users_trained_without_dp(world: PreparedWorld, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     """eu trained r1 without DP (its policy did not require it then); it now sets an ε budget. A DP run with
     `users-from=r1` would start from users trained on every other user's data without noise: each user's hidden
     state then depends on the others', and no per-user clip bounds what one user changes in the release."""
@@ -140,12 +145,13 @@ def test_a_dp_round_never_continues_users_trained_without_dp(world: PreparedWorl
     trained_with_na(world, state)
     dp = eu(world, state, run_name="r2", line=["eu", "na"], users_from="r1", privacy=True)
     why = ask(train(world, ["eu", "na"], 1), dp)
-    assert why is not None and "without DP" in why
+    assert why is not None and "does not continue" in why and "trained without DP" in caplog.text
+    caplog.clear()
     ledger = json.loads(StateDir(state).privacy_ledger.read_text()) if StateDir(state).privacy_ledger.exists() else {}
     assert not ledger.get("releases")  # declined before the ledger: nothing spent
     # reusing the name r1 under DP continues the same users: declined too
     why = ask(train(world, ["eu", "na"], 2), eu(world, state, run_name="r1", line=["eu", "na"], privacy=True))
-    assert why is not None and "without DP" in why
+    assert why is not None and "'r1@a'" in why and "trained without DP" in caplog.text
     # a DP run of its own (nothing continued) trains
     assert ask(train(world, ["eu", "na"], 1), eu(world, state, run_name="r4", line=["eu", "na"], privacy=True)) is None
     # and a DP run continuing a DP run does too (fast divestment under DP)

@@ -12,6 +12,7 @@ Every reply is built by `egress`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 from flwr.app import RecordDict
@@ -43,6 +44,8 @@ from fedrec.silo.state import SiloState
 from fedrec.statistics import is_statistics_model, statistics_family
 from fedrec.training import Arrays
 from fedrec.versions import ModelRegistry
+
+log = logging.getLogger("fedrec.silo")
 
 FORKED = "this region serves its own fork and does not contribute to the federation (on any of its lines)"
 LEFT = "this region left the federation (fedrec leave): it trains on, reviews and releases nothing it is sent"
@@ -260,13 +263,20 @@ def continuing_problem(silo: Silo, continued: tuple[str, Provenance] | None, *, 
 
     `continued` (`SiloState.continued`): its own of this run key, or (while it keeps none) those of the earlier run
     `users-from` names, and what shaped them (`fedrec.silo.provenance`); a statistics model (EASE, iALS) continues
-    none.
+    none. The reason a reply gives is fixed: what the record says (with or without DP, whose versions) stays in the
+    silo's own log, since `users-from` may name a run of another federation the coordinator has no part in.
     """
     if continued is None or is_statistics_model(silo.s.model_spec):
         return None
     key, provenance = continued
-    named_by = "users-from" if key != silo.state.run_key else ""
-    return continued_problem(silo.ident, key, provenance, private=private, named_by=named_by)
+    via = " (named by users-from)" if key != silo.state.run_key else ""
+    why = continued_problem(silo.ident, key, provenance, private=private, named_by=via.strip(" ()"))
+    if why is None:
+        return None
+    log.warning("region %s declines: %s", silo.ident.region, why)
+    return (f"this silo does not continue the users and optimizer moments it kept for {key[:80]!r}{via}: its own "
+            "record of how they were trained does not allow it under this run's privacy and its jurisdiction's law "
+            "(details in the silo's own log)")
 
 
 def received_version(content: RecordDict) -> str:

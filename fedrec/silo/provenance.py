@@ -9,7 +9,9 @@ trained without it (each user's hidden state then depends on the others' data, a
 one user changes). So the silo records, beside that state, whether every round that trained it was a DP round and
 which regions made the versions it trained on (as a silo with `partners` checked them; unchecked otherwise), and
 declines to continue state it cannot vouch for: under DP, state trained without DP; with partners, state whose
-makers it did not check or its law now forbids. State kept without a record is vouched for by nothing.
+makers it did not check or its law now forbids. State kept without a record is vouched for by nothing. The decline
+says only that the record does not allow it; what the record holds stays in the silo's own log, since `users-from`
+may name a run of another federation (that such state exists and is refused is all a reply tells).
 """
 
 from __future__ import annotations
