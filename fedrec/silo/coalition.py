@@ -157,3 +157,13 @@ def ancestry_problem(raw: object, parent: object, version: str, allowed: set[str
     if forbidden := sorted(shaped - allowed):
         return f"version {version[:16]} descends from a version made with contributions from {forbidden}: {law}"
     return None
+
+
+def version_makers(content: RecordDict) -> frozenset[str]:
+    """Every region that made the version a message sends or one of its ancestors, as the message declares them.
+
+    Read after `lineage_problem` found nothing wrong (a silo with partners): then the declaration was checked.
+    """
+    config = content.config_records["config"]
+    declared = [json.loads(str(config[MODEL_IDENTITY_KEY])), *json.loads(str(config[MODEL_LINEAGE_KEY]))]
+    return frozenset(str(c) for version in declared for c in version["contributors"])

@@ -2,7 +2,7 @@
 
 A training message gets a cached reply re-sent the way it left, a decline (secure aggregation required,
 a coalition or a lineage the jurisdiction's `partners` forbid, a region that forked and does not contribute,
-DP required but not proposed, a spent budget), a new
+DP required but not proposed, a spent budget, kept users it may not continue: `fedrec.silo.provenance`), a new
 update (a DP round under `privacy=user_dp`), or for a statistics model (`model=ease` / `ials`) the silo's statistics.
 An evaluation message is evaluated in the silo, reviewed by the region's adoption policy, logged in the silo,
 and answered with metric sums only when not private.
@@ -12,6 +12,7 @@ Every reply is built by `egress`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 from flwr.app import RecordDict
@@ -21,12 +22,20 @@ from fedrec.errors import FedrecError
 from fedrec.messages import read_arrays, read_coalition, read_decline, read_int, read_version
 from fedrec.settings import RunSettings, line_key
 from fedrec.silo.adaptation import advance_own_line, own_start, review_adapted
-from fedrec.silo.coalition import coalition_problem, lawful_lines, line_problem, served_line, version_problem
+from fedrec.silo.coalition import (
+    coalition_problem,
+    lawful_lines,
+    line_problem,
+    served_line,
+    version_makers,
+    version_problem,
+)
 from fedrec.silo.departure import has_left
 from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, statistics_reply, train_reply
 from fedrec.silo.evaluation_log import log_evaluation
 from fedrec.silo.policy import SiloIdentity
 from fedrec.silo.private_round import private_train_round
+from fedrec.silo.provenance import Provenance, continued_problem
 from fedrec.silo.review import advance_fork, review
 from fedrec.silo.round import InvalidGlobalModel, check_received, fit_and_evaluate, silo_seed, train_round
 from fedrec.silo.secure_aggregation import PLAIN, aggregation_of
@@ -35,6 +44,8 @@ from fedrec.silo.state import SiloState
 from fedrec.statistics import is_statistics_model, statistics_family
 from fedrec.training import Arrays
 from fedrec.versions import ModelRegistry
+
+log = logging.getLogger("fedrec.silo")
 
 FORKED = "this region serves its own fork and does not contribute to the federation (on any of its lines)"
 LEFT = "this region left the federation (fedrec leave): it trains on, reviews and releases nothing it is sent"
@@ -144,6 +155,13 @@ def train_message(silo: Silo, content: RecordDict, reproducible_noise: bool = Fa
         reason = (f"round {rnd} is out of order: this run has rounds 1-{s.num_rounds} and this silo last trained "
                   f"round {last or 0}; a silo trains once per round, in order")
         return decline_reply(region=ident.region, server_round=rnd, reason=reason)
+    continued = silo.state.continued()  # the users and moments this round starts from, and what shaped them
+    if why := continuing_problem(silo, continued, private=s.privacy_settings().enabled):
+        return decline_reply(region=ident.region, server_round=rnd, reason=why)
+    # what the users this round saves are shaped by, recorded with them (makers: as a silo with partners checked them)
+    makers = version_makers(content) if ident.partners is not None else None
+    silo.state.keeping((continued[1] if continued else Provenance()).then(private=s.privacy_settings().enabled,
+                                                                          makers=makers))
     arrays = read_arrays(content)
     check_received(arrays, s.model_spec, n_items=silo.data.n_items)
     content = train_content(silo, rnd, version, arrays, reproducible_noise)
@@ -210,6 +228,8 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     if ident.partners is not None and version_problem(ident, content, arrays) is not None:
         # a version the jurisdiction's partners forbid (or whose makers it cannot check): not evaluated, not reviewed
         return evaluate_reply(None, region=ident.region, server_round=rnd)
+    if ident.partners is not None and continuing_problem(silo, silo.state.continued(), private=False) is not None:
+        return evaluate_reply(None, region=ident.region, server_round=rnd)  # its users: a forbidden partner's work
     local = silo.state.local()
     seed = silo_seed(s.seed, silo.seed_label, rnd)
     serving = serving_of(ident) if silo.serves else None
@@ -236,6 +256,27 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     if s.privacy_settings().enabled or ident.requires_dp:
         return evaluate_reply(None, region=ident.region, server_round=rnd)
     return evaluate_reply(ev, region=ident.region, server_round=rnd)
+
+
+def continuing_problem(silo: Silo, continued: tuple[str, Provenance] | None, *, private: bool) -> str | None:
+    """Why the silo may not continue the users and optimizer moments this message's round would start from.
+
+    `continued` (`SiloState.continued`): its own of this run key, or (while it keeps none) those of the earlier run
+    `users-from` names, and what shaped them (`fedrec.silo.provenance`); a statistics model (EASE, iALS) continues
+    none. The reason a reply gives is fixed: what the record says (with or without DP, whose versions) stays in the
+    silo's own log, since `users-from` may name a run of another federation the coordinator has no part in.
+    """
+    if continued is None or is_statistics_model(silo.s.model_spec):
+        return None
+    key, provenance = continued
+    via = " (named by users-from)" if key != silo.state.run_key else ""
+    why = continued_problem(silo.ident, key, provenance, private=private, named_by=via.strip(" ()"))
+    if why is None:
+        return None
+    log.warning("region %s declines: %s", silo.ident.region, why)
+    return (f"this silo does not continue the users and optimizer moments it kept for {key[:80]!r}{via}: its own "
+            "record of how they were trained does not allow it under this run's privacy and its jurisdiction's law "
+            "(details in the silo's own log)")
 
 
 def received_version(content: RecordDict) -> str:

@@ -5,7 +5,8 @@ under `<state-dir>/runs/<run key>/`, so a SuperNode that dies and is restarted c
 and a coordinator that restarts and asks for a round again gets the very same reply (byte for byte, no
 second privacy spend) instead of a second release. Without a state dir it lives in Flower's in-memory
 `context.state`, for the life of the node process. None of it is ever put in a reply except the cached
-reply itself, which already left once.
+reply itself, which already left once. Beside the users and optimizer moments on disk, the silo records what
+shaped them (`provenance.json`, `fedrec.silo.provenance`), so it can refuse to continue them later.
 
 The run key is the run config's `run-name` when set (a resumable run), else Flower's run id.
 """
@@ -23,11 +24,13 @@ from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from safetensors.numpy import load_file
 
 from fedrec.io import atomic_save_arrays, atomic_write_bytes, atomic_write_text
+from fedrec.silo.provenance import UNKNOWN, Provenance
 from fedrec.silo.state_dir import StateDir
 from fedrec.training import Arrays, Tensors
 
 LOCAL_STATE_KEY = "fedrec-user-state"
 OPTIMIZER_STATE_KEY = "fedrec-optimizer-state"
+PROVENANCE_FILE = "provenance.json"
 
 
 class SiloState:
@@ -45,6 +48,7 @@ class SiloState:
         self.earlier = (StateDir(Path(state_dir)).run(users_from)
                         if state_dir is not None and users_from and users_from != run_key else None)
         self.memory_suffix = ""  # in the node's memory, a coalition line's arrays apart from the run's others
+        self.provenance: Provenance | None = None  # what the next saved users and moments were shaped by (`keeping`)
 
     def for_run(self, run_key: str, *, users_from: str | None = None) -> SiloState:
         """The state of another key of this silo (a coalition line's, `run_lines.line_key`), same place and node.
@@ -72,6 +76,9 @@ class SiloState:
             self.context.state[key + self.memory_suffix] = ArrayRecord({k: Array(np.ascontiguousarray(v))
                                                                         for k, v in arrays.items()})
             return
+        if self.provenance is not None:  # the record first: a crash before the arrays leaves it over-cautious
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.dir / PROVENANCE_FILE, self.provenance.to_json())
         atomic_save_arrays(self.dir / f"{key}.safetensors", arrays)
 
     def _read_or_earlier(self, key: str) -> Arrays | None:
@@ -80,6 +87,23 @@ class SiloState:
             return own
         path = self.earlier / f"{key}.safetensors"
         return load_file(str(path)) if path.exists() else None
+
+    def continued(self) -> tuple[str, Provenance] | None:
+        """The run key whose users and optimizer moments the next round starts from, and what shaped them.
+
+        This key's own, else (while it keeps none) the `users_from` run's; None when it starts fresh (or keeps its
+        state in the node's memory, which holds one Flower run's only). State without a record is `UNKNOWN`.
+        """
+        for key, where in ((self.run_key, self.dir), (self.users_from, self.earlier)):
+            if where is not None and any((where / f"{k}.safetensors").exists()
+                                         for k in (LOCAL_STATE_KEY, OPTIMIZER_STATE_KEY)):
+                record = where / PROVENANCE_FILE
+                return key, Provenance.from_json(record.read_text()) if record.exists() else UNKNOWN
+        return None
+
+    def keeping(self, provenance: Provenance) -> None:
+        """What the users and optimizer moments saved next were shaped by (recorded with them, on disk)."""
+        self.provenance = provenance
 
     def local(self) -> Tensors | None:
         """The silo's per-user parameters (None before its first round)."""
