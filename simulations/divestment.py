@@ -38,11 +38,11 @@ from engines import engine_for
 from fedrec.commands.run import compose_experiment
 from fedrec.config import AdoptionPolicy
 from fedrec.divestment import Divestment, divest, line_head
-from fedrec.divestment.evidence import canary_auc, compare, own_items, signal, world_silos
+from fedrec.divestment.evidence import canary_test, compare, own_items, signal, world_silos
 from fedrec.divestment.figures import plot_divestment
 from fedrec.divestment.leave import leave, region_paths
 from fedrec.experiment import run_experiment
-from fedrec.privacy_audit import Canaries, CanaryPlan, canary_scores, plant_canaries
+from fedrec.privacy_audit import Canaries, CanaryPlan, plant_canaries
 from fedrec.settings import load_run_config
 from fedrec.silo.fork_line import evaluate_fork
 from fedrec.silo.serving import RegionServing
@@ -115,8 +115,8 @@ def study(out: Path, overrides: list[str], region: str, recovery: list[int], eng
                             for k, s in signals.items() if k != "exact"}}
     if planted:
         c = planted["canaries"]
-        removal["canaries"] = {k: canary_auc(canary_scores(a, c), c.included, seed=settings.seed).to_dict()
-                               for k, a in models.items()}
+        n = int(trained["dataset"]["n_items"])  # the catalog with the canary items
+        removal["canaries"] = canary_test(models, c.items, c.included, n, seed=settings.seed)
 
     per_region = {"before": {r: trained["final"]["federated"]["per_region"][r]["ndcg@20"] for r in remaining},
                   **{k: {r: d.per_region[r]["ndcg@20"] for r in remaining} for k, d in lines.items()},
@@ -159,10 +159,10 @@ def print_tables(s: dict[str, Any]) -> None:
         ci = f"   vs exact {c['difference']:+.4f} (95% CI {c['low']:+.4f}..{c['high']:+.4f})" if c else ""
         print(f"  {k:<8}{v:.4f}{ci}")
     if "canaries" in rt:
-        first = next(iter(rt["canaries"].values()))
-        print(f"\ncanary test: AUC of {first['included']} included against {first['excluded']} excluded canaries "
-              "(0.5: nothing learnt about which were planted)")
-        for k, c in rt["canaries"].items():
+        first = next(iter(rt["canaries"]["auc"].values()))
+        print(f"\ncanary test: AUC of {first['included']} included against {first['excluded']} excluded canaries by "
+              f"{rt['canaries']['feature']} (0.5: nothing learnt about which were planted)")
+        for k, c in rt["canaries"]["auc"].items():
             print(f"  {k:<8}{c['auc']:.3f}   (95% CI {c['low']:.3f}..{c['high']:.3f})")
 
 

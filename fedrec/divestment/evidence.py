@@ -13,10 +13,11 @@ the exact line shows the signal was there; the fast line against the exact line 
 
 The second test uses *canary users* planted in the region before training (`fedrec.privacy_audit.plant_canaries`):
 canary j is a user of the region holding interactions with canary item j only, planted with probability 1/2 (a
-seeded coin). An excluded canary's item is an item no model ever trained on. `canary_test` scores each canary item
-by what a model learnt about it (its global item bias: only canary j's user ever held it) and reports the AUC of
-included against excluded canaries. Before divestment, the AUC is near 1: the model knows which canaries were
-there. After a complete removal it is 0.5: included canaries look like items the model never trained on.
+seeded coin). An excluded canary's item is an item no model ever trained on. `canary_test` reads what each model
+learnt about every canary item (only canary j's user ever held it as a positive) and gives the AUC of included
+against excluded canaries. Before divestment the AUC is far from 0.5 (on either side): the model knows which
+canaries were there. After a complete removal it is 0.5: included canaries look like items the model never
+trained on.
 """
 
 from __future__ import annotations
@@ -146,6 +147,34 @@ class CanarySignal:
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
+
+
+def canary_features(arrays: Mapping[str, np.ndarray], items: np.ndarray, n_items: int) -> dict[str, np.ndarray]:
+    """What a model learnt about each of `items`, per per-item table: its value (one column) or its row's norm."""
+    out = {}
+    for name, v in arrays.items():
+        if np.ndim(v) >= 1 and np.shape(v)[0] == n_items:
+            rows = np.asarray(v, np.float64).reshape(n_items, -1)[items]
+            out[name] = rows[:, 0] if rows.shape[1] == 1 else np.linalg.norm(rows, axis=1)
+    if not out:
+        raise ValueError(f"the model has no per-item table of {n_items} rows")
+    return out
+
+
+def canary_test(models: Mapping[str, Mapping[str, np.ndarray]], items: np.ndarray, included: np.ndarray,
+                n_items: int, *, reference: str = "before", seed: int = 0) -> dict[str, Any]:
+    """Each model's AUC of included against excluded canaries, on the feature that separates them best in `reference`.
+
+    The feature (an item table's value or row norm, `canary_features`) is chosen once, on the reference model (the
+    one trained with the region), then read the same way from every model. Which one carries the signal depends on
+    the model and its loss: on the default MF world the embedding norm does (AUC 0.998, the bias 0.48); on a tiny
+    world trained with other settings the bias does. A removal leaves AUC 0.5 on it.
+    """
+    features = {label: canary_features(a, items, n_items) for label, a in models.items()}
+    ref = features[reference]
+    chosen = max(sorted(ref), key=lambda f: abs(float(roc_auc_score(included, ref[f])) - 0.5))
+    return {"feature": chosen, "auc": {label: canary_auc(f[chosen], included, seed=seed).to_dict()
+                                       for label, f in features.items()}}
 
 
 def canary_auc(scores: np.ndarray, included: np.ndarray, *, seed: int = 0) -> CanarySignal:
