@@ -36,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("regions", nargs="+", help="the region(s) ordered out")
     parser.add_argument("--run", type=Path, default=None,
                         help="the run's output directory (default: the newest under outputs/ and multirun/)")
-    parser.add_argument("--method", choices=("exact", "fast"), default="exact")
+    parser.add_argument("--method", choices=("exact", "fast"), default="exact",
+                        help="exact: retrain without the regions (a complete removal); fast: subtract their kept "
+                             "contributions and recover (approximate: the items only they held stay detectable "
+                             "in the weights, simulations/README.md)")
     parser.add_argument("--recovery-rounds", type=int, default=None,
                         help="fast: recovery rounds (default: 30%% of what exact would train, at least 1)")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: RUN/divest-METHOD-TIME)")
