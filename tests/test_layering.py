@@ -10,7 +10,7 @@ many of a silo's users a model shows an item); 3. `silo` (what a jurisdiction ru
 the coordinator runs), which never import each other; 4. `flower` (the Flower adapters), `deploy`;
 5. `experiment`, `report`, `plots`, `sweep_plots`, `run_exposure` (a finished run's exposure per region),
 `regime_report` (each jurisdiction's policy and spend), `coalition_audit` (versions against partners),
-`divestment` (a region removed from a trained line);
+`divestment` (a region removed from a trained line), `run_records` (what a simulated run's silos recorded);
 6. `commands`, `conf`.
 """
 
@@ -29,7 +29,7 @@ LAYERS = {
     "silo": 3, "coordinator": 3,
     "flower": 4, "deploy": 4,
     "experiment": 5, "report": 5, "plots": 5, "sweep_plots": 5, "privacy_audit": 5, "collect": 5, "privacy_utility": 5,
-    "run_exposure": 5, "regime_report": 5, "coalition_audit": 5, "divestment": 5,
+    "run_exposure": 5, "regime_report": 5, "coalition_audit": 5, "divestment": 5, "run_records": 5,
     "commands": 6, "conf": 6,
 }
 SIDES = ("silo", "coordinator")

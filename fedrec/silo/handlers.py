@@ -12,7 +12,6 @@ Every reply is built by `egress`.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 
 from flwr.app import RecordDict
@@ -34,8 +33,8 @@ from fedrec.silo.departure import has_left
 from fedrec.silo.egress import check_reply, decline_reply, evaluate_reply, statistics_reply, train_reply
 from fedrec.silo.evaluation_log import log_evaluation
 from fedrec.silo.policy import SiloIdentity
-from fedrec.silo.private_round import private_train_round
-from fedrec.silo.provenance import Provenance, continued_problem
+from fedrec.silo.private_round import private_train
+from fedrec.silo.provenance import Provenance, continuing_problem
 from fedrec.silo.review import advance_fork, review
 from fedrec.silo.round import InvalidGlobalModel, check_received, fit_and_evaluate, silo_seed, train_round
 from fedrec.silo.secure_aggregation import PLAIN, aggregation_of
@@ -44,8 +43,6 @@ from fedrec.silo.state import SiloState
 from fedrec.statistics import is_statistics_model, statistics_family
 from fedrec.training import Arrays
 from fedrec.versions import ModelRegistry
-
-log = logging.getLogger("fedrec.silo")
 
 FORKED = "this region serves its own fork and does not contribute to the federation (on any of its lines)"
 LEFT = "this region left the federation (fedrec leave): it trains on, reviews and releases nothing it is sent"
@@ -156,12 +153,12 @@ def train_message(silo: Silo, content: RecordDict, reproducible_noise: bool = Fa
                   f"round {last or 0}; a silo trains once per round, in order")
         return decline_reply(region=ident.region, server_round=rnd, reason=reason)
     continued = silo.state.continued()  # the users and moments this round starts from, and what shaped them
-    if why := continuing_problem(silo, continued, private=s.privacy_settings().enabled):
+    private = s.privacy_settings().enabled
+    if why := continuing_problem(ident, s.model_spec, silo.state.run_key, continued, private=private):
         return decline_reply(region=ident.region, server_round=rnd, reason=why)
     # what the users this round saves are shaped by, recorded with them (makers: as a silo with partners checked them)
     makers = version_makers(content) if ident.partners is not None else None
-    silo.state.keeping((continued[1] if continued else Provenance()).then(private=s.privacy_settings().enabled,
-                                                                          makers=makers))
+    silo.state.keeping((continued[1] if continued else Provenance()).then(private=private, makers=makers))
     arrays = read_arrays(content)
     check_received(arrays, s.model_spec, n_items=silo.data.n_items)
     content = train_content(silo, rnd, version, arrays, reproducible_noise)
@@ -228,7 +225,8 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     if ident.partners is not None and version_problem(ident, content, arrays) is not None:
         # a version the jurisdiction's partners forbid (or whose makers it cannot check): not evaluated, not reviewed
         return evaluate_reply(None, region=ident.region, server_round=rnd)
-    if ident.partners is not None and continuing_problem(silo, silo.state.continued(), private=False) is not None:
+    continued = silo.state.continued() if ident.partners is not None else None
+    if continuing_problem(ident, s.model_spec, silo.state.run_key, continued, private=False) is not None:
         return evaluate_reply(None, region=ident.region, server_round=rnd)  # its users: a forbidden partner's work
     local = silo.state.local()
     seed = silo_seed(s.seed, silo.seed_label, rnd)
@@ -256,27 +254,6 @@ def evaluate_message(silo: Silo, content: RecordDict) -> RecordDict:
     if s.privacy_settings().enabled or ident.requires_dp:
         return evaluate_reply(None, region=ident.region, server_round=rnd)
     return evaluate_reply(ev, region=ident.region, server_round=rnd)
-
-
-def continuing_problem(silo: Silo, continued: tuple[str, Provenance] | None, *, private: bool) -> str | None:
-    """Why the silo may not continue the users and optimizer moments this message's round would start from.
-
-    `continued` (`SiloState.continued`): its own of this run key, or (while it keeps none) those of the earlier run
-    `users-from` names, and what shaped them (`fedrec.silo.provenance`); a statistics model (EASE, iALS) continues
-    none. The reason a reply gives is fixed: what the record says (with or without DP, whose versions) stays in the
-    silo's own log, since `users-from` may name a run of another federation the coordinator has no part in.
-    """
-    if continued is None or is_statistics_model(silo.s.model_spec):
-        return None
-    key, provenance = continued
-    via = " (named by users-from)" if key != silo.state.run_key else ""
-    why = continued_problem(silo.ident, key, provenance, private=private, named_by=via.strip(" ()"))
-    if why is None:
-        return None
-    log.warning("region %s declines: %s", silo.ident.region, why)
-    return (f"this silo does not continue the users and optimizer moments it kept for {key[:80]!r}{via}: its own "
-            "record of how they were trained does not allow it under this run's privacy and its jurisdiction's law "
-            "(details in the silo's own log)")
 
 
 def received_version(content: RecordDict) -> str:
@@ -307,26 +284,3 @@ def fetch_version(s: RunSettings, version: str) -> tuple[str, Arrays] | None:
     except (FedrecError, ValueError):
         return None
     return found.id, arrays
-
-
-def private_train(s: RunSettings, ident: SiloIdentity, silo: SiloData, state: SiloState, run_key: str, rnd: int,
-                  arrays: Arrays, version: str = "", *, reproducible_noise: bool = False, plan_key: str = "",
-                  lines: int = 1, seed_label: str = "") -> RecordDict:
-    """A user-level DP round: recorded in the silo's ledger before its noised update is put in the reply.
-
-    `run_key` keys the release (a coalition line's key), `plan_key` the run's plan over its `lines` lines.
-    """
-    out = private_train_round(silo, s, ident, run_id=run_key, server_round=rnd, global_arrays=arrays,
-                              local=state.local(), optimizer_state=state.optimizer(),
-                              reproducible_noise=reproducible_noise, plan_key=plan_key or run_key, lines=lines,
-                              seed_label=seed_label or ident.region)
-    if out.declined is not None:
-        return decline_reply(region=ident.region, server_round=rnd, reason=out.declined, privacy=out.report or None)
-    if out.statistics is not None:  # iALS: the round's noised statistics, recorded in the ledger already
-        return statistics_reply(out.statistics, region=ident.region, server_round=rnd, model_version=version,
-                                privacy=out.report)
-    assert out.global_after is not None and out.local_after is not None and out.optimizer_after is not None
-    state.save_local(out.local_after)
-    state.save_optimizer(out.optimizer_after)
-    return train_reply(out.global_after, region=ident.region, server_round=rnd, weight=1.0, privacy=out.report,
-                       model_version=version)

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flwr.app import RecordDict
+
 from fedrec.data.split import SiloData
 from fedrec.privacy.dp_round import DpTrainConfig, train_round_dp
 from fedrec.privacy.ledger import BudgetLedger, Decline, Release
 from fedrec.privacy.noise import NoiseSource
 from fedrec.privacy.plan import BudgetSpent, PrivacyPlan, make_plan
 from fedrec.settings import RunSettings
+from fedrec.silo.egress import decline_reply, statistics_reply, train_reply
 from fedrec.silo.policy import PolicyRefusal, SiloIdentity
 from fedrec.silo.round import silo_seed
+from fedrec.silo.state import SiloState
 from fedrec.silo.state_dir import StateDir
 from fedrec.statistics import is_statistics_model
 from fedrec.statistics.dp_ials import release as release_statistics
@@ -164,3 +168,26 @@ def private_train_round(silo: SiloData, s: RunSettings, ident: SiloIdentity, *, 
     return PrivateRound(report=privacy_report(ledger, plan, run_id, release.epsilon_after),
                         global_after=out.global_after,
                         local_after=out.local_after, optimizer_after=out.optimizer_after)
+
+
+def private_train(s: RunSettings, ident: SiloIdentity, silo: SiloData, state: SiloState, run_key: str, rnd: int,
+                  arrays: Arrays, version: str = "", *, reproducible_noise: bool = False, plan_key: str = "",
+                  lines: int = 1, seed_label: str = "") -> RecordDict:
+    """A user-level DP round: recorded in the silo's ledger before its noised update is put in the reply.
+
+    `run_key` keys the release (a coalition line's key), `plan_key` the run's plan over its `lines` lines.
+    """
+    out = private_train_round(silo, s, ident, run_id=run_key, server_round=rnd, global_arrays=arrays,
+                              local=state.local(), optimizer_state=state.optimizer(),
+                              reproducible_noise=reproducible_noise, plan_key=plan_key or run_key, lines=lines,
+                              seed_label=seed_label or ident.region)
+    if out.declined is not None:
+        return decline_reply(region=ident.region, server_round=rnd, reason=out.declined, privacy=out.report or None)
+    if out.statistics is not None:  # iALS: the round's noised statistics, recorded in the ledger already
+        return statistics_reply(out.statistics, region=ident.region, server_round=rnd, model_version=version,
+                                privacy=out.report)
+    assert out.global_after is not None and out.local_after is not None and out.optimizer_after is not None
+    state.save_local(out.local_after)
+    state.save_optimizer(out.optimizer_after)
+    return train_reply(out.global_after, region=ident.region, server_round=rnd, weight=1.0, privacy=out.report,
+                       model_version=version)

@@ -17,10 +17,15 @@ may name a run of another federation (that such state exists and is refused is a
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
+from fedrec.models import ModelSpec
 from fedrec.silo.coalition import law_of
 from fedrec.silo.policy import SiloIdentity
+from fedrec.statistics import is_statistics_model
+
+log = logging.getLogger("fedrec.silo")
 
 
 @dataclass(frozen=True)
@@ -76,3 +81,25 @@ def continued_problem(ident: SiloIdentity, key: str, provenance: Provenance, *, 
         return (f"this round would continue {where}, trained on versions made with contributions from {forbidden}: "
                 f"{law_of(ident)}")
     return None
+
+
+def continuing_problem(ident: SiloIdentity, spec: ModelSpec, run_key: str, continued: tuple[str, Provenance] | None,
+                       *, private: bool) -> str | None:
+    """Why the silo may not continue the users and optimizer moments this message's round would start from.
+
+    `continued` (`SiloState.continued`): its own of run key `run_key`, or (while it keeps none) those of the earlier
+    run `users-from` names, and what shaped them; a statistics model (EASE, iALS) continues none. The reason a reply
+    gives is fixed: what the record says (with or without DP, whose versions) stays in the silo's own log, since
+    `users-from` may name a run of another federation the coordinator has no part in.
+    """
+    if continued is None or is_statistics_model(spec):
+        return None
+    key, provenance = continued
+    via = " (named by users-from)" if key != run_key else ""
+    why = continued_problem(ident, key, provenance, private=private, named_by=via.strip(" ()"))
+    if why is None:
+        return None
+    log.warning("region %s declines: %s", ident.region, why)
+    return (f"this silo does not continue the users and optimizer moments it kept for {key[:80]!r}{via}: its own "
+            "record of how they were trained does not allow it under this run's privacy and its jurisdiction's law "
+            "(details in the silo's own log)")
