@@ -7,7 +7,7 @@ Both sides need them, so they sit below both. What a silo may *send* is decided 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import RecordDict
+from flwr.app import Message, RecordDict
 
 from fedrec.metrics import METRICS
 
@@ -104,6 +104,11 @@ def read_coalition(content: RecordDict) -> str:
 def read_region(content: RecordDict) -> str:
     """The public region name a silo put in its reply's metadata."""
     return str(content.config_records["meta"]["region"])
+
+
+def reply_region(msg: Message) -> str:
+    """`read_region` of a reply message (a sort key for replies)."""
+    return read_region(msg.content)
 
 
 def read_privacy(content: RecordDict) -> dict[str, float] | None:

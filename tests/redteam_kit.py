@@ -180,3 +180,19 @@ def push_only(region: str | Sequence[str], item: int, kappa: float) -> Mod:
         return {k: out[k].astype(reply[k].dtype) for k in reply}
 
     return hostile_mod(region, attack)
+
+
+def send_line_head(msg: Message, registry_root: Path, line: str, *, lineage: bool = False) -> None:
+    """Put line `line`'s head into `msg` as the version it sends, declared (and with `lineage`, its ancestry)."""
+    from fedrec.messages import MODEL_IDENTITY_KEY, MODEL_LINEAGE_KEY
+    from fedrec.versions import ModelRegistry
+
+    config = msg.content.config_records["config"]
+    registry = ModelRegistry(registry_root, create=False)
+    head = max((v for v in registry.list() if v.coalition == line), key=lambda v: v.round)
+    arrays, _ = registry.load(head.id)
+    msg.content.array_records["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    config["model-version"] = head.id
+    config[MODEL_IDENTITY_KEY] = json.dumps(head.identity(), sort_keys=True)
+    if lineage:
+        config[MODEL_LINEAGE_KEY] = json.dumps([v.identity() for v in registry.lineage(head.id)[1:]], sort_keys=True)

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakegrid import Tamper, run_in_process
-from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
+from redteam_kit import send_line_head
 
 from fedrec.config import experiment_from_dict
 from fedrec.coordinator.coalition_lines import LineGrid
@@ -24,7 +25,7 @@ from fedrec.data.synthetic import SyntheticWorldConfig, generate_world
 from fedrec.errors import ConfigError, FedrecError
 from fedrec.experiment import run_experiment
 from fedrec.flower.client_app import make_client_app
-from fedrec.messages import COALITION_KEY, MODEL_IDENTITY_KEY, read_decline
+from fedrec.messages import COALITION_KEY, read_decline
 from fedrec.model_io import load_global_model
 from fedrec.settings import RunSettings, read_manifest
 from fedrec.silo.state_dir import StateDir
@@ -226,12 +227,7 @@ def test_a_coordinator_cannot_pass_another_lines_version_to_a_silo_whose_law_for
         if msg.metadata.message_type != MessageType.TRAIN or int(config["server-round"]) < 2 \
                 or context.node_config["partition-id"] != 0:  # eu
             return
-        registry = ModelRegistry(tmp_path / "registry", create=False)
-        head = max((v for v in registry.list() if v.coalition == "pacific"), key=lambda v: v.round)
-        arrays, _ = registry.load(head.id)
-        msg.content.array_records["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-        config["model-version"] = head.id
-        config[MODEL_IDENTITY_KEY] = json.dumps(head.identity(), sort_keys=True)
+        send_line_head(msg, tmp_path / "registry", "pacific")
 
     res = experiment(tmp_path, tamper=swap_in_pacific, rounds=3, regime=EU_LAW)
     for entry in res["round_log"]:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakegrid import Tamper, run_in_process
-from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
+from redteam_kit import send_line_head
 
 from fedrec.config import FederationConfig, experiment_from_dict
 from fedrec.data.split import SplitConfig
@@ -22,8 +23,6 @@ from fedrec.experiment import run_experiment
 from fedrec.flower.client_app import make_client_app
 from fedrec.messages import (
     COALITION_KEY,
-    MODEL_IDENTITY_KEY,
-    MODEL_LINEAGE_KEY,
     ROUND_MEMBERS_KEY,
     read_arrays,
     read_decline,
@@ -123,14 +122,7 @@ def test_a_coordinator_cannot_get_a_region_to_serve_another_lines_version_its_la
         if msg.metadata.message_type != MessageType.EVALUATE or int(config["server-round"]) < 2 \
                 or context.node_config["partition-id"] != 0:  # eu
             return
-        registry = ModelRegistry(tmp_path / "registry", create=False)
-        head = max((v for v in registry.list() if v.coalition == "pacific"), key=lambda v: v.round)
-        arrays, _ = registry.load(head.id)
-        msg.content.array_records["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-        config["model-version"] = head.id
-        config[MODEL_IDENTITY_KEY] = json.dumps(head.identity(), sort_keys=True)
-        config[MODEL_LINEAGE_KEY] = json.dumps([v.identity() for v in registry.lineage(head.id)[1:]],
-                                               sort_keys=True)
+        send_line_head(msg, tmp_path / "registry", "pacific", lineage=True)
 
     experiment(tmp_path, LINES, tamper=offer_pacific, rounds=3, regime=EU_LAW)
     served = served_versions(tmp_path, "eu")

@@ -20,14 +20,10 @@ from fedrec.messages import (
     MODEL_LINEAGE_KEY,
     read_float,
     read_int,
-    read_region,
+    reply_region,
 )
 from fedrec.metrics import METRICS
 from fedrec.versions import ModelVersion
-
-
-def _region(msg: Message) -> str:
-    return read_region(msg.content)
 
 
 def reply_evaluations(replies: list[Message]) -> dict[str, SiloEvaluation]:
@@ -38,7 +34,7 @@ def reply_evaluations(replies: list[Message]) -> dict[str, SiloEvaluation]:
         if "metrics" not in c.metric_records:  # kept in the silo (private run): nothing to pool
             continue
         explicit = "n-ratings" in c.metric_records["metrics"]
-        evals[_region(msg)] = SiloEvaluation(
+        evals[reply_region(msg)] = SiloEvaluation(
             sums={k: read_float(c, "metrics", f"sum-{k}") for k in METRICS}, n_users=read_int(c, "metrics", "n-users"),
             sq_error=read_float(c, "metrics", "sq-error") if explicit else 0.0,
             n_ratings=read_int(c, "metrics", "n-ratings") if explicit else 0)
@@ -58,5 +54,5 @@ def evaluate_global(grid: Grid, strategy: Any, rnd: int, arrays: ArrayRecord, ti
         config[MODEL_IDENTITY_KEY] = json.dumps(sent.identity(), sort_keys=True)
         config[MODEL_LINEAGE_KEY] = json.dumps([v.identity() for v in ancestry], sort_keys=True)
     replies = list(grid.send_and_receive(strategy.configure_evaluate(rnd, arrays, config, grid), timeout=timeout))
-    evals = reply_evaluations(sorted((r for r in replies if not r.has_error()), key=_region))
+    evals = reply_evaluations(sorted((r for r in replies if not r.has_error()), key=reply_region))
     return evals, [str(r.error.reason)[:500] for r in replies if r.has_error()]

@@ -30,14 +30,10 @@ from fedrec.messages import (
     read_decline,
     read_float,
     read_privacy,
-    read_region,
+    reply_region,
 )
 from fedrec.settings import RunSettings
 from fedrec.versions import ModelVersion
-
-
-def _region(msg: Message) -> str:
-    return read_region(msg.content)
 
 
 @dataclass
@@ -77,28 +73,28 @@ def collect_train(grid: Grid, strategy: Any, s: RunSettings, rnd: int, arrays: A
     else:
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         failures = [str(r.error.reason)[:500] for r in replies if r.has_error()]
-    answered = sorted((r for r in replies if not r.has_error()), key=_region)
+    answered = sorted((r for r in replies if not r.has_error()), key=reply_region)
     impostors = impostor_replies(answered, node_regions)  # a node answering under another region's name
     answered = [r for r in answered if r.metadata.src_node_id not in impostors]
-    declined = {_region(r): str(read_decline(r.content)) for r in answered if read_decline(r.content)}
-    privacy = {_region(r): p for r in answered if (p := read_privacy(r.content)) is not None}
-    contributing = [r for r in answered if _region(r) not in declined]
+    declined = {reply_region(r): str(read_decline(r.content)) for r in answered if read_decline(r.content)}
+    privacy = {reply_region(r): p for r in answered if (p := read_privacy(r.content)) is not None}
+    contributing = [r for r in answered if reply_region(r) not in declined]
     false_names = {node_regions[node]: why for node, why in impostors.items()}
     if secure is None:
         ok, rejected = screen(contributing, {k: v.numpy() for k, v in arrays.items()}, version=version, rules=rules)
         rejected = {**rejected, **false_names}
-        losses = {_region(r): read_float(r.content, "metrics", TRAIN_LOSS_KEY) for r in ok
+        losses = {reply_region(r): read_float(r.content, "metrics", TRAIN_LOSS_KEY) for r in ok
                   if TRAIN_LOSS_KEY in r.content.metric_records.get("metrics", {})}
-        return TrainStep(answered, ok, [_region(r) for r in ok], declined, rejected, privacy, failures, losses)
+        return TrainStep(answered, ok, [reply_region(r) for r in ok], declined, rejected, privacy, failures, losses)
     # SecAgg+: only the mean is visible; a bad reply cannot be taken out of it, so it voids the round
-    rejected = {_region(r): why for r in contributing if (why := metadata_problem(r, version=version))}
+    rejected = {reply_region(r): why for r in contributing if (why := metadata_problem(r, version=version))}
     rejected |= false_names  # its masked update is in the mean: the round is void
     mean_ok = secure.arrays is not None and all(np.isfinite(a.numpy()).all() for a in secure.arrays.values())
     if secure.arrays is not None and not mean_ok:
         failures.append("SecAgg+ mean holds NaN or Inf: round not aggregated")
     if rejected or not mean_ok:
         return TrainStep(answered, [], [], declined, rejected, privacy, failures)
-    return TrainStep(answered, [secure.as_reply()], [_region(r) for r in contributing], declined, {}, privacy,
+    return TrainStep(answered, [secure.as_reply()], [reply_region(r) for r in contributing], declined, {}, privacy,
                      failures)
 
 
@@ -112,8 +108,8 @@ def impostor_replies(replies: list[Message], node_regions: dict[int, str]) -> di
     out = {}
     for r in replies:
         node = r.metadata.src_node_id
-        if node in node_regions and _region(r) != node_regions[node]:
-            out[node] = (f"its reply claims region {_region(r)[:40]!r}, but its node answered preflight as "
+        if node in node_regions and reply_region(r) != node_regions[node]:
+            out[node] = (f"its reply claims region {reply_region(r)[:40]!r}, but its node answered preflight as "
                          f"{node_regions[node]!r}")
     return out
 
